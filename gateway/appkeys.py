@@ -1,0 +1,36 @@
+"""Every web.AppKey the application uses, and nothing else (so no module imports another for a key)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import ClientSession, web
+
+if TYPE_CHECKING:
+    from .balancer import Balancer
+    from .config import Config
+    from .crypto import KeyRing
+    from .events import Bus
+    from .keyindex import KeyIndex
+    from .keystate import KeyStates
+    from .tokens import TokenCache
+    from .usage import UsageLog
+
+config: web.AppKey[Config] = web.AppKey("config")
+pg: web.AppKey[asyncpg.Pool] = web.AppKey("pg")
+redis: web.AppKey[aioredis.Redis] = web.AppKey("redis")
+http: web.AppKey[ClientSession] = web.AppKey("http")
+keyring: web.AppKey[KeyRing] = web.AppKey("keyring")
+bus: web.AppKey[Bus] = web.AppKey("bus")
+key_index: web.AppKey[KeyIndex] = web.AppKey("key_index")
+token_cache: web.AppKey[TokenCache] = web.AppKey("token_cache")
+usage: web.AppKey[UsageLog] = web.AppKey("usage")
+balancer: web.AppKey[Balancer] = web.AppKey("balancer")
+key_states: web.AppKey[KeyStates] = web.AppKey("key_states")
+
+request_id: web.RequestKey[str] = web.RequestKey("request_id")
+log_fields: web.RequestKey[dict[str, Any]] = web.RequestKey("log_fields")
+draining: web.AppKey[asyncio.Event] = web.AppKey("draining")

@@ -1,0 +1,289 @@
+"""The `sharekey` command line.
+
+Every command reads the same configuration. Commands other than `serve` attach to the embedded
+servers when `serve` is running them under the same data_dir, and otherwise start them for the
+length of the command. Errors end with one line on stderr and a non-zero exit: 2 for bad
+configuration or usage, 1 for everything else. Only results go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+import structlog
+
+from . import db, log, server, sharedkeys, ssrf, tokens, users
+from .config import Config, ConfigError, load
+from .crypto import KeyRing
+from .embedded import EmbeddedError
+from .stores import open_stores
+
+logger = structlog.get_logger(__name__)
+
+
+class CliError(Exception):
+    """A command failed for a reason the user can act on; printed as one line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load(args.config)
+        log.configure(config.logging.level, config.logging.format)
+        return args.func(config, args) or 0
+    except ConfigError as e:
+        print(f"sharekey: {e}", file=sys.stderr)
+        return 2
+    except (CliError, EmbeddedError, server.ServeError) as e:
+        print(f"sharekey: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sharekey", description="A community shared-key gateway.")
+    parser.add_argument("--config", help="configuration file (default: $SHAREKEY_CONFIG or ./config.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the gateway (embedded PostgreSQL and Redis when no URLs are set)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, help="worker processes (0: one per CPU)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply the database migrations")
+    p.set_defaults(func=command(run_migrate))
+
+    users_p = sub.add_parser("users", help="manage users").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = users_p.add_parser("add", help="add a user; prints its id")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true")
+    p.add_argument("--avatar-url")
+    p.add_argument("--trust-level", type=int, default=0)
+    p.set_defaults(func=command(run_users_add))
+
+    tokens_p = sub.add_parser("tokens", help="manage gateway tokens").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = tokens_p.add_parser("create", help="create a gateway token for a user; prints only the token")
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--label", default="")
+    p.set_defaults(func=command(run_tokens_create))
+
+    keys_p = sub.add_parser("keys", help="manage donated keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = keys_p.add_parser("add", help="add a key (tested live first unless --no-test)")
+    p.add_argument("--user", required=True, help="the owner's name")
+    p.add_argument("--name", required=True, help="a name for the key, unique per owner")
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--models", required=True, help="comma-separated model names")
+    p.add_argument("--daily-limit", type=int, default=150)
+    p.add_argument("--description")
+    p.add_argument("--tags", default="", help="comma-separated")
+    p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
+    p.add_argument("--no-stream-usage", action="store_true", help="the upstream rejects stream_options")
+    p.add_argument("--no-test", action="store_true", help="store without the live test")
+    p.set_defaults(func=command(run_keys_add))
+
+    p = keys_p.add_parser("list", help="list every key, masked")
+    p.set_defaults(func=command(run_keys_list))
+    return parser
+
+
+Runner = Callable[[Config, argparse.Namespace, asyncpg.Connection], Awaitable[int | None]]
+
+
+def command(fn: Runner) -> Callable[[Config, argparse.Namespace], int]:
+    """Run `fn` with a migrated database connection, the stores opened (or embedded) around it."""
+
+    def run(config: Config, args: argparse.Namespace) -> int:
+        config, emb = open_stores(config)
+        try:
+            return asyncio.run(_with_connection(config, args, fn)) or 0
+        finally:
+            if emb is not None:
+                emb.stop()
+
+    return run
+
+
+async def _with_connection(config: Config, args: argparse.Namespace, fn: Runner) -> int | None:
+    conn = await connect(config)
+    try:
+        await db.migrate(conn)
+        return await fn(config, args, conn)
+    finally:
+        await conn.close()
+
+
+async def connect(config: Config) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(config.database.url, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise CliError(f"cannot connect to PostgreSQL: {_reason(e)}") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None
+    }
+    if changes:
+        config = config.replace("server", **changes)
+        if not 0 <= config.server.port <= 65535:
+            raise ConfigError(f"--port: {config.server.port} is not a port number (0-65535)")
+        if config.server.workers < 0:
+            raise ConfigError("--workers: must be 0 (one per CPU) or more")
+    server.ensure_port_free(config.server.host, config.server.port)  # before starting anything
+    config, emb = open_stores(config)
+    try:
+        asyncio.run(_prepare(config))
+        server.run(config)
+    finally:
+        if emb is not None:
+            emb.stop()
+    return 0
+
+
+async def _prepare(config: Config) -> None:
+    conn = await connect(config)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+    except (redis.exceptions.RedisError, OSError) as e:
+        raise CliError(f"cannot connect to Redis: {_reason(e)}") from None
+    finally:
+        await client.aclose()
+
+
+# --- migrate, users, tokens -----------------------------------------------------------------
+
+
+async def run_migrate(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    # `command` has already migrated; say what the database is at.
+    version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    print(f"database at migration {version:04d}")
+
+
+async def run_users_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    name = args.name.strip()
+    if not name or len(name) > 64:
+        raise CliError("a user name must be 1 to 64 characters")
+    try:
+        user = await users.add_user(
+            conn, name, admin=args.admin, avatar_url=args.avatar_url, trust_level=args.trust_level
+        )
+    except users.UserExists as e:
+        raise CliError(str(e)) from None
+    print(user.id)
+
+
+async def run_tokens_create(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    user = await _user(conn, args.name)
+    token, _ = await tokens.create(conn, user.id, args.label)
+    print(token)
+
+
+async def _user(conn: asyncpg.Connection, name: str) -> users.User:
+    user = await users.get_by_username(conn, name)
+    if user is None:
+        raise CliError(f"no user named {name!r} (add one with: sharekey users add {name})")
+    return user
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise CliError("--models: give at least one model name")
+    if not args.api_key.strip():
+        raise CliError("--api-key: the key is empty")
+    if not 1 <= args.daily_limit <= 1_000_000:
+        raise CliError("--daily-limit: must be between 1 and 1000000")
+    try:
+        base_url = ssrf.check_base_url(
+            args.base_url,
+            allow_http=config.security.allow_http_upstreams,
+            allow_private=config.security.allow_private_upstreams,
+        )
+    except ssrf.UnsafeUpstream as e:
+        raise CliError(f"--base-url: {e.message}") from None
+    user = await _user(conn, args.user)
+    if not args.no_test:
+        from . import keytest, upstream  # only this command needs an HTTP client
+
+        async with upstream.create_session(config) as session:
+            result = await keytest.test_key(
+                session, base_url, args.api_key.strip(), models, timeout=config.upstream.test_timeout
+            )
+        if not result.ok:
+            raise CliError(f"the key failed its live test: {result.error}")
+        print(f"live test passed in {result.latency_ms} ms", file=sys.stderr)
+    keyring = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
+    new = sharedkeys.NewKey(
+        owner_id=user.id,
+        name=args.name.strip(),
+        base_url=base_url,
+        api_key=args.api_key.strip(),
+        available_models=models,
+        daily_limit=args.daily_limit,
+        description=args.description,
+        tags=[t.strip() for t in args.tags.split(",") if t.strip()],
+        is_private=args.private,
+        stream_usage=not args.no_stream_usage,
+    )
+    try:
+        key = await sharedkeys.insert_key(conn, keyring, new, timezone=config.balancer.timezone)
+    except sharedkeys.KeyNameTaken as e:
+        raise CliError(str(e)) from None
+    print(key.id)
+
+
+async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    keys = await sharedkeys.list_keys(conn, timezone=config.balancer.timezone)
+    header = ("OWNER", "NAME", "UPSTREAM", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY")
+    rows = [
+        (
+            k.owner,
+            k.name,
+            k.host,
+            ",".join(k.available_models),
+            str(k.daily_limit),
+            str(k.usage_count_today),
+            str(k.total_usage_count),
+            k.status + (" (private)" if k.is_private else ""),
+            k.api_key_masked,
+        )
+        for k in keys
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

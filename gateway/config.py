@@ -1,0 +1,364 @@
+"""Configuration: `config.toml` (or `SHAREKEY_CONFIG` / `--config`), then environment overrides.
+
+Every key lives in a frozen dataclass section. A key can be set in the TOML file, as
+`SHAREKEY_<SECTION>_<KEY>` in the environment (dots in a section name become underscores), or by
+one of the short names operators expect (`DATABASE_URL`, `REDIS_URL`, `KEY_ENCRYPTION_SECRET`,
+`KEY_ENCRYPTION_OLD_SECRETS`). Unknown keys and bad values raise `ConfigError`, whose message
+names the key; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator; names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 0  # 0: one process per CPU
+    public_url: str = "http://127.0.0.1:8080"
+    shutdown_grace_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    url: str = field(default="", repr=False)  # empty: embedded PostgreSQL under data_dir
+
+
+@dataclass(frozen=True, slots=True)
+class Redis:
+    url: str = field(default="", repr=False)  # empty: embedded Redis under data_dir
+    key_prefix: str = "sk"  # every key is "<prefix>:v1:{<prefix>}:…" (one Cluster hash slot)
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    data_dir: str = "./data"
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    key_encryption_secret: str = field(default="", repr=False)
+    old_key_encryption_secrets: tuple[str, ...] = field(default=(), repr=False)
+    allow_private_upstreams: bool = False
+    allow_http_upstreams: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Balancer:
+    timezone: str = "Asia/Shanghai"
+    max_attempts: int = 3
+    cooldown_seconds: int = 60
+    failures_before_cooldown: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    connect_timeout: float = 10.0
+    first_token_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    total_timeout: float = 600.0
+    test_timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    user_daily_requests: int = 1000
+    user_requests_per_minute: int = 60
+    user_concurrent_streams: int = 4
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_n: int = 1
+    max_output_tokens: int = 0  # 0: no cap
+    key_tests_per_minute: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    interval_seconds: int = 300
+    method: str = "models"  # "models": GET /models; "completion": a 1-token call
+
+
+@dataclass(frozen=True, slots=True)
+class LinuxDo:
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    redirect_uri: str = ""
+    min_trust_level: int = 1
+    authorize_url: str = "https://connect.linux.do/oauth2/authorize"
+    token_url: str = "https://connect.linux.do/oauth2/token"
+    userinfo_url: str = "https://connect.linux.do/api/user"
+    avatar_base_url: str = "https://linux.do"
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "auto"  # auto | json | console
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: Server = field(default_factory=Server)
+    database: Database = field(default_factory=Database)
+    redis: Redis = field(default_factory=Redis)
+    storage: Storage = field(default_factory=Storage)
+    security: Security = field(default_factory=Security)
+    balancer: Balancer = field(default_factory=Balancer)
+    upstream: Upstream = field(default_factory=Upstream)
+    limits: Limits = field(default_factory=Limits)
+    health: Health = field(default_factory=Health)
+    oauth_linuxdo: LinuxDo = field(default_factory=LinuxDo)
+    logging: Logging = field(default_factory=Logging)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir).expanduser().resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when either store has no URL: `serve` then runs it under data_dir."""
+        return not self.database.url or not self.redis.url
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+# TOML section name -> Config attribute. "oauth.linuxdo" is a nested table in TOML.
+SECTIONS: dict[str, str] = {
+    "server": "server",
+    "database": "database",
+    "redis": "redis",
+    "storage": "storage",
+    "security": "security",
+    "balancer": "balancer",
+    "upstream": "upstream",
+    "limits": "limits",
+    "health": "health",
+    "oauth.linuxdo": "oauth_linuxdo",
+    "logging": "logging",
+}
+
+SHORT_ENV: dict[str, tuple[str, str]] = {
+    "DATABASE_URL": ("database", "url"),
+    "REDIS_URL": ("redis", "url"),
+    "KEY_ENCRYPTION_SECRET": ("security", "key_encryption_secret"),
+    "KEY_ENCRYPTION_OLD_SECRETS": ("security", "old_key_encryption_secrets"),
+}
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("health", "method"): ("models", "completion"),
+    ("logging", "level"): ("debug", "info", "warning", "error"),
+    ("logging", "format"): ("auto", "json", "console"),
+}
+
+ENV_PREFIX = "SHAREKEY_"
+ENV_NOT_KEYS = {"SHAREKEY_CONFIG"}
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration: defaults, then the TOML file, then the environment."""
+    env = os.environ if env is None else env
+    path = path or env.get("SHAREKEY_CONFIG") or ("config.toml" if Path("config.toml").is_file() else None)
+    raw: dict[str, dict[str, Any]] = {}
+    if path:
+        raw = _read_toml(Path(path))
+    values: dict[str, dict[str, Any]] = {attr: {} for attr in SECTIONS.values()}
+    for name, table in raw.items():
+        for key, value in table.items():
+            values[SECTIONS[name]][key] = _coerce(name, key, value, from_env=False)
+    for env_name, (section, key) in SHORT_ENV.items():
+        if env.get(env_name):
+            values[section][key] = _coerce(section, key, env[env_name], from_env=True)
+    for env_name, (section, key) in _long_env_names().items():
+        if env_name in env:
+            values[section][key] = _coerce(_toml_name(section), key, env[env_name], from_env=True)
+    known = set(_long_env_names()) | ENV_NOT_KEYS
+    for env_name in env:
+        if env_name.startswith(ENV_PREFIX) and env_name not in known:
+            raise ConfigError(f"unknown configuration variable {env_name}")
+    config = Config(**{attr: _section_class(attr)(**kw) for attr, kw in values.items()})
+    _validate(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in _flatten_tables(doc):
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown configuration section [{name}] in {path}")
+        known = {f.name for f in dataclasses.fields(_section_class(SECTIONS[name]))}
+        for key in table:
+            if key not in known:
+                raise ConfigError(f"unknown configuration key {name}.{key} in {path}")
+        out[name] = table
+    return out
+
+
+def _flatten_tables(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """[oauth.linuxdo] parses as {"oauth": {"linuxdo": {...}}}; yield ("oauth.linuxdo", {...})."""
+    tables = []
+    for name, value in doc.items():
+        full = f"{prefix}{name}"
+        if not isinstance(value, dict):
+            raise ConfigError(f"unknown configuration key {full}: keys belong in a [section]")
+        if full in SECTIONS:
+            tables.append((full, value))
+        elif any(s.startswith(full + ".") for s in SECTIONS):
+            tables.extend(_flatten_tables(value, full + "."))
+        else:
+            raise ConfigError(f"unknown configuration section [{full}]")
+    return tables
+
+
+def _section_class(attr: str) -> type:
+    return _SECTION_TYPES[attr]
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "server": Server,
+    "database": Database,
+    "redis": Redis,
+    "storage": Storage,
+    "security": Security,
+    "balancer": Balancer,
+    "upstream": Upstream,
+    "limits": Limits,
+    "health": Health,
+    "oauth_linuxdo": LinuxDo,
+    "logging": Logging,
+}
+
+
+def _toml_name(attr: str) -> str:
+    return next(name for name, a in SECTIONS.items() if a == attr)
+
+
+def _long_env_names() -> dict[str, tuple[str, str]]:
+    names = {}
+    for toml_name, attr in SECTIONS.items():
+        for f in dataclasses.fields(_SECTION_TYPES[attr]):
+            env_name = f"{ENV_PREFIX}{toml_name.replace('.', '_')}_{f.name}".upper()
+            names[env_name] = (attr, f.name)
+    return names
+
+
+def _field_type(attr: str, key: str) -> Any:
+    hints = typing.get_type_hints(_SECTION_TYPES[attr])
+    return hints[key]
+
+
+def _coerce(section: str, key: str, value: Any, *, from_env: bool) -> Any:
+    attr = SECTIONS.get(section, section)
+    name = f"{_toml_name(attr)}.{key}"
+    kind = _field_type(attr, key)
+    where = "environment value" if from_env else "value"
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and isinstance(value, str) and value.lower() in _BOOLS:
+                return _BOOLS[value.lower()]
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int):
+                return value
+            if from_env:
+                return int(value)
+            raise ValueError
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int | float):
+                return float(value)
+            if from_env:
+                return float(value)
+            raise ValueError
+        if kind is str:
+            if isinstance(value, str):
+                return value
+            raise ValueError
+        if typing.get_origin(kind) is tuple:
+            if from_env and isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError
+    except (ValueError, TypeError):
+        pass
+    expected = _TYPE_WORDS.get(kind, "a list of strings")
+    shown = "" if _is_secret(attr, key) else f" {value!r}"
+    raise ConfigError(f"configuration key {name}: {where}{shown} is not {expected}")
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_TYPE_WORDS: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _is_secret(attr: str, key: str) -> bool:
+    f = next(f for f in dataclasses.fields(_SECTION_TYPES[attr]) if f.name == key)
+    return not f.repr
+
+
+def _validate(config: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"configuration key {key}: {why}")
+
+    if not 0 <= config.server.port <= 65535:
+        raise bad("server.port", f"{config.server.port} is not a port number (0-65535)")
+    if config.server.workers < 0:
+        raise bad("server.workers", "must be 0 (one per CPU) or more")
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise bad(f"{section}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
+    try:
+        zoneinfo.ZoneInfo(config.balancer.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise bad("balancer.timezone", f"{config.balancer.timezone!r} is not a known time zone") from None
+    if config.balancer.max_attempts < 1:
+        raise bad("balancer.max_attempts", "must be at least 1")
+    secret = config.security.key_encryption_secret
+    if secret and len(secret) < 32:
+        raise bad("security.key_encryption_secret", "must be at least 32 characters")
+    for old in config.security.old_key_encryption_secrets:
+        if len(old) < 32:
+            raise bad("security.old_key_encryption_secrets", "every secret must be at least 32 characters")
+    for section, key in (("database", "url"), ("redis", "url")):
+        url = getattr(getattr(config, section), key)
+        schemes = ("postgres://", "postgresql://") if section == "database" else ("redis://", "rediss://", "unix://")
+        if url and not url.startswith(schemes):
+            raise bad(f"{section}.url", f"must start with {' or '.join(schemes)}")
+    prefix = config.redis.key_prefix
+    if not prefix or any(c in prefix for c in "{}: "):
+        raise bad("redis.key_prefix", "must be non-empty, without braces, colons or spaces")
+    for section_attr in ("upstream",):
+        for f in dataclasses.fields(_SECTION_TYPES[section_attr]):
+            if getattr(config.upstream, f.name) <= 0:
+                raise bad(f"upstream.{f.name}", "must be greater than 0")
+
+
+def to_toml_names() -> list[str]:
+    """Every key as `section.key`, for documentation checks."""
+    return [f"{name}.{f.name}" for name, attr in SECTIONS.items() for f in dataclasses.fields(_SECTION_TYPES[attr])]

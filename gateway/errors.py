@@ -1,0 +1,145 @@
+"""Errors and the one middleware that renders them.
+
+    GatewayError(status, type, code, message)        OpenAI shape on /v1
+    ├── BadRequest            400  invalid_request_error
+    ├── InvalidToken          401  invalid_api_key
+    ├── NoKeyForModel         404  model_not_found
+    ├── PayloadTooLarge       413  request_too_large
+    ├── LimitReached          429  rate_limit_exceeded  (retry_after; x-should-retry: false)
+    ├── UpstreamFailed        502  upstream_error
+    └── NotConfigured         503  service_unavailable  (retry_after)
+    ApiError(status, code, message, field)           {"error": {...}} on /api and pages
+
+Handlers raise; `error_middleware` renders by surface. Anything else is logged with its traceback
+and answered with a generic 500 that reveals nothing. Messages are always our own words: never an
+upstream body, a base URL or a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class BadRequest(GatewayError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class InvalidToken(GatewayError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class NoKeyForModel(GatewayError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class LimitReached(GatewayError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "x-should-retry": "false"}
+
+
+class UpstreamFailed(GatewayError):
+    status, type, code = 502, "upstream_error", "upstream_error"
+
+
+class NotConfigured(GatewayError):
+    status, type, code = 503, "service_unavailable", "service_unavailable"
+
+
+class ApiError(Exception):
+    """An error of the /api surface: `{"error": {"message", "code", "field"?}}`."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message, "code": self.code}
+        if self.field:
+            error["field"] = self.field
+        return {"error": error}
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_field", message, field)
+
+
+def openai_error(err: GatewayError) -> web.Response:
+    body = {"error": {"message": err.message, "type": err.type, "code": err.code}}
+    return web.json_response(body, status=err.status, headers=err.headers())
+
+
+_HTTP_TO_GATEWAY: dict[int, type[GatewayError]] = {400: BadRequest, 401: InvalidToken, 413: PayloadTooLarge}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    on_v1 = request.path.startswith("/v1/") or request.path == "/v1"
+    try:
+        return await handler(request)
+    except GatewayError as e:
+        return openai_error(e) if on_v1 else _api_json(e.status, e.code or "error", e.message)
+    except ApiError as e:
+        return web.json_response(e.body(), status=e.status)
+    except web.HTTPException as e:
+        if e.status < 400 or e.empty_body:
+            raise
+        message = _HTTP_MESSAGES.get(e.status, e.reason)
+        if on_v1:
+            cls = _HTTP_TO_GATEWAY.get(e.status)
+            err = cls(message) if cls else GatewayError(message, code=_slug(e.reason))
+            if cls is None:
+                err.status, err.type = e.status, "invalid_request_error"
+            return openai_error(err)
+        if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
+            return _api_json(e.status, _slug(e.reason), message)
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        message = "The gateway hit an internal error; the request id identifies it in the logs."
+        if on_v1:
+            return openai_error(GatewayError(message))
+        return _api_json(500, "internal_error", message)
+
+
+_HTTP_MESSAGES = {
+    404: "Not found.",
+    405: "Method not allowed.",
+    413: "The request body is too large.",
+}
+
+
+def _api_json(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": code}}, status=status)
+
+
+def _slug(reason: str) -> str:
+    return reason.lower().replace(" ", "_")

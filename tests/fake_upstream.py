@@ -1,0 +1,250 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp server speaking JSON and SSE.
+
+Behaviour is scripted per test: `fail_next(...)` queues failures that the next requests meet
+(an HTTP status, a hang, a redirect, a stream dropped after N chunks, a 200 stream carrying only
+an error). Every request is recorded (path, headers, JSON body) so tests can assert on what the
+gateway sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+
+@dataclass
+class Failure:
+    status: int = 500
+    retry_after: str | None = None
+    hang: float = 0.0  # seconds to wait before answering anything
+    location: str | None = None  # with a 3xx status
+    drop_after: int | None = None  # streams: send this many chunks, then cut the connection
+    error_stream: bool = False  # 200 text/event-stream whose only event is an error
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeUpstream:
+    models: list[str] = field(default_factory=lambda: ["gpt-4o-mini", "text-embedding-3-small"])
+    valid_keys: set[str] | None = None  # None: any bearer key is accepted
+    chunks: int = 4  # content chunks per stream
+    chunk_delay: float = 0.0
+    reply: str = "Hello from the fake upstream"
+    usage: bool = True  # report usage (JSON, and in streams when stream_options asks)
+    reject_stream_options: bool = False  # behave like upstreams that 400 on stream_options
+    requests: list[Recorded] = field(default_factory=list)
+    failures: deque[Failure] = field(default_factory=deque)
+    server: TestServer | None = None
+
+    def __post_init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_post("/v1/completions", self._completions)
+        self.app.router.add_post("/v1/embeddings", self._embeddings)
+        self.app.router.add_post("/v1/responses", self._responses)
+
+    # --- control ------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("/v1"))
+
+    def fail_next(self, failure: Failure | int, times: int = 1) -> None:
+        f = Failure(status=failure) if isinstance(failure, int) else failure
+        self.failures.extend([f] * times)
+
+    def calls(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path == path]
+
+    # --- handlers -----------------------------------------------------------------------
+
+    async def _begin(self, request: web.Request) -> tuple[Any, Failure | None, web.StreamResponse | None]:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode(errors="replace")
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        auth = request.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        if key is None or (self.valid_keys is not None and key not in self.valid_keys):
+            return body, None, _error(401, "Incorrect API key provided", "invalid_api_key")
+        failure = self.failures.popleft() if self.failures else None
+        if failure is None:
+            return body, None, None
+        if failure.hang:
+            await asyncio.sleep(failure.hang)
+        if failure.location:
+            raise web.HTTPFound(failure.location)
+        if failure.drop_after is not None or failure.error_stream:
+            return body, failure, None
+        headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+        return body, failure, _error(failure.status, "fake failure", "fake", headers, failure.body)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        _, _, early = await self._begin(request)
+        if early:
+            return early
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, failure, early = await self._begin(request)
+        if early:
+            return early
+        model = body.get("model") if isinstance(body, dict) else None
+        if model not in self.models:
+            return _error(404, f"The model {model} does not exist", "model_not_found")
+        if body.get("stream"):
+            if self.reject_stream_options and "stream_options" in body:
+                return _error(400, "Unrecognized request argument supplied: stream_options", None)
+            return await self._stream_chat(request, body, failure)
+        usage = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self.reply},
+                        "finish_reason": "stop",
+                    }
+                ],
+                **({"usage": usage} if self.usage else {}),
+            }
+        )
+
+    async def _stream_chat(
+        self, request: web.Request, body: dict[str, Any], failure: Failure | None
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        if failure is not None and failure.error_stream:
+            await resp.write(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
+            await resp.write_eof()
+            return resp
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        words = _split(self.reply, self.chunks)
+        events = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        ]
+        events += [{**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if self.usage and (body.get("stream_options") or {}).get("include_usage"):
+            events.append(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)},
+                }
+            )
+        for i, event in enumerate(events):
+            if failure is not None and failure.drop_after is not None and i >= failure.drop_after:
+                assert request.transport is not None
+                request.transport.close()  # cut the connection mid-stream, no terminating chunk
+                return resp
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._begin(request)
+        if early:
+            return early
+        return web.json_response(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"text": self.reply, "index": 0, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+            }
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._begin(request)
+        if early:
+            return early
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 4, "total_tokens": 4},
+            }
+        )
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._begin(request)
+        if early:
+            return early
+        return web.json_response(
+            {
+                "id": "resp_fake",
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": body.get("model"),
+                "output": [
+                    {
+                        "type": "message",
+                        "id": "msg_fake",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": self.reply, "annotations": []}],
+                    }
+                ],
+                "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12},
+            }
+        )
+
+
+def _split(text: str, n: int) -> list[str]:
+    """Exactly n pieces (for n <= len(text)) that join back to the text."""
+    n = max(1, min(n, len(text)))
+    return [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
+
+
+def _error(
+    status: int,
+    message: str,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> web.Response:
+    payload = body or {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+    return web.json_response(payload, status=status, headers=headers)

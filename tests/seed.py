@@ -1,0 +1,44 @@
+"""Test data through the real code paths: users, tokens and sealed keys."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from gateway import config as config_mod
+from gateway import sharedkeys, tokens, users
+from gateway.crypto import KeyRing
+
+
+async def user_with_token(pool: asyncpg.Pool, name: str = "alice", **kw: object) -> tuple[users.User, str]:
+    async with pool.acquire() as conn:
+        user = await users.add_user(conn, name, **kw)  # type: ignore[arg-type]
+        token, _ = await tokens.create(conn, user.id, "test")
+    return user, token
+
+
+async def add_key(
+    pool: asyncpg.Pool,
+    config: config_mod.Config,
+    owner: users.User,
+    base_url: str,
+    *,
+    name: str = "k1",
+    api_key: str = "sk-test-donor-key-0001",
+    models: list[str] | None = None,
+    daily_limit: int = 150,
+    private: bool = False,
+    stream_usage: bool = True,
+) -> sharedkeys.SharedKey:
+    ring = KeyRing(config.security.key_encryption_secret)
+    new = sharedkeys.NewKey(
+        owner_id=owner.id,
+        name=name,
+        base_url=base_url,
+        api_key=api_key,
+        available_models=models or ["gpt-4o-mini", "text-embedding-3-small"],
+        daily_limit=daily_limit,
+        is_private=private,
+        stream_usage=stream_usage,
+    )
+    async with pool.acquire() as conn:
+        return await sharedkeys.insert_key(conn, ring, new, timezone=config.balancer.timezone)

@@ -1,0 +1,143 @@
+"""The command line against real PostgreSQL and Redis: users, tokens, keys; bad input."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from gateway import config as config_mod
+from gateway import tokens
+
+from .clirun import Result, clean_env, sharekey
+from .conftest import TEST_SECRET
+
+
+@pytest.fixture
+def env(config: config_mod.Config, redis_prefix: str) -> dict[str, str]:
+    return clean_env(
+        DATABASE_URL=config.database.url,
+        REDIS_URL=config.redis.url,
+        KEY_ENCRYPTION_SECRET=TEST_SECRET,
+        SHAREKEY_REDIS_KEY_PREFIX=redis_prefix,
+        SHAREKEY_LOGGING_FORMAT="json",
+        SHAREKEY_SECURITY_ALLOW_HTTP_UPSTREAMS="true",
+        SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS="true",
+    )
+
+
+def fails_cleanly(r: Result, *words: str) -> None:
+    assert r.code == 1, r
+    lines = r.err.strip().splitlines()
+    assert "Traceback" not in r.err
+    assert lines and lines[-1].startswith("sharekey: "), r.err
+    for w in words:
+        assert w in lines[-1], (w, lines[-1])
+
+
+async def test_users_tokens_keys_round_trip(env: dict[str, str], config: config_mod.Config) -> None:
+    r = sharekey("users", "add", "alice", "--admin", env=env)
+    assert r.code == 0, r.err
+    alice_id = uuid.UUID(r.out.strip())
+
+    r = sharekey("tokens", "create", "alice", "--label", "laptop", env=env)
+    assert r.code == 0, r.err
+    assert r.out.count("\n") == 1 and tokens.well_formed(r.out.strip()), "stdout holds only the token"
+    token = r.out.strip()
+
+    secret_key = "sk-live-THISISTHESECRET-9z8y"
+    r = sharekey(
+        "keys",
+        "add",
+        "--user",
+        "alice",
+        "--name",
+        "main",
+        "--base-url",
+        "https://api.example.com",
+        "--api-key",
+        secret_key,
+        "--models",
+        "gpt-4o-mini, gpt-4o",
+        "--daily-limit",
+        "70",
+        "--no-test",
+        env=env,
+    )
+    assert r.code == 0, r.err
+    assert secret_key not in r.out + r.err
+
+    r = sharekey("keys", "list", env=env)
+    assert r.code == 0, r.err
+    header, row = r.out.strip().splitlines()
+    assert header.split() == ["OWNER", "NAME", "UPSTREAM", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY"]
+    assert row.split() == [
+        "alice",
+        "main",
+        "api.example.com",
+        "gpt-4o-mini,gpt-4o",
+        "70",
+        "0",
+        "0",
+        "active",
+        "sk-…9z8y",
+    ]
+    assert secret_key not in r.out + r.err
+
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        key = await conn.fetchrow("SELECT * FROM shared_keys")
+        assert key["user_id"] == alice_id and key["base_url"] == "https://api.example.com/v1"
+        assert secret_key not in str(dict(key))
+        assert key["api_key_encrypted"].startswith(key["key_version"] + ":")
+        stored = await conn.fetchrow("SELECT * FROM api_tokens")
+        assert stored["token_hash"] == tokens.token_hash(token) and stored["label"] == "laptop"
+        assert token not in str(dict(stored))
+        assert (await conn.fetchval("SELECT is_admin FROM users WHERE username = 'alice'")) is True
+    finally:
+        await conn.close()
+
+
+async def test_bad_input_ends_with_one_line_and_writes_nothing(env: dict[str, str], config: config_mod.Config) -> None:
+    assert sharekey("users", "add", "bob", env=env).code == 0
+    fails_cleanly(sharekey("users", "add", "bob", env=env), "already exists")
+    fails_cleanly(sharekey("tokens", "create", "nobody", env=env), "no user named 'nobody'")
+    base = ["keys", "add", "--name", "k", "--api-key", "sk-abcdefghijklmnop", "--no-test"]
+    fails_cleanly(
+        sharekey(*base, "--user", "nobody", "--base-url", "https://a.example", "--models", "m", env=env), "nobody"
+    )
+    fails_cleanly(
+        sharekey(*base, "--user", "bob", "--base-url", "https://a.example", "--models", " , ", env=env), "--models"
+    )
+    fails_cleanly(
+        sharekey(*base, "--user", "bob", "--base-url", "ftp://a.example", "--models", "m", env=env), "--base-url"
+    )
+    fails_cleanly(
+        sharekey(
+            *base, "--user", "bob", "--base-url", "https://a.example", "--models", "m", "--daily-limit", "0", env=env
+        ),
+        "--daily-limit",
+    )
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM shared_keys") == 0
+        assert await conn.fetchval("SELECT count(*) FROM api_tokens") == 0
+        assert await conn.fetchval("SELECT count(*) FROM users") == 1
+    finally:
+        await conn.close()
+
+
+def test_unreachable_database_is_one_line(env: dict[str, str]) -> None:
+    r = sharekey("migrate", env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
+    fails_cleanly(r, "cannot connect to PostgreSQL")
+
+
+def test_external_database_requires_a_secret(env: dict[str, str]) -> None:
+    r = sharekey("migrate", env={k: v for k, v in env.items() if k != "KEY_ENCRYPTION_SECRET"})
+    assert r.code == 2 and "KEY_ENCRYPTION_SECRET" in r.err and "Traceback" not in r.err
+
+
+def test_migrate_reports_version(env: dict[str, str]) -> None:
+    r = sharekey("migrate", env=env)
+    assert r.code == 0 and r.out.strip() == "database at migration 0001"

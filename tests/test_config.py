@@ -1,0 +1,98 @@
+"""Configuration: defaults, TOML, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway import config as config_mod
+from gateway.config import ConfigError, load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_contract() -> None:
+    c = load(env={})
+    assert (c.server.host, c.server.port, c.server.workers) == ("127.0.0.1", 8080, 0)
+    assert c.balancer.timezone == "Asia/Shanghai" and c.balancer.max_attempts == 3
+    assert c.limits.max_body_bytes == 4194304 and c.limits.max_output_tokens == 0
+    assert c.oauth_linuxdo.authorize_url == "https://connect.linux.do/oauth2/authorize"
+    assert c.embedded
+
+
+def test_every_key_is_documented_in_the_example() -> None:
+    example = load(ROOT / "config.example.toml", env={})
+    assert example == load(env={}), "config.example.toml must show the defaults"
+    with (ROOT / "config.example.toml").open("rb") as f:
+        doc = tomllib.load(f)
+    documented = {f"{section}.{key}" for section, table in config_mod._flatten_tables(doc) for key in table}
+    assert documented == set(config_mod.to_toml_names())
+
+
+def test_toml_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[server]\nport = 9000\n[oauth.linuxdo]\nclient_id = "abc"\n[security]\nallow_http_upstreams = true\n'
+    )
+    c = load(path, env={"SHAREKEY_SERVER_PORT": "9100", "DATABASE_URL": "postgresql://db/x"})
+    assert c.server.port == 9100
+    assert c.oauth_linuxdo.client_id == "abc"
+    assert c.security.allow_http_upstreams is True
+    assert c.database.url == "postgresql://db/x"
+    c = load(
+        path, env={"SHAREKEY_OAUTH_LINUXDO_CLIENT_ID": "xyz", "KEY_ENCRYPTION_OLD_SECRETS": "a" * 32 + ", " + "b" * 32}
+    )
+    assert c.oauth_linuxdo.client_id == "xyz"
+    assert c.security.old_key_encryption_secrets == ("a" * 32, "b" * 32)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[server]\nport = 'eighty'\n", {}, "server.port"),
+        ("[server]\nprot = 1\n", {}, "server.prot"),
+        ("[nope]\nx = 1\n", {}, "[nope]"),
+        ("[server\n", {}, "not valid TOML"),
+        ("", {"SHAREKEY_SERVER_PORT": "x"}, "server.port"),
+        ("", {"SHAREKEY_SERVER_PORTS": "1"}, "SHAREKEY_SERVER_PORTS"),
+        ("", {"SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS": "maybe"}, "security.allow_private_upstreams"),
+        ("", {"SHAREKEY_BALANCER_TIMEZONE": "Mars/Base"}, "balancer.timezone"),
+        ("", {"SHAREKEY_HEALTH_METHOD": "ping"}, "health.method"),
+        ("", {"SHAREKEY_SERVER_PORT": "70000"}, "server.port"),
+        ("", {"DATABASE_URL": "mysql://x"}, "database.url"),
+    ],
+)
+def test_bad_input_names_the_key(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load(path, env=env)
+
+
+def test_secrets_never_in_repr_or_errors() -> None:
+    secret = "s3cret-" * 6
+    c = load(
+        env={"KEY_ENCRYPTION_SECRET": secret, "DATABASE_URL": "postgresql://u:pw@db/x", "REDIS_URL": "redis://:pw@r"}
+    )
+    assert secret not in repr(c) and "pw@" not in repr(c)
+    with pytest.raises(ConfigError) as e:
+        load(env={"KEY_ENCRYPTION_SECRET": "short-secret"})
+    assert "short-secret" not in str(e.value)
+
+
+def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nport = 'x'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(path), "migrate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "server.port" in proc.stderr
+    assert "Traceback" not in proc.stderr

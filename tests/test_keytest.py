@@ -1,0 +1,279 @@
+"""The live key test against the fake upstream and a few odd local upstreams.
+
+Every upstream here is on loopback. The key under test must never appear in a result or a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+
+from gateway import keytest, upstream
+from gateway.keytest import KeyTestResult
+
+from .fake_upstream import Failure, FakeUpstream
+from .test_upstream import Listener, load_config
+
+KEY = "sk-keytest-SECRET-5f3a9c1e7b2d4f60"
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[Callable[[bool], aiohttp.ClientSession]]:
+    made: list[aiohttp.ClientSession] = []
+
+    def make(allow_private: bool) -> aiohttp.ClientSession:
+        session = upstream.create_session(load_config(tmp_path, allow_private=allow_private))
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        await session.close()
+
+
+@pytest.fixture
+async def session(sessions: Callable[[bool], aiohttp.ClientSession]) -> aiohttp.ClientSession:
+    return sessions(True)
+
+
+async def odd_upstream(aiohttp_server: Any, models: web.Response | None, chat: web.Response) -> str:
+    """A tiny upstream answering fixed responses; returns its base URL."""
+
+    async def models_handler(request: web.Request) -> web.StreamResponse:
+        if models is None:
+            raise web.HTTPNotFound()
+        return models
+
+    async def chat_handler(request: web.Request) -> web.StreamResponse:
+        return chat
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models_handler)
+    app.router.add_post("/v1/chat/completions", chat_handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/v1"))
+
+
+def chat_ok(model: str = "m1") -> web.Response:
+    return web.json_response(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "p"}, "finish_reason": "length"}],
+        }
+    )
+
+
+def assert_clean(result: KeyTestResult) -> None:
+    assert KEY not in repr(result)
+    assert "127.0.0.1" not in (result.error or "")
+
+
+async def test_passes_against_the_fake_upstream(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    fake_upstream.valid_keys = {KEY}
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    assert result == KeyTestResult(True, result.latency_ms, fake_upstream.models, None, None)
+    assert 0 <= result.latency_ms < TIMEOUT * 1000
+    (chat,) = fake_upstream.calls("/v1/chat/completions")
+    assert chat.body == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    assert chat.headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_without_declared_models_the_first_listed_is_tried(
+    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.models = ["model-b", "model-a"]
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, None, timeout=TIMEOUT)
+    assert (result.ok, result.models) == (True, ["model-b", "model-a"])
+    assert fake_upstream.calls("/v1/chat/completions")[0].body["model"] == "model-b"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_rejected_key(fake_upstream: FakeUpstream, session: aiohttp.ClientSession, status: int) -> None:
+    fake_upstream.fail_next(status)
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    assert (result.ok, result.reason, result.error) == (False, "invalid_key", "the upstream rejected the key")
+    assert fake_upstream.calls("/v1/chat/completions") == []
+    assert_clean(result)
+
+
+async def test_unknown_key(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    fake_upstream.valid_keys = {"sk-some-other-key-000000"}
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "invalid_key")
+
+
+async def test_declared_model_not_offered(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    declared = ["gpt-4o-mini", "gpt-9-imaginary", "o7-mini"]
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, declared, timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "model_not_offered")
+    assert result.error == "the upstream does not offer: gpt-9-imaginary, o7-mini"
+    assert result.models == fake_upstream.models
+    assert fake_upstream.calls("/v1/chat/completions") == []
+
+
+async def test_rate_limited_is_a_failure(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    fake_upstream.fail_next(Failure(status=429, retry_after="20"))
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "rate_limited")
+    assert result.error is not None and "rate-limiting" in result.error
+
+
+async def test_completion_error_body_is_not_relayed(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+    body = {"error": {"message": f"backend db-7.internal:5432 is down; key {KEY}"}}
+    base = await odd_upstream(
+        aiohttp_server,
+        web.json_response({"object": "list", "data": [{"id": "m1", "object": "model"}]}),
+        web.json_response(body, status=503),
+    )
+    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "upstream_error")
+    assert result.error == "the upstream answered with an error (HTTP 503)"
+    assert result.models == ["m1"]
+    assert_clean(result)
+
+
+async def test_models_404_but_completion_works(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+    base = await odd_upstream(aiohttp_server, None, chat_ok("m1"))
+    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    assert result == KeyTestResult(True, result.latency_ms, [], None, None)
+
+
+async def test_models_404_and_nothing_declared(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+    base = await odd_upstream(aiohttp_server, None, chat_ok("m1"))
+    result = await keytest.test_key(session, base, KEY, [], timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "model_not_offered")
+
+
+@pytest.mark.parametrize(
+    ("models", "chat"),
+    [
+        (lambda: web.Response(text="<html>It works!</html>", content_type="text/html"), chat_ok),
+        (lambda: web.json_response({"models": ["m1"]}), chat_ok),
+        (lambda: web.json_response({"data": [{"name": "m1"}]}), chat_ok),
+        (lambda: web.json_response([1, 2, 3]), chat_ok),
+        (lambda: None, lambda: web.Response(text="not json", content_type="text/plain")),
+        (lambda: None, lambda: web.json_response({"result": "ok"})),
+        (lambda: None, lambda: web.Response(status=404, text="<h1>Not Found</h1>", content_type="text/html")),
+    ],
+    ids=["html-models", "models-key", "no-ids", "list", "text-chat", "chat-shape", "no-chat-endpoint"],
+)
+async def test_not_openai_compatible(aiohttp_server: Any, session: aiohttp.ClientSession, models, chat) -> None:  # type: ignore[no-untyped-def]
+    base = await odd_upstream(aiohttp_server, models(), chat())
+    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "not_openai_compatible")
+    assert result.error == keytest.NOT_COMPATIBLE
+    assert "html" not in result.error.lower() and "works" not in result.error
+
+
+async def test_chat_404_with_openai_error_means_model_not_offered(
+    aiohttp_server: Any, session: aiohttp.ClientSession
+) -> None:
+    error = {"error": {"message": "The model `m1` does not exist", "type": "invalid_request_error"}}
+    base = await odd_upstream(aiohttp_server, None, web.json_response(error, status=404))
+    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    assert (result.ok, result.reason, result.error) == (False, "model_not_offered", "the upstream does not offer: m1")
+
+
+async def test_redirect_fails_and_is_not_followed(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    target = Listener()
+    await target.start(("127.0.0.1",))
+    try:
+        fake_upstream.fail_next(Failure(status=302, location=f"http://127.0.0.1:{target.port}/v1/models"))
+        result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    finally:
+        await target.stop()
+    assert (result.ok, result.reason) == (False, "upstream_error")
+    assert result.error == upstream.REDIRECTED
+    assert target.accepted == 0
+
+
+async def test_unreachable_refused_and_timeout_are_indistinguishable(
+    fake_upstream: FakeUpstream, sessions: Callable[[bool], aiohttp.ClientSession]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    listener = Listener()
+    await listener.start(("127.0.0.1",))
+    fake_upstream.fail_next(Failure(hang=1.5))
+    try:
+        closed = await keytest.test_key(sessions(True), f"http://127.0.0.1:{closed_port}/v1", KEY, ["m"], timeout=2)
+        refused = await keytest.test_key(sessions(False), f"http://127.0.0.1:{listener.port}/v1", KEY, ["m"], timeout=2)
+        refused_name = await keytest.test_key(
+            sessions(False), f"http://localhost:{listener.port}/v1", KEY, ["m"], timeout=2
+        )
+        timed_out = await keytest.test_key(sessions(True), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=0.4)
+    finally:
+        await listener.stop()
+    results = [closed, refused, refused_name, timed_out]
+    assert {(r.ok, r.reason, r.error, tuple(r.models)) for r in results} == {
+        (False, "unreachable", "could not reach the upstream", ())
+    }
+    assert listener.accepted == 0
+    assert 350 <= timed_out.latency_ms < 1500  # the whole test stopped at its budget
+
+
+async def test_timeout_is_the_total_budget(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+    """/models and the completion each take 0.3 s: a 0.5 s budget is for both together."""
+
+    async def slow_models(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.json_response({"data": [{"id": "m1"}]})
+
+    async def slow_chat(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return chat_ok()
+
+    app = web.Application()
+    app.router.add_get("/v1/models", slow_models)
+    app.router.add_post("/v1/chat/completions", slow_chat)
+    server = await aiohttp_server(app)
+    result = await keytest.test_key(session, str(server.make_url("/v1")), KEY, ["m1"], timeout=0.5)
+    assert (result.ok, result.reason, result.models) == (False, "unreachable", ["m1"])
+    assert result.latency_ms < 600
+
+
+async def test_unsendable_key_fails_without_io(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    result = await keytest.test_key(session, fake_upstream.base_url, "sk-abc\r\nX-Evil: 1", None, timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "invalid_key")
+    assert "X-Evil" not in (result.error or "")
+    assert fake_upstream.requests == []
+
+
+async def test_the_key_never_reaches_results_or_logs(
+    fake_upstream: FakeUpstream, aiohttp_server: Any, sessions: Callable[[bool], aiohttp.ClientSession]
+) -> None:
+    echo_body = {"error": {"message": f"Incorrect API key provided: {KEY}", "code": "invalid_api_key"}}
+    echoing = await odd_upstream(aiohttp_server, web.json_response(echo_body, status=401), chat_ok())
+    with structlog.testing.capture_logs() as logs:
+        results = [
+            await keytest.test_key(sessions(True), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT),
+            await keytest.test_key(sessions(True), echoing, KEY, ["m1"], timeout=TIMEOUT),
+            await keytest.test_key(sessions(False), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT),
+            await keytest.test_key(sessions(True), fake_upstream.base_url, KEY, ["nope"], timeout=TIMEOUT),
+        ]
+    assert [r.ok for r in results] == [True, False, False, False]
+    assert [r.reason for r in results] == [None, "invalid_key", "unreachable", "model_not_offered"]
+    tested = [e for e in logs if e["event"] == "key_tested"]
+    assert len(tested) == 4  # the capture did see the test's own log lines
+    assert tested[2]["cause"] == "refused_address"  # the real cause is logged, not shown
+    for r in results:
+        assert_clean(r)
+    assert KEY not in repr(logs)
+    assert KEY[-12:] not in repr(logs)
+    assert fake_upstream.base_url not in repr(logs)
+
+
+def test_test_key_is_not_collected_as_a_test() -> None:
+    assert keytest.test_key.__test__ is False  # type: ignore[attr-defined]
