@@ -13,12 +13,18 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import appkeys, health, upstream
+from . import appkeys, health, proxy, upstream
+from .balancer import Balancer
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
 from .errors import error_middleware
+from .events import event_bus
+from .keyindex import key_index
+from .keystate import KeyStates
 from .log import request_context
+from .tokens import token_cache
+from .usage import usage_log
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -31,10 +37,26 @@ def create_app(config: Config) -> web.Application:
     app[appkeys.config] = config
     app[appkeys.draining] = asyncio.Event()
     app[appkeys.keyring] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
-    # Dependency order; teardown runs in reverse.
-    app.cleanup_ctx.extend([pg_pool, redis_client, upstream.http_session])
-    app.add_routes(health.routes)
+    # Dependency order; teardown runs in reverse, so usage drains while PostgreSQL and Redis are open.
+    app.cleanup_ctx.extend(
+        [pg_pool, redis_client, upstream.http_session, event_bus, token_cache, key_index, balancer_ctx, usage_log]
+    )
+    app.add_routes([*proxy.routes, *health.routes])
     return app
+
+
+async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[appkeys.config]
+    app[appkeys.balancer] = Balancer(
+        app[appkeys.redis],
+        prefix=config.redis.key_prefix,
+        timezone=config.balancer.timezone,
+        stream_lease_seconds=config.upstream.total_timeout,
+        failures_before_cooldown=config.balancer.failures_before_cooldown,
+    )
+    states = app[appkeys.key_states] = KeyStates(app[appkeys.pg], app[appkeys.redis], config.redis.key_prefix)
+    yield
+    await states.wait()
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
@@ -45,5 +67,9 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_redis(url: str) -> aioredis.Redis:
-    # Short timeouts: Redis is on the hot path, and an outage must fail fast (503), not hang.
-    return aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30)
+    """Short timeouts: Redis is on the hot path, and an outage must fail fast (503), not hang.
+    A blocking pool makes a burst wait briefly for a connection instead of failing past the cap."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=512, timeout=2.0, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30
+    )
+    return aioredis.Redis(connection_pool=pool)

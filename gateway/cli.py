@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import redis.asyncio
 import redis.exceptions
 import structlog
 
-from . import db, log, server, sharedkeys, ssrf, tokens, users
+from . import db, events, log, server, sharedkeys, ssrf, tokens, users
 from .config import Config, ConfigError, load
 from .crypto import KeyRing
 from .embedded import EmbeddedError
@@ -260,7 +261,19 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         key = await sharedkeys.insert_key(conn, keyring, new, timezone=config.balancer.timezone)
     except sharedkeys.KeyNameTaken as e:
         raise CliError(str(e)) from None
+    await announce(config, "keys", key.id)
     print(key.id)
+
+
+async def announce(config: Config, kind: str, arg: str = "") -> None:
+    """Tell running gateways to reload what changed; they also reload on their own every 30 s."""
+    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+    try:
+        await events.publish(client, config.redis.key_prefix, kind, arg)
+    except (redis.exceptions.RedisError, OSError) as e:
+        logger.warning("announce_failed", kind=kind, error=_reason(e))
+    finally:
+        await client.aclose()
 
 
 async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:

@@ -48,6 +48,7 @@ class FakeUpstream:
     usage: bool = True  # report usage (JSON, and in streams when stream_options asks)
     reject_stream_options: bool = False  # behave like upstreams that 400 on stream_options
     requests: list[Recorded] = field(default_factory=list)
+    disconnects: int = 0  # streams the gateway hung up on before the end
     failures: deque[Failure] = field(default_factory=deque)
     server: TestServer | None = None
 
@@ -165,15 +166,19 @@ class FakeUpstream:
                     "usage": {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)},
                 }
             )
-        for i, event in enumerate(events):
-            if failure is not None and failure.drop_after is not None and i >= failure.drop_after:
-                assert request.transport is not None
-                request.transport.close()  # cut the connection mid-stream, no terminating chunk
-                return resp
-            if self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
-            await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        try:
+            for i, event in enumerate(events):
+                if failure is not None and failure.drop_after is not None and i >= failure.drop_after:
+                    assert request.transport is not None
+                    request.transport.close()  # cut the connection mid-stream, no terminating chunk
+                    return resp
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
         await resp.write_eof()
         return resp
 

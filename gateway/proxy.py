@@ -1,0 +1,625 @@
+"""The `/v1` surface: authenticate, validate, pick a key, forward, stream back, fail over.
+
+    token cache -> body checks -> balancer.pick (one Redis call) -> upstream -> client
+
+Until the commit point (a 2xx answer, or a stream's first content event) a failed attempt gives
+its reservation back and the next attempt goes to a key not yet tried. After it there is no
+retry: a stream that breaks ends with one error event and no `[DONE]`. Usage goes to the
+in-process queue; nothing here waits for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from . import appkeys, sse, upstream
+from .balancer import Balancer, Pick, UserLimits
+from .errors import BadRequest, GatewayError, InvalidToken, LimitReached, NoKeyForModel, NotConfigured, UpstreamFailed
+from .keyindex import PoolKey
+from .log import request_fields, scrub
+from .tokens import Caller
+from .usage import UsageRecord
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer <token>'."
+MAX_ERROR_BODY = 64 * 1024
+CALLER_ERRORS = frozenset({400, 404, 413, 422})
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# Endpoints whose streams understand `stream_options.include_usage`.
+USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request as it moves through its attempts."""
+
+    request: web.Request
+    caller: Caller
+    endpoint: str  # "/chat/completions"
+    model: str
+    stream: bool
+    raw: bytes
+    body: dict[str, Any]
+    client_wants_usage: bool
+    started: float
+    attempts: int = 0
+    upstream_ms: float = 0.0
+    _with_usage: bytes | None = None
+
+    def payload(self, key: PoolKey) -> tuple[bytes, bool]:
+        """The body for this key, and whether we added include_usage (and must strip its chunk)."""
+        if not (self.stream and key.stream_usage and self.endpoint in USAGE_OPTION_ENDPOINTS):
+            return self.raw, False
+        if self.client_wants_usage:
+            return self.raw, False
+        if self._with_usage is None:
+            options = self.body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            options["include_usage"] = True
+            self._with_usage = json.dumps({**self.body, "stream_options": options}).encode()
+        return self._with_usage, True
+
+
+@dataclass(slots=True)
+class Failure:
+    """An attempt that failed before its commit point."""
+
+    kind: str  # unreachable | timeout | key_rejected | rate_limited | redirect | upstream_error | bad_stream
+    http_status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""  # for logs only, already scrubbed
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/chat/completions")
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/completions")
+
+
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/embeddings")
+
+
+@routes.post("/v1/responses")
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/responses")
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    await authenticate(request)
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "sharekey"}
+        for m in request.app[appkeys.key_index].models()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+
+async def authenticate(request: web.Request) -> Caller:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken(BAD_TOKEN)
+    try:
+        caller = await request.app[appkeys.token_cache].lookup(token.strip())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        raise NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5) from None
+    if caller is None:
+        raise InvalidToken(BAD_TOKEN)
+    request_fields(request)["user_id"] = caller.user_id
+    return caller
+
+
+async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
+    config = request.app[appkeys.config]
+    raw = await request.read()  # over limits.max_body_bytes: aiohttp raises 413, rendered by the middleware
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("You must provide a model parameter.", code="missing_model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.", code="invalid_value")
+    n = body.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= config.limits.max_n):
+        raise BadRequest(
+            f"'n' must be an integer from 1 to {config.limits.max_n} on this gateway.", code="invalid_value"
+        )
+    cap = config.limits.max_output_tokens
+    for name in TOKEN_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"'{name}' must be a positive integer.", code="invalid_value")
+        if cap and value > cap:
+            raise BadRequest(f"'{name}' may be at most {cap} on this gateway.", code="invalid_value")
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    fields = request_fields(request)
+    fields["model"] = model
+    fields["stream"] = stream
+    return Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
+
+
+def user_limits(request: web.Request) -> UserLimits:
+    limits = request.app[appkeys.config].limits
+    return UserLimits(
+        daily=limits.user_daily_requests,
+        per_minute=limits.user_requests_per_minute,
+        streams=limits.user_concurrent_streams,
+    )
+
+
+async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    caller = await authenticate(request)
+    call = await read_call(request, caller, endpoint)
+    app = request.app
+    config = app[appkeys.config]
+    index = app[appkeys.key_index]
+    balancer = app[appkeys.balancer]
+    keys = index.pooled(call.model)
+    fields = request_fields(request)
+    tried: set[str] = set()
+    last_failure: Failure | None = None
+    refusal: GatewayError | None = None
+    stream_slot = False
+    limits = user_limits(request)
+    try:
+        while call.attempts < config.balancer.max_attempts:
+            candidates = [k for k in keys if k.id not in tried]
+            if not candidates:
+                break
+            try:
+                pick = await balancer.pick(
+                    [k.candidate for k in candidates],
+                    user_id=caller.user_id,
+                    limits=limits,
+                    request_id=request[appkeys.request_id],
+                    stream=call.stream,
+                    count_user=call.attempts == 0,
+                )
+            except REDIS_ERRORS as e:
+                log.error("balancer_unreachable", error=str(e))
+                raise NotConfigured(
+                    "The gateway cannot reach its state store; try again shortly.", retry_after=5
+                ) from None
+            if pick.outcome != "ok":
+                refusal = refusal_for(pick, call.model)
+                if pick.outcome.startswith("user_"):
+                    raise refusal
+                break
+            if call.stream and call.attempts == 0 and limits.streams:
+                stream_slot = True  # the script holds a concurrent-stream slot for us
+            key = index.get(pick.key_id or "")
+            call.attempts += 1
+            if key is None:  # removed from the index since the pick
+                await _release(balancer, pick)
+                continue
+            tried.add(key.id)
+            fields["key_id"] = key.id
+            result = await attempt(call, key, pick)
+            if isinstance(result, web.StreamResponse):
+                if pick.trial:
+                    await _quietly(balancer.trial_passed(key.id))
+                return result
+            last_failure = result
+            await _release(balancer, pick)
+            await note_failure(app, key, result)
+
+        fallback = [k for k in index.private(caller.user_id, call.model) if k.id not in tried]
+        if fallback:
+            key = fallback[0]
+            call.attempts += 1
+            fields["key_id"] = key.id
+            result = await attempt(call, key, None)
+            if isinstance(result, web.StreamResponse):
+                return result
+            last_failure = result
+        if last_failure is not None:
+            raise UpstreamFailed(
+                f"The upstream failed on all {call.attempts} attempt(s); try again.", code="upstream_failed"
+            )
+        if refusal is not None:
+            raise refusal
+        if not keys:
+            raise NoKeyForModel(f"No key on this gateway serves the model '{call.model}'.")
+        raise NotConfigured("No key for this model can be tried right now; try again shortly.", retry_after=5)
+    finally:
+        fields["attempts"] = call.attempts
+        fields["upstream_ms"] = round(call.upstream_ms, 1)
+        if stream_slot:
+            asyncio.create_task(_quietly(balancer.end_stream(caller.user_id, request[appkeys.request_id])))
+
+
+def refusal_for(pick: Pick, model: str) -> GatewayError:
+    if pick.outcome == "user_daily":
+        return LimitReached(
+            "You have used your requests for today.", code="user_daily_limit", retry_after=pick.retry_after
+        )
+    if pick.outcome == "user_rpm":
+        return LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=pick.retry_after)
+    if pick.outcome == "user_streams":
+        return LimitReached("Too many streams at once.", code="user_stream_limit", retry_after=pick.retry_after)
+    if pick.outcome == "exhausted":
+        return LimitReached(
+            f"Every key serving '{model}' has reached its daily limit.",
+            code="daily_limit_reached",
+            retry_after=pick.retry_after,
+        )
+    # Capped: a disabled key cools "for years" until every index drops it, moments later.
+    return NotConfigured(
+        f"Every key serving '{model}' is cooling down; try again shortly.",
+        retry_after=min(max(1, pick.retry_after), 60),
+    )
+
+
+async def _release(balancer: Balancer, pick: Pick) -> None:
+    if pick.key_id:
+        await _quietly(balancer.release(pick.key_id, pick.day))
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except REDIS_ERRORS as e:
+        log.warning("balancer_call_failed", error=str(e))
+
+
+# --- one attempt ------------------------------------------------------------------------------
+
+
+async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
+    """Forward to one key. Returns the response once committed (or a caller error to relay), or a Failure."""
+    app = call.request.app
+    cfg = app[appkeys.config].upstream
+    session = app[appkeys.http]
+    payload, strip_usage = call.payload(key)
+    url = key.base_url + call.endpoint
+    headers = upstream.upstream_headers(key.api_key, accept="text/event-stream" if call.stream else "application/json")
+    record = Recorder(call, key, pick)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.total_timeout
+    t0 = time.perf_counter()
+    resp: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout(min(deadline, loop.time() + cfg.first_token_timeout)) as timer:
+            resp = await session.post(
+                url,
+                data=payload,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout),
+            )
+            if resp.status < 200 or resp.status >= 300:
+                return await failed_status(call, key, resp, record)
+            if not call.stream or "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                body = await resp.read()
+                call.upstream_ms += (time.perf_counter() - t0) * 1000
+                return finish_json(call, key, resp, body, record)
+            return await relay_stream(call, key, resp, record, timer, deadline, strip_usage, t0)
+    except TimeoutError:
+        return record.failed(Failure("timeout", detail="timed out"))
+    except upstream.UpstreamError as e:
+        kind = {"redirect": "redirect", "timeout": "timeout"}.get(e.kind, "unreachable")
+        return record.failed(Failure(kind, detail=e.cause))
+    except (aiohttp.ClientError, OSError) as e:
+        detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
+        return record.failed(Failure("unreachable", detail=detail))
+    except asyncio.CancelledError:
+        record.cancelled()
+        raise
+    finally:
+        if resp is not None:
+            resp.release()
+        call.upstream_ms += 0 if record.done else (time.perf_counter() - t0) * 1000
+
+
+def key_secrets(key: PoolKey) -> tuple[str, ...]:
+    host = urllib.parse.urlsplit(key.base_url).hostname or ""
+    return (key.api_key, key.base_url, host)
+
+
+async def failed_status(
+    call: Call, key: PoolKey, resp: aiohttp.ClientResponse, record: Recorder
+) -> web.Response | Failure:
+    status = resp.status
+    text = (await resp.content.read(MAX_ERROR_BODY)).decode(errors="replace")
+    upstream_error = _error_fields(text)
+    detail = scrub(upstream_error.get("message") or text, secrets=key_secrets(key))
+    if status in CALLER_ERRORS and upstream_error.get("code") != "model_not_found":
+        record.finished("client_error", success=False, committed=False, http_status=status, error=detail)
+        message = detail or "The upstream refused the request."
+        code = upstream_error.get("code") if isinstance(upstream_error.get("code"), str) else None
+        return web.json_response(
+            {"error": {"message": message, "type": "invalid_request_error", "code": code}},
+            status=status,
+            headers=provider_headers(call, key),
+        )
+    if status in (401, 403):
+        return record.failed(Failure("key_rejected", status, detail=detail))
+    if status == 429:
+        return record.failed(Failure("rate_limited", status, retry_after=_retry_after(resp), detail=detail))
+    if 300 <= status < 400:
+        return record.failed(Failure("redirect", status, detail="redirect refused"))
+    return record.failed(Failure("upstream_error", status, detail=detail))
+
+
+def _error_fields(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return {}
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        return err
+    if isinstance(err, str):
+        return {"message": err}
+    return {}
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    try:
+        value = float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value if 0 < value <= 86400 else None
+
+
+def provider_headers(call: Call, key: PoolKey) -> dict[str, str]:
+    provider = key.provider if key.provider.isascii() else urllib.parse.quote(key.provider)
+    return {"X-Request-Id": call.request[appkeys.request_id], "X-Sharekey-Provider": provider}
+
+
+def finish_json(call: Call, key: PoolKey, resp: aiohttp.ClientResponse, body: bytes, record: Recorder) -> web.Response:
+    usage = sse.usage_of(sse.parse(body)) if b'"usage"' in body else None
+    record.finished("ok", success=True, committed=True, http_status=resp.status, usage=usage)
+    return web.Response(
+        body=body,
+        status=resp.status,
+        content_type=resp.content_type or "application/json",
+        headers=provider_headers(call, key),
+    )
+
+
+async def relay_stream(
+    call: Call,
+    key: PoolKey,
+    resp: aiohttp.ClientResponse,
+    record: Recorder,
+    timer: asyncio.Timeout,
+    deadline: float,
+    strip_usage: bool,
+    t0: float,
+) -> web.StreamResponse | Failure:
+    loop = asyncio.get_running_loop()
+    idle = call.request.app[appkeys.config].upstream.idle_timeout
+    scanner = sse.Scanner()
+    held: list[bytes] = []
+    usage: sse.Usage | None = None
+    chunks = 0
+
+    def take(events: list[bytes]) -> bytes:
+        """Note usage, drop the usage-only chunk we asked for, count content events."""
+        nonlocal usage, chunks
+        out = []
+        for event in events:
+            data = sse.data_of(event)
+            if data is not None and b'"usage"' in data:
+                obj = sse.parse(data)
+                usage = sse.usage_of(obj) or usage
+                if strip_usage and sse.usage_only_chunk(obj):
+                    continue
+            if data is not None and data != b"[DONE]":
+                chunks += 1
+            out.append(event)
+        return b"".join(out)
+
+    # Before the commit point: hold events until the first one with content.
+    while True:
+        chunk = await resp.content.readany()
+        if not chunk:
+            return record.failed(Failure("bad_stream", resp.status, detail="stream ended before any content"))
+        events = scanner.feed(chunk)
+        committed = False
+        for i, event in enumerate(events):
+            data = sse.data_of(event)
+            if data is None:
+                continue
+            if data == b"[DONE]" or sse.is_error(data):
+                detail = "stream carried only an error" if data != b"[DONE]" else "stream ended before any content"
+                return record.failed(Failure("bad_stream", resp.status, detail=detail))
+            held.extend(events[: i + 1])
+            rest = events[i + 1 :]
+            committed = True
+            break
+        else:
+            held.extend(events)
+        if committed:
+            break
+
+    ttft = (time.perf_counter() - t0) * 1000
+    out = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **provider_headers(call, key),
+        },
+    )
+    await out.prepare(call.request)
+    record.committed(ttft)
+    try:
+        await out.write(take(held) + take(rest))
+        while True:
+            timer.reschedule(min(deadline, loop.time() + idle))
+            chunk = await resp.content.readany()
+            if not chunk:
+                break
+            data = take(scanner.feed(chunk))
+            if data:
+                await out.write(data)
+    except (TimeoutError, aiohttp.ClientError) as e:
+        kind = "timed out" if isinstance(e, TimeoutError) else "connection lost"
+        record.finished(
+            "stream_error", success=False, committed=True, http_status=200, usage=usage, chunks=chunks, error=kind
+        )
+        call.upstream_ms += (time.perf_counter() - t0) * 1000
+        try:
+            await out.write(sse.error_event(f"The upstream stream broke off ({kind})."))
+            await out.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+        return out
+    except (ConnectionError, RuntimeError):  # the client went away
+        record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
+        call.upstream_ms += (time.perf_counter() - t0) * 1000
+        return out
+    except asyncio.CancelledError:
+        record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
+        raise
+    if scanner.pending:
+        await out.write(scanner.pending)
+    record.finished("ok", success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
+    call.upstream_ms += (time.perf_counter() - t0) * 1000
+    await out.write_eof()
+    return out
+
+
+# --- accounting and key state -----------------------------------------------------------------
+
+
+class Recorder:
+    """Builds the usage record of one attempt and hands it to the queue exactly once."""
+
+    __slots__ = ("call", "key", "pick", "t0", "ttft_ms", "done")
+
+    def __init__(self, call: Call, key: PoolKey, pick: Pick | None) -> None:
+        self.call, self.key, self.pick = call, key, pick
+        self.t0 = time.perf_counter()
+        self.ttft_ms: float | None = None
+        self.done = False
+
+    def committed(self, ttft_ms: float) -> None:
+        self.ttft_ms = ttft_ms
+
+    def failed(self, failure: Failure) -> Failure:
+        self.finished(
+            "upstream_error" if failure.kind != "timeout" else "timeout",
+            success=False,
+            committed=False,
+            http_status=failure.http_status,
+            error=f"{failure.kind}: {failure.detail}"[:300],
+        )
+        return failure
+
+    def cancelled(self) -> None:
+        self.finished("cancelled", success=False, committed=self.ttft_ms is not None)
+
+    def finished(
+        self,
+        status: str,
+        *,
+        success: bool,
+        committed: bool,
+        http_status: int | None = None,
+        usage: sse.Usage | None = None,
+        chunks: int = 0,
+        error: str | None = None,
+    ) -> None:
+        if self.done:
+            return
+        self.done = True
+        call = self.call
+        estimated = False
+        prompt = completion = None
+        if usage is not None:
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        elif committed:
+            estimated = True
+            prompt, completion = len(call.raw) // 4, chunks
+        day = date.fromisoformat(self.pick.day) if self.pick else _today(call)
+        call.request.app[appkeys.usage].add(
+            UsageRecord(
+                request_id=call.request[appkeys.request_id],
+                attempt=call.attempts,
+                day=day,
+                created_at=datetime.now(UTC),
+                shared_key_id=self.key.id,
+                user_id=call.caller.user_id,
+                donor_id=self.key.owner_id,
+                api_endpoint="/v1" + call.endpoint,
+                model=call.model,
+                status=status,
+                success=success,
+                committed=committed,
+                http_status=http_status,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                usage_estimated=estimated,
+                latency_ms=round((time.perf_counter() - self.t0) * 1000),
+                ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
+                error_message=error,
+            )
+        )
+
+
+def _today(call: Call) -> date:
+    return date.fromisoformat(call.request.app[appkeys.balancer].today())
+
+
+async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> None:
+    """Put the key in the state its failure calls for (Redis now, PostgreSQL in the background)."""
+    balancer = app[appkeys.balancer]
+    states = app[appkeys.key_states]
+    cooldown = app[appkeys.config].balancer.cooldown_seconds
+    log.info("attempt_failed", key_id=key.id, kind=failure.kind, http_status=failure.http_status, detail=failure.detail)
+    if failure.kind == "key_rejected":
+        await _quietly(balancer.cool_down(key.id, 10 * 365 * 86400))
+        states.disabled(key.id, f"the upstream rejected the key (HTTP {failure.http_status})")
+    elif failure.kind == "rate_limited":
+        seconds = failure.retry_after or cooldown
+        await _quietly(balancer.cool_down(key.id, seconds))
+        states.cooling(key.id, f"rate limited by the upstream for {seconds:.0f}s")
+    else:
+        try:
+            cooled = await balancer.record_failure(key.id, cooldown)
+        except REDIS_ERRORS:
+            cooled = False
+        if cooled:
+            states.cooling(key.id, "repeated upstream failures", f"{failure.kind}: {failure.detail}"[:300])
+        else:
+            states.failed(key.id, f"{failure.kind}: {failure.detail}"[:300])
