@@ -1,0 +1,142 @@
+"""A fast fake OpenAI-compatible upstream for benchmarks: as little work per request as possible.
+
+    python -m bench.upstream [--host 127.0.0.1] [--port 0] [--chunks 16]
+
+Prints one line `READY <port>` on stdout once it listens, then nothing more; SIGTERM/SIGINT stop
+it. Every answer is built once at start-up, so its cost per request is aiohttp's own.
+
+* `POST /v1/chat/completions`: a small completion with `usage`; with `"stream": true`, an SSE
+  stream of `--chunks` content chunks (the last one carrying `finish_reason`), then a usage-only
+  chunk when `stream_options.include_usage` is set, then `data: [DONE]`. Each chunk is its own
+  write, as a real upstream sends them.
+* `GET /v1/models`: the one model, OpenAI list shape.
+
+Any bearer key is accepted. It listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+MODEL = "bench-model"
+PROMPT_TOKENS = 8
+
+
+def _sse(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class Answers:
+    """Every response body, prebuilt."""
+
+    def __init__(self, chunks: int) -> None:
+        created = int(time.time())
+        ident = "chatcmpl-bench0000000000000000"
+        base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": MODEL}
+        self.chunks: list[bytes] = []
+        text = []
+        for i in range(chunks):
+            delta: dict[str, str] = {"content": f"tok{i} "}
+            if i == 0:
+                delta = {"role": "assistant", **delta}
+            text.append(delta["content"])
+            finish = "stop" if i == chunks - 1 else None
+            self.chunks.append(_sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": chunks, "total_tokens": PROMPT_TOKENS + chunks}
+        self.usage_chunk = _sse({**base, "choices": [], "usage": usage})
+        self.done = b"data: [DONE]\n\n"
+        self.completion = json.dumps(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": MODEL,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(text).strip()},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            },
+            separators=(",", ":"),
+        ).encode()
+        self.models = json.dumps(
+            {"object": "list", "data": [{"id": MODEL, "object": "model", "created": created, "owned_by": "bench"}]}
+        ).encode()
+
+
+def create_app(chunks: int = 16) -> web.Application:
+    answers = Answers(chunks)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response(
+                {"error": {"message": "invalid JSON", "type": "invalid_request_error", "code": None}}, status=400
+            )
+        if body.get("stream") is not True:
+            return web.Response(body=answers.completion, content_type="application/json")
+        options = body.get("stream_options")
+        with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for chunk in answers.chunks:
+            await resp.write(chunk)
+        if with_usage:
+            await resp.write(answers.usage_chunk)
+        await resp.write(answers.done)
+        await resp.write_eof()
+        return resp
+
+    async def models(request: web.Request) -> web.Response:
+        return web.Response(body=answers.models, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    return app
+
+
+async def serve(host: str, port: int, chunks: int) -> None:
+    if not ipaddress.ip_address(host).is_loopback:
+        raise SystemExit(f"bench.upstream: refusing to listen on {host}: loopback only")
+    runner = web.AppRunner(create_app(chunks), access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        print(f"READY {runner.addresses[0][1]}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.upstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed on the READY line)")
+    parser.add_argument("--chunks", type=int, default=16, help="content chunks per stream")
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.host, args.port, args.chunks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
