@@ -13,8 +13,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import appkeys, health, proxy, upstream
-from .balancer import Balancer
+from . import appkeys, balancer, health, proxy, upstream
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
@@ -23,6 +22,7 @@ from .events import event_bus
 from .keyindex import key_index
 from .keystate import KeyStates
 from .log import request_context
+from .redisline import ScriptLine
 from .tokens import token_cache
 from .usage import usage_log
 
@@ -47,16 +47,19 @@ def create_app(config: Config) -> web.Application:
 
 async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.config]
-    app[appkeys.balancer] = Balancer(
+    line = ScriptLine(config.redis.url, balancer.SCRIPT)
+    app[appkeys.balancer] = balancer.Balancer(
         app[appkeys.redis],
         prefix=config.redis.key_prefix,
         timezone=config.balancer.timezone,
         stream_lease_seconds=config.upstream.total_timeout,
         failures_before_cooldown=config.balancer.failures_before_cooldown,
+        line=line,
     )
     states = app[appkeys.key_states] = KeyStates(app[appkeys.pg], app[appkeys.redis], config.redis.key_prefix)
     yield
     await states.wait()
+    await line.close()
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:

@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo
 import redis.asyncio as aioredis
 import structlog
 
+from .redisline import ScriptLine
+
 log = structlog.get_logger(__name__)
 
 SCHEMA = "v1"  # bump with any change to balancer.lua's behaviour, key layout or return shape
@@ -105,9 +107,12 @@ class Balancer:
         failure_window_seconds: int = 60,
         clock_offset_ms: int = 0,
         trial_lease_seconds: float = TRIAL_LEASE_SECONDS,
+        line: ScriptLine | None = None,
     ) -> None:
         self._redis = redis
         self._script = redis.register_script(SCRIPT)
+        # The hot path's pick goes over the lean pipelined line when there is one (see redisline).
+        self._pick_call: Any = line or self._script
         self._base = f"{prefix}:{SCHEMA}:{{{prefix}}}:"
         self._cooldown, self._probation = self._key("cooldown"), self._key("probation")
         self._key_state = [self._cooldown, self._probation, self._key("fails")]  # KEYS of fail, trial_ok, clear
@@ -119,6 +124,7 @@ class Balancer:
         self._offset_ms = clock_offset_ms
         self._skew_ms = 0  # Redis' clock minus ours, learned from "clock" answers
         self._day: _Day | None = None
+        self._minute: tuple[int, str] = (-1, "")  # (start ms, key name) of the last minute seen
 
     def _key(self, name: str) -> str:
         return self._base + name
@@ -164,8 +170,10 @@ class Balancer:
         for _ in range(CLOCK_TRIES):
             day = self._day_at(now)
             minute_ms = now - now % 60_000
-            minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute_ms // 1000))
-            reply = await self._script(
+            if minute_ms != self._minute[0]:
+                self._minute = (minute_ms, time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute_ms // 1000)))
+            minute = self._minute[1]
+            reply = await self._pick_call(
                 keys=[
                     self._key(f"counts:{day.name}"),
                     self._cooldown,

@@ -427,47 +427,44 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     idle = call.request.app[appkeys.config].upstream.idle_timeout
     scanner = sse.Scanner()
-    held: list[bytes] = []
+    held: list[bytes] = []  # whole events received before the commit point
     usage: sse.Usage | None = None
     chunks = 0
 
-    def take(events: list[bytes]) -> bytes:
-        """Note usage, drop the usage-only chunk we asked for, count content events."""
+    def take(complete: bytes) -> bytes:
+        """Count content events, note usage, drop the usage-only chunk we asked for."""
         nonlocal usage, chunks
+        chunks += complete.count(b"data:") - complete.count(b"data: [DONE]")
+        if b'"usage"' not in complete:
+            return complete  # the common case: forwarded as it came, nothing parsed
         out = []
-        for event in events:
+        for event in sse.events(complete):
             data = sse.data_of(event)
             if data is not None and b'"usage"' in data:
                 obj = sse.parse(data)
                 usage = sse.usage_of(obj) or usage
                 if strip_usage and sse.usage_only_chunk(obj):
                     continue
-            if data is not None and data != b"[DONE]":
-                chunks += 1
             out.append(event)
         return b"".join(out)
 
     # Before the commit point: hold events until the first one with content.
-    while True:
+    committed = False
+    while not committed:
         chunk = await resp.content.readany()
         if not chunk:
             return record.failed(Failure("bad_stream", resp.status, detail="stream ended before any content"))
-        events = scanner.feed(chunk)
-        committed = False
-        for i, event in enumerate(events):
+        complete = scanner.feed(chunk)
+        if complete:
+            held.append(complete)
+        for event in sse.events(complete):
             data = sse.data_of(event)
             if data is None:
                 continue
             if data == b"[DONE]" or sse.is_error(data):
                 detail = "stream carried only an error" if data != b"[DONE]" else "stream ended before any content"
                 return record.failed(Failure("bad_stream", resp.status, detail=detail))
-            held.extend(events[: i + 1])
-            rest = events[i + 1 :]
             committed = True
-            break
-        else:
-            held.extend(events)
-        if committed:
             break
 
     ttft = (time.perf_counter() - t0) * 1000
@@ -483,7 +480,7 @@ async def relay_stream(
     await out.prepare(call.request)
     record.committed(ttft)
     try:
-        await out.write(take(held) + take(rest))
+        await out.write(take(b"".join(held)))
         while True:
             timer.reschedule(min(deadline, loop.time() + idle))
             chunk = await resp.content.readany()

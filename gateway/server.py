@@ -17,8 +17,11 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from . import appkeys
@@ -38,9 +41,15 @@ def run(config: Config) -> None:
     workers = config.server.workers or os.cpu_count() or 1
     ensure_port_free(config.server.host, config.server.port)
     if workers == 1:
-        asyncio.run(serve_worker(config, reuse_port=False))
+        _run(serve_worker(config, reuse_port=False))
         return
     _supervise(config, workers)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a worker on uvloop: measured to cut the gateway's CPU per request (see bench/)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def ensure_port_free(host: str, port: int) -> None:
@@ -99,7 +108,7 @@ def _supervise(config: Config, workers: int) -> None:
         if pid == 0:  # the worker
             code = 0
             try:
-                asyncio.run(serve_worker(config, reuse_port=True))
+                _run(serve_worker(config, reuse_port=True))
             except BaseException:
                 log.exception("worker_failed")
                 code = 1

@@ -22,26 +22,39 @@ class Usage:
 
 
 class Scanner:
-    """Feed raw chunks, get back complete events (each with its terminating blank line)."""
+    """Feed raw chunks, get back whole events (a chunk's complete part, as one bytes object).
+
+    Only the boundary of the last complete event is searched for; a chunk is split into single
+    events only by `events()`, which the proxy calls just for chunks that mention usage.
+    """
 
     __slots__ = ("_tail",)
 
     def __init__(self) -> None:
         self._tail = b""
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> bytes:
         data = self._tail + chunk if self._tail else chunk
-        events = []
-        start = 0
-        for m in EVENT_END.finditer(data):
-            events.append(data[start : m.end()])
-            start = m.end()
-        self._tail = data[start:]
-        return events
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        if not end:  # no complete event yet
+            self._tail = data
+            return b""
+        self._tail = data[end:]
+        return data[:end] if end < len(data) else data
 
     @property
     def pending(self) -> bytes:
         return self._tail
+
+
+def events(complete: bytes) -> list[bytes]:
+    """Split whole events apart, each keeping its terminating blank line."""
+    out, start = [], 0
+    for m in EVENT_END.finditer(complete):
+        out.append(complete[start : m.end()])
+        start = m.end()
+    return out
 
 
 def data_of(event: bytes) -> bytes | None:

@@ -117,12 +117,12 @@ class TokenCache:
         self._used: set[str] = set()
 
     async def lookup(self, token: str) -> Caller | None:
-        if not well_formed(token):
-            return None
         digest = token_hash(token)
         now = time.monotonic()
         entry = self._entries.get(digest)
         if entry is None or entry[0] < now:
+            if not well_formed(token):  # checked on a miss only: a cached token was well formed
+                return None
             async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(LOOKUP_TOKEN, digest)
             caller = (

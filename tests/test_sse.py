@@ -1,0 +1,53 @@
+"""SSE relaying: whole events only, across any chunking; usage found and parsed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway import sse
+
+STREAM = (
+    b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
+    b": keep-alive comment\n\n"
+    b'data: {"choices": [{"delta": {"content": "lo"}}]}\r\n\r\n'
+    b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 64, len(STREAM)])
+def test_any_chunking_yields_the_same_whole_events(size: int) -> None:
+    scanner = sse.Scanner()
+    out = []
+    for i in range(0, len(STREAM), size):
+        complete = scanner.feed(STREAM[i : i + size])
+        if complete:
+            assert complete.endswith((b"\n\n", b"\r\n\r\n")), "only whole events are released"
+            out.append(complete)
+    assert b"".join(out) == STREAM and scanner.pending == b""
+    assert len(sse.events(b"".join(out))) == 5
+
+
+def test_partial_event_is_held() -> None:
+    scanner = sse.Scanner()
+    assert scanner.feed(b'data: {"a": 1}\n\ndata: {"b"') == b'data: {"a": 1}\n\n'
+    assert scanner.pending == b'data: {"b"'
+    assert scanner.feed(b": 2}\n\n") == b'data: {"b": 2}\n\n'
+
+
+def test_usage_and_errors() -> None:
+    [_, _, _, usage_event, _] = sse.events(STREAM)
+    data = sse.data_of(usage_event)
+    assert data is not None
+    obj = sse.parse(data)
+    assert sse.usage_only_chunk(obj)
+    assert sse.usage_of(obj) == sse.Usage(3, 2)
+    assert sse.usage_of(
+        {"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 7}}}
+    ) == sse.Usage(5, 7)
+    assert sse.is_error(b'{"error": {"message": "overloaded"}}')
+    assert not sse.is_error(b'{"choices": [{"delta": {"content": "error"}}]}')
+    event = sse.error_event("broke off")
+    assert event.endswith(b"\n\n") and json.loads(event[6:])["error"]["code"] == "upstream_error"
