@@ -77,6 +77,9 @@ class Upstream:
 @dataclass(frozen=True, slots=True)
 class Limits:
     user_daily_requests: int = 1000
+    # Per Linux.do trust level 0, 1, 2, …; a level beyond the list uses its last entry. Empty:
+    # user_daily_requests for everyone.
+    user_daily_requests_by_trust_level: tuple[int, ...] = ()
     user_requests_per_minute: int = 60
     user_concurrent_streams: int = 4
     max_body_bytes: int = 4 * 1024 * 1024
@@ -300,14 +303,16 @@ def _coerce(section: str, key: str, value: Any, *, from_env: bool) -> Any:
                 return value
             raise ValueError
         if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
             if from_env and isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+                return tuple(int(v) for v in value) if item is int else tuple(value)
+            if isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
                 return tuple(value)
             raise ValueError
     except (ValueError, TypeError):
         pass
-    expected = _TYPE_WORDS.get(kind, "a list of strings")
+    expected = _TYPE_WORDS.get(kind, "a list of integers" if "int" in str(kind) else "a list of strings")
     shown = "" if _is_secret(attr, key) else f" {value!r}"
     raise ConfigError(f"configuration key {name}: {where}{shown} is not {expected}")
 
@@ -337,6 +342,8 @@ def _validate(config: Config) -> None:
         zoneinfo.ZoneInfo(config.balancer.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise bad("balancer.timezone", f"{config.balancer.timezone!r} is not a known time zone") from None
+    if any(n < 0 for n in config.limits.user_daily_requests_by_trust_level):
+        raise bad("limits.user_daily_requests_by_trust_level", "limits must be 0 (unlimited) or more")
     if config.balancer.max_attempts < 1:
         raise bad("balancer.max_attempts", "must be at least 1")
     secret = config.security.key_encryption_secret

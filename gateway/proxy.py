@@ -174,13 +174,13 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     return Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
 
 
-def user_limits(request: web.Request) -> UserLimits:
+def user_limits(request: web.Request, caller: Caller) -> UserLimits:
     limits = request.app[appkeys.config].limits
-    return UserLimits(
-        daily=limits.user_daily_requests,
-        per_minute=limits.user_requests_per_minute,
-        streams=limits.user_concurrent_streams,
-    )
+    daily = limits.user_daily_requests
+    by_level = limits.user_daily_requests_by_trust_level
+    if by_level:
+        daily = by_level[min(max(caller.trust_level, 0), len(by_level) - 1)]
+    return UserLimits(daily=daily, per_minute=limits.user_requests_per_minute, streams=limits.user_concurrent_streams)
 
 
 async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -196,7 +196,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     last_failure: Failure | None = None
     refusal: GatewayError | None = None
     stream_slot = False
-    limits = user_limits(request)
+    limits = user_limits(request, caller)
     try:
         while call.attempts < config.balancer.max_attempts:
             candidates = [k for k in keys if k.id not in tried]

@@ -96,3 +96,17 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "server.port" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lists_of_integers(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[limits]\nuser_daily_requests_by_trust_level = [100, 1000, 2000]\n")
+    assert load(path, env={}).limits.user_daily_requests_by_trust_level == (100, 1000, 2000)
+    env = {"SHAREKEY_LIMITS_USER_DAILY_REQUESTS_BY_TRUST_LEVEL": "5, 50"}
+    assert load(env=env).limits.user_daily_requests_by_trust_level == (5, 50)
+    for bad in ("[1, 'two']", "[true]", "'100'"):
+        path.write_text(f"[limits]\nuser_daily_requests_by_trust_level = {bad}\n")
+        with pytest.raises(ConfigError, match="user_daily_requests_by_trust_level.*list of integers"):
+            load(path, env={})
+    with pytest.raises(ConfigError, match="user_daily_requests_by_trust_level"):
+        load(env={"SHAREKEY_LIMITS_USER_DAILY_REQUESTS_BY_TRUST_LEVEL": "1,x"})

@@ -471,3 +471,20 @@ async def test_yesterdays_counts_do_not_limit_today(gw: Gateway, fake_upstream: 
     assert [(await gw.post("/v1/chat/completions", body)).status for _ in range(3)] == [200, 200, 429]
     rows = await gw.logs()
     assert len({r["request_id"] for r in rows}) == 4
+
+
+async def test_daily_limit_by_trust_level(
+    config: config_mod.Config, pool: asyncpg.Pool, fake_upstream: FakeUpstream, aiohttp_client
+) -> None:  # type: ignore[no-untyped-def]
+    config = gateway_config(config).replace("limits", user_daily_requests_by_trust_level=(1, 2))
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    donor, _ = await user_with_token(pool, "donor")
+    await add_key(pool, config, donor, fake_upstream.base_url)
+    await app[appkeys.key_index].reload()
+    body = {"model": "gpt-4o-mini", "messages": []}
+    for level, allowed in ((0, 1), (1, 2), (3, 2)):  # beyond the list: its last entry
+        _, token = await user_with_token(pool, f"member{level}", trust_level=level)
+        headers = {"Authorization": f"Bearer {token}"}
+        statuses = [(await client.post("/v1/chat/completions", json=body, headers=headers)).status for _ in range(3)]
+        assert statuses == [200] * allowed + [429] * (3 - allowed), level
