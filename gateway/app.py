@@ -13,7 +13,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import appkeys, balancer, health, proxy, upstream
+from . import appkeys, balancer, health, keys_api, proxy, upstream
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
@@ -41,7 +41,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend(
         [pg_pool, redis_client, upstream.http_session, event_bus, token_cache, key_index, balancer_ctx, usage_log]
     )
-    app.add_routes([*proxy.routes, *health.routes])
+    app.add_routes([*proxy.routes, *keys_api.routes, *health.routes])
     return app
 
 

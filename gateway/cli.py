@@ -99,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = keys_p.add_parser("list", help="list every key, masked")
     p.set_defaults(func=command(run_keys_list))
+
+    p = keys_p.add_parser("test", help="test a base URL and key live; prints {ok, latency_ms, models, error}")
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--model", help="the model to try (default: the first the upstream lists)")
+    p.set_defaults(func=run_keys_test)
+
+    p = keys_p.add_parser("disable", help="take a key out of the pool until its owner resumes it")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="the key's id")
+    which.add_argument("--name", help="the key's name (with --user)")
+    p.add_argument("--user", help="the owner's name (with --name)")
+    p.add_argument("--reason", default="disabled by an administrator", help="shown to the key's owner")
+    p.set_defaults(func=command(run_keys_disable))
     return parser
 
 
@@ -296,6 +310,56 @@ async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def run_keys_test(config: Config, args: argparse.Namespace) -> int:
+    """The live test alone: needs no database, so it starts no embedded servers."""
+    import json
+
+    from . import keytest, upstream  # only this command and `keys add` need an HTTP client
+
+    try:
+        base_url = ssrf.check_base_url(
+            args.base_url,
+            allow_http=config.security.allow_http_upstreams,
+            allow_private=config.security.allow_private_upstreams,
+        )
+    except ssrf.UnsafeUpstream as e:
+        raise CliError(f"--base-url: {e.message}") from None
+    api_key = args.api_key.strip()
+    if not api_key:
+        raise CliError("--api-key: the key is empty")
+    models = [args.model.strip()] if args.model and args.model.strip() else None
+
+    async def test() -> keytest.KeyTestResult:
+        async with upstream.create_session(config) as session:
+            return await keytest.test_key(session, base_url, api_key, models, timeout=config.upstream.test_timeout)
+
+    result = asyncio.run(test())
+    shown = {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}
+    print(json.dumps(shown))
+    if not result.ok:
+        raise CliError(f"the key failed its live test: {result.error}")
+    return 0
+
+
+async def run_keys_disable(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    if args.id:
+        key = await sharedkeys.get_key(conn, args.id, timezone=config.balancer.timezone)
+        if key is None:
+            raise CliError(f"no key with id {args.id!r}")
+        key_id = key.id
+    else:
+        if not args.user:
+            raise CliError("--name needs --user (the owner's name)")
+        found = await sharedkeys.find_key_id(conn, args.user, args.name)
+        if found is None:
+            raise CliError(f"{args.user!r} has no key named {args.name!r}")
+        key_id = found
+    if not await sharedkeys.disable_key(conn, key_id, args.reason.strip() or "disabled by an administrator"):
+        raise CliError("the key was deleted in the meantime")
+    await announce(config, "keys", key_id)
+    print(key_id)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ and operators see is `api_key_hint`, the `sk-…abcd` mask computed when the key
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -176,3 +176,139 @@ async def list_keys(
         SELECT_KEYS, timezone, uuid.UUID(owner_id) if owner_id else None, uuid.UUID(key_id) if key_id else None
     )
     return [SharedKey.from_record(r) for r in rows]
+
+
+async def get_key(
+    conn: asyncpg.Connection, key_id: str, *, timezone: str, owner_id: str | None = None
+) -> SharedKey | None:
+    """One key; None when there is no such key or (with `owner_id`) it is someone else's. A
+    malformed id is simply not found, so it answers like any other missing key."""
+    try:
+        key_id = str(uuid.UUID(key_id))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    found = await list_keys(conn, timezone=timezone, owner_id=owner_id, key_id=key_id)
+    return found[0] if found else None
+
+
+NAME_TAKEN = "SELECT EXISTS (SELECT 1 FROM shared_keys WHERE user_id = $1 AND name = $2)"
+
+
+async def name_taken(conn: asyncpg.Connection, owner_id: str, name: str) -> bool:
+    """Checked before a live test so a duplicate name does not cost one; the UNIQUE index decides."""
+    return bool(await conn.fetchval(NAME_TAKEN, uuid.UUID(owner_id), name))
+
+
+SELECT_SEALED = "SELECT user_id, base_url, api_key_encrypted FROM shared_keys WHERE id = $1"
+
+
+async def open_key(conn: asyncpg.Connection, keyring: KeyRing, key_id: str) -> str | None:
+    """The stored key in the clear, to test it again; None when the row is gone.
+
+    Raises `SealError` when the ciphertext does not open for its row (fail closed)."""
+    row = await conn.fetchrow(SELECT_SEALED, uuid.UUID(key_id))
+    if row is None:
+        return None
+    return keyring.open(row["api_key_encrypted"], key_id=key_id, owner_id=str(row["user_id"]), base_url=row["base_url"])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEdit:
+    """Every editable column's new value (unchanged ones carried over by the caller)."""
+
+    name: str
+    base_url: str  # already normalised and checked
+    available_models: list[str]
+    daily_limit: int
+    description: str | None
+    tags: list[str]
+    is_active: bool
+    is_private: bool
+    stream_usage: bool
+    api_key: str | None = field(default=None, repr=False)  # None: keep the sealed key as it is
+    reactivate: bool = False  # the key just passed a live test: back to `active`, reason cleared
+
+
+# The last condition refuses a new base URL under the old ciphertext: that ciphertext is bound
+# to the old URL's origin, and the contract asks for the key again whenever the URL changes.
+UPDATE_KEY = """
+UPDATE shared_keys
+SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, description = $7, tags = $8,
+    is_active = $9, is_private = $10, stream_usage = $11,
+    api_key_encrypted = coalesce($12, api_key_encrypted),
+    key_version = coalesce($13, key_version),
+    api_key_hint = coalesce($14, api_key_hint),
+    status = CASE WHEN $15 THEN 'active' ELSE status END,
+    status_reason = CASE WHEN $15 THEN NULL ELSE status_reason END,
+    updated_at = now()
+WHERE id = $1 AND user_id = $2 AND ($12::text IS NOT NULL OR base_url = $4)
+RETURNING id
+"""
+
+
+async def update_key(
+    conn: asyncpg.Connection, keyring: KeyRing, key_id: str, owner_id: str, edit: KeyEdit, *, timezone: str
+) -> SharedKey | None:
+    """Write an edit; a new key is sealed again for this row, its owner and its (new) base URL.
+
+    None when the row is gone, is not the owner's, or the base URL changed without a new key."""
+    sealed = kid = hint = None
+    if edit.api_key is not None:
+        sealed = keyring.seal(edit.api_key, key_id=key_id, owner_id=owner_id, base_url=edit.base_url)
+        kid, hint = keyring.current_kid, mask(edit.api_key)
+    try:
+        updated = await conn.fetchval(
+            UPDATE_KEY,
+            uuid.UUID(key_id),
+            uuid.UUID(owner_id),
+            edit.name,
+            edit.base_url,
+            edit.available_models,
+            edit.daily_limit,
+            edit.description,
+            edit.tags,
+            edit.is_active,
+            edit.is_private,
+            edit.stream_usage,
+            sealed,
+            kid,
+            hint,
+            edit.reactivate,
+        )
+    except asyncpg.UniqueViolationError:
+        raise KeyNameTaken(f"you already have a key named {edit.name!r}") from None
+    if updated is None:
+        return None
+    return await get_key(conn, key_id, timezone=timezone)
+
+
+# Usage rows stay: key_usage_logs.shared_key_id is ON DELETE SET NULL and donor_id keeps the credit.
+DELETE_KEY = "DELETE FROM shared_keys WHERE id = $1 AND user_id = $2"
+
+
+async def delete_key(conn: asyncpg.Connection, key_id: str, owner_id: str) -> bool:
+    """Delete the row, and its ciphertext with it; False when there was nothing of the owner's to delete."""
+    result = await conn.execute(DELETE_KEY, uuid.UUID(key_id), uuid.UUID(owner_id))
+    return result != "DELETE 0"
+
+
+FIND_KEY_ID = """
+SELECT k.id FROM shared_keys k JOIN users u ON u.id = k.user_id WHERE u.username = $1 AND k.name = $2
+"""
+
+
+async def find_key_id(conn: asyncpg.Connection, username: str, name: str) -> str | None:
+    key_id = await conn.fetchval(FIND_KEY_ID, username, name)
+    return str(key_id) if key_id else None
+
+
+DISABLE_KEY = """
+UPDATE shared_keys SET status = 'disabled', status_reason = $2, updated_at = now()
+WHERE id = $1
+RETURNING id
+"""
+
+
+async def disable_key(conn: asyncpg.Connection, key_id: str, reason: str) -> bool:
+    """An operator's stop: out of the pool until its owner resumes it and it passes a live test."""
+    return await conn.fetchval(DISABLE_KEY, uuid.UUID(key_id), reason) is not None
