@@ -640,7 +640,7 @@ def gateway_env(stores: Stores, schema: str, prefix: str, tmp: Path) -> dict[str
         "SHAREKEY_LIMITS_USER_DAILY_REQUESTS": "0",
         "SHAREKEY_LIMITS_USER_REQUESTS_PER_MINUTE": "0",
         "SHAREKEY_LIMITS_USER_CONCURRENT_STREAMS": "0",
-        "SHAREKEY_LOGGING_LEVEL": "warning",
+        "SHAREKEY_LOGGING_LEVEL": "info",  # as deployed: one JSON line per request, to a file
         "SHAREKEY_SERVER_SHUTDOWN_GRACE_SECONDS": str(STOP_GRACE),
     }
 
