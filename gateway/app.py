@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import ClientTimeout, web
 
 from . import appkeys, balancer, health, keys_api, proxy, upstream
 from .config import Config
@@ -36,6 +36,8 @@ def create_app(config: Config) -> web.Application:
     )
     app[appkeys.config] = config
     app[appkeys.draining] = asyncio.Event()
+    # Connect timeout only: first-token, idle and total deadlines are the proxy's own timers.
+    app[appkeys.upstream_timeout] = ClientTimeout(total=None, sock_connect=config.upstream.connect_timeout)
     app[appkeys.keyring] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     # Dependency order; teardown runs in reverse, so usage drains while PostgreSQL and Redis are open.
     app.cleanup_ctx.extend(

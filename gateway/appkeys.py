@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, ClientTimeout, web
 
 if TYPE_CHECKING:
     from .balancer import Balancer
@@ -23,6 +23,7 @@ config: web.AppKey[Config] = web.AppKey("config")
 pg: web.AppKey[asyncpg.Pool] = web.AppKey("pg")
 redis: web.AppKey[aioredis.Redis] = web.AppKey("redis")
 http: web.AppKey[ClientSession] = web.AppKey("http")
+upstream_timeout: web.AppKey[ClientTimeout] = web.AppKey("upstream_timeout")
 keyring: web.AppKey[KeyRing] = web.AppKey("keyring")
 bus: web.AppKey[Bus] = web.AppKey("bus")
 key_index: web.AppKey[KeyIndex] = web.AppKey("key_index")

@@ -16,17 +16,23 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 from . import appkeys
 from .balancer import Candidate
 from .crypto import KeyRing, SealError
+from .upstream import upstream_headers
 
 log = structlog.get_logger(__name__)
 
 REFRESH_SECONDS = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class PoolKey:
     id: str
     owner_id: str
@@ -37,10 +43,16 @@ class PoolKey:
     daily_limit: int
     stream_usage: bool
     is_private: bool
+    # Built once per load, not per request: parsed URLs and the complete upstream headers.
+    urls: dict[str, URL] = field(default_factory=dict, repr=False)
+    headers: dict[bool, CIMultiDict[str]] = field(default_factory=dict, repr=False)  # stream? -> headers
+    candidate: Candidate = field(init=False, repr=False)
 
-    @property
-    def candidate(self) -> Candidate:
-        return Candidate(self.id, self.daily_limit)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
+        self.urls.update({e: URL(self.base_url + e) for e in ENDPOINTS})
+        for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
+            self.headers[stream] = CIMultiDict(upstream_headers(self.api_key, accept=accept))
 
 
 @dataclass(slots=True)
@@ -81,8 +93,8 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
         except SealError as e:
             log.error("key_unsealable", key_id=key_id, reason=str(e))
             continue
-        keys.append(
-            PoolKey(
+        try:
+            key = PoolKey(
                 id=key_id,
                 owner_id=owner_id,
                 provider="anonymous" if r["anonymous"] else r["username"],
@@ -93,7 +105,10 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
                 stream_usage=r["stream_usage"],
                 is_private=r["is_private"],
             )
-        )
+        except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
+            log.error("key_unusable", key_id=key_id, reason=str(e))
+            continue
+        keys.append(key)
     return keys
 
 

@@ -307,8 +307,6 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     cfg = app[appkeys.config].upstream
     session = app[appkeys.http]
     payload, strip_usage = call.payload(key)
-    url = key.base_url + call.endpoint
-    headers = upstream.upstream_headers(key.api_key, accept="text/event-stream" if call.stream else "application/json")
     record = Recorder(call, key, pick)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + cfg.total_timeout
@@ -317,11 +315,11 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     try:
         async with asyncio.timeout(min(deadline, loop.time() + cfg.first_token_timeout)) as timer:
             resp = await session.post(
-                url,
+                key.urls[call.endpoint],
                 data=payload,
-                headers=headers,
+                headers=key.headers[call.stream],
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout),
+                timeout=app[appkeys.upstream_timeout],
             )
             if resp.status < 200 or resp.status >= 300:
                 return await failed_status(call, key, resp, record)
