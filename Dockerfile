@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY sql ./sql
 COPY templates ./templates
+COPY static ./static
 RUN pip install -e . && useradd --system --home /app sharekey
 USER sharekey
 

@@ -10,10 +10,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp_jinja2
+import jinja2
 import redis.asyncio as aioredis
 from aiohttp import ClientTimeout, web
 
-from . import appkeys, balancer, health, keys_api, proxy, upstream
+from . import appkeys, balancer, health, keys_api, oauth, pages, proxy, tokens_api, upstream
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
@@ -39,11 +41,23 @@ def create_app(config: Config) -> web.Application:
     # Connect timeout only: first-token, idle and total deadlines are the proxy's own timers.
     app[appkeys.upstream_timeout] = ClientTimeout(total=None, sock_connect=config.upstream.connect_timeout)
     app[appkeys.keyring] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
     # Dependency order; teardown runs in reverse, so usage drains while PostgreSQL and Redis are open.
     app.cleanup_ctx.extend(
-        [pg_pool, redis_client, upstream.http_session, event_bus, token_cache, key_index, balancer_ctx, usage_log]
+        [
+            pg_pool,
+            redis_client,
+            upstream.http_session,
+            oauth.http_session,
+            event_bus,
+            token_cache,
+            key_index,
+            balancer_ctx,
+            usage_log,
+        ]
     )
-    app.add_routes([*proxy.routes, *keys_api.routes, *health.routes])
+    app.add_routes([*proxy.routes, *keys_api.routes, *tokens_api.routes, *pages.routes, *oauth.routes, *health.routes])
+    app.router.add_static("/static/", pages.STATIC_DIR, name="static")
     return app
 
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 config: web.AppKey[Config] = web.AppKey("config")
 pg: web.AppKey[asyncpg.Pool] = web.AppKey("pg")
 redis: web.AppKey[aioredis.Redis] = web.AppKey("redis")
-http: web.AppKey[ClientSession] = web.AppKey("http")
+http: web.AppKey[ClientSession] = web.AppKey("http")  # toward donor upstreams: SSRF-guarded
+oauth_http: web.AppKey[ClientSession] = web.AppKey("oauth_http")  # toward the configured OAuth provider
 upstream_timeout: web.AppKey[ClientTimeout] = web.AppKey("upstream_timeout")
 keyring: web.AppKey[KeyRing] = web.AppKey("keyring")
 bus: web.AppKey[Bus] = web.AppKey("bus")

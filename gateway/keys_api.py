@@ -23,7 +23,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from . import appkeys, events, keytest, sharedkeys, upstream
+from . import appkeys, events, keytest, sessions, sharedkeys, upstream
 from .crypto import SealError
 from .errors import ApiError, invalid
 from .keyfields import EDIT_FIELDS, KEY_FIELDS, TEST_FIELDS, checked_base_url, read_object, validate
@@ -55,8 +55,14 @@ TEST_FAILURE_FIELD = {
 
 
 async def owner(request: web.Request) -> Caller:
-    """The user acting on keys. Today a gateway token (`Authorization: Bearer`); the browser
-    session cookie plugs in here, so every handler keeps a single check."""
+    """The user acting on keys: a gateway token (`Authorization: Bearer`), or else the browser
+    session, whose writes must pass the Origin and CSRF checks. One check for every handler."""
+    if "Authorization" not in request.headers:
+        caller = await sessions.session_user(request)
+        if caller is None:
+            raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
+        request_fields(request)["user_id"] = caller.user_id
+        return caller
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", NOT_SIGNED_IN)

@@ -68,3 +68,80 @@ GET_BY_ID = f"SELECT {USER_COLUMNS} FROM users WHERE id = $1"
 async def get_by_id(conn: asyncpg.Connection, user_id: str) -> User | None:
     row = await conn.fetchrow(GET_BY_ID, uuid.UUID(user_id))
     return User.from_record(row) if row else None
+
+
+# --- Linux.do sign-in ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinuxDoProfile:
+    """What a sign-in takes from the provider's user endpoint (nothing else is kept)."""
+
+    linux_do_id: str
+    username: str
+    display_name: str
+    avatar_url: str | None
+    trust_level: int
+
+
+LOCK_BY_LINUXDO_ID = "SELECT id FROM users WHERE linux_do_id = $1 FOR UPDATE"
+LOCK_BY_USERNAME = "SELECT id, linux_do_id FROM users WHERE username = $1 FOR UPDATE"
+# The old holder of a name keeps its account under "<name>~<its Linux.do id>" until it signs in again.
+YIELD_USERNAME = """
+UPDATE users SET username = username || '~' || coalesce(linux_do_id, left(id::text, 8)), updated_at = now()
+WHERE id = $1
+"""
+UPDATE_LINUXDO_USER = f"""
+UPDATE users
+SET linux_do_id = $2, username = $3, display_name = $4, avatar_url = $5, trust_level = $6, updated_at = now()
+WHERE id = $1
+RETURNING {USER_COLUMNS}
+"""
+INSERT_LINUXDO_USER = f"""
+INSERT INTO users (linux_do_id, username, display_name, avatar_url, trust_level)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING {USER_COLUMNS}
+"""
+
+
+async def upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile) -> User:
+    """The user with this Linux.do id, created or brought up to date (name, avatar, trust level).
+
+    A user created by `sharekey users add NAME` (no Linux.do id yet) is claimed by the first
+    Linux.do sign-in with that username: that is how an operator makes someone an admin before
+    their first sign-in. If another Linux.do account still holds the name (renamed on Linux.do
+    since), that account steps aside under a suffixed name."""
+    try:
+        return await _upsert_linuxdo_user(conn, profile)
+    except asyncpg.UniqueViolationError:  # a concurrent first sign-in of the same account won; update it
+        return await _upsert_linuxdo_user(conn, profile)
+
+
+async def _upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile) -> User:
+    async with conn.transaction():
+        mine = await conn.fetchval(LOCK_BY_LINUXDO_ID, profile.linux_do_id)
+        holder = await conn.fetchrow(LOCK_BY_USERNAME, profile.username)
+        if holder is not None and holder["id"] != mine:
+            if mine is None and holder["linux_do_id"] is None:
+                mine = holder["id"]
+            else:
+                await conn.execute(YIELD_USERNAME, holder["id"])
+        p = profile
+        if mine is not None:
+            row = await conn.fetchrow(
+                UPDATE_LINUXDO_USER, mine, p.linux_do_id, p.username, p.display_name, p.avatar_url, p.trust_level
+            )
+        else:
+            row = await conn.fetchrow(
+                INSERT_LINUXDO_USER, p.linux_do_id, p.username, p.display_name, p.avatar_url, p.trust_level
+            )
+    return User.from_record(row)
+
+
+SET_TRUST_LEVEL = "UPDATE users SET trust_level = $2, updated_at = now() WHERE linux_do_id = $1 RETURNING id"
+
+
+async def set_linuxdo_trust_level(conn: asyncpg.Connection, linux_do_id: str, trust_level: int) -> str | None:
+    """Record a trust level seen at a refused sign-in (limits follow it); the user's id, if known."""
+    user_id = await conn.fetchval(SET_TRUST_LEVEL, linux_do_id, trust_level)
+    return str(user_id) if user_id is not None else None

@@ -95,13 +95,6 @@ class People:
     admin_token: str
 
 
-def with_keys_api(app: web.Application) -> web.Application:
-    """Tolerates create_app wiring the routes itself (the router is frozen once the app starts)."""
-    if not any(r.resource is not None and r.resource.canonical == "/api/shared-keys" for r in app.router.routes()):
-        app.add_routes(keys_api.routes)
-    return app
-
-
 def api_config(config: config_mod.Config, **security: Any) -> config_mod.Config:
     config = config.replace(
         "limits", user_daily_requests=0, user_requests_per_minute=0, key_tests_per_minute=1000
@@ -123,7 +116,7 @@ MakeApi = Callable[[config_mod.Config], Awaitable[Api]]
 @pytest.fixture
 async def make_api(pool: asyncpg.Pool, people: People, aiohttp_client: Any) -> MakeApi:
     async def make(config: config_mod.Config) -> Api:
-        app = with_keys_api(create_app(config))
+        app = create_app(config)
         client = await aiohttp_client(app)
         return Api(client, app, pool, config, people)
 

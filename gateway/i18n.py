@@ -1,0 +1,237 @@
+"""The one message catalogue of the pages, in Chinese (zh-CN) and English, and language choice.
+
+A page's language is the `lang` cookie (set by the switch in the header), else the best match in
+`Accept-Language`, else Chinese. Templates call `t("key", name=…)`; the scripts get the `js.*`
+messages as a JSON block. Placeholders use `str.format` names and are the same in both languages
+(a test checks). Messages are plain text: Jinja escapes them, and what is filled into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+LANGUAGES = ("zh-CN", "en")
+DEFAULT = "zh-CN"
+COOKIE = "lang"
+
+MESSAGES: dict[str, dict[str, str]] = {
+    # layout
+    "site.name": {"zh-CN": "sharekey 共享密钥", "en": "sharekey"},
+    "site.tagline": {"zh-CN": "社区共享的 OpenAI 兼容网关", "en": "A community shared-key gateway"},
+    "nav.keys": {"zh-CN": "我的密钥", "en": "My keys"},
+    "nav.tokens": {"zh-CN": "网关令牌", "en": "Gateway tokens"},
+    "nav.main": {"zh-CN": "主导航", "en": "Main navigation"},
+    "auth.login": {"zh-CN": "使用 Linux.do 登录", "en": "Sign in with Linux.do"},
+    "auth.logout": {"zh-CN": "退出登录", "en": "Sign out"},
+    "auth.avatar": {"zh-CN": "{name} 的头像", "en": "{name}'s avatar"},
+    "lang.switch": {"zh-CN": "语言", "en": "Language"},
+    "footer.text": {
+        "zh-CN": "密钥加密保存，只用于转发请求，永远不会显示给任何人。",
+        "en": "Keys are stored encrypted, used only to forward requests, and never shown to anyone.",
+    },
+    # /keys
+    "keys.title": {"zh-CN": "我的密钥", "en": "My keys"},
+    "keys.intro": {
+        "zh-CN": "捐赠一个 OpenAI 兼容的 API 密钥：网关会在每日额度内把社区成员的请求分配给它，"
+        "并在感谢榜上记下你的贡献。",
+        "en": "Donate an OpenAI-compatible API key: the gateway shares it among community members "
+        "within its daily limit, and credits you on the thanks board.",
+    },
+    "keys.add": {"zh-CN": "添加密钥", "en": "Add a key"},
+    "keys.list": {"zh-CN": "已捐赠的密钥（{count}）", "en": "Your keys ({count})"},
+    "keys.empty": {
+        "zh-CN": "你还没有捐赠密钥。填写上面的表单即可添加第一个。",
+        "en": "You have not donated a key yet. Use the form above to add your first.",
+    },
+    "field.name": {"zh-CN": "名称", "en": "Name"},
+    "field.name.hint": {"zh-CN": "只有你自己能看到，例如“我的 DeepSeek”。", "en": "For you to tell keys apart."},
+    "field.base_url": {"zh-CN": "接口地址（Base URL）", "en": "Base URL"},
+    "field.base_url.hint": {
+        "zh-CN": "OpenAI 兼容接口的地址，通常以 /v1 结尾。",
+        "en": "The OpenAI-compatible endpoint, usually ending in /v1.",
+    },
+    "field.api_key": {"zh-CN": "API 密钥", "en": "API key"},
+    "field.api_key.hint": {
+        "zh-CN": "加密保存，之后不会再显示。",
+        "en": "Stored encrypted; it is never shown again.",
+    },
+    "field.api_key.keep": {
+        "zh-CN": "留空则保留原密钥；修改接口地址时必须重新填写。",
+        "en": "Leave empty to keep the stored key; required when the base URL changes.",
+    },
+    "field.available_models": {"zh-CN": "模型", "en": "Models"},
+    "field.available_models.hint": {
+        "zh-CN": "用逗号分隔，例如 gpt-4o-mini, gpt-4o",
+        "en": "Comma-separated, e.g. gpt-4o-mini, gpt-4o",
+    },
+    "field.daily_limit": {"zh-CN": "每日调用上限", "en": "Daily limit"},
+    "field.daily_limit.hint": {"zh-CN": "每天最多被调用的次数。", "en": "Calls per day at most."},
+    "field.description": {"zh-CN": "说明", "en": "Description"},
+    "field.description.hint": {
+        "zh-CN": "可选，例如来源或注意事项。",
+        "en": "Optional: where it comes from, any notes.",
+    },
+    "field.tags": {"zh-CN": "标签", "en": "Tags"},
+    "field.tags.hint": {"zh-CN": "可选，用逗号分隔。", "en": "Optional, comma-separated."},
+    "button.test": {"zh-CN": "测试", "en": "Test"},
+    "button.add": {"zh-CN": "添加密钥", "en": "Add key"},
+    "button.edit": {"zh-CN": "编辑", "en": "Edit"},
+    "button.save": {"zh-CN": "保存", "en": "Save"},
+    "button.pause": {"zh-CN": "暂停", "en": "Pause"},
+    "button.resume": {"zh-CN": "恢复", "en": "Resume"},
+    "button.delete": {"zh-CN": "删除", "en": "Delete"},
+    "status.active": {"zh-CN": "使用中", "en": "Active"},
+    "status.paused": {"zh-CN": "已暂停", "en": "Paused"},
+    "status.cooling": {"zh-CN": "冷却中", "en": "Cooling down"},
+    "status.disabled": {"zh-CN": "已停用", "en": "Disabled"},
+    "key.masked": {"zh-CN": "密钥", "en": "Key"},
+    "key.models": {"zh-CN": "模型", "en": "Models"},
+    "key.today": {"zh-CN": "今日", "en": "Today"},
+    "key.total": {"zh-CN": "累计调用", "en": "Total calls"},
+    "key.tokens": {"zh-CN": "累计 tokens", "en": "Total tokens"},
+    "key.last_used": {"zh-CN": "最近使用", "en": "Last used"},
+    "key.last_error": {"zh-CN": "最近错误", "en": "Last error"},
+    "key.never": {"zh-CN": "从未", "en": "never"},
+    # /tokens
+    "tokens.title": {"zh-CN": "网关令牌", "en": "Gateway tokens"},
+    "tokens.intro": {
+        "zh-CN": "在任意 OpenAI SDK 中把令牌当作 API Key 使用，Base URL 设为 {base_url}。",
+        "en": "Use a token as the API key of any OpenAI SDK, with the base URL {base_url}.",
+    },
+    "tokens.create": {"zh-CN": "创建令牌", "en": "Create a token"},
+    "tokens.label": {"zh-CN": "备注", "en": "Label"},
+    "tokens.label.hint": {
+        "zh-CN": "可选，帮你记住它用在哪里，例如“笔记本”。",
+        "en": "Optional: where you will use it, e.g. “laptop”.",
+    },
+    "tokens.button.create": {"zh-CN": "创建令牌", "en": "Create token"},
+    "tokens.new": {
+        "zh-CN": "新令牌已创建。请立即复制：它只显示这一次。",
+        "en": "Your new token. Copy it now: it will not be shown again.",
+    },
+    "tokens.button.copy": {"zh-CN": "复制", "en": "Copy"},
+    "tokens.list": {"zh-CN": "有效令牌（{count}）", "en": "Active tokens ({count})"},
+    "tokens.empty": {"zh-CN": "还没有令牌。", "en": "No tokens yet."},
+    "tokens.col.label": {"zh-CN": "备注", "en": "Label"},
+    "tokens.col.token": {"zh-CN": "令牌", "en": "Token"},
+    "tokens.col.created": {"zh-CN": "创建时间", "en": "Created"},
+    "tokens.col.last_used": {"zh-CN": "最近使用", "en": "Last used"},
+    "tokens.button.revoke": {"zh-CN": "吊销", "en": "Revoke"},
+    "tokens.unlabelled": {"zh-CN": "（无备注）", "en": "(no label)"},
+    # errors and refusals
+    "error.title": {"zh-CN": "出错了", "en": "Something went wrong"},
+    "error.retry": {"zh-CN": "重新登录", "en": "Sign in again"},
+    "error.not_found": {"zh-CN": "页面不存在。", "en": "There is no such page."},
+    "error.unavailable": {
+        "zh-CN": "暂时无法验证登录状态，请稍后再试。",
+        "en": "Cannot verify sign-ins right now; please try again shortly.",
+    },
+    "error.csrf": {
+        "zh-CN": "这个请求不是从本站页面发出的，已被拒绝。请刷新页面后重试。",
+        "en": "This request did not come from the gateway's own pages and was refused. Reload the page and try again.",
+    },
+    "login.title": {"zh-CN": "无法登录", "en": "Sign-in failed"},
+    "login.not_configured": {
+        "zh-CN": "本网关尚未配置 Linux.do 登录（oauth.linuxdo.client_id）。",
+        "en": "Sign-in with Linux.do is not configured on this gateway (oauth.linuxdo.client_id).",
+    },
+    "login.cancelled": {
+        "zh-CN": "登录已在 Linux.do 取消或被拒绝授权。",
+        "en": "The sign-in was cancelled or not authorised on Linux.do.",
+    },
+    "login.state_missing": {
+        "zh-CN": "登录回调缺少必要参数。请从本站重新开始登录。",
+        "en": "The sign-in callback is missing its parameters. Please start the sign-in again from this site.",
+    },
+    "login.state_invalid": {
+        "zh-CN": "登录链接已过期或已被使用过。请重新登录。",
+        "en": "This sign-in link has expired or has already been used. Please sign in again.",
+    },
+    "login.state_browser": {
+        "zh-CN": "这次登录是在另一个浏览器（或已清除的会话）中发起的，已被拒绝。请在当前浏览器重新登录。",
+        "en": "This sign-in was started in another browser (or a cleared session) and was refused. "
+        "Please sign in again in this browser.",
+    },
+    "login.provider_failed": {
+        "zh-CN": "Linux.do 未能确认这次登录，请稍后重试。",
+        "en": "Linux.do could not confirm the sign-in. Please try again shortly.",
+    },
+    "login.inactive": {
+        "zh-CN": "你的 Linux.do 账号尚未激活，暂时不能使用本网关。",
+        "en": "Your Linux.do account is not active, so it cannot use this gateway yet.",
+    },
+    "login.silenced": {
+        "zh-CN": "你的 Linux.do 账号已被禁言，暂时不能使用本网关。",
+        "en": "Your Linux.do account is silenced, so it cannot use this gateway for now.",
+    },
+    "login.trust_level": {
+        "zh-CN": "本网关要求 Linux.do 信任等级至少为 {required}，你当前的等级是 {level}。",
+        "en": "This gateway requires Linux.do trust level {required} or higher; yours is {level}.",
+    },
+    # messages for the scripts
+    "js.testing": {"zh-CN": "正在测试…", "en": "Testing…"},
+    "js.saving": {"zh-CN": "正在保存…", "en": "Saving…"},
+    "js.test_ok": {"zh-CN": "测试通过 · {ms} ms · 模型：{models}", "en": "Test passed · {ms} ms · models: {models}"},
+    "js.test_failed": {"zh-CN": "测试失败：{error}", "en": "Test failed: {error}"},
+    "js.added": {"zh-CN": "已添加，实时测试通过。", "en": "Added; its live test passed."},
+    "js.saved": {"zh-CN": "已保存。", "en": "Saved."},
+    "js.confirm_delete": {
+        "zh-CN": "确定删除密钥“{name}”吗？此操作无法撤销。",
+        "en": "Delete the key “{name}”? This cannot be undone.",
+    },
+    "js.confirm_revoke": {
+        "zh-CN": "确定吊销令牌“{name}”吗？使用它的程序会立即失效。",
+        "en": "Revoke the token “{name}”? Programs using it stop working at once.",
+    },
+    "js.copied": {"zh-CN": "已复制", "en": "Copied"},
+    "js.error": {"zh-CN": "操作失败（{status}）：{message}", "en": "That did not work ({status}): {message}"},
+    "js.network": {"zh-CN": "网络错误，请重试。", "en": "Network error; please try again."},
+    "js.signed_out": {
+        "zh-CN": "登录已过期，请刷新页面重新登录。",
+        "en": "Your session ended; reload to sign in again.",
+    },
+}
+
+
+def language(request: web.Request) -> str:
+    """The `lang` cookie if valid, else the best `Accept-Language` match, else Chinese."""
+    chosen = request.cookies.get(COOKIE)
+    if chosen in LANGUAGES:
+        return chosen
+    return from_accept_language(request.headers.get("Accept-Language", ""))
+
+
+def from_accept_language(header: str) -> str:
+    best, best_q = DEFAULT, 0.0
+    for part in header.split(","):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        primary = tag.strip().lower().split("-")[0]
+        lang = {"zh": "zh-CN", "en": "en"}.get(primary)
+        if lang and q > best_q:
+            best, best_q = lang, q
+    return best
+
+
+def translator(lang: str) -> Callable[..., str]:
+    lang = lang if lang in LANGUAGES else DEFAULT
+
+    def t(key: str, **values: object) -> str:
+        text = MESSAGES[key][lang]
+        return text.format(**values) if values else text
+
+    return t
+
+
+def script_messages(lang: str) -> dict[str, str]:
+    """The `js.*` messages, unformatted: the scripts fill `{…}` themselves."""
+    lang = lang if lang in LANGUAGES else DEFAULT
+    return {key[3:]: texts[lang] for key, texts in MESSAGES.items() if key.startswith("js.")}
