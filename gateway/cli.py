@@ -221,6 +221,17 @@ async def run_tokens_create(config: Config, args: argparse.Namespace, conn: asyn
     print(token)
 
 
+def _checked_base_url(config: Config, url: str) -> str:
+    try:
+        return ssrf.check_base_url(
+            url,
+            allow_http=config.security.allow_http_upstreams,
+            allow_private=config.security.allow_private_upstreams,
+        )
+    except ssrf.UnsafeUpstream as e:
+        raise CliError(f"--base-url: {e.message}") from None
+
+
 async def _user(conn: asyncpg.Connection, name: str) -> users.User:
     user = await users.get_by_username(conn, name)
     if user is None:
@@ -239,14 +250,7 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         raise CliError("--api-key: the key is empty")
     if not 1 <= args.daily_limit <= 1_000_000:
         raise CliError("--daily-limit: must be between 1 and 1000000")
-    try:
-        base_url = ssrf.check_base_url(
-            args.base_url,
-            allow_http=config.security.allow_http_upstreams,
-            allow_private=config.security.allow_private_upstreams,
-        )
-    except ssrf.UnsafeUpstream as e:
-        raise CliError(f"--base-url: {e.message}") from None
+    base_url = _checked_base_url(config, args.base_url)
     user = await _user(conn, args.user)
     if not args.no_test:
         from . import keytest, upstream  # only this command needs an HTTP client
@@ -318,14 +322,7 @@ def run_keys_test(config: Config, args: argparse.Namespace) -> int:
 
     from . import keytest, upstream  # only this command and `keys add` need an HTTP client
 
-    try:
-        base_url = ssrf.check_base_url(
-            args.base_url,
-            allow_http=config.security.allow_http_upstreams,
-            allow_private=config.security.allow_private_upstreams,
-        )
-    except ssrf.UnsafeUpstream as e:
-        raise CliError(f"--base-url: {e.message}") from None
+    base_url = _checked_base_url(config, args.base_url)
     api_key = args.api_key.strip()
     if not api_key:
         raise CliError("--api-key: the key is empty")

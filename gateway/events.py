@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from . import appkeys
+from .tasks import background
 
 log = structlog.get_logger(__name__)
 
@@ -93,10 +94,5 @@ async def event_bus(app: web.Application) -> AsyncIterator[None]:
     state after registering, so an event published in between is never missed."""
     config = app[appkeys.config]
     bus = app[appkeys.bus] = Bus(app[appkeys.redis], config.redis.key_prefix)
-    task = asyncio.create_task(bus.run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(bus.run()):
+        yield

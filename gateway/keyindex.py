@@ -22,6 +22,7 @@ from yarl import URL
 from . import appkeys
 from .balancer import Candidate
 from .crypto import KeyRing, SealError
+from .tasks import background
 from .upstream import upstream_headers
 
 log = structlog.get_logger(__name__)
@@ -166,10 +167,5 @@ async def key_index(app: web.Application) -> AsyncIterator[None]:
 
     bus.on_resync(resync)
     await index.reload()
-    task = asyncio.create_task(index.run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(index.run()):
+        yield

@@ -8,6 +8,7 @@ by secret scanners. Only the SHA-256 of a token is stored; it is shown once, at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
@@ -21,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from . import appkeys
+from .tasks import background
 
 log = structlog.get_logger(__name__)
 
@@ -182,14 +184,7 @@ async def token_cache(app: web.Application) -> AsyncIterator[None]:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
                 log.warning("token_touch_failed", error=str(e))
 
-    task = asyncio.create_task(toucher())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    try:
+    async with background(toucher()):
+        yield
+    with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         await cache.touch()
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-        pass

@@ -106,6 +106,22 @@ def config(servers: tuple[str, str], database_url: str, redis_prefix: str, tmp_p
 
 
 @pytest.fixture
+def cli_env(config: config_mod.Config, redis_prefix: str) -> dict[str, str]:
+    """The environment for running the real `sharekey` command against this test's stores."""
+    from .clirun import clean_env
+
+    return clean_env(
+        DATABASE_URL=config.database.url,
+        REDIS_URL=config.redis.url,
+        KEY_ENCRYPTION_SECRET=TEST_SECRET,
+        SHAREKEY_REDIS_KEY_PREFIX=redis_prefix,
+        SHAREKEY_LOGGING_FORMAT="json",
+        SHAREKEY_SECURITY_ALLOW_HTTP_UPSTREAMS="true",
+        SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS="true",
+    )
+
+
+@pytest.fixture
 async def pool(config: config_mod.Config) -> AsyncIterator[asyncpg.Pool]:
     """A migrated database in the test's own schema."""
     async with asyncpg.create_pool(config.database.url, min_size=1, max_size=4) as p:

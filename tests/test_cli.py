@@ -10,21 +10,12 @@ import pytest
 from gateway import config as config_mod
 from gateway import tokens
 
-from .clirun import Result, clean_env, sharekey
-from .conftest import TEST_SECRET
+from .clirun import Result, sharekey
 
 
 @pytest.fixture
-def env(config: config_mod.Config, redis_prefix: str) -> dict[str, str]:
-    return clean_env(
-        DATABASE_URL=config.database.url,
-        REDIS_URL=config.redis.url,
-        KEY_ENCRYPTION_SECRET=TEST_SECRET,
-        SHAREKEY_REDIS_KEY_PREFIX=redis_prefix,
-        SHAREKEY_LOGGING_FORMAT="json",
-        SHAREKEY_SECURITY_ALLOW_HTTP_UPSTREAMS="true",
-        SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS="true",
-    )
+def env(cli_env: dict[str, str]) -> dict[str, str]:
+    return cli_env
 
 
 def fails_cleanly(r: Result, *words: str) -> None:

@@ -15,27 +15,20 @@ import pytest
 
 from gateway import config as config_mod
 
-from .clirun import clean_env, sharekey
-from .conftest import TEST_SECRET
+from .clirun import sharekey
 from .fake_upstream import FakeUpstream
 from .seed import add_key, user_with_token
 from .test_embedded import free_port
 
 
 @pytest.fixture
-def env(config: config_mod.Config, redis_prefix: str) -> dict[str, str]:
-    return clean_env(
-        DATABASE_URL=config.database.url,
-        REDIS_URL=config.redis.url,
-        KEY_ENCRYPTION_SECRET=TEST_SECRET,
-        SHAREKEY_REDIS_KEY_PREFIX=redis_prefix,
-        SHAREKEY_LOGGING_FORMAT="json",
-        SHAREKEY_LOGGING_LEVEL="warning",
-        SHAREKEY_SECURITY_ALLOW_HTTP_UPSTREAMS="true",
-        SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS="true",
-        SHAREKEY_LIMITS_USER_DAILY_REQUESTS="0",
-        SHAREKEY_LIMITS_USER_REQUESTS_PER_MINUTE="0",
-    )
+def env(cli_env: dict[str, str]) -> dict[str, str]:
+    return {
+        **cli_env,
+        "SHAREKEY_LOGGING_LEVEL": "warning",
+        "SHAREKEY_LIMITS_USER_DAILY_REQUESTS": "0",
+        "SHAREKEY_LIMITS_USER_REQUESTS_PER_MINUTE": "0",
+    }
 
 
 @pytest.fixture

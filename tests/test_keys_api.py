@@ -24,8 +24,7 @@ from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.users import User
 
-from .clirun import clean_env, sharekey
-from .conftest import TEST_SECRET
+from .clirun import sharekey
 from .fake_upstream import FakeUpstream
 from .seed import user_with_token
 from .test_upstream import Listener
@@ -621,18 +620,8 @@ async def test_a_refused_address_reads_like_a_closed_port(make_api: MakeApi, con
 # --- the command line ----------------------------------------------------------------------------
 
 
-async def test_cli_keys_test_and_disable(
-    api: Api, config: config_mod.Config, redis_prefix: str, fake_upstream: FakeUpstream
-) -> None:
-    env = clean_env(
-        DATABASE_URL=config.database.url,
-        REDIS_URL=config.redis.url,
-        KEY_ENCRYPTION_SECRET=TEST_SECRET,
-        SHAREKEY_REDIS_KEY_PREFIX=redis_prefix,
-        SHAREKEY_LOGGING_FORMAT="json",
-        SHAREKEY_SECURITY_ALLOW_HTTP_UPSTREAMS="true",
-        SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS="true",
-    )
+async def test_cli_keys_test_and_disable(api: Api, cli_env: dict[str, str], fake_upstream: FakeUpstream) -> None:
+    env = cli_env
     # The fake upstream runs on this event loop: the CLI must run in a thread to reach it.
     args = ("keys", "test", "--base-url", fake_upstream.base_url, "--api-key", DONOR_KEY, "--model", "gpt-4o-mini")
     ok = await asyncio.to_thread(sharekey, *args, env=env)
