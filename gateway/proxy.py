@@ -42,6 +42,7 @@ TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose streams understand `stream_options.include_usage`.
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+_after_response: set[asyncio.Task[None]] = set()
 
 
 @dataclass(slots=True)
@@ -261,7 +262,10 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         fields["attempts"] = call.attempts
         fields["upstream_ms"] = round(call.upstream_ms, 1)
         if stream_slot:
-            asyncio.create_task(_quietly(balancer.end_stream(caller.user_id, request[appkeys.request_id])))
+            # After the response: the client is not kept waiting for this second round trip.
+            task = asyncio.create_task(_quietly(balancer.end_stream(caller.user_id, request[appkeys.request_id])))
+            _after_response.add(task)  # a strong reference until it is done
+            task.add_done_callback(_after_response.discard)
 
 
 def refusal_for(pick: Pick, model: str) -> GatewayError:

@@ -488,3 +488,30 @@ async def test_daily_limit_by_trust_level(
         headers = {"Authorization": f"Bearer {token}"}
         statuses = [(await client.post("/v1/chat/completions", json=body, headers=headers)).status for _ in range(3)]
         assert statuses == [200] * allowed + [429] * (3 - allowed), level
+
+
+async def test_concurrent_stream_limit_and_its_release(
+    config: config_mod.Config, pool: asyncpg.Pool, fake_upstream: FakeUpstream, aiohttp_client
+) -> None:  # type: ignore[no-untyped-def]
+    config = gateway_config(config, user_concurrent_streams=1)
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    donor, token = await user_with_token(pool, "donor")
+    await add_key(pool, config, donor, fake_upstream.base_url)
+    await app[appkeys.key_index].reload()
+    fake_upstream.chunks, fake_upstream.chunk_delay = 5, 0.1
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"model": "gpt-4o-mini", "messages": [], "stream": True}
+    first = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert first.status == 200
+    second = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert second.status == 429 and (await second.json())["error"]["code"] == "user_stream_limit"
+    assert (await client.post("/v1/chat/completions", json={**body, "stream": False}, headers=headers)).status == 200
+    assert "[DONE]" in await first.text()
+    for _ in range(40):  # the slot is freed right after the stream ends
+        third = await client.post("/v1/chat/completions", json=body, headers=headers)
+        if third.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert third.status == 200
+    await third.read()
