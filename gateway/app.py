@@ -15,7 +15,7 @@ import jinja2
 import redis.asyncio as aioredis
 from aiohttp import ClientTimeout, web
 
-from . import appkeys, balancer, health, keys_api, oauth, pages, proxy, tokens_api, upstream
+from . import appkeys, balancer, health, keys_api, oauth, pages, proxy, thanks, tokens_api, upstream
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
@@ -54,9 +54,20 @@ def create_app(config: Config) -> web.Application:
             key_index,
             balancer_ctx,
             usage_log,
+            thanks.thanks_ctx,
         ]
     )
-    app.add_routes([*proxy.routes, *keys_api.routes, *tokens_api.routes, *pages.routes, *oauth.routes, *health.routes])
+    app.add_routes(
+        [
+            *proxy.routes,
+            *keys_api.routes,
+            *tokens_api.routes,
+            *pages.routes,
+            *thanks.routes,
+            *oauth.routes,
+            *health.routes,
+        ]
+    )
     app.router.add_static("/static/", pages.STATIC_DIR, name="static")
     return app
 

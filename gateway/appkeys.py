@@ -11,11 +11,13 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 if TYPE_CHECKING:
     from .balancer import Balancer
+    from .board import Board
     from .config import Config
     from .crypto import KeyRing
     from .events import Bus
     from .keyindex import KeyIndex
     from .keystate import KeyStates
+    from .thanks import Visitors
     from .tokens import TokenCache
     from .usage import UsageLog
 
@@ -32,6 +34,8 @@ token_cache: web.AppKey[TokenCache] = web.AppKey("token_cache")
 usage: web.AppKey[UsageLog] = web.AppKey("usage")
 balancer: web.AppKey[Balancer] = web.AppKey("balancer")
 key_states: web.AppKey[KeyStates] = web.AppKey("key_states")
+board: web.AppKey[Board] = web.AppKey("board")
+visitors: web.AppKey[Visitors] = web.AppKey("visitors")
 
 request_id: web.RequestKey[str] = web.RequestKey("request_id")
 log_fields: web.RequestKey[dict[str, Any]] = web.RequestKey("log_fields")

@@ -2,7 +2,8 @@
 
 A request appends a `UsageRecord` and never waits. The flusher writes batches to
 `key_usage_logs` and, in the same statement, adds the committed calls and tokens to the key's
-aggregates (`usage_count_today`, `total_usage_count`, `total_tokens`, `last_used_at`). Rows are
+aggregates (`usage_count_today`, `total_usage_count`, `total_tokens`, `last_used_at`) and to the
+donor's day in `donor_usage_daily` (the thanks board's rollup). Rows are
 unique by (request_id, attempt) and aggregates only count rows actually inserted, so writing a
 batch twice (a retry after a lost answer, two processes draining the spool) changes nothing.
 
@@ -102,7 +103,19 @@ WITH rows AS (
     LEFT JOIN users u ON u.id = r.user_id
     LEFT JOIN users d ON d.id = r.donor_id
     ON CONFLICT (request_id, attempt) DO NOTHING
-    RETURNING shared_key_id, committed, tokens_used, created_at
+    RETURNING shared_key_id, donor_id, committed, tokens_used, created_at
+), credit AS (
+    -- The thanks board's rollup (sql/0002): only rows inserted just now, never a private key's.
+    INSERT INTO donor_usage_daily AS d (donor_id, day, calls, tokens, last_served_at)
+    SELECT i.donor_id, $20, count(*), coalesce(sum(i.tokens_used), 0), max(i.created_at)
+    FROM ins i LEFT JOIN shared_keys k ON k.id = i.shared_key_id
+    WHERE i.committed AND i.donor_id IS NOT NULL AND k.is_private IS NOT TRUE
+    GROUP BY i.donor_id
+    ORDER BY i.donor_id  -- one lock order for concurrent flushers
+    ON CONFLICT (donor_id, day) DO UPDATE SET
+        calls = d.calls + excluded.calls,
+        tokens = d.tokens + excluded.tokens,
+        last_served_at = GREATEST(d.last_served_at, excluded.last_served_at)
 ), agg AS (
     SELECT shared_key_id,
            count(*) FILTER (WHERE committed) AS calls,

@@ -121,6 +121,20 @@
     }
   });
 
+  // How the donor appears on the thanks board: PUT /api/me, then the section is rendered again.
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest('#on-board [data-action="anonymous"]');
+    if (!button) return;
+    const output = document.querySelector("#on-board [data-result]");
+    setResult(output, msg("saving"));
+    busy(button, async () => {
+      const result = await api("PUT", "/api/me", { anonymous: button.dataset.anonymous === "true" });
+      if (!result.ok) { setResult(output, failure(result), "bad"); return; }
+      await refresh("on-board");
+      setResult(document.querySelector("#on-board [data-result]"), msg("saved"), "ok");
+    });
+  });
+
   document.addEventListener("submit", (event) => {
     const form = event.target.closest("#key-list form[data-edit]");
     if (!form) return;
