@@ -129,22 +129,36 @@ async def _list_models(session: aiohttp.ClientSession, base: str, api_key: str, 
 
 
 async def _complete(session: aiohttp.ClientSession, base: str, api_key: str, model: str, budget: float) -> None:
-    payload = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
     url = f"{base}/chat/completions"
     limit = _request_timeout(budget)
+    messages = [{"role": "user", "content": "ping"}]
+    if not await _complete_once(session, url, api_key, {"model": model, "messages": messages, "max_tokens": 1}, limit):
+        # Reasoning models refuse max_tokens and ask for max_completion_tokens instead: one retry.
+        await _complete_once(
+            session, url, api_key, {"model": model, "messages": messages, "max_completion_tokens": 1}, limit
+        )
+
+
+async def _complete_once(
+    session: aiohttp.ClientSession, url: str, api_key: str, payload: dict[str, Any], limit: aiohttp.ClientTimeout
+) -> bool:
+    """True when the completion worked; False for a 400 that objects to `max_tokens`; else raises."""
     async with upstream.request(session, "POST", url, api_key=api_key, json=payload, client_timeout=limit) as resp:
         status = resp.status
+        if status == 400 and "max_tokens" in payload and b"max_tokens" in await resp.content.read(64 * 1024):
+            return False
         if status == 404:
             # OpenAI answers 404 for an unknown model; anything not shaped like its error is
             # most likely no chat endpoint at all.
             body = await _read_json(resp, strict=False)
             if isinstance(body, dict) and "error" in body:
-                raise _Failed("model_not_offered", f"the upstream does not offer: {model}", "http_404")
+                raise _Failed("model_not_offered", f"the upstream does not offer: {payload['model']}", "http_404")
             raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "http_404")
         _check_status(status)
         body = await _read_json(resp)
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "completion_shape")
+    return True
 
 
 def _check_status(status: int) -> None:

@@ -28,6 +28,7 @@ class Failure:
     drop_after: int | None = None  # streams: send this many chunks, then cut the connection
     error_stream: bool = False  # 200 text/event-stream whose only event is an error
     body: dict[str, Any] | None = None
+    path: str | None = None  # only requests to this path meet the failure (None: any)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeUpstream:
     reply: str = "Hello from the fake upstream"
     usage: bool = True  # report usage (JSON, and in streams when stream_options asks)
     reject_stream_options: bool = False  # behave like upstreams that 400 on stream_options
+    reject_max_tokens: bool = False  # behave like reasoning models: max_completion_tokens only
     requests: list[Recorded] = field(default_factory=list)
     disconnects: int = 0  # streams the gateway hung up on before the end
     failures: deque[Failure] = field(default_factory=deque)
@@ -89,7 +91,10 @@ class FakeUpstream:
         key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
         if key is None or (self.valid_keys is not None and key not in self.valid_keys):
             return body, None, _error(401, "Incorrect API key provided", "invalid_api_key")
-        failure = self.failures.popleft() if self.failures else None
+        next_failure = self.failures[0] if self.failures else None
+        failure = None
+        if next_failure is not None and next_failure.path in (None, request.path):
+            failure = self.failures.popleft()
         if failure is None:
             return body, None, None
         if failure.hang:
@@ -115,6 +120,11 @@ class FakeUpstream:
         model = body.get("model") if isinstance(body, dict) else None
         if model not in self.models:
             return _error(404, f"The model {model} does not exist", "model_not_found")
+        if self.reject_max_tokens and "max_tokens" in body:
+            message = (
+                "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens'."
+            )
+            return _error(400, message, "unsupported_parameter")
         if body.get("stream"):
             if self.reject_stream_options and "stream_options" in body:
                 return _error(400, "Unrecognized request argument supplied: stream_options", None)

@@ -277,3 +277,20 @@ async def test_the_key_never_reaches_results_or_logs(
 
 def test_test_key_is_not_collected_as_a_test() -> None:
     assert keytest.test_key.__test__ is False  # type: ignore[attr-defined]
+
+
+async def test_reasoning_models_get_max_completion_tokens(
+    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.reject_max_tokens = True
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    assert result.ok, result
+    bodies = [r.body for r in fake_upstream.calls("/v1/chat/completions")]
+    assert [("max_tokens" in b, "max_completion_tokens" in b) for b in bodies] == [(True, False), (False, True)]
+
+
+async def test_other_bad_requests_are_not_retried(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    fake_upstream.fail_next(Failure(status=400, path="/v1/chat/completions"))
+    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    assert not result.ok and result.reason == "upstream_error"
+    assert len(fake_upstream.calls("/v1/chat/completions")) == 1
