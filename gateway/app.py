@@ -21,6 +21,7 @@ from .crypto import KeyRing
 from .db import pg_pool
 from .errors import error_middleware
 from .events import event_bus
+from .jobs import cluster_jobs
 from .keyindex import key_index
 from .keystate import KeyStates
 from .log import request_context
@@ -54,6 +55,7 @@ def create_app(config: Config) -> web.Application:
             key_index,
             balancer_ctx,
             usage_log,
+            cluster_jobs,
             thanks.thanks_ctx,
         ]
     )
@@ -93,7 +95,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     client = create_redis(app[appkeys.config].redis.url)
     app[appkeys.redis] = client
     yield
-    await client.aclose()
+    await client.aclose(close_connection_pool=True)  # a pool passed in is not closed by default
 
 
 def create_redis(url: str) -> aioredis.Redis:

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="the owner's name (with --name)")
     p.add_argument("--reason", default="disabled by an administrator", help="shown to the key's owner")
     p.set_defaults(func=command(run_keys_disable))
+
+    p = sub.add_parser("reset-daily", help="reset usage_count_today of keys not yet counted today (the midnight job)")
+    p.set_defaults(func=command(run_reset_daily))
+
+    p = sub.add_parser("rotate-secret", help="re-encrypt every key under the current key_encryption_secret")
+    p.add_argument("--batch-size", type=int, default=100, help="keys per transaction (default 100)")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds to wait between batches (default 0)")
+    p.add_argument("--force", action="store_true", help="rotate even if a running gateway lacks the new secret")
+    p.set_defaults(func=command(run_rotate_secret))
     return parser
 
 
@@ -357,6 +366,48 @@ async def run_keys_disable(config: Config, args: argparse.Namespace, conn: async
         raise CliError("the key was deleted in the meantime")
     await announce(config, "keys", key_id)
     print(key_id)
+
+
+# --- reset-daily, rotate-secret --------------------------------------------------------------
+
+
+async def run_reset_daily(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    """What the rollover job does at midnight, by hand. Redis' counters are left alone: they are
+    per day already, and clearing today's would let every key exceed its donor's daily limit."""
+    from . import jobs
+
+    today = await conn.fetchval("SELECT (now() AT TIME ZONE $1)::date", config.balancer.timezone)
+    reset = await jobs.roll_over(conn, today)
+    print(f"reset the daily count of {reset} key(s); today is {today} in {config.balancer.timezone}")
+
+
+async def run_rotate_secret(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    from . import rotation
+
+    if args.batch_size < 1:
+        raise CliError("--batch-size: must be at least 1")
+    keyring = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
+    if not args.force:
+        client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+        try:
+            behind = await rotation.gateways_without(client, config.redis.key_prefix, keyring.current_kid)
+        except (redis.exceptions.RedisError, OSError) as e:
+            raise CliError(f"cannot check the gateways' secrets (Redis: {_reason(e)}); --force skips it") from None
+        finally:
+            await client.aclose()
+        if behind:
+            raise CliError(
+                f"{len(behind)} running gateway process(es) do not have the new secret yet ({', '.join(behind[:3])}): "
+                "restart them with it as KEY_ENCRYPTION_SECRET and the old one in KEY_ENCRYPTION_OLD_SECRETS first"
+            )
+    done = await rotation.rotate(conn, keyring, batch=args.batch_size, pause=args.pause)
+    await announce(config, "keys")
+    print(f"re-encrypted {done.resealed} key(s); {done.current} of {done.total} are under key id {done.kid}")
+    if done.unopenable:
+        raise CliError(
+            f"{len(done.unopenable)} key(s) open under no secret in the ring and were left as they are: "
+            + ", ".join(done.unopenable[:10])
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -95,6 +95,11 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    retention_days: int = 90  # usage rows older than this are deleted; 0 keeps them forever
+
+
+@dataclass(frozen=True, slots=True)
 class LinuxDo:
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
@@ -123,6 +128,7 @@ class Config:
     upstream: Upstream = field(default_factory=Upstream)
     limits: Limits = field(default_factory=Limits)
     health: Health = field(default_factory=Health)
+    usage: Usage = field(default_factory=Usage)
     oauth_linuxdo: LinuxDo = field(default_factory=LinuxDo)
     logging: Logging = field(default_factory=Logging)
 
@@ -150,6 +156,7 @@ SECTIONS: dict[str, str] = {
     "upstream": "upstream",
     "limits": "limits",
     "health": "health",
+    "usage": "usage",
     "oauth.linuxdo": "oauth_linuxdo",
     "logging": "logging",
 }
@@ -247,6 +254,7 @@ _SECTION_TYPES: dict[str, type] = {
     "upstream": Upstream,
     "limits": Limits,
     "health": Health,
+    "usage": Usage,
     "oauth_linuxdo": LinuxDo,
     "logging": Logging,
 }
@@ -344,6 +352,10 @@ def _validate(config: Config) -> None:
         raise bad("balancer.timezone", f"{config.balancer.timezone!r} is not a known time zone") from None
     if any(n < 0 for n in config.limits.user_daily_requests_by_trust_level):
         raise bad("limits.user_daily_requests_by_trust_level", "limits must be 0 (unlimited) or more")
+    if config.health.interval_seconds < 0:
+        raise bad("health.interval_seconds", "must be 0 (no health checks) or more")
+    if config.usage.retention_days < 0:
+        raise bad("usage.retention_days", "must be 0 (keep forever) or more")
     if config.balancer.max_attempts < 1:
         raise bad("balancer.max_attempts", "must be at least 1")
     secret = config.security.key_encryption_secret

@@ -1,7 +1,10 @@
-"""Liveness and readiness: `/healthz` says the process is up, `/readyz` that it can serve.
+"""Liveness, readiness and metrics: `/healthz`, `/readyz`, `/metrics`.
 
-Ready means PostgreSQL and Redis both answer within a second and the process is not draining
-for shutdown; otherwise 503, so a load balancer stops sending new requests here.
+`/healthz` says the process is up. `/readyz` says whether to send it traffic: 503 while it drains
+for shutdown or cannot reach Redis (the balancer needs Redis for every request: fail closed).
+PostgreSQL down alone leaves it ready but `degraded`: `/v1` keeps serving from the in-process
+key index and token cache while usage records wait, so a load balancer must not pull every
+gateway out of service because of the database. `/metrics` is Prometheus text (see `metrics`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import asyncio
 
 from aiohttp import web
 
-from . import appkeys
+from . import appkeys, metrics
 
 routes = web.RouteTableDef()
 CHECK_TIMEOUT = 1.0
@@ -24,15 +27,27 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
-    checks = {"postgres": await _check(_pg(app)), "redis": await _check(_redis(app))}
+    postgres, redis = await asyncio.gather(_check(_pg(app)), _check(_redis(app)))
+    if not postgres:
+        metrics.postgres_error("readyz")
+    if not redis:
+        metrics.redis_error("readyz")
     draining = app[appkeys.draining].is_set()
-    ok = all(checks.values()) and not draining
+    ok = redis and not draining
+    status = "unavailable" if not ok else "ready" if postgres else "degraded"
     body = {
-        "status": "ready" if ok else "unavailable",
+        "status": status,
         "draining": draining,
-        **{k: "ok" if v else "down" for k, v in checks.items()},
+        "postgres": "ok" if postgres else "down",
+        "redis": "ok" if redis else "down",
     }
     return web.json_response(body, status=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def metrics_text(request: web.Request) -> web.Response:
+    body = await metrics.render(request.app)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def _pg(app: web.Application) -> None:

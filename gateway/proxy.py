@@ -24,7 +24,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from . import appkeys, sse, upstream
+from . import appkeys, metrics, sse, upstream
 from .balancer import Balancer, Pick, UserLimits
 from .errors import BadRequest, GatewayError, InvalidToken, LimitReached, NoKeyForModel, NotConfigured, UpstreamFailed
 from .keyindex import PoolKey
@@ -42,6 +42,7 @@ TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose streams understand `stream_options.include_usage`.
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+ROUTES = {e: "/v1" + e for e in ("/chat/completions", "/completions", "/embeddings", "/responses")}  # metric labels
 _after_response: set[asyncio.Task[None]] = set()
 
 
@@ -129,6 +130,7 @@ async def authenticate(request: web.Request) -> Caller:
     try:
         caller = await request.app[appkeys.token_cache].lookup(token.strip())
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        metrics.postgres_error("tokens")
         raise NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5) from None
     if caller is None:
         raise InvalidToken(BAD_TOKEN)
@@ -185,6 +187,25 @@ def user_limits(request: web.Request, caller: Caller) -> UserLimits:
 
 
 async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """Serve one /v1 request, and count it by route, model and status however it ends."""
+    status = 500
+    try:
+        response = await _proxy(request, endpoint)
+        status = response.status
+        return response
+    except (GatewayError, web.HTTPException) as e:
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    finally:
+        fields = request_fields(request)
+        model = metrics.model_label(request.app[appkeys.key_index], fields.get("model"))
+        metrics.request_done(ROUTES[endpoint], model, status, fields.get("attempts", 0))
+
+
+async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     caller = await authenticate(request)
     call = await read_call(request, caller, endpoint)
     app = request.app
@@ -213,6 +234,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                     count_user=call.attempts == 0,
                 )
             except REDIS_ERRORS as e:
+                metrics.redis_error("balancer")
                 log.error("balancer_unreachable", error=str(e))
                 raise NotConfigured(
                     "The gateway cannot reach its state store; try again shortly.", retry_after=5
@@ -299,6 +321,7 @@ async def _quietly(awaitable: Any) -> None:
     try:
         await awaitable
     except REDIS_ERRORS as e:
+        metrics.redis_error("balancer")
         log.warning("balancer_call_failed", error=str(e))
 
 
@@ -534,6 +557,7 @@ class Recorder:
 
     def committed(self, ttft_ms: float) -> None:
         self.ttft_ms = ttft_ms
+        metrics.first_token(ttft_ms / 1000)
 
     def failed(self, failure: Failure) -> Failure:
         self.finished(
@@ -562,6 +586,8 @@ class Recorder:
         if self.done:
             return
         self.done = True
+        elapsed = time.perf_counter() - self.t0
+        metrics.attempt_done(elapsed)
         call = self.call
         estimated = False
         prompt = completion = None
@@ -589,7 +615,7 @@ class Recorder:
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 usage_estimated=estimated,
-                latency_ms=round((time.perf_counter() - self.t0) * 1000),
+                latency_ms=round(elapsed * 1000),
                 ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
                 error_message=error,
             )

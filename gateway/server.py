@@ -2,7 +2,8 @@
 
 The parent process owns the embedded servers (if any) and has already applied the migrations;
 it forks the workers, restarts one that dies, and on SIGINT/SIGTERM passes the signal on, waits
-for every worker to drain, and returns so the caller can stop the embedded servers last.
+for every worker to drain, and returns so the caller can stop the embedded servers last. With
+several workers it also owns the directory where they write their metrics (see `metrics`).
 
 A worker on SIGTERM: `/readyz` turns 503, the listener closes, requests in flight get up to
 `server.shutdown_grace_seconds` to finish, then the cleanup contexts run (usage flushed, pools
@@ -24,7 +25,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from . import appkeys
+from . import appkeys, metrics
 from .app import create_app
 from .config import Config
 
@@ -43,7 +44,8 @@ def run(config: Config) -> None:
     if workers == 1:
         _run(serve_worker(config, reuse_port=False))
         return
-    _supervise(config, workers)
+    with metrics.multiprocess_dir():
+        _supervise(config, workers)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -106,6 +108,10 @@ def _supervise(config: Config, workers: int) -> None:
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:  # the worker
+            # Not the parent's handlers (they would signal the siblings): the default, until the
+            # worker's event loop installs its own.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             code = 0
             try:
                 _run(serve_worker(config, reuse_port=True))
@@ -115,6 +121,8 @@ def _supervise(config: Config, workers: int) -> None:
             finally:
                 os._exit(code)
         children[pid] = time.monotonic()
+        if stopping:  # the signal came while forking: this one was not told
+            os.kill(pid, signal.SIGTERM)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -140,6 +148,7 @@ def _supervise(config: Config, workers: int) -> None:
         started = children.pop(pid, None)
         if started is None:
             continue
+        metrics.worker_exited(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue

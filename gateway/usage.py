@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from . import appkeys
+from . import appkeys, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -197,6 +198,11 @@ class UsageLog:
     def depth(self) -> int:
         return len(self._buffer)
 
+    @property
+    def lag(self) -> float:
+        """Seconds since the oldest record still in memory was made; 0 when none waits."""
+        return max(0.0, time.time() - self._buffer[0].created_at.timestamp()) if self._buffer else 0.0
+
     async def run(self) -> None:
         while True:
             try:
@@ -205,6 +211,7 @@ class UsageLog:
                 pass
             self._wake.clear()
             await self.flush_once()
+            metrics.usage_observed(self)
 
     async def flush_once(self) -> bool:
         """Write what is buffered, then drain the spool; False when PostgreSQL did not take it.
@@ -232,6 +239,7 @@ class UsageLog:
             async with self._pool.acquire(timeout=5) as conn:
                 await write(conn, batch)
         except PG_ERRORS as e:
+            metrics.postgres_error("usage")
             self._backoff = min(MAX_BACKOFF, max(1.0, self._backoff * 2))
             log.warning("usage_write_failed", records=len(batch), error=str(e), retry_in=self._backoff)
             return False

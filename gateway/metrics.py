@@ -1,0 +1,267 @@
+"""Prometheus metrics: what the gateway counts, and the text `GET /metrics` answers with.
+
+Per-process counts (requests, latencies, attempts, errors, the usage queue, job runs) use
+prometheus-client. With one process they live in its default registry. With `--workers N > 1`
+the parent calls `use_multiprocess()` before forking: every worker then writes its samples to
+files under PROMETHEUS_MULTIPROC_DIR and a scrape of any worker reads them all. That choice must
+be made before a metric is created, so the metric objects are built on first use, in the worker.
+
+Cluster facts (keys by state, calls left today per model, the usage spool) are no process's count:
+they are read from PostgreSQL and Redis when scraped, and the last answer is kept for a scrape
+that finds them unreachable. Labels stay bounded: routes are the fixed `/v1` routes, a model is
+named only if the key index serves it (else "other"), a status is an HTTP code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import redis.exceptions
+import structlog
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily
+
+from . import appkeys
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .keyindex import KeyIndex
+    from .usage import UsageLog
+
+log = structlog.get_logger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SCRAPE_TIMEOUT = 1.0
+KEY_STATES = ("active", "cooling", "disabled", "paused")
+OTHER = "other"
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "sharekey_requests", "Requests to /v1 by route, model and HTTP status.", ["route", "model", "status"]
+        )
+        self.upstream = Histogram(
+            "sharekey_upstream_seconds",
+            "Time spent on one upstream attempt, to its last byte.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+        )
+        self.ttft = Histogram(
+            "sharekey_time_to_first_token_seconds",
+            "From sending a streamed request upstream to its first content event.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60),
+        )
+        self.attempts = Histogram(
+            "sharekey_attempts", "Upstream attempts per /v1 request (0: refused before any).", buckets=(0, 1, 2, 3, 5)
+        )
+        self.queue_depth = Gauge(
+            "sharekey_usage_queue_depth", "Usage records waiting in memory.", multiprocess_mode="livesum"
+        )
+        self.flush_lag = Gauge(
+            "sharekey_usage_flush_lag_seconds",
+            "Age of the oldest usage record not yet written to PostgreSQL (0: none waiting).",
+            multiprocess_mode="livemax",
+        )
+        self.redis_errors = Counter("sharekey_redis_errors", "Redis calls that failed, by caller.", ["source"])
+        self.postgres_errors = Counter(
+            "sharekey_postgres_errors", "PostgreSQL calls that failed, by caller.", ["source"]
+        )
+        self.job_runs = Counter(
+            "sharekey_job_runs", "Runs of once-per-cluster jobs, by job and result.", ["job", "result"]
+        )
+        self.job_last_run = Gauge(
+            "sharekey_job_last_success_timestamp_seconds",
+            "When each job last finished without error.",
+            ["job"],
+            multiprocess_mode="max",
+        )
+        self.health_checks = Counter("sharekey_health_checks", "Key health checks by result.", ["result"])
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def request(self, route: str, model: str, status: int) -> Any:
+        key = (route, model, status)
+        child = self._children.get(key)
+        if child is None:  # labels() costs a lock and validation: once per label set, not per request
+            child = self._children[key] = self.requests.labels(route, model, str(status))
+        return child
+
+
+_metrics: _Metrics | None = None
+
+
+def _get() -> _Metrics:
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    return _metrics
+
+
+# --- process model -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """In the parent, around forking workers: a fresh directory for their samples.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR is used (emptied first, left in place); otherwise a new
+    temporary one, removed afterwards.
+    """
+    configured = os.environ.get(MULTIPROC_ENV)
+    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="sharekey-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    values.ValueClass = values.get_value_class()  # chosen when prometheus-client was imported
+    try:
+        yield path
+    finally:
+        if not configured:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """In the parent: drop a dead worker's live gauges (its counters stay counted)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+# --- what the code records (cheap: no I/O, no awaiting) ------------------------------------------
+
+
+def model_label(index: KeyIndex, model: str | None) -> str:
+    return model if model and model in index.snapshot.pooled else OTHER
+
+
+def request_done(route: str, model: str, status: int, attempts: int) -> None:
+    m = _get()
+    m.request(route, model, status).inc()
+    m.attempts.observe(attempts)
+
+
+def attempt_done(seconds: float) -> None:
+    _get().upstream.observe(seconds)
+
+
+def first_token(seconds: float) -> None:
+    _get().ttft.observe(seconds)
+
+
+def redis_error(source: str) -> None:
+    _get().redis_errors.labels(source).inc()
+
+
+def postgres_error(source: str) -> None:
+    _get().postgres_errors.labels(source).inc()
+
+
+def usage_observed(usage: UsageLog) -> None:
+    """The flusher's queue depth and lag, from its own buffer."""
+    m = _get()
+    m.queue_depth.set(usage.depth)
+    m.flush_lag.set(usage.lag)
+
+
+def job_ran(job: str, ok: bool) -> None:
+    m = _get()
+    m.job_runs.labels(job, "ok" if ok else "error").inc()
+    if ok:
+        m.job_last_run.labels(job).set(time.time())
+
+
+def health_checked(result: str) -> None:
+    _get().health_checks.labels(result).inc()
+
+
+# --- scraping ----------------------------------------------------------------------------------
+
+
+SELECT_KEY_STATES = """
+SELECT id::text, CASE WHEN status = 'disabled' THEN 'disabled' WHEN NOT is_active THEN 'paused' ELSE 'active' END
+FROM shared_keys
+"""
+
+
+class _ClusterFacts:
+    """The last known cluster-wide gauges; a collector over them for one scrape."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, int] = dict.fromkeys(KEY_STATES, 0)
+        self.calls_left: dict[str, int] = {}
+        self.spooled = 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        keys = GaugeMetricFamily("sharekey_keys", "Donated keys by state, as their owners see it.", labels=["state"])
+        for state, n in self.states.items():
+            keys.add_metric([state], n)
+        yield keys
+        left = GaugeMetricFamily(
+            "sharekey_calls_left_today",
+            "Calls the pooled keys serving each model can still make today.",
+            labels=["model"],
+        )
+        for model, n in sorted(self.calls_left.items()):
+            left.add_metric([model], n)
+        yield left
+        yield GaugeMetricFamily(
+            "sharekey_usage_spool_depth", "Usage records waiting in the Redis spool for PostgreSQL.", value=self.spooled
+        )
+
+
+async def _refresh(app: web.Application, facts: _ClusterFacts) -> None:
+    index, balancer = app[appkeys.key_index], app[appkeys.balancer]
+    try:
+        async with asyncio.timeout(SCRAPE_TIMEOUT):
+            async with app[appkeys.pg].acquire() as conn:
+                rows = await conn.fetch(SELECT_KEY_STATES)
+            stored = {r[0]: r[1] for r in rows}
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        postgres_error("metrics")
+        stored = None
+    try:
+        async with asyncio.timeout(SCRAPE_TIMEOUT):
+            cooling = await balancer.cooling()
+            pooled = {k.id: k for keys in index.snapshot.pooled.values() for k in keys}
+            used = await balancer.usage_today(list(pooled))
+            facts.spooled = int(await app[appkeys.redis].llen(app[appkeys.usage].spool_key))
+    except (redis.exceptions.RedisError, OSError, TimeoutError):
+        redis_error("metrics")
+        return
+    facts.calls_left = {
+        model: sum(max(0, k.daily_limit - used.get(k.id, 0)) for k in keys)
+        for model, keys in index.snapshot.pooled.items()
+    }
+    if stored is not None:
+        states = dict.fromkeys(KEY_STATES, 0)
+        for key_id, state in stored.items():
+            states["cooling" if state == "active" and key_id in cooling else state] += 1
+        facts.states = states
+
+
+_facts = _ClusterFacts()  # one app per process; its last known answers
+
+
+async def render(app: web.Application) -> bytes:
+    usage_observed(app[appkeys.usage])  # this process' view is fresh; the others' is at most one flush old
+    await _refresh(app, _facts)
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        own = generate_latest(registry)
+    else:
+        own = generate_latest(DEFAULT_REGISTRY)
+    cluster = CollectorRegistry(auto_describe=False)
+    cluster.register(_facts)  # type: ignore[arg-type]
+    return own + generate_latest(cluster)
