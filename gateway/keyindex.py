@@ -22,6 +22,7 @@ from yarl import URL
 from . import appkeys
 from .balancer import Candidate
 from .crypto import KeyRing, SealError
+from .sharedkeys import open_row
 from .tasks import background
 from .upstream import upstream_headers
 
@@ -90,7 +91,7 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
     for r in rows:
         key_id, owner_id = str(r["id"]), str(r["user_id"])
         try:
-            api_key = keyring.open(r["api_key_encrypted"], key_id=key_id, owner_id=owner_id, base_url=r["base_url"])
+            api_key = open_row(keyring, r)
         except SealError as e:
             log.error("key_unsealable", key_id=key_id, reason=str(e))
             continue

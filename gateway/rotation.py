@@ -25,6 +25,7 @@ import structlog
 
 from .config import Config
 from .crypto import KeyRing, SealError
+from .sharedkeys import open_row
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +100,7 @@ async def rotate(conn: asyncpg.Connection, ring: KeyRing, *, batch: int = BATCH,
         for r in rows:
             key_id, owner_id = str(r["id"]), str(r["user_id"])
             try:
-                plain = ring.open(r["api_key_encrypted"], key_id=key_id, owner_id=owner_id, base_url=r["base_url"])
+                plain = open_row(ring, r)
             except SealError as e:
                 log.error("key_unsealable", key_id=key_id, reason=str(e))
                 done.unopenable.append(key_id)

@@ -199,7 +199,16 @@ async def name_taken(conn: asyncpg.Connection, owner_id: str, name: str) -> bool
     return bool(await conn.fetchval(NAME_TAKEN, uuid.UUID(owner_id), name))
 
 
-SELECT_SEALED = "SELECT user_id, base_url, api_key_encrypted FROM shared_keys WHERE id = $1"
+SELECT_SEALED = "SELECT id, user_id, base_url, api_key_encrypted FROM shared_keys WHERE id = $1"
+
+
+def open_row(keyring: KeyRing, row: asyncpg.Record) -> str:
+    """The key of a `shared_keys` row (id, user_id, base_url, api_key_encrypted) in the clear.
+
+    Raises `SealError` when the ciphertext does not open for its row (fail closed)."""
+    return keyring.open(
+        row["api_key_encrypted"], key_id=str(row["id"]), owner_id=str(row["user_id"]), base_url=row["base_url"]
+    )
 
 
 async def open_key(conn: asyncpg.Connection, keyring: KeyRing, key_id: str) -> str | None:
@@ -209,7 +218,7 @@ async def open_key(conn: asyncpg.Connection, keyring: KeyRing, key_id: str) -> s
     row = await conn.fetchrow(SELECT_SEALED, uuid.UUID(key_id))
     if row is None:
         return None
-    return keyring.open(row["api_key_encrypted"], key_id=key_id, owner_id=str(row["user_id"]), base_url=row["base_url"])
+    return open_row(keyring, row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ import structlog
 from aiohttp import web
 
 from . import appkeys, metrics
+from .tasks import background
 
 log = structlog.get_logger(__name__)
 
@@ -291,11 +292,6 @@ class UsageLog:
 async def usage_log(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.config]
     usage = app[appkeys.usage] = UsageLog(app[appkeys.pg], app[appkeys.redis], config.redis.key_prefix)
-    task = asyncio.create_task(usage.run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(usage.run()):
+        yield
     await usage.drain()
