@@ -1,6 +1,6 @@
 """The gateway's added cost against going direct to the upstream, measured in one run.
 
-    python -m bench.run [--quick] [--output bench/results.json]
+    python -m bench.run [--quick] [--seconds S] [--mode stream] [--concurrency 1] [--output bench/results.json]
 
 1. Starts the fake upstream (`bench.upstream`) in its own process on a free loopback port.
 2. Uses the real PostgreSQL and Redis (`DATABASE_URL` / `REDIS_URL`, else embedded servers in a
@@ -664,7 +664,7 @@ def run(args: argparse.Namespace) -> int:
     warmup = min(0.3 if args.quick else 0.5, seconds)
     tag = secrets.token_hex(4)
     schema, prefix = f"bench_{tag}", f"bench{tag}"
-    cells = [Cell(mode, c) for mode in MODES for c in CONCURRENCY]
+    cells = [Cell(mode, c) for mode in args.mode or MODES for c in args.concurrency or CONCURRENCY]
     problems: list[str] = []
     notes: dict[str, Any] = {}
     started = time.monotonic()
@@ -885,6 +885,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="~2 s per cell instead of ~5 s")
     parser.add_argument("--seconds", type=float, default=0.0, help="seconds per cell (overrides --quick)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument("--mode", action="append", choices=MODES, help="only this mode (repeatable)")
+    parser.add_argument(
+        "--concurrency", action="append", type=int, choices=CONCURRENCY, help="only this concurrency (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.seconds and not 0 < args.seconds <= 30:
         parser.error("--seconds: between 0 and 30")
