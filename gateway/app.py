@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp_jinja2
 import jinja2
 import redis.asyncio as aioredis
-from aiohttp import ClientTimeout, web
+from aiohttp import web
 
-from . import appkeys, balancer, health, keys_api, oauth, pages, proxy, thanks, tokens_api, upstream
+from . import appkeys, balancer, h1, health, keys_api, oauth, pages, proxy, thanks, tokens_api, upstream
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
@@ -39,8 +39,6 @@ def create_app(config: Config) -> web.Application:
     )
     app[appkeys.config] = config
     app[appkeys.draining] = asyncio.Event()
-    # Connect timeout only: first-token, idle and total deadlines are the proxy's own timers.
-    app[appkeys.upstream_timeout] = ClientTimeout(total=None, sock_connect=config.upstream.connect_timeout)
     app[appkeys.keyring] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
     # Dependency order; teardown runs in reverse, so usage drains while PostgreSQL and Redis are open.
@@ -49,6 +47,7 @@ def create_app(config: Config) -> web.Application:
             pg_pool,
             redis_client,
             upstream.http_session,
+            h1.upstream_pool,
             oauth.http_session,
             event_bus,
             token_cache,

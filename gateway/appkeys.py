@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, web
 
 if TYPE_CHECKING:
     from .balancer import Balancer
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .crypto import KeyRing
     from .events import Bus
+    from .h1 import Pool
     from .keyindex import KeyIndex
     from .keystate import KeyStates
     from .thanks import Visitors
@@ -24,9 +25,9 @@ if TYPE_CHECKING:
 config: web.AppKey[Config] = web.AppKey("config")
 pg: web.AppKey[asyncpg.Pool] = web.AppKey("pg")
 redis: web.AppKey[aioredis.Redis] = web.AppKey("redis")
-http: web.AppKey[ClientSession] = web.AppKey("http")  # toward donor upstreams: SSRF-guarded
+http: web.AppKey[ClientSession] = web.AppKey("http")  # toward donor upstreams (key tests, health): SSRF-guarded
 oauth_http: web.AppKey[ClientSession] = web.AppKey("oauth_http")  # toward the configured OAuth provider
-upstream_timeout: web.AppKey[ClientTimeout] = web.AppKey("upstream_timeout")
+upstream_pool: web.AppKey[Pool] = web.AppKey("upstream_pool")  # the /v1 hot path's connections
 keyring: web.AppKey[KeyRing] = web.AppKey("keyring")
 bus: web.AppKey[Bus] = web.AppKey("bus")
 key_index: web.AppKey[KeyIndex] = web.AppKey("key_index")

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from . import appkeys
 from .balancer import Candidate
 from .crypto import KeyRing, SealError
+from .h1 import header_lines
 from .sharedkeys import open_row
 from .tasks import background
 from .upstream import upstream_headers
@@ -45,16 +45,17 @@ class PoolKey:
     daily_limit: int
     stream_usage: bool
     is_private: bool
-    # Built once per load, not per request: parsed URLs and the complete upstream headers.
+    # Built once per load, not per request: parsed URLs and the complete upstream header lines.
     urls: dict[str, URL] = field(default_factory=dict, repr=False)
-    headers: dict[bool, CIMultiDict[str]] = field(default_factory=dict, repr=False)  # stream? -> headers
+    head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
     candidate: Candidate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
         self.urls.update({e: URL(self.base_url + e) for e in ENDPOINTS})
         for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
-            self.headers[stream] = CIMultiDict(upstream_headers(self.api_key, accept=accept))
+            headers = upstream_headers(self.api_key, accept=accept)
+            self.head[stream] = header_lines({**headers, "Accept-Encoding": "identity"})
 
 
 @dataclass(slots=True)

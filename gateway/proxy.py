@@ -24,11 +24,11 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from . import appkeys, metrics, sse, upstream
+from . import appkeys, h1, metrics, sse, upstream
 from .balancer import Balancer, Pick, UserLimits
 from .errors import BadRequest, GatewayError, InvalidToken, LimitReached, NoKeyForModel, NotConfigured, UpstreamFailed
 from .keyindex import PoolKey
-from .log import request_fields, scrub
+from .log import request_fields, scrub, send
 from .tokens import Caller
 from .usage import UsageRecord
 
@@ -332,34 +332,25 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     """Forward to one key. Returns the response once committed (or a caller error to relay), or a Failure."""
     app = call.request.app
     cfg = app[appkeys.config].upstream
-    session = app[appkeys.http]
+    pool = app[appkeys.upstream_pool]
     payload, strip_usage = call.payload(key)
     record = Recorder(call, key, pick)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + cfg.total_timeout
     t0 = time.perf_counter()
-    resp: aiohttp.ClientResponse | None = None
+    resp: h1.Response | None = None
     try:
         async with asyncio.timeout(min(deadline, loop.time() + cfg.first_token_timeout)) as timer:
-            resp = await session.post(
-                key.urls[call.endpoint],
-                data=payload,
-                headers=key.headers[call.stream],
-                allow_redirects=False,
-                timeout=app[appkeys.upstream_timeout],
-            )
+            resp = await pool.request(key.urls[call.endpoint], key.head[call.stream], payload)
             if resp.status < 200 or resp.status >= 300:
                 return await failed_status(call, key, resp, record)
-            if not call.stream or "text/event-stream" not in resp.headers.get("Content-Type", ""):
-                body = await resp.read()
-                call.upstream_ms += (time.perf_counter() - t0) * 1000
-                return finish_json(call, key, resp, body, record)
-            return await relay_stream(call, key, resp, record, timer, deadline, strip_usage, t0)
+            if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
+                return await relay_stream(call, key, resp, record, timer, deadline, strip_usage, t0)
+            body = await resp.read()
     except TimeoutError:
         return record.failed(Failure("timeout", detail="timed out"))
-    except upstream.UpstreamError as e:
-        kind = {"redirect": "redirect", "timeout": "timeout"}.get(e.kind, "unreachable")
-        return record.failed(Failure(kind, detail=e.cause))
+    except upstream.RefusedAddress:
+        return record.failed(Failure("unreachable", detail="refused_address"))
     except (aiohttp.ClientError, OSError) as e:
         detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
         return record.failed(Failure("unreachable", detail=detail))
@@ -370,6 +361,8 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         if resp is not None:
             resp.release()
         call.upstream_ms += 0 if record.done else (time.perf_counter() - t0) * 1000
+    # Sent outside the timer and the error mapping: a slow or vanished client is not the key's fault.
+    return await finish_json(call, key, resp, body, record)
 
 
 def key_secrets(key: PoolKey) -> tuple[str, ...]:
@@ -377,11 +370,9 @@ def key_secrets(key: PoolKey) -> tuple[str, ...]:
     return (key.api_key, key.base_url, host)
 
 
-async def failed_status(
-    call: Call, key: PoolKey, resp: aiohttp.ClientResponse, record: Recorder
-) -> web.Response | Failure:
+async def failed_status(call: Call, key: PoolKey, resp: h1.Response, record: Recorder) -> web.Response | Failure:
     status = resp.status
-    text = (await resp.content.read(MAX_ERROR_BODY)).decode(errors="replace")
+    text = (await resp.read(MAX_ERROR_BODY)).decode(errors="replace")
     upstream_error = _error_fields(text)
     detail = scrub(upstream_error.get("message") or text, secrets=key_secrets(key))
     if status in CALLER_ERRORS and upstream_error.get("code") != "model_not_found":
@@ -415,7 +406,7 @@ def _error_fields(text: str) -> dict[str, Any]:
     return {}
 
 
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+def _retry_after(resp: h1.Response) -> float | None:
     try:
         value = float(resp.headers.get("Retry-After", ""))
     except ValueError:
@@ -428,21 +419,27 @@ def provider_headers(call: Call, key: PoolKey) -> dict[str, str]:
     return {"X-Request-Id": call.request[appkeys.request_id], "X-Sharekey-Provider": provider}
 
 
-def finish_json(call: Call, key: PoolKey, resp: aiohttp.ClientResponse, body: bytes, record: Recorder) -> web.Response:
-    usage = sse.usage_of(sse.parse(body)) if b'"usage"' in body else None
-    record.finished("ok", success=True, committed=True, http_status=resp.status, usage=usage)
-    return web.Response(
+async def finish_json(call: Call, key: PoolKey, resp: h1.Response, body: bytes, record: Recorder) -> web.Response:
+    """Send the upstream's answer, then account for it: the client does not wait for the record.
+    The call was served whether or not the client stays to read it, so it counts either way."""
+    response = web.Response(
         body=body,
         status=resp.status,
         content_type=resp.content_type or "application/json",
         headers=provider_headers(call, key),
     )
+    try:
+        await send(call.request, response)
+    finally:
+        usage = sse.usage_of(sse.parse(body)) if b'"usage"' in body else None
+        record.finished("ok", success=True, committed=True, http_status=resp.status, usage=usage)
+    return response
 
 
 async def relay_stream(
     call: Call,
     key: PoolKey,
-    resp: aiohttp.ClientResponse,
+    resp: h1.Response,
     record: Recorder,
     timer: asyncio.Timeout,
     deadline: float,
@@ -476,7 +473,7 @@ async def relay_stream(
     # Before the commit point: hold events until the first one with content.
     committed = False
     while not committed:
-        chunk = await resp.content.readany()
+        chunk = await resp.readany()
         if not chunk:
             return record.failed(Failure("bad_stream", resp.status, detail="stream ended before any content"))
         complete = scanner.feed(chunk)
@@ -508,7 +505,7 @@ async def relay_stream(
         await out.write(take(b"".join(held)))
         while True:
             timer.reschedule(min(deadline, loop.time() + idle))
-            chunk = await resp.content.readany()
+            chunk = await resp.readany()
             if not chunk:
                 break
             data = take(scanner.feed(chunk))
@@ -533,11 +530,15 @@ async def relay_stream(
     except asyncio.CancelledError:
         record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
         raise
-    if scanner.pending:
-        await out.write(scanner.pending)
-    record.finished("ok", success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
-    call.upstream_ms += (time.perf_counter() - t0) * 1000
-    await out.write_eof()
+    try:
+        if scanner.pending:
+            await out.write(scanner.pending)
+        await out.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # every event reached the client's connection but the last: the call was served
+    finally:
+        record.finished("ok", success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
+        call.upstream_ms += (time.perf_counter() - t0) * 1000
     return out
 
 

@@ -1,0 +1,292 @@
+"""The hot path's HTTP/1.1 client against real loopback servers that answer byte by byte as told."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from yarl import URL
+
+from gateway import h1
+from gateway.upstream import RefusedAddress
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    port: int
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str = "/v1/chat/completions", host: str = "127.0.0.1") -> URL:
+        return URL(f"http://{host}:{self.port}{path}")
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
+    servers: list[asyncio.base_events.Server] = []
+
+    async def start(handler: Handler) -> Server:
+        state = Server(0)
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            state.connections += 1
+            try:
+                await handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+                state.closed.set()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        state.port = server.sockets[0].getsockname()[1]
+        return state
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[h1.Pool]:
+    p = h1.Pool(allow_private=True, connect_timeout=2)
+    yield p
+    await p.close()
+
+
+HEAD = h1.header_lines({"Content-Type": "application/json", "Authorization": "Bearer sk-test"})
+
+
+def answer(body: bytes, *extra: str, status: str = "200 OK") -> bytes:
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_json_answer_and_the_connection_is_reused(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            state.requests.append(request)
+            writer.write(answer(b'{"n": %d}' % len(state.requests)))
+
+    state = await serve(handler)
+    for n in (1, 2, 3):
+        resp = await pool.request(state.url(), HEAD, b'{"model": "m"}')
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        assert await resp.read() == b'{"n": %d}' % n
+        resp.release()
+    assert state.connections == 1
+    first = state.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{state.port}\r\n".encode() in first
+    assert b"Content-Length: 14\r\n" in first and b"Authorization: Bearer sk-test\r\n" in first
+    assert first.endswith(b'\r\n\r\n{"model": "m"}')
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def test_chunked_stream_arrives_piece_by_piece(serve, pool: h1.Pool) -> None:
+    go_on = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(chunk(b"data: first\n\n"))
+        await writer.drain()
+        await go_on.wait()
+        writer.write(chunk(b"data: second\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # keep the connection open until the client closes it
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert await asyncio.wait_for(resp.readany(), 2) == b"data: first\n\n"  # before the rest exists
+    go_on.set()
+    assert await asyncio.wait_for(resp.readany(), 2) == b"data: second\n\n"
+    assert await resp.readany() == b""
+    resp.release()
+    assert state.connections == 1
+
+
+async def test_a_body_without_length_ends_with_the_connection_and_is_not_reused(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"a":')
+        await writer.drain()
+        writer.write(b" 1}")
+
+    state = await serve(handler)
+    for _ in range(2):
+        resp = await pool.request(state.url(), HEAD, b"{}")
+        assert await resp.read() == b'{"a": 1}'
+        resp.release()
+    assert state.connections == 2
+
+
+async def test_gzip_body_is_decoded(serve, pool: h1.Pool) -> None:
+    body = b'{"usage": {"prompt_tokens": 3}}' * 50
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(gzip.compress(body), "Content-Encoding: gzip"))
+        await reader.read()
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert await resp.read() == body
+    resp.release()
+
+
+async def test_an_unsupported_encoding_is_an_error(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"xx", "Content-Encoding: br"))
+        await reader.read()
+
+    state = await serve(handler)
+    with pytest.raises(h1.UpstreamClosed, match="unsupported content encoding"):
+        await pool.request(state.url(), HEAD, b"{}")
+
+
+async def test_a_connection_lost_mid_body_raises_after_what_arrived(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert await resp.readany() == b"partial"
+    with pytest.raises(h1.UpstreamClosed):
+        await resp.readany()
+    resp.release()
+    assert not pool._idle.get(("http", "127.0.0.1", state.port))
+
+
+async def test_garbage_is_not_http(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await reader.read()
+
+    state = await serve(handler)
+    with pytest.raises(h1.UpstreamClosed, match="invalid HTTP"):
+        await pool.request(state.url(), HEAD, b"{}")
+
+
+async def test_interim_100_continue_is_skipped(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"{}", status="201 Created"))
+        await reader.read()
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert resp.status == 201
+    assert await resp.read() == b"{}"
+
+
+async def test_a_large_body_survives_flow_control(serve, pool: h1.Pool) -> None:
+    body = bytes(range(256)) * (3 * h1.HIGH_WATER // 256 + 7)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(body))
+        await writer.drain()
+        await reader.read()
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    await asyncio.sleep(0.2)  # let more than the high-water mark arrive before reading
+    assert await resp.read() == body
+    resp.release()
+    assert state.connections == 1 and len(pool._idle[("http", "127.0.0.1", state.port)]) == 1
+
+
+async def test_read_with_a_limit_and_release_closes_an_unfinished_answer(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100000\r\n\r\n" + b"e" * 5000)
+        await writer.drain()
+        await reader.read()  # returns when the client hangs up
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert resp.status == 500
+    assert await resp.read(1000) == b"e" * 1000
+    resp.release()
+    await asyncio.wait_for(state.closed.wait(), 2)  # the upstream saw the hang-up
+
+
+async def test_a_cancelled_request_hangs_up(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # never answers
+
+    state = await serve(handler)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await pool.request(state.url(), HEAD, b"{}")
+    await asyncio.wait_for(state.closed.wait(), 2)
+    assert not pool._all
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, pool: h1.Pool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"{}"))
+        await writer.drain()  # then the server closes its keep-alive connection
+
+    state = await serve(handler)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert await resp.read() == b"{}"
+    resp.release()
+    await asyncio.wait_for(state.closed.wait(), 2)
+    await asyncio.sleep(0.05)
+    resp = await pool.request(state.url(), HEAD, b"{}")
+    assert await resp.read() == b"{}"
+    assert state.connections == 2
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433"])
+async def test_private_addresses_are_refused_before_any_connection(serve, host: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"{}"))
+
+    state = await serve(handler)
+    guarded = h1.Pool(allow_private=False, connect_timeout=2)
+    try:
+        with pytest.raises(RefusedAddress):
+            await guarded.request(URL(f"http://{host}:{state.port}/v1/models"), HEAD, b"")
+    finally:
+        await guarded.close()
+    await asyncio.sleep(0.05)
+    assert state.connections == 0
+
+
+def test_header_lines_refuse_line_breaks() -> None:
+    assert h1.header_lines({"A": "b"}) == b"A: b\r\n"
+    with pytest.raises(ValueError):
+        h1.header_lines({"Authorization": "Bearer x\r\nX-Injected: 1"})
