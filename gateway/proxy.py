@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import redis.exceptions
 import structlog
 from aiohttp import web
@@ -41,6 +42,7 @@ CALLER_ERRORS = frozenset({400, 404, 413, 422})
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose streams understand `stream_options.include_usage`.
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
+USAGE_OPTION = b'"stream_options":{"include_usage":true},'
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 ROUTES = {e: "/v1" + e for e in ("/chat/completions", "/completions", "/embeddings", "/responses")}  # metric labels
 _after_response: set[asyncio.Task[None]] = set()
@@ -70,10 +72,17 @@ class Call:
         if self.client_wants_usage:
             return self.raw, False
         if self._with_usage is None:
-            options = self.body.get("stream_options")
-            options = dict(options) if isinstance(options, dict) else {}
-            options["include_usage"] = True
-            self._with_usage = json.dumps({**self.body, "stream_options": options}).encode()
+            if "stream_options" not in self.body:
+                # The common case, spliced in rather than re-serialised: a long conversation is
+                # copied, not encoded again. `raw` parsed as an object with a model, so its first
+                # `{` opens it and a member follows the comma.
+                start = self.raw.index(b"{") + 1
+                self._with_usage = self.raw[:start] + USAGE_OPTION + self.raw[start:]
+            else:
+                options = self.body["stream_options"]
+                options = dict(options) if isinstance(options, dict) else {}
+                options["include_usage"] = True
+                self._with_usage = orjson.dumps({**self.body, "stream_options": options})
         return self._with_usage, True
 
 
@@ -142,7 +151,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     config = request.app[appkeys.config]
     raw = await request.read()  # over limits.max_body_bytes: aiohttp raises 413, rendered by the middleware
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)  # UTF-8 only, as OpenAI's API; several times faster than json
     except ValueError:
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -67,7 +69,7 @@ def data_of(event: bytes) -> bytes | None:
 
 def parse(payload: bytes) -> Any:
     try:
-        return json.loads(payload)
+        return orjson.loads(payload)
     except ValueError:
         return None
 

@@ -139,6 +139,30 @@ async def test_stream_strips_the_usage_chunk_it_asked_for(gw: Gateway, fake_upst
     assert row["ttft_ms"] is not None
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b' \n {"stream": true, "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{\\"hi\\"}"}]}',
+        b'{"model":"gpt-4o-mini","stream":true,"stream_options":{"x":1},"messages":[]}',
+        b'{"model":"gpt-4o-mini","stream":true,"stream_options":null,"messages":[]}',
+    ],
+)
+async def test_usage_is_asked_for_without_changing_the_rest(
+    gw: Gateway, fake_upstream: FakeUpstream, raw: bytes
+) -> None:
+    await gw.add_key(fake_upstream)
+    resp = await gw.post("/v1/chat/completions", raw)
+    assert resp.status == 200
+    text = await resp.text()
+    assert text.endswith("data: [DONE]\n\n") and '"usage"' not in text
+    sent = fake_upstream.calls("/v1/chat/completions")[0].body
+    original = json.loads(raw)
+    assert sent["stream_options"] == {**(original.get("stream_options") or {}), "include_usage": True}
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == {
+        k: v for k, v in original.items() if k != "stream_options"
+    }
+
+
 async def test_stream_keeps_usage_when_the_client_asks(gw: Gateway, fake_upstream: FakeUpstream) -> None:
     await gw.add_key(fake_upstream)
     stream = await gw.sdk().chat.completions.create(
