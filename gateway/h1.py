@@ -262,14 +262,21 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections per origin (scheme, host, port), checked by the SSRF guard."""
 
-    def __init__(self, *, allow_private: bool, connect_timeout: float, idle_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        connect_timeout: float,
+        idle_seconds: float = 30.0,
+        tls: ssl.SSLContext | None = None,  # default: the system's trust store, hostnames checked
+    ) -> None:
         self.guard = AddressGuard(allow_private=allow_private)
         self.resolver = GuardedResolver(self.guard)
         self.connect_timeout = connect_timeout
         self.idle_seconds = idle_seconds
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._all: set[Connection] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
 
     async def request(self, url: URL, head_fields: bytes, body: bytes, method: str = "POST") -> Response:
         """Send one request; the answer's status and headers. `head_fields` are complete header

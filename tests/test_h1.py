@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
+import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from gateway import h1
@@ -290,3 +298,69 @@ def test_header_lines_refuse_line_breaks() -> None:
     assert h1.header_lines({"A": "b"}) == b"A: b\r\n"
     with pytest.raises(ValueError):
         h1.header_lines({"Authorization": "Bearer x\r\nX-Injected: 1"})
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key: the server's, and the client's trust."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sharekey test upstream")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_https_upstream_with_a_checked_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    connections = 0
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                request = await read_request(reader)
+                assert b"\r\nHost: 127.0.0.1:" in request
+                writer.write(answer(b'{"tls": true}'))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    url = URL(f"https://127.0.0.1:{port}/v1/chat/completions")
+    trusting = h1.Pool(allow_private=True, connect_timeout=2, tls=ssl.create_default_context(cafile=str(cert)))
+    default = h1.Pool(allow_private=True, connect_timeout=2)  # the system's trust store: not this certificate
+    try:
+        for _ in range(2):
+            resp = await trusting.request(url, HEAD, b"{}")
+            assert (resp.status, await resp.read()) == (200, b'{"tls": true}')
+            resp.release()
+        assert connections == 1  # the TLS connection was kept and reused
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await default.request(url, HEAD, b"{}")
+    finally:
+        await trusting.close()
+        await default.close()
+        server.close()
