@@ -159,9 +159,9 @@ def stop_process(proc: subprocess.Popen[Any], name: str, grace: float) -> None:
         proc.wait(5)
 
 
-def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
+def start_upstream(delay_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
-        [PYTHON, "-m", "bench.upstream", "--host", HOST, "--port", "0", "--chunks", "16"],
+        [PYTHON, "-m", "bench.upstream", "--host", HOST, "--port", "0", "--chunks", "16", "--delay-ms", str(delay_ms)],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -683,7 +683,7 @@ def run(args: argparse.Namespace) -> int:
         undo.append(("drop schema", lambda: asyncio.run(_pg(stores.database_url, f'DROP SCHEMA "{schema}" CASCADE'))))
         undo.append(("delete Redis keys", lambda: delete_redis_prefix(stores.redis_url, prefix)))
 
-        upstream, upstream_port = start_upstream()
+        upstream, upstream_port = start_upstream(args.upstream_delay_ms)
         undo.append(("stop upstream", lambda: stop_process(upstream, "upstream", 5)))
         say(f"bench: fake upstream on {HOST}:{upstream_port} (pid {upstream.pid})")
 
@@ -748,9 +748,11 @@ def run(args: argparse.Namespace) -> int:
                     )
 
         print()
+        delay = args.upstream_delay_ms
         print(
             f"sharekey gateway vs direct — {seconds:g}s per cell after {warmup:g}s warm-up, "
             f"{os.cpu_count()} CPUs shared by load generator, gateway, upstream, PostgreSQL and Redis"
+            + (f"; the upstream waits {delay:g} ms before each answer" if delay else "")
         )
         print()
         print_table(cells)
@@ -784,6 +786,7 @@ def run(args: argparse.Namespace) -> int:
             "quick": args.quick,
             "seconds_per_cell": seconds,
             "warmup_seconds": warmup,
+            "upstream_delay_ms": args.upstream_delay_ms,
             "machine": {
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
@@ -886,6 +889,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.0, help="seconds per cell (overrides --quick)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--mode", action="append", choices=MODES, help="only this mode (repeatable)")
+    parser.add_argument(
+        "--upstream-delay-ms", type=float, default=0.0, help="the fake upstream waits this long before each answer"
+    )
     parser.add_argument(
         "--concurrency", action="append", type=int, choices=CONCURRENCY, help="only this concurrency (repeatable)"
     )

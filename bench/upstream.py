@@ -1,6 +1,6 @@
 """A fast fake OpenAI-compatible upstream for benchmarks: as little work per request as possible.
 
-    python -m bench.upstream [--host 127.0.0.1] [--port 0] [--chunks 16]
+    python -m bench.upstream [--host 127.0.0.1] [--port 0] [--chunks 16] [--delay-ms 0]
 
 Prints one line `READY <port>` on stdout once it listens, then nothing more; SIGTERM/SIGINT stop
 it. Every answer is built once at start-up, so its cost per request is aiohttp's own.
@@ -75,7 +75,8 @@ class Answers:
         ).encode()
 
 
-def create_app(chunks: int = 16) -> web.Application:
+def create_app(chunks: int = 16, delay: float = 0.0) -> web.Application:
+    """`delay`: seconds before each answer starts, as a real model thinks before its first token."""
     answers = Answers(chunks)
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -87,6 +88,8 @@ def create_app(chunks: int = 16) -> web.Application:
             return web.json_response(
                 {"error": {"message": "invalid JSON", "type": "invalid_request_error", "code": None}}, status=400
             )
+        if delay:
+            await asyncio.sleep(delay)
         if body.get("stream") is not True:
             return web.Response(body=answers.completion, content_type="application/json")
         options = body.get("stream_options")
@@ -110,10 +113,10 @@ def create_app(chunks: int = 16) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, chunks: int) -> None:
+async def serve(host: str, port: int, chunks: int, delay: float = 0.0) -> None:
     if not ipaddress.ip_address(host).is_loopback:
         raise SystemExit(f"bench.upstream: refusing to listen on {host}: loopback only")
-    runner = web.AppRunner(create_app(chunks), access_log=None, handle_signals=False)
+    runner = web.AppRunner(create_app(chunks, delay), access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed on the READY line)")
     parser.add_argument("--chunks", type=int, default=16, help="content chunks per stream")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="wait before each answer (a model's thinking)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, args.chunks))
+    asyncio.run(serve(args.host, args.port, args.chunks, args.delay_ms / 1000))
     return 0
 
 
