@@ -167,6 +167,8 @@ class Connection(asyncio.Protocol):
             self._head = None
 
     def on_body(self, body: bytes) -> None:
+        if self._error is not None:
+            return  # the rest of a data block the answer already failed on
         if self._decoder is not None:
             try:
                 body = self._decoder.decompress(body)
