@@ -109,7 +109,8 @@ class TokenCache:
 
     Steady state costs no database round trip. Revocation and user changes arrive as `token` /
     `user` events and drop entries at once; the TTL is only a safety net. `last_used_at` is
-    written in batches, not per request.
+    written in batches, not per request. While PostgreSQL is down an expired entry for a known
+    token keeps serving; an unknown token cannot be checked and the caller gets 503.
     """
 
     def __init__(self, pool: asyncpg.Pool, *, ttl: float = 300.0, miss_ttl: float = 10.0, max_entries: int = 100_000):
@@ -125,8 +126,18 @@ class TokenCache:
         if entry is None or entry[0] < now:
             if not well_formed(token):  # checked on a miss only: a cached token was well formed
                 return None
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(LOOKUP_TOKEN, digest)
+            try:
+                async with self._pool.acquire() as conn:
+                    row = await conn.fetchrow(LOOKUP_TOKEN, digest)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                if entry is None or entry[1] is None:
+                    raise
+                # PostgreSQL is away: a token it knew keeps working (revoking one needs PostgreSQL
+                # too) and is asked about again a little later, not on every request.
+                self._entries[digest] = (now + self._miss_ttl, entry[1])
+                log.warning("token_served_from_stale_cache", token_id=entry[1].token_id)
+                self._used.add(entry[1].token_id)
+                return entry[1]
             caller = (
                 Caller(str(row["token_id"]), str(row["user_id"]), row["username"], row["trust_level"], row["is_admin"])
                 if row
