@@ -174,6 +174,9 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     async with app[appkeys.pg].acquire() as conn:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
             raise invalid("name", f"you already have a key named {fields['name']!r}")
+    limited = await count_key_test(request, caller)  # a live test like /test's, under the same limit
+    if limited is not None:
+        return limited
     result = await live_test(app, base_url, fields["api_key"], fields["available_models"])
     if not result.ok:
         raise failed_test(result)  # nothing stored
@@ -229,6 +232,9 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     resuming = current.status == "disabled" and fields.get("is_active") is True
     tested = api_key is not None or resuming
     if tested:
+        limited = await count_key_test(request, caller)
+        if limited is not None:
+            return limited
         key_text = api_key if api_key is not None else await stored_key(app, current.id)
         result = await live_test(app, base_url, key_text, models)
         if not result.ok:
@@ -333,8 +339,9 @@ async def shared_keys_test(request: web.Request) -> web.Response:
 
 
 async def count_key_test(request: web.Request, caller: Caller) -> web.Response | None:
-    """A fixed one-minute window per user (INCR + EXPIRE). The 429 is returned rather than
-    raised because `ApiError` carries no headers, and the answer needs `Retry-After`."""
+    """A fixed one-minute window per user (INCR + EXPIRE) over every live key test: the test
+    endpoint, adding a key, and re-testing one on edit. The 429 is returned rather than raised
+    because `ApiError` carries no headers, and the answer needs `Retry-After`."""
     config = request.app[appkeys.config]
     limit = config.limits.key_tests_per_minute
     if limit <= 0:

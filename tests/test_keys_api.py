@@ -576,6 +576,30 @@ async def test_the_test_endpoint_is_rate_limited_per_user(
     assert 0 < await api.app[appkeys.redis].ttl(counter) <= 120
 
 
+async def test_adding_and_retesting_keys_share_the_test_limit(
+    make_api: MakeApi, config: config_mod.Config, fake_upstream: FakeUpstream
+) -> None:
+    api = await make_api(api_config(config).replace("limits", key_tests_per_minute=2))
+    if time.time() % 60 > 57:  # a fixed one-minute window: do not straddle its edge
+        await asyncio.sleep(60 - time.time() % 60 + 0.05)
+    first = await api.add(fake_upstream, name="one")
+    assert first.status == 201
+    assert (
+        await api.call("POST", "/api/shared-keys/test", {"base_url": fake_upstream.base_url, "api_key": DONOR_KEY})
+    ).status == 200
+    calls = len(fake_upstream.requests)
+    limited = await api.add(fake_upstream, name="two")
+    assert limited.status == 429 and limited.body["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert await api.rows() == 1, "nothing stored"
+    retest = await api.call("PUT", "/api/shared-keys", {"id": first.body["id"], "api_key": OTHER_KEY})
+    assert retest.status == 429
+    assert len(fake_upstream.requests) == calls, "no refused test reached the upstream"
+    renamed = await api.call("PUT", "/api/shared-keys", {"id": first.body["id"], "name": "renamed"})
+    assert renamed.status == 200 and renamed.body["name"] == "renamed", "an edit without a test is not limited"
+    assert (await api.add(fake_upstream, name="bobs", token=api.people.bob_token)).status == 201, "per user"
+
+
 async def test_a_refused_address_reads_like_a_closed_port(make_api: MakeApi, config: config_mod.Config) -> None:
     permissive = await make_api(api_config(config))
     strict = await make_api(api_config(config, allow_private_upstreams=False))
