@@ -18,7 +18,8 @@ at low concurrency (see the README's benchmark notes). It does only what the pro
 Timeouts belong to the caller (`asyncio.timeout` around the call and each read), except
 connecting, which is bounded here. Errors: `OSError`/`RefusedAddress` while connecting,
 `UpstreamClosed` (an `aiohttp.ClientError`) when the connection breaks or the answer is not HTTP.
-Keep-alive tests, key tests and health checks still use aiohttp: they are not on the hot path.
+Key tests and health checks still use the aiohttp session (`upstream.py`): they are not on the
+hot path, and they want its conveniences (JSON bodies, GET, per-call timeouts).
 """
 
 from __future__ import annotations

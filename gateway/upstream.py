@@ -1,5 +1,6 @@
-"""The one HTTP client toward donor upstreams: the shared session, its connect-time SSRF guard,
-the header allow-list, and the boundary that turns aiohttp's errors into `UpstreamError`.
+"""Talking to donor upstreams: the connect-time SSRF guard (also used by the hot path's client,
+`h1.py`), the header allow-list, the aiohttp session for key tests and health checks, and the
+boundary that turns aiohttp's errors into `UpstreamError`.
 
 How the guard works. `ssrf.check_base_url` only sees the URL; what matters is the address a
 socket is about to connect to. aiohttp offers two public hooks on `TCPConnector`, and we use both:

@@ -19,7 +19,6 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from gateway import h1
-from gateway.upstream import RefusedAddress
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -275,23 +274,6 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, po
     resp = await pool.request(state.url(), HEAD, b"{}")
     assert await resp.read() == b"{}"
     assert state.connections == 2
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433"])
-async def test_private_addresses_are_refused_before_any_connection(serve, host: str) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer(b"{}"))
-
-    state = await serve(handler)
-    guarded = h1.Pool(allow_private=False, connect_timeout=2)
-    try:
-        with pytest.raises(RefusedAddress):
-            await guarded.request(URL(f"http://{host}:{state.port}/v1/models"), HEAD, b"")
-    finally:
-        await guarded.close()
-    await asyncio.sleep(0.05)
-    assert state.connections == 0
 
 
 def test_header_lines_refuse_line_breaks() -> None:

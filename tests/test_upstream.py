@@ -15,8 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
-from gateway import appkeys, upstream
+from gateway import appkeys, h1, upstream
 from gateway import config as config_mod
 from gateway.upstream import UNREACHABLE, UpstreamError
 
@@ -138,6 +139,25 @@ async def test_loopback_refused_at_connect_time(host: str, binds: tuple[str, ...
             pass
     await asyncio.sleep(0.05)  # let any connection that did get through be accepted
     assert listener.accepted == 0
+
+
+@pytest.mark.parametrize(("host", "binds"), LOOPBACK_FORMS)
+async def test_the_hot_path_pool_refuses_loopback_at_connect_time(host: str, binds: tuple[str, ...], listen) -> None:  # type: ignore[no-untyped-def]
+    listener = await listen(*binds)
+    url = URL(f"http://{host}:{listener.port}/v1/chat/completions")
+    strict = h1.Pool(allow_private=False, connect_timeout=2)
+    permissive = h1.Pool(allow_private=True, connect_timeout=2)
+    try:
+        with pytest.raises(OSError):  # RefusedAddress, from the resolver or the socket factory
+            await strict.request(url, b"", b"{}")
+        await asyncio.sleep(0.05)  # let any connection that did get through be accepted
+        assert listener.accepted == 0
+        resp = await permissive.request(url, b"", b"{}")  # the positive control: the same URL, allowed
+        assert (resp.status, await resp.read()) == (200, b"{}")
+        assert listener.accepted == 1
+    finally:
+        await strict.close()
+        await permissive.close()
 
 
 @pytest.mark.parametrize(("host", "binds"), [f for f in LOOPBACK_FORMS if f[0] != "2130706433"])
