@@ -8,6 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
+RECANCEL_EVERY = 0.5  # seconds
+RECANCEL_TRIES = 20
+
 
 @contextlib.asynccontextmanager
 async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
@@ -15,6 +22,20 @@ async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.T
     try:
         yield task
     finally:
+        await stop(task)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    """Cancel and wait, cancelling again if a library swallowed the cancellation (a client
+    retrying its connect can), so that shutdown is never stuck behind a loop that keeps going.
+    An error the task ended with is raised here, as `await task` would."""
+    for _ in range(RECANCEL_TRIES):
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=RECANCEL_EVERY)
+        if done:
+            break
+    else:
+        log.warning("background_task_would_not_stop", task=task.get_name())
+        return
+    if not task.cancelled():
+        task.result()
