@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharekey", description="A community shared-key gateway.")
     parser.add_argument("--config", help="configuration file (default: $SHAREKEY_CONFIG or ./config.toml)")
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="the owner's name")
     p.add_argument("--name", required=True, help="a name for the key, unique per owner")
     p.add_argument("--base-url", required=True)
-    p.add_argument("--api-key", required=True)
+    p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--models", required=True, help="comma-separated model names")
     p.add_argument("--daily-limit", type=int, default=150)
     p.add_argument("--description")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = keys_p.add_parser("test", help="test a base URL and key live; prints {ok, latency_ms, models, error}")
     p.add_argument("--base-url", required=True)
-    p.add_argument("--api-key", required=True)
+    p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--model", help="the model to try (default: the first the upstream lists)")
     p.set_defaults(func=run_keys_test)
 
@@ -251,12 +254,20 @@ async def _user(conn: asyncpg.Connection, name: str) -> users.User:
 # --- keys ------------------------------------------------------------------------------------
 
 
+def given_api_key(args: argparse.Namespace) -> str:
+    """`--api-key KEY`, or `--api-key -`: the first line of standard input."""
+    key = sys.stdin.readline() if args.api_key == "-" else args.api_key
+    key = key.strip()
+    if not key:
+        raise CliError("--api-key: the key is empty" + (" (nothing on standard input)" if args.api_key == "-" else ""))
+    return key
+
+
 async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise CliError("--models: give at least one model name")
-    if not args.api_key.strip():
-        raise CliError("--api-key: the key is empty")
+    api_key = given_api_key(args)
     if not 1 <= args.daily_limit <= 1_000_000:
         raise CliError("--daily-limit: must be between 1 and 1000000")
     base_url = _checked_base_url(config, args.base_url)
@@ -265,9 +276,7 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         from . import keytest, upstream  # only this command needs an HTTP client
 
         async with upstream.create_session(config) as session:
-            result = await keytest.test_key(
-                session, base_url, args.api_key.strip(), models, timeout=config.upstream.test_timeout
-            )
+            result = await keytest.test_key(session, base_url, api_key, models, timeout=config.upstream.test_timeout)
         if not result.ok:
             raise CliError(f"the key failed its live test: {result.error}")
         print(f"live test passed in {result.latency_ms} ms", file=sys.stderr)
@@ -276,7 +285,7 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         owner_id=user.id,
         name=args.name.strip(),
         base_url=base_url,
-        api_key=args.api_key.strip(),
+        api_key=api_key,
         available_models=models,
         daily_limit=args.daily_limit,
         description=args.description,
@@ -332,9 +341,7 @@ def run_keys_test(config: Config, args: argparse.Namespace) -> int:
     from . import keytest, upstream  # only this command and `keys add` need an HTTP client
 
     base_url = _checked_base_url(config, args.base_url)
-    api_key = args.api_key.strip()
-    if not api_key:
-        raise CliError("--api-key: the key is empty")
+    api_key = given_api_key(args)
     models = [args.model.strip()] if args.model and args.model.strip() else None
 
     async def test() -> keytest.KeyTestResult:

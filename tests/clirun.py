@@ -23,8 +23,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def sharekey(*args: str, env: dict[str, str], timeout: float = 120) -> Result:
+def sharekey(*args: str, env: dict[str, str], timeout: float = 120, input: str | None = None) -> Result:
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        input=input if input is not None else "",
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -119,6 +119,21 @@ async def test_bad_input_ends_with_one_line_and_writes_nothing(env: dict[str, st
         await conn.close()
 
 
+async def test_the_key_can_come_from_standard_input(env: dict[str, str], config: config_mod.Config) -> None:
+    assert sharekey("users", "add", "carol", env=env).code == 0
+    args = ["keys", "add", "--user", "carol", "--base-url", "https://a.example", "--models", "m", "--no-test"]
+    added = sharekey(*args, "--name", "piped", "--api-key", "-", env=env, input="sk-from-stdin-0123456789wxyz\n")
+    assert added.code == 0, added.err
+    assert "sk-from-stdin" not in added.out + added.err
+    fails_cleanly(sharekey(*args, "--name", "empty", "--api-key", "-", env=env, input=""), "nothing on standard input")
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        rows = await conn.fetch("SELECT name, api_key_hint FROM shared_keys")
+    finally:
+        await conn.close()
+    assert [(r["name"], r["api_key_hint"]) for r in rows] == [("piped", "sk-…wxyz")]
+
+
 def test_unreachable_database_is_one_line(env: dict[str, str]) -> None:
     r = sharekey("migrate", env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
     fails_cleanly(r, "cannot connect to PostgreSQL")
