@@ -466,10 +466,11 @@ async def relay_stream(
         """Count content events, note usage, drop the usage-only chunk we asked for."""
         nonlocal usage, chunks
         chunks += complete.count(b"data:") - complete.count(b"data: [DONE]")
-        if b'"usage"' not in complete:
+        before, rest = sse.split_at(complete, b'"usage"')
+        if not rest:
             return complete  # the common case: forwarded as it came, nothing parsed
-        out = []
-        for event in sse.events(complete):
+        out = [before]
+        for event in sse.events(rest):
             data = sse.data_of(event)
             if data is not None and b'"usage"' in data:
                 obj = sse.parse(data)

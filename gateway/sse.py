@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,7 @@ class Scanner:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._tail + chunk if self._tail else chunk
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        end = end_of_events(data, len(data))
         if not end:  # no complete event yet
             self._tail = data
             return b""
@@ -50,13 +50,29 @@ class Scanner:
         return self._tail
 
 
-def events(complete: bytes) -> list[bytes]:
-    """Split whole events apart, each keeping its terminating blank line."""
-    out, start = [], 0
+def events(complete: bytes) -> Iterator[bytes]:
+    """Split whole events apart, each keeping its terminating blank line; lazily, so a caller
+    that stops at the first event it wants does not split the rest."""
+    start = 0
     for m in EVENT_END.finditer(complete):
-        out.append(complete[start : m.end()])
+        yield complete[start : m.end()]
         start = m.end()
-    return out
+
+
+def split_at(complete: bytes, needle: bytes) -> tuple[bytes, bytes]:
+    """(the whole events before the first one that contains `needle`, that event and the rest);
+    (complete, b"") when none does. Lets the proxy look at one event instead of every one."""
+    i = complete.find(needle)
+    if i < 0:
+        return complete, b""
+    start = end_of_events(complete, i)
+    return complete[:start], complete[start:]
+
+
+def end_of_events(data: bytes, stop: int) -> int:
+    """Where the last whole event that ends before `stop` ends; 0 when none does."""
+    lf, crlf = data.rfind(b"\n\n", 0, stop), data.rfind(b"\r\n\r\n", 0, stop)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
 def data_of(event: bytes) -> bytes | None:

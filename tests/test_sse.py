@@ -27,7 +27,7 @@ def test_any_chunking_yields_the_same_whole_events(size: int) -> None:
             assert complete.endswith((b"\n\n", b"\r\n\r\n")), "only whole events are released"
             out.append(complete)
     assert b"".join(out) == STREAM and scanner.pending == b""
-    assert len(sse.events(b"".join(out))) == 5
+    assert len(list(sse.events(b"".join(out)))) == 5
 
 
 def test_partial_event_is_held() -> None:
@@ -51,3 +51,13 @@ def test_usage_and_errors() -> None:
     assert not sse.is_error(b'{"choices": [{"delta": {"content": "error"}}]}')
     event = sse.error_event("broke off")
     assert event.endswith(b"\n\n") and json.loads(event[6:])["error"]["code"] == "upstream_error"
+
+
+def test_split_at_the_event_that_mentions_usage() -> None:
+    before, rest = sse.split_at(STREAM, b'"usage"')
+    assert before == STREAM[: STREAM.index(b'data: {"choices": [], "usage"')]
+    assert before.endswith(b"\r\n\r\n") and rest.startswith(b'data: {"choices": [], "usage"')
+    assert [e[:12] for e in sse.events(rest)] == [b'data: {"choi', b"data: [DONE]"]
+    assert sse.split_at(STREAM, b'"nowhere"') == (STREAM, b"")
+    first = b'data: {"usage": {}}\n\ndata: [DONE]\n\n'
+    assert sse.split_at(first, b'"usage"') == (b"", first)
