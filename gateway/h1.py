@@ -300,8 +300,13 @@ class Pool:
         return await conn.exchange(head, body)
 
     def put_back(self, conn: Connection) -> None:
-        conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.origin, []).append(conn)
+        conn.idle_since = now = time.monotonic()
+        idle = self._idle.setdefault(conn.origin, [])
+        idle.append(conn)
+        # The oldest wait at the bottom (reuse takes from the top): close those idle too long,
+        # so a burst of connections does not stay open until the upstream hangs up.
+        while idle and idle[0].idle_since < now - self.idle_seconds:
+            idle.pop(0).close()
 
     def forget(self, conn: Connection) -> None:
         self._all.discard(conn)

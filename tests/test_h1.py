@@ -276,6 +276,41 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, po
     assert state.connections == 2
 
 
+async def test_connections_idle_too_long_are_closed(serve) -> None:
+    closed = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.05)  # long enough for three requests to need three connections
+                writer.write(answer(b"{}"))
+        finally:
+            closed += 1
+
+    state = await serve(handler)
+    pool = h1.Pool(allow_private=True, connect_timeout=2, idle_seconds=1.0)
+
+    async def one() -> None:
+        resp = await pool.request(state.url(), HEAD, b"{}")
+        assert await resp.read() == b"{}"
+        resp.release()
+
+    try:
+        await asyncio.gather(one(), one(), one())
+        assert state.connections == 3
+        await asyncio.sleep(0.4)
+        await one()  # reuses the newest; the other two keep waiting
+        await asyncio.sleep(0.7)  # now those two have been idle for longer than a second
+        await one()  # putting this one back closes them
+        await asyncio.sleep(0.05)
+        assert (state.connections, closed) == (3, 2)
+        assert len(pool._idle[("http", "127.0.0.1", state.port)]) == 1
+    finally:
+        await pool.close()
+
+
 def test_header_lines_refuse_line_breaks() -> None:
     assert h1.header_lines({"A": "b"}) == b"A: b\r\n"
     with pytest.raises(ValueError):
