@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import signal
 import socket
@@ -93,6 +94,9 @@ async def serve_worker(config: Config, *, reuse_port: bool) -> None:
                 raise ServeError(f"port {config.server.port} on {config.server.host} is already in use") from None
             raise
         log.info("serving", url=f"http://{config.server.host}:{config.server.port}", pid=os.getpid())
+        # What start-up made lives as long as the process: keep it out of the cycle collector's
+        # full passes, each of which would otherwise stall the loop for ~15 ms.
+        gc.freeze()
         await stop.wait()
         log.info("draining", pid=os.getpid(), grace_seconds=config.server.shutdown_grace_seconds)
         app[appkeys.draining].set()
