@@ -205,8 +205,8 @@ async def shared_keys_post(request: web.Request) -> web.Response:
 
 @routes.put("/api/shared-keys")
 async def shared_keys_put(request: web.Request) -> web.Response:
-    """A partial update. A new base URL or key is tested live; so is resuming a disabled key
-    (with its stored key). A passing test makes the key active again and clears its cooldown."""
+    """A partial update. A new base URL, key or model is tested live; so is resuming a disabled
+    key (with its stored key). A passing test makes the key active again and clears its cooldown."""
     caller = await owner(request)
     app, config = request.app, request.app[appkeys.config]
     body = await read_object(request)
@@ -230,7 +230,10 @@ async def shared_keys_put(request: web.Request) -> web.Response:
                 raise invalid("name", f"you already have a key named {name!r}")
 
     resuming = current.status == "disabled" and fields.get("is_active") is True
-    tested = api_key is not None or resuming
+    # A model the key did not serve before is checked like one on a new key: routed to a key that
+    # cannot serve it, every request for it would fail over and cool the key for all its models.
+    adds_models = bool(set(models) - set(current.available_models))
+    tested = api_key is not None or resuming or adds_models
     if tested:
         limited = await count_key_test(request, caller)
         if limited is not None:

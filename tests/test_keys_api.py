@@ -311,6 +311,28 @@ async def test_a_failing_retest_on_edit_changes_nothing(api: Api, fake_upstream:
     assert (item["name"], item["api_key_masked"]) == ("main", "sk-…9a2c")
 
 
+async def test_adding_a_model_tests_the_stored_key_again(api: Api, fake_upstream: FakeUpstream) -> None:
+    key_id = (await api.add(fake_upstream)).body["id"]
+    tests_before = len(fake_upstream.calls("/v1/models"))
+    unserved = await api.call("PUT", "/api/shared-keys", {"id": key_id, "available_models": ["gpt-4o-mini", "gpt-9"]})
+    assert (unserved.status, unserved.body["error"]["code"], unserved.body["error"]["field"]) == (
+        422,
+        "key_test_failed",
+        "available_models",
+    )
+    assert "gpt-9" in unserved.body["error"]["message"]
+    [item] = await api.keys()
+    assert item["available_models"] == ["gpt-4o-mini"], "a failed test changes nothing"
+    served = ["gpt-4o-mini", "text-embedding-3-small"]
+    added = await api.call("PUT", "/api/shared-keys", {"id": key_id, "available_models": served})
+    assert added.status == 200 and added.body["available_models"] == served
+    removed = await api.call("PUT", "/api/shared-keys", {"id": key_id, "available_models": ["gpt-4o-mini"]})
+    assert removed.status == 200 and removed.body["available_models"] == ["gpt-4o-mini"]
+    assert len(fake_upstream.calls("/v1/models")) == tests_before + 2, "tested on adding, not on removing"
+    sent = {c.headers.get("Authorization") for c in fake_upstream.calls("/v1/models")}
+    assert sent == {f"Bearer {DONOR_KEY}"}, "the stored key was the one tested"
+
+
 # --- ownership -----------------------------------------------------------------------------------
 
 
