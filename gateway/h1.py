@@ -39,7 +39,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import appkeys
+from . import appkeys, metrics
 from .upstream import AddressGuard, GuardedResolver, RefusedAddress
 
 HIGH_WATER = 256 * 1024  # buffered body bytes before we stop reading from the upstream
@@ -355,6 +355,7 @@ class Pool:
                     sock.close()
                     raise
                 self._all.add(conn)
+                metrics.upstream_connected()
                 return conn
             raise last
 

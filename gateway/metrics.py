@@ -74,6 +74,10 @@ class _Metrics:
             "Age of the oldest usage record not yet written to PostgreSQL (0: none waiting).",
             multiprocess_mode="livemax",
         )
+        self.upstream_connections = Counter(
+            "sharekey_upstream_connections",
+            "Connections opened to upstreams by /v1 requests; far fewer than requests when keep-alive works.",
+        )
         self.redis_errors = Counter("sharekey_redis_errors", "Redis calls that failed, by caller.", ["source"])
         self.postgres_errors = Counter(
             "sharekey_postgres_errors", "PostgreSQL calls that failed, by caller.", ["source"]
@@ -157,6 +161,10 @@ def attempt_done(seconds: float) -> None:
 
 def first_token(seconds: float) -> None:
     _get().ttft.observe(seconds)
+
+
+def upstream_connected() -> None:
+    _get().upstream_connections.inc()
 
 
 def redis_error(source: str) -> None:

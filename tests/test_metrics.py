@@ -96,6 +96,7 @@ async def test_metrics_name_and_count_what_happened(
     assert delta("sharekey_time_to_first_token_seconds_count") == 1
     assert delta("sharekey_attempts_count") == 6 and delta("sharekey_attempts_sum") == 4
     assert delta("sharekey_attempts_bucket", le="0.0") == 2, "refused before any attempt"
+    assert delta("sharekey_upstream_connections_total") == 1, "four calls, one kept-alive connection"
     states = {
         state: value(after, "sharekey_keys", state=state) for state in ("active", "cooling", "disabled", "paused")
     }
