@@ -230,6 +230,8 @@ class Connection(asyncio.Protocol):
                 self._waiter = None
 
     def release(self) -> None:
+        if not self.busy:
+            return  # released already: a second put_back would hand it to two requests at once
         if self._complete and self._keep_alive and not self.closed:
             self.busy = False
             self.pool.put_back(self)

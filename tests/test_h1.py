@@ -100,6 +100,8 @@ async def test_json_answer_and_the_connection_is_reused(serve, pool: h1.Pool) ->
         assert resp.content_type == "application/json"
         assert await resp.read() == b'{"n": %d}' % n
         resp.release()
+        resp.release()  # a second release changes nothing
+        assert len(pool._idle[("http", "127.0.0.1", state.port)]) == 1
     assert state.connections == 1
     first = state.requests[0]
     assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
