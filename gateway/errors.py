@@ -8,7 +8,7 @@
     ├── LimitReached          429  rate_limit_exceeded  (retry_after; x-should-retry: false)
     ├── UpstreamFailed        502  upstream_error
     └── NotConfigured         503  service_unavailable  (retry_after)
-    ApiError(status, code, message, field)           {"error": {...}} on /api and pages
+    ApiError(status, code, message, field)           {"error": {...}} on /api and pages  (retry_after)
 
 Handlers raise; `error_middleware` renders by surface. Anything else is logged with its traceback
 and answered with a generic 500 that reveals nothing. Messages are always our own words: never an
@@ -75,9 +75,15 @@ class NotConfigured(GatewayError):
 class ApiError(Exception):
     """An error of the /api surface: `{"error": {"message", "code", "field"?}}`."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"message": self.message, "code": self.code}
@@ -108,7 +114,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except GatewayError as e:
         return openai_error(e) if on_v1 else _api_json(e.status, e.code or "error", e.message)
     except ApiError as e:
-        return web.json_response(e.body(), status=e.status)
+        return web.json_response(e.body(), status=e.status, headers=e.headers())
     except web.HTTPException as e:
         if e.status < 400 or e.empty_body:
             raise

@@ -174,9 +174,7 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     async with app[appkeys.pg].acquire() as conn:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
             raise invalid("name", f"you already have a key named {fields['name']!r}")
-    limited = await count_key_test(request, caller)  # a live test like /test's, under the same limit
-    if limited is not None:
-        return limited
+    await count_key_test(request, caller)  # a live test like /test's, under the same limit
     result = await live_test(app, base_url, fields["api_key"], fields["available_models"])
     if not result.ok:
         raise failed_test(result)  # nothing stored
@@ -235,9 +233,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     adds_models = bool(set(models) - set(current.available_models))
     tested = api_key is not None or resuming or adds_models
     if tested:
-        limited = await count_key_test(request, caller)
-        if limited is not None:
-            return limited
+        await count_key_test(request, caller)
         key_text = api_key if api_key is not None else await stored_key(app, current.id)
         result = await live_test(app, base_url, key_text, models)
         if not result.ok:
@@ -324,9 +320,7 @@ async def shared_keys_test(request: web.Request) -> web.Response:
     app, config = request.app, request.app[appkeys.config]
     fields = validate(await read_object(request), TEST_FIELDS, ("base_url", "api_key"))
     base_url = checked_base_url(config, fields["base_url"], allow_private=True)  # the URL as written
-    limited = await count_key_test(request, caller)
-    if limited is not None:
-        return limited
+    await count_key_test(request, caller)
     started = time.monotonic()
     try:
         checked_base_url(config, base_url)  # the address policy
@@ -341,14 +335,13 @@ async def shared_keys_test(request: web.Request) -> web.Response:
     )
 
 
-async def count_key_test(request: web.Request, caller: Caller) -> web.Response | None:
+async def count_key_test(request: web.Request, caller: Caller) -> None:
     """A fixed one-minute window per user (INCR + EXPIRE) over every live key test: the test
-    endpoint, adding a key, and re-testing one on edit. The 429 is returned rather than raised
-    because `ApiError` carries no headers, and the answer needs `Retry-After`."""
+    endpoint, adding a key, and re-testing one on edit. Over the limit: 429 with Retry-After."""
     config = request.app[appkeys.config]
     limit = config.limits.key_tests_per_minute
     if limit <= 0:
-        return None
+        return
     prefix = config.redis.key_prefix
     now = time.time()
     minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now))
@@ -360,8 +353,6 @@ async def count_key_test(request: web.Request, caller: Caller) -> web.Response |
             count, _ = await pipe.execute()
     except REDIS_ERRORS:  # fail closed: an unlimited test endpoint is a scanner
         raise ApiError(503, "service_unavailable", "Key tests are unavailable right now; try again shortly.") from None
-    if int(count) <= limit:
-        return None
-    retry_after = max(1, 60 - int(now % 60))
-    body = {"error": {"message": f"At most {limit} key tests a minute; try again shortly.", "code": "rate_limited"}}
-    return web.json_response(body, status=429, headers={"Retry-After": str(retry_after)})
+    if int(count) > limit:
+        message = f"At most {limit} key tests a minute; try again shortly."
+        raise ApiError(429, "rate_limited", message, retry_after=max(1, 60 - int(now % 60)))
