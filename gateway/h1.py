@@ -286,15 +286,10 @@ class Pool:
     async def request(self, url: URL, head_fields: bytes, body: bytes, method: str = "POST") -> Response:
         """Send one request; the answer's status and headers. `head_fields` are complete header
         lines (`Name: value\\r\\n` …) without Host and Content-Length, which are added here."""
-        port = url.port or DEFAULT_PORTS.get(url.scheme, 80)
-        origin = (url.scheme, url.raw_host or "", port)
-        host = origin[1] if port == DEFAULT_PORTS.get(url.scheme) else f"{origin[1]}:{port}"
-        if ":" in origin[1] and port != DEFAULT_PORTS.get(url.scheme):
-            host = f"[{origin[1]}]:{port}"
-        elif ":" in origin[1]:
-            host = f"[{origin[1]}]"
+        origin = (url.scheme, url.raw_host or "", url.port or DEFAULT_PORTS.get(url.scheme, 80))
         head = (
-            f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n".encode("latin-1")
+            f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
+            f"Content-Length: {len(body)}\r\n".encode("latin-1")
             + head_fields
             + b"\r\n"
         )
