@@ -126,30 +126,35 @@ class TokenCache:
         if entry is None or entry[0] < now:
             if not well_formed(token):  # checked on a miss only: a cached token was well formed
                 return None
-            try:
-                async with self._pool.acquire() as conn:
-                    row = await conn.fetchrow(LOOKUP_TOKEN, digest)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                if entry is None or entry[1] is None:
-                    raise
-                # PostgreSQL is away: a token it knew keeps working (revoking one needs PostgreSQL
-                # too) and is asked about again a little later, not on every request.
-                self._entries[digest] = (now + self._miss_ttl, entry[1])
-                log.warning("token_served_from_stale_cache", token_id=entry[1].token_id)
-                self._used.add(entry[1].token_id)
-                return entry[1]
-            caller = (
-                Caller(str(row["token_id"]), str(row["user_id"]), row["username"], row["trust_level"], row["is_admin"])
-                if row
-                else None
-            )
-            if len(self._entries) >= self._max:
-                self._entries.clear()  # crude but bounded; a refill costs one query per active token
-            entry = self._entries[digest] = (now + (self._ttl if caller else self._miss_ttl), caller)
+            entry = await self._refresh(digest, now, entry)
         caller = entry[1]
         if caller is not None:
             self._used.add(caller.token_id)
         return caller
+
+    async def _refresh(
+        self, digest: bytes, now: float, stale: tuple[float, Caller | None] | None
+    ) -> tuple[float, Caller | None]:
+        try:
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(LOOKUP_TOKEN, digest)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            if stale is None or stale[1] is None:
+                raise
+            # PostgreSQL is away: a token it knew keeps working (revoking one needs PostgreSQL
+            # too) and is asked about again a little later, not on every request.
+            log.warning("token_served_from_stale_cache", token_id=stale[1].token_id)
+            entry = self._entries[digest] = (now + self._miss_ttl, stale[1])
+            return entry
+        caller = (
+            Caller(str(row["token_id"]), str(row["user_id"]), row["username"], row["trust_level"], row["is_admin"])
+            if row
+            else None
+        )
+        if len(self._entries) >= self._max:
+            self._entries.clear()  # crude but bounded; a refill costs one query per active token
+        entry = self._entries[digest] = (now + (self._ttl if caller else self._miss_ttl), caller)
+        return entry
 
     def drop_token(self, digest_hex: str) -> None:
         try:
