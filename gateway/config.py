@@ -42,6 +42,7 @@ class Database:
 class Redis:
     url: str = field(default="", repr=False)  # empty: embedded Redis under data_dir
     key_prefix: str = "sk"  # every key is "<prefix>:v1:{<prefix>}:…" (one Cluster hash slot)
+    timeout: float = 2.0  # every pick answers (or fails closed) within this, whatever Redis does
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,9 @@ class Upstream:
     idle_timeout: float = 60.0
     total_timeout: float = 600.0
     test_timeout: float = 20.0
+    max_response_bytes: int = 64 * 1024 * 1024  # a non-stream answer, decoded
+    max_event_bytes: int = 8 * 1024 * 1024  # one server-sent event of a stream
+    proxy_url: str = field(default="", repr=False)  # http(s):// or socks5://, credentials allowed: never shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,7 @@ class Limits:
     user_daily_requests_by_trust_level: tuple[int, ...] = ()
     user_requests_per_minute: int = 60
     user_concurrent_streams: int = 4
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024  # requests with images run past 4 MiB
     max_n: int = 1
     max_output_tokens: int = 0  # 0: no cap
     key_tests_per_minute: int = 10
@@ -372,10 +376,33 @@ def _validate(config: Config) -> None:
     prefix = config.redis.key_prefix
     if not prefix or any(c in prefix for c in "{}: "):
         raise bad("redis.key_prefix", "must be non-empty, without braces, colons or spaces")
-    for section_attr in ("upstream",):
-        for f in dataclasses.fields(_SECTION_TYPES[section_attr]):
-            if getattr(config.upstream, f.name) <= 0:
-                raise bad(f"upstream.{f.name}", "must be greater than 0")
+    for f in dataclasses.fields(Upstream):
+        if f.type in ("float", "int", float, int) and getattr(config.upstream, f.name) <= 0:
+            raise bad(f"upstream.{f.name}", "must be greater than 0")
+    if config.redis.timeout <= 0:
+        raise bad("redis.timeout", "must be greater than 0")
+    proxy = config.upstream.proxy_url
+    if proxy and not _proxy_url_ok(proxy):
+        # The URL may carry credentials: never repeat it.
+        raise bad("upstream.proxy_url", "must be http://, https:// or socks5://host:port (user:password@ allowed)")
+
+
+def _proxy_url_ok(url: str) -> bool:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https", "socks5")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and (port is not None or parts.scheme != "socks5")
+    )
 
 
 def to_toml_names() -> list[str]:

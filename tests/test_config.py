@@ -19,7 +19,7 @@ def test_defaults_match_the_contract() -> None:
     c = load(env={})
     assert (c.server.host, c.server.port, c.server.workers) == ("127.0.0.1", 8080, 0)
     assert c.balancer.timezone == "Asia/Shanghai" and c.balancer.max_attempts == 3
-    assert c.limits.max_body_bytes == 4194304 and c.limits.max_output_tokens == 0
+    assert c.limits.max_body_bytes == 33554432 and c.limits.max_output_tokens == 0
     assert c.oauth_linuxdo.authorize_url == "https://connect.linux.do/oauth2/authorize"
     assert c.embedded
 
