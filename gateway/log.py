@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from aiohttp import web
@@ -46,37 +46,84 @@ TRUSTED_FIELDS = frozenset(
 )
 
 
+# Keys the standard library bridge puts in the event dict for its own use; not log content.
+PROCESSOR_META = frozenset({"_record", "_from_structlog"})
+MAX_DEPTH = 6
+
+
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """A value with secrets masked: strings are scanned, dicts and sequences are walked (fields
+    named like secrets inside them are masked too), numbers, booleans and None are kept, and
+    anything else is kept unless its repr (what the renderers show) has something to mask."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth < MAX_DEPTH:
+        if isinstance(value, dict):
+            return {
+                k: "[redacted]" if isinstance(k, str) and k.lower() in SECRET_FIELDS else redact_value(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [redact_value(v, depth + 1) for v in value]
+        if isinstance(value, tuple):
+            return tuple(redact_value(v, depth + 1) for v in value)
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not take the log line with it
+        return f"<{type(value).__name__}>"
+    masked = redact_text(text)
+    if masked == text and not isinstance(value, dict | list | tuple):
+        return value
+    return masked  # also what a structure nested too deeply (or in itself) becomes
+
+
 def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The last processor before rendering: by then exceptions are text (`exception`)."""
     for name, value in event.items():
-        if name in TRUSTED_FIELDS:
+        if name in TRUSTED_FIELDS or name in PROCESSOR_META:
             continue
         if name.lower() in SECRET_FIELDS:
             event[name] = "[redacted]"
-        elif isinstance(value, str):
-            event[name] = redact_text(value)
+        else:
+            event[name] = redact_value(value)
     return event
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    """Called once, by the CLI; never at import."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+def redact_foreign_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A standard-library record's message is not ours (asyncio puts reprs of callbacks in it):
+    scan it too, although `event` is trusted for our own lines."""
+    if isinstance(event.get("event"), str):
+        event["event"] = redact_text(event["event"])
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto", file: TextIO | None = None) -> None:
+    """Called once, by the CLI; never at import. Logs go to `file`, standard error by default.
+
+    Exceptions are formatted to text before `redact` runs, so a key inside an exception's message
+    or traceback is masked like anywhere else; JSON lines carry it as an `exception` string.
+    """
+    out = sys.stderr if file is None else file
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
+        structlog.processors.format_exc_info,  # before redact: the traceback is text it can scan
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[*shared, redact_foreign_event, redact],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
