@@ -110,21 +110,31 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+# The refusals an operator can lift name the setting that lifts them.
+HTTP_REFUSED = (
+    "the base URL must start with https:// (http:// is refused unless the operator sets "
+    "security.allow_http_upstreams = true)"
+)
+PRIVATE_HINT = "refused unless the operator sets security.allow_private_upstreams = true"
+INTERNAL_NAME_REFUSED = f"the base URL points to a local or internal host name, {PRIVATE_HINT}"
+PRIVATE_ADDRESS_REFUSED = f"the base URL points to a private, local or reserved address, {PRIVATE_HINT}"
+
+
 def check_base_url(url: str, *, allow_http: bool, allow_private: bool) -> str:
     """Validate a base URL at registration time; return its normalised form or raise UnsafeUpstream."""
     normalized = normalize_base_url(url)
     parts = _split(normalized)
     if parts.scheme != "https" and not allow_http:
-        raise UnsafeUpstream("the base URL must start with https://")
+        raise UnsafeUpstream(HTTP_REFUSED)
     if allow_private:
         return normalized
     address = ip_literal(parts.host)
     if address is None:
         if _internal_name(parts.host):
-            raise UnsafeUpstream("the base URL points to a local or internal host name")
+            raise UnsafeUpstream(INTERNAL_NAME_REFUSED)
         return normalized
     if not address_allowed(address, allow_private=False):
-        raise UnsafeUpstream("the base URL points to a private, local or reserved address")
+        raise UnsafeUpstream(PRIVATE_ADDRESS_REFUSED)
     if ":" not in parts.host and str(address) != parts.host:
         # 2130706433, 0x7f.1, 127.1 …: other parsers read these differently; insist on one spelling.
         raise UnsafeUpstream("write the IP address in its usual dotted form, such as 203.0.113.7")

@@ -219,10 +219,58 @@ def test_check_base_url_messages() -> None:
             check_base_url(url, allow_http=False, allow_private=False)
         return e.value.message
 
-    assert message("http://api.openai.com") == "the base URL must start with https://"
-    assert message("https://localhost") == "the base URL points to a local or internal host name"
-    assert message("https://10.0.0.1") == "the base URL points to a private, local or reserved address"
+    assert message("http://api.openai.com") == (
+        "the base URL must start with https:// "
+        "(http:// is refused unless the operator sets security.allow_http_upstreams = true)"
+    )
+    assert message("https://localhost") == (
+        "the base URL points to a local or internal host name, "
+        "refused unless the operator sets security.allow_private_upstreams = true"
+    )
+    assert message("https://10.0.0.1") == (
+        "the base URL points to a private, local or reserved address, "
+        "refused unless the operator sets security.allow_private_upstreams = true"
+    )
     assert message("https://u@api.openai.com") == "the base URL must not contain a user name or password"
+
+
+HTTP_SETTING = "security.allow_http_upstreams = true"
+PRIVATE_SETTING = "security.allow_private_upstreams = true"
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "setting"),
+    [
+        ("http://api.openai.com/v1", False, HTTP_SETTING),
+        ("http://127.0.0.1:8080/v1", False, HTTP_SETTING),  # the scheme is checked first
+        ("http://127.0.0.1:8080/v1", True, PRIVATE_SETTING),
+        ("https://[::1]/v1", False, PRIVATE_SETTING),
+        ("https://192.168.1.20/v1", False, PRIVATE_SETTING),
+        ("https://169.254.169.254/v1", False, PRIVATE_SETTING),
+        ("https://ollama/v1", False, PRIVATE_SETTING),
+        ("https://printer.local/v1", False, PRIVATE_SETTING),
+    ],
+)
+def test_refusals_name_the_setting_that_allows_them(url: str, allow_http: bool, setting: str) -> None:
+    with pytest.raises(UnsafeUpstream) as e:
+        check_base_url(url, allow_http=allow_http, allow_private=False)
+    assert setting in e.value.message
+    assert ({HTTP_SETTING, PRIVATE_SETTING} - {setting}).pop() not in e.value.message
+    # Turning the named setting on lifts this refusal (the other one may still follow).
+    if setting == PRIVATE_SETTING:
+        assert check_base_url(url, allow_http=allow_http, allow_private=True) == normalize_base_url(url)
+    else:
+        try:
+            check_base_url(url, allow_http=True, allow_private=False)
+        except UnsafeUpstream as after:
+            assert PRIVATE_SETTING in after.message
+
+
+def test_refusals_without_a_setting_name_none() -> None:
+    for url in ("https://u@api.openai.com", "ftp://api.openai.com", "https://8.8.8.8:99999", "https://134744072/v1"):
+        with pytest.raises(UnsafeUpstream) as e:
+            check_base_url(url, allow_http=False, allow_private=False)
+        assert "security." not in e.value.message, url
 
 
 @pytest.mark.parametrize(
