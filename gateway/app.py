@@ -75,7 +75,7 @@ def create_app(config: Config) -> web.Application:
 
 async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.config]
-    line = ScriptLine(config.redis.url, balancer.SCRIPT)
+    line = ScriptLine(config.redis.url, balancer.SCRIPT, timeout=config.redis.timeout)
     app[appkeys.balancer] = balancer.Balancer(
         app[appkeys.redis],
         prefix=config.redis.key_prefix,
@@ -91,16 +91,24 @@ async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    client = create_redis(app[appkeys.config].redis.url)
+    config = app[appkeys.config]
+    client = create_redis(config.redis.url, timeout=config.redis.timeout)
     app[appkeys.redis] = client
     yield
     await client.aclose(close_connection_pool=True)  # a pool passed in is not closed by default
 
 
-def create_redis(url: str) -> aioredis.Redis:
-    """Short timeouts: Redis is on the hot path, and an outage must fail fast (503), not hang.
-    A blocking pool makes a burst wait briefly for a connection instead of failing past the cap."""
+def create_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
+    """Short timeouts (`redis.timeout`): Redis is on the hot path, and an outage must fail fast
+    (503), not hang. A blocking pool makes a burst wait briefly for a connection instead of failing
+    past the cap. The URL's TLS options (`rediss://…?ssl_cert_reqs=…&ssl_ca_certs=…`) reach the
+    connections through `from_url`, as they reach the script line (see redisline)."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=512, timeout=2.0, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30
+        url,
+        max_connections=512,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
     )
     return aioredis.Redis(connection_pool=pool)

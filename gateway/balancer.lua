@@ -27,7 +27,7 @@ KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
 
 COMMON ARGUMENTS (every operation)
-  ARGV[1]  operation: pick | release | cool | fail | trial_ok | clear | read
+  ARGV[1]  operation: pick | release | cool | fail | trial_ok | clear | read | end_stream
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
   All times below are epoch milliseconds on that clock ("now").
 
@@ -82,6 +82,10 @@ read: a hash and the time it was read at (usage today, cooldowns left)
   KEYS[1] counts:<day> or cooldown    ARGV[3], ...  fields (none: the whole hash)
   Returns {now, values}: with fields, their values in order (nil when absent); without, the
   HGETALL list. Writes nothing.
+
+end_stream: a stream ended: drop its lease from the user's concurrent streams
+  KEYS[1] ustreams:<user_id>    ARGV[3] request_id
+  Returns 1 when the lease was there, else 0.
 ]]
 
 local DAY_MS = 86400000
@@ -256,6 +260,9 @@ elseif op == 'read' then
     return {now, redis.call('HMGET', KEYS[1], unpack(ARGV, 3))}
   end
   return {now, redis.call('HGETALL', KEYS[1])}
+
+elseif op == 'end_stream' then
+  return redis.call('ZREM', KEYS[1], ARGV[3])
 
 elseif op == 'clear' then
   local key_id = ARGV[3]

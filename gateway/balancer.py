@@ -110,9 +110,10 @@ class Balancer:
         line: ScriptLine | None = None,
     ) -> None:
         self._redis = redis
-        self._script = redis.register_script(SCRIPT)
-        # The hot path's pick goes over the lean pipelined line when there is one (see redisline).
-        self._pick_call: Any = line or self._script
+        self._line = line
+        # Every script operation goes over the lean pipelined line when there is one (see redisline),
+        # sharing its connection and deadline; redis-py's registered script otherwise.
+        self._script: Any = line or redis.register_script(SCRIPT)
         self._base = f"{prefix}:{SCHEMA}:{{{prefix}}}:"
         self._cooldown, self._probation = self._key("cooldown"), self._key("probation")
         self._key_state = [self._cooldown, self._probation, self._key("fails")]  # KEYS of fail, trial_ok, clear
@@ -173,7 +174,7 @@ class Balancer:
             if minute_ms != self._minute[0]:
                 self._minute = (minute_ms, time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute_ms // 1000)))
             minute = self._minute[1]
-            reply = await self._pick_call(
+            reply = await self._script(
                 keys=[
                     self._key(f"counts:{day.name}"),
                     self._cooldown,
@@ -219,7 +220,14 @@ class Balancer:
         await self._script(keys=[self._key(f"counts:{day}")], args=["release", self._offset_ms, key_id])
 
     async def end_stream(self, user_id: str, request_id: str) -> None:
-        await self._redis.zrem(self._key(f"ustreams:{user_id}"), request_id)
+        await self._script(keys=[self._key(f"ustreams:{user_id}")], args=["end_stream", self._offset_ms, request_id])
+
+    async def ping(self) -> None:
+        """Can the balancer reach Redis the way requests do (over the line when there is one)?"""
+        if self._line is not None:
+            await self._line.ping()
+        else:
+            await self._redis.ping()
 
     async def cool_down(self, key_id: str, seconds: float) -> None:
         """Keep the key out of picks for `seconds` (a 429's Retry-After, or years for a disabled

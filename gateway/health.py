@@ -1,7 +1,8 @@
 """Liveness, readiness and metrics: `/healthz`, `/readyz`, `/metrics`.
 
 `/healthz` says the process is up. `/readyz` says whether to send it traffic: 503 while it drains
-for shutdown or cannot reach Redis (the balancer needs Redis for every request: fail closed).
+for shutdown or cannot reach Redis (the balancer needs Redis for every request: fail closed),
+through redis-py or through the balancer's script line (see redisline), which can differ.
 PostgreSQL down alone leaves it ready but `degraded`: `/v1` keeps serving from the in-process
 key index and token cache while usage records wait, so a load balancer must not pull every
 gateway out of service because of the database. `/metrics` is Prometheus text (see `metrics`).
@@ -56,7 +57,8 @@ async def _pg(app: web.Application) -> None:
 
 
 async def _redis(app: web.Application) -> None:
-    await app[appkeys.redis].ping()
+    """Both ways to Redis must work: redis-py's pool, and the balancer's line that every request uses."""
+    await asyncio.gather(app[appkeys.redis].ping(), app[appkeys.balancer].ping())
 
 
 async def _check(probe: object) -> bool:
