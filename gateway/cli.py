@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config)
-        log.configure(config.logging.level, config.logging.format)
+        log.configure(log_level(config, args), config.logging.format)
         return args.func(config, args) or 0
     except ConfigError as e:
         print(f"sharekey: {e}", file=sys.stderr)
@@ -48,12 +48,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def log_level(config: Config, args: argparse.Namespace) -> str:
+    """`serve` logs at `logging.level`; every other command at warning, so that only its result
+    and its problems show, unless -v (info) or -vv (debug) asks for more."""
+    if args.command == "serve":
+        return config.logging.level
+    return ("warning", "info", "debug")[min(args.verbose, 2)]
+
+
 API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
+VERBOSE_HELP = "log info lines (-vv: debug); commands other than serve log only warnings and errors by default"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharekey", description="A community shared-key gateway.")
     parser.add_argument("--config", help="configuration file (default: $SHAREKEY_CONFIG or ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    # Also accepted after the command (`sharekey keys list -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gateway (embedded PostgreSQL and Redis when no URLs are set)")
@@ -62,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (0: one per CPU)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("migrate", help="apply the database migrations")
+    p = sub.add_parser("migrate", help="apply the database migrations", parents=[verbose])
     p.set_defaults(func=command(run_migrate))
 
     users_p = sub.add_parser("users", help="manage users").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    p = users_p.add_parser("add", help="add a user; prints its id")
+    p = users_p.add_parser("add", help="add a user; prints its id", parents=[verbose])
     p.add_argument("name")
     p.add_argument("--admin", action="store_true")
     p.add_argument("--avatar-url")
@@ -78,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokens_p = sub.add_parser("tokens", help="manage gateway tokens").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    p = tokens_p.add_parser("create", help="create a gateway token for a user; prints only the token")
+    p = tokens_p.add_parser(
+        "create", help="create a gateway token for a user; prints only the token", parents=[verbose]
+    )
     p.add_argument("name", help="the user's name")
     p.add_argument("--label", default="")
     p.set_defaults(func=command(run_tokens_create))
@@ -86,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_p = sub.add_parser("keys", help="manage donated keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    p = keys_p.add_parser("add", help="add a key (tested live first unless --no-test)")
+    p = keys_p.add_parser("add", help="add a key (tested live first unless --no-test)", parents=[verbose])
     p.add_argument("--user", required=True, help="the owner's name")
     p.add_argument("--name", required=True, help="a name for the key, unique per owner")
     p.add_argument("--base-url", required=True)
@@ -100,16 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test", action="store_true", help="store without the live test")
     p.set_defaults(func=command(run_keys_add))
 
-    p = keys_p.add_parser("list", help="list every key, masked")
+    p = keys_p.add_parser("list", help="list every key, masked", parents=[verbose])
     p.set_defaults(func=command(run_keys_list))
 
-    p = keys_p.add_parser("test", help="test a base URL and key live; prints {ok, latency_ms, models, error}")
+    p = keys_p.add_parser(
+        "test", help="test a base URL and key live; prints {ok, latency_ms, models, error}", parents=[verbose]
+    )
     p.add_argument("--base-url", required=True)
     p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--model", help="the model to try (default: the first the upstream lists)")
     p.set_defaults(func=run_keys_test)
 
-    p = keys_p.add_parser("disable", help="take a key out of the pool until its owner resumes it")
+    p = keys_p.add_parser("disable", help="take a key out of the pool until its owner resumes it", parents=[verbose])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", help="the key's id")
     which.add_argument("--name", help="the key's name (with --user)")
@@ -117,10 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="disabled by an administrator", help="shown to the key's owner")
     p.set_defaults(func=command(run_keys_disable))
 
-    p = sub.add_parser("reset-daily", help="reset usage_count_today of keys not yet counted today (the midnight job)")
+    p = sub.add_parser(
+        "reset-daily",
+        help="reset usage_count_today of keys not yet counted today (the midnight job)",
+        parents=[verbose],
+    )
     p.set_defaults(func=command(run_reset_daily))
 
-    p = sub.add_parser("rotate-secret", help="re-encrypt every key under the current key_encryption_secret")
+    p = sub.add_parser(
+        "rotate-secret", help="re-encrypt every key under the current key_encryption_secret", parents=[verbose]
+    )
     p.add_argument("--batch-size", type=int, default=100, help="keys per transaction (default 100)")
     p.add_argument("--pause", type=float, default=0.0, help="seconds to wait between batches (default 0)")
     p.add_argument("--force", action="store_true", help="rotate even if a running gateway lacks the new secret")

@@ -7,8 +7,8 @@ import uuid
 import asyncpg
 import pytest
 
+from gateway import cli, db, tokens
 from gateway import config as config_mod
-from gateway import db, tokens
 
 from .clirun import Result, sharekey
 
@@ -147,3 +147,47 @@ def test_external_database_requires_a_secret(env: dict[str, str]) -> None:
 def test_migrate_reports_version(env: dict[str, str]) -> None:
     r = sharekey("migrate", env=env)
     assert r.code == 0 and r.out.strip() == f"database at migration {db.migrations()[-1].version:04d}"
+
+
+def info_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if '"level": "info"' in line]
+
+
+def test_commands_log_only_warnings_unless_verbose(env: dict[str, str]) -> None:
+    # A fresh schema: this first run applies every migration, which logs at info.
+    r = sharekey("migrate", env=env)
+    assert r.code == 0, r.err
+    assert info_lines(r.err) == [], r.err
+    assert r.err == ""
+
+    # `keys test` logs its result at info on every run (here: nothing listens on port 1).
+    test = ["keys", "test", "--base-url", "http://127.0.0.1:1/v1", "--api-key", "sk-abcdefghijklmnop"]
+    quiet = sharekey(*test, env=env)
+    assert quiet.code == 1 and info_lines(quiet.err) == [], quiet.err
+    for verbose in (["-v", *test], [*test, "--verbose"]):
+        loud = sharekey(*verbose, env=env)
+        assert loud.code == 1
+        assert any('"event": "key_tested"' in line for line in info_lines(loud.err)), loud.err
+        assert '"level": "debug"' not in loud.err
+
+
+def test_verbose_shows_what_a_command_did(env: dict[str, str]) -> None:
+    r = sharekey("migrate", "-v", env=env)
+    assert r.code == 0, r.err
+    assert any('"event": "migration_applied"' in line for line in info_lines(r.err)), r.err
+    assert sharekey("-vv", "users", "add", "dave", env=env).code == 0
+
+
+def test_log_level_by_command(config: config_mod.Config) -> None:
+    parser = cli.build_parser()
+    debug_config = config.replace("logging", level="debug")
+    for argv, level in [
+        (["keys", "list"], "warning"),
+        (["-v", "keys", "list"], "info"),
+        (["keys", "list", "-v"], "info"),
+        (["users", "add", "x", "-vv"], "debug"),
+        (["-v", "tokens", "create", "x", "-vvv"], "debug"),
+    ]:
+        assert cli.log_level(debug_config, parser.parse_args(argv)) == level, argv
+    assert cli.log_level(debug_config, parser.parse_args(["serve"])) == "debug"  # serve: logging.level
+    assert cli.log_level(config.replace("logging", level="error"), parser.parse_args(["-v", "serve"])) == "error"
