@@ -174,8 +174,10 @@ class _Protocol(asyncio.Protocol):
 
 
 def _ignore(fut: asyncio.Future[Any]) -> None:
+    """Mark a failure nobody awaits as seen (an idle PING's, a set-up reply after an earlier refusal):
+    the connection has already failed because of it, or will."""
     if not fut.cancelled():
-        fut.exception()  # retrieved: a failed ping already failed its connection
+        fut.exception()
 
 
 def _ssl_context(params: dict[str, Any]) -> RedisSSLContext | None:
@@ -280,6 +282,8 @@ class ScriptLine:
                     setup.append((b"AUTH", proto.send(encode(auth))))
                 if p.get("db"):
                     setup.append((b"SELECT", proto.send(encode([b"SELECT", p["db"]]))))
+                for _, reply in setup:
+                    reply.add_done_callback(_ignore)  # after a refused AUTH, nobody awaits SELECT's reply
                 for command, reply in setup:
                     try:
                         await reply

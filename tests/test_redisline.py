@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from gateway import balancer
+from gateway.balancer import Balancer, Candidate, UserLimits
 from gateway.redisline import ScriptLine
+
+from .redis_servers import RedisServer
 
 ECHO = "redis.call('HINCRBY', KEYS[1], 'calls', 1); return {ARGV[1], tonumber(ARGV[2]) * 2}"
 FAIL = "return redis.error_reply('ERR no good')"
@@ -109,3 +116,153 @@ async def test_database_number_is_selected(url: str, redis_prefix: str) -> None:
         await plain.delete(key)
         await plain.aclose()
         await line.close()
+
+
+# --- servers of the test's own: a rotated password, a frozen Redis, an idle line ----------------
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def start(**kw: Any) -> RedisServer:
+        server = RedisServer(tmp_path, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def connected_clients(admin: aioredis.Redis) -> int:
+    return int((await admin.info("clients"))["connected_clients"])
+
+
+async def test_a_rotated_password_does_not_leak_a_socket_per_call(own_server: Callable[..., RedisServer]) -> None:
+    server = own_server(password="old-secret")
+    admin = aioredis.from_url(server.url(), single_connection_client=True)
+    line = ScriptLine(server.url(db=2), ECHO, timeout=1.0)
+    try:
+        replies = await asyncio.gather(*[line(keys=["k"], args=[f"r{i}", i]) for i in range(20)])
+        assert replies == [[f"r{i}".encode(), 2 * i] for i in range(20)]
+        assert await connected_clients(admin) == 2  # the admin and the line
+
+        await admin.config_set("requirepass", "new-secret")
+        assert await admin.client_kill_filter(_type="normal", skipme=True) == 1  # the line's connection
+        await asyncio.sleep(0.05)  # the line sees it close
+        failures: list[type[BaseException]] = []
+        start = time.monotonic()
+        for i in range(200):
+            with pytest.raises(rexc.ConnectionError) as caught:
+                await line(keys=["k"], args=[f"x{i}", i])
+            failures.append(type(caught.value))
+        elapsed = time.monotonic() - start
+        assert set(failures) == {rexc.AuthenticationError}
+        assert elapsed < 5, f"200 refused calls took {elapsed:.1f}s"
+        await asyncio.sleep(0.05)  # let Redis see the last close
+        assert await connected_clients(admin) <= 3, "a refused AUTH must close its socket"
+    finally:
+        await line.close()
+        await admin.aclose()
+
+
+async def test_a_frozen_redis_fails_every_call_within_its_deadline_then_resumes(
+    own_server: Callable[..., RedisServer],
+) -> None:
+    """SIGSTOP with a password and a database in the URL: every call ends (ConnectionError or
+    TimeoutError) within `timeout` of its start, whether it met the stuck connection or a
+    reconnect; after SIGCONT the line serves again within a second."""
+    server = own_server(password="pw")
+    line = ScriptLine(server.url(db=3), ECHO, timeout=2.0)
+    ends: list[tuple[float, BaseException | None]] = []
+
+    async def call(i: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        start = time.monotonic()
+        try:
+            await line(keys=["k"], args=[f"r{i}", i])
+            error = None
+        except BaseException as e:  # noqa: BLE001 - recorded and asserted below
+            error = e
+        ends.append((time.monotonic() - start, error))
+
+    try:
+        assert await line(keys=["k"], args=["a", 1]) == [b"a", 2]
+        server.freeze()
+        # 50 calls over 2.5 s: the first meet the stuck connection, the rest reconnects that hang at AUTH.
+        await asyncio.gather(*[call(i, i * 0.05) for i in range(50)])
+        assert len(ends) == 50
+        assert all(isinstance(e, rexc.TimeoutError | rexc.ConnectionError) for _, e in ends), ends
+        slowest = max(d for d, _ in ends)
+        assert slowest < 2.5, f"a call took {slowest:.2f}s against a 2 s deadline"
+
+        server.thaw()
+        thawed = time.monotonic()
+        while True:
+            try:
+                assert await line(keys=["k"], args=["b", 2]) == [b"b", 4]
+                break
+            except (rexc.TimeoutError, rexc.ConnectionError):
+                assert time.monotonic() - thawed < 1.0, "no service a second after Redis answered again"
+                await asyncio.sleep(0.02)
+        resumed = time.monotonic() - thawed
+        assert resumed < 1.0, f"resumed {resumed:.2f}s after SIGCONT"
+        replies = await asyncio.gather(*[line(keys=["k"], args=[f"c{i}", i]) for i in range(50)])
+        assert replies == [[f"c{i}".encode(), 2 * i] for i in range(50)]
+    finally:
+        await line.close()
+
+
+async def test_an_idle_line_finds_a_dead_connection_before_a_request_does(
+    own_server: Callable[..., RedisServer],
+) -> None:
+    server = own_server()
+    line = ScriptLine(server.url(), ECHO, timeout=0.3, idle=0.2)
+    try:
+        assert await line(keys=["k"], args=["a", 1]) == [b"a", 2]
+        proto = line._proto
+        assert proto is not None
+        await asyncio.sleep(0.3)
+        assert not proto.lost, "a quiet line on a live Redis stays up"
+        server.freeze()
+        await asyncio.sleep(0.9)  # at most idle (0.2) + a ping's timeout (0.3), with room
+        assert proto.lost, "the idle ping found the dead connection"
+        server.thaw()
+        assert await line(keys=["k"], args=["b", 1]) == [b"b", 2]
+    finally:
+        await line.close()
+
+
+async def test_every_balancer_operation_goes_over_the_line(url: str, redis_prefix: str) -> None:
+    """The redis-py client handed in points nowhere: every operation must use the line."""
+    nowhere = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    line = ScriptLine(url, balancer.SCRIPT)
+    b = Balancer(nowhere, prefix=redis_prefix, timezone="UTC", failures_before_cooldown=2, line=line)
+    limits = UserLimits(daily=0, per_minute=0, streams=1)
+    keys = [Candidate("k1", 10), Candidate("k2", 10)]
+    try:
+        await line.ping()
+        first = await b.pick(keys, user_id="u1", limits=limits, request_id="r1", stream=True)
+        assert (first.outcome, first.used_today) == ("ok", 1)
+        refused = await b.pick(keys, user_id="u1", limits=limits, request_id="r2", stream=True)
+        assert refused.outcome == "user_streams"
+        await b.end_stream("u1", "r1")
+        second = await b.pick(keys, user_id="u1", limits=limits, request_id="r2", stream=True)
+        assert second.outcome == "ok"
+        assert sum((await b.usage_today()).values()) == 2
+        await b.release(second.key_id or "", second.day)
+        assert sum((await b.usage_today(["k1", "k2"])).values()) == 1
+        await b.cool_down("k1", 30)
+        assert 29 < (await b.cooling())["k1"] <= 30
+        assert await b.record_failure("k2", 60) is False
+        assert await b.record_failure("k2", 60) is True
+        assert set(await b.cooling()) == {"k1", "k2"}
+        await b.clear("k1")
+        await b.trial_passed("k2")
+        assert set(await b.cooling()) == {"k2"}
+        with pytest.raises(rexc.ConnectionError):
+            await nowhere.ping()  # the client really was unusable all along
+    finally:
+        await line.close()
+        await nowhere.aclose()
