@@ -131,17 +131,18 @@ class RedisServer:
             raw = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
         except OSError:
             return False
+        sock: socket.socket = raw
         try:
-            sock: socket.socket = raw
             if self.certs is not None:
                 ctx = ssl.create_default_context(cafile=str(self.certs.ca))
-                sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+                sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")  # takes raw's descriptor over
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
             return reply.startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
         finally:
+            sock.close()
             raw.close()
 
     def freeze(self) -> None:

@@ -1,0 +1,111 @@
+"""Redis over TLS: a real redis-server with `--tls-port` and a certificate from a throwaway CA.
+
+The URL's TLS options must mean the same to the balancer's script line as to redis-py, and
+`/readyz` must say 503 when the line (which every request uses) cannot reach Redis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.exceptions as rexc
+
+import gateway.app
+from gateway import appkeys, balancer
+from gateway import config as config_mod
+from gateway.app import create_app, create_redis
+from gateway.balancer import Balancer, Candidate, UserLimits
+from gateway.redisline import ScriptLine
+
+from .redis_servers import RedisServer, make_certs
+
+NO_LIMITS = UserLimits(daily=0, per_minute=0, streams=0)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    directory = tmp_path_factory.mktemp("tls")
+    server = RedisServer(directory, password="tls-pw", certs=make_certs(directory))
+    yield server
+    server.stop()
+
+
+async def pick_over(url: str, redis_prefix: str) -> str:
+    """One balancer pick through a ScriptLine on `url` (redis-py, for the rest, on the same URL)."""
+    line = ScriptLine(url, balancer.SCRIPT, timeout=2.0)
+    client = create_redis(url, timeout=2.0)
+    try:
+        b = Balancer(client, prefix=redis_prefix, timezone="UTC", line=line)
+        p = await b.pick([Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r1", stream=False)
+        assert await client.ping() is True  # redis-py reads the same options from the URL
+        return f"{p.outcome} {p.key_id} {p.used_today}"
+    finally:
+        await line.close()
+        await client.aclose(close_connection_pool=True)
+
+
+async def test_ssl_cert_reqs_none_in_the_url_reaches_the_line(tls_server: RedisServer, redis_prefix: str) -> None:
+    assert await pick_over(tls_server.url(db=1, query="ssl_cert_reqs=none"), redis_prefix) == "ok k1 1"
+
+
+async def test_ssl_ca_certs_in_the_url_reaches_the_line(tls_server: RedisServer, redis_prefix: str) -> None:
+    assert tls_server.certs is not None
+    url = tls_server.url(db=1, query=f"ssl_ca_certs={tls_server.certs.ca}")
+    assert await pick_over(url, redis_prefix) == "ok k1 1"
+    # The hostname is checked by default, as redis-py does: the certificate names 127.0.0.1 and localhost.
+    localhost = url.replace("127.0.0.1", "localhost")
+    assert await pick_over(localhost, redis_prefix + "b") == "ok k1 1"
+
+
+async def test_an_untrusted_certificate_fails_the_line_fast(tls_server: RedisServer, tmp_path: Path) -> None:
+    other_ca = make_certs(tmp_path).ca  # a CA that did not sign the server's certificate
+    for query in ("", f"ssl_ca_certs={other_ca}", "ssl_cert_reqs=required"):
+        line = ScriptLine(tls_server.url(query=query), balancer.SCRIPT, timeout=2.0)
+        start = time.monotonic()
+        try:
+            with pytest.raises(rexc.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                await line.ping()
+        finally:
+            await line.close()
+        assert time.monotonic() - start < 0.5, f"{query!r}: a certificate error must not wait for the timeout"
+
+
+async def test_readyz_follows_the_line_the_requests_use(
+    tls_server: RedisServer,
+    config: config_mod.Config,
+    pool: asyncpg.Pool,
+    aiohttp_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = tls_server.url(query="ssl_cert_reqs=none")
+    tls_config = dataclasses.replace(config, redis=dataclasses.replace(config.redis, url=url))
+
+    client = await aiohttp_client(create_app(tls_config))
+    resp = await client.get("/readyz")
+    assert (resp.status, (await resp.json())["redis"]) == (200, "ok")
+    b = client.app[appkeys.balancer]
+    p = await b.pick([Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r1", stream=False)
+    assert (p.outcome, p.used_today) == ("ok", 1)
+    await client.close()
+
+    # The line alone misconfigured (it loses the URL's TLS options; redis-py keeps them): not ready.
+    def line_without_options(url: str, script: str, **kw: Any) -> ScriptLine:
+        return ScriptLine(url.split("?")[0], script, **kw)
+
+    monkeypatch.setattr(gateway.app, "ScriptLine", line_without_options)
+    client = await aiohttp_client(create_app(tls_config))
+    assert await client.app[appkeys.redis].ping() is True
+    start = time.monotonic()
+    resp = await client.get("/readyz")
+    assert (resp.status, (await resp.json())["redis"]) == (503, "down")
+    assert time.monotonic() - start < 1.5
+    with pytest.raises(rexc.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        await client.app[appkeys.balancer].pick(
+            [Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r2", stream=False
+        )
