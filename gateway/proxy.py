@@ -11,7 +11,9 @@ in-process queue; nothing here waits for PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -38,12 +40,18 @@ routes = web.RouteTableDef()
 
 BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer <token>'."
 MAX_ERROR_BODY = 64 * 1024
+ERROR_BODY_WAIT = 5.0  # seconds an error status may take to send its body
 CALLER_ERRORS = frozenset({400, 404, 413, 422})
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose streams understand `stream_options.include_usage`.
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 USAGE_OPTION = b'"stream_options":{"include_usage":true},'
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+# Fields the gateway decides on. An upstream whose JSON parser keeps the first of two equal keys
+# would run something else than what was routed, limited and credited (we read the last one).
+DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options")
+DECISION_KEY = re.compile(rb'"(?:' + b"|".join(f.encode() for f in DECISION_FIELDS) + rb')"')
+ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")  # "mod\u0065l": encoders never escape ASCII letters
 ROUTES = {e: "/v1" + e for e in ("/chat/completions", "/completions", "/embeddings", "/responses")}  # metric labels
 _after_response: set[asyncio.Task[None]] = set()
 
@@ -156,6 +164,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    refuse_duplicates(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("You must provide a model parameter.", code="missing_model")
@@ -184,6 +193,28 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     fields["model"] = model
     fields["stream"] = stream
     return Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
+
+
+def refuse_duplicates(raw: bytes) -> None:
+    """400 for a decision field given twice at the top level. One byte scan decides whether to
+    look closer: a field's name appearing twice, or an ASCII letter written as an escape."""
+    names = DECISION_KEY.findall(raw)
+    if len(names) == len(set(names)) and (raw.find(b"\\") < 0 or ESCAPED_LETTER.search(raw) is None):
+        return
+    try:
+        pairs = json.loads(raw, object_pairs_hook=_pairs_at_top)
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in DECISION_FIELDS:
+            if name in seen:
+                raise BadRequest(f"The request body gives '{name}' more than once.", code="duplicate_field")
+            seen.add(name)
+
+
+def _pairs_at_top(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return pairs  # every object stays a list of pairs: the outermost one is what we look at
 
 
 def user_limits(request: web.Request, caller: Caller) -> UserLimits:
@@ -338,26 +369,34 @@ async def _quietly(awaitable: Any) -> None:
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
-    """Forward to one key. Returns the response once committed (or a caller error to relay), or a Failure."""
+    """Forward to one key. Returns the response once committed (or a caller error to relay), or a Failure.
+
+    Deadlines, on the loop's clock: the whole attempt within `total_timeout`; a non-stream answer,
+    or a stream's first content event, within `first_token_timeout`; then each gap of a stream
+    within `idle_timeout`. Every wait on the upstream carries its deadline (see `h1`)."""
     app = call.request.app
     cfg = app[appkeys.config].upstream
     pool = app[appkeys.upstream_pool]
     payload, strip_usage = call.payload(key)
     record = Recorder(call, key, pick)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cfg.total_timeout
+    now = asyncio.get_running_loop().time()
+    deadline = now + cfg.total_timeout
+    first = min(deadline, now + cfg.first_token_timeout)
     t0 = time.perf_counter()
     resp: h1.Response | None = None
     try:
-        async with asyncio.timeout(min(deadline, loop.time() + cfg.first_token_timeout)) as timer:
-            resp = await pool.request(key.urls[call.endpoint], key.head[call.stream], payload)
-            if resp.status < 200 or resp.status >= 300:
-                return await failed_status(call, key, resp, record)
-            if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
-                return await relay_stream(call, key, resp, record, timer, deadline, strip_usage, t0)
-            body = await resp.read()
+        resp = await pool.request(key.urls[call.endpoint], key.head[call.stream], payload, deadline=first)
+        if resp.status < 200 or resp.status >= 300:
+            return await failed_status(call, key, resp, record, first)
+        if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
+            return await relay_stream(call, key, resp, record, first, deadline, strip_usage, t0)
+        body = await resp.read(cfg.max_response_bytes, first)
     except TimeoutError:
         return record.failed(Failure("timeout", detail="timed out"))
+    except h1.AnswerTooLarge as e:
+        return record.failed(Failure("too_large", detail=str(e)))
+    except h1.UnsupportedEncoding as e:
+        return record.failed(Failure("unsupported_encoding", detail=str(e)))
     except upstream.RefusedAddress:
         return record.failed(Failure("unreachable", detail="refused_address"))
     except (aiohttp.ClientError, OSError) as e:
@@ -370,7 +409,7 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         if resp is not None:
             resp.release()
         call.upstream_ms += 0 if record.done else (time.perf_counter() - t0) * 1000
-    # Sent outside the timer and the error mapping: a slow or vanished client is not the key's fault.
+    # Sent outside the error mapping: a slow or vanished client is not the key's fault.
     return await finish_json(call, key, resp, body, record)
 
 
@@ -379,15 +418,19 @@ def key_secrets(key: PoolKey) -> tuple[str, ...]:
     return (key.api_key, key.base_url, host)
 
 
-async def failed_status(call: Call, key: PoolKey, resp: h1.Response, record: Recorder) -> web.Response | Failure:
+async def failed_status(
+    call: Call, key: PoolKey, resp: h1.Response, record: Recorder, deadline: float
+) -> web.Response | Failure:
     status = resp.status
-    text = (await resp.read(MAX_ERROR_BODY)).decode(errors="replace")
-    upstream_error = _error_fields(text)
-    detail = scrub(upstream_error.get("message") or text, secrets=key_secrets(key))
-    if status in CALLER_ERRORS and upstream_error.get("code") != "model_not_found":
+    try:
+        raw = await resp.read_prefix(MAX_ERROR_BODY, min(deadline, asyncio.get_running_loop().time() + ERROR_BODY_WAIT))
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""  # the status decides; the body would only have explained it
+    message, code = error_fields(raw)
+    detail = scrub(message if message is not None else raw.decode(errors="replace"), secrets=key_secrets(key))
+    if status in CALLER_ERRORS and code != "model_not_found":
         record.finished("client_error", success=False, committed=False, http_status=status, error=detail)
         message = detail or "The upstream refused the request."
-        code = upstream_error.get("code") if isinstance(upstream_error.get("code"), str) else None
         return web.json_response(
             {"error": {"message": message, "type": "invalid_request_error", "code": code}},
             status=status,
@@ -402,17 +445,20 @@ async def failed_status(call: Call, key: PoolKey, resp: h1.Response, record: Rec
     return record.failed(Failure("upstream_error", status, detail=detail))
 
 
-def _error_fields(text: str) -> dict[str, Any]:
+def error_fields(raw: bytes) -> tuple[str | None, str | None]:
+    """(message, code) of an OpenAI- or Anthropic-shaped error body; (None, None) for anything
+    else, which is then opaque text. orjson refuses nesting past 1,024 levels instead of recursing."""
     try:
-        obj = json.loads(text)
+        obj = orjson.loads(raw)
     except ValueError:
-        return {}
+        return None, None
     err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict):
-        return err
     if isinstance(err, str):
-        return {"message": err}
-    return {}
+        return err, None
+    if not isinstance(err, dict):
+        return None, None
+    message, code = err.get("message"), err.get("code")
+    return (message if isinstance(message, str) else None, code if isinstance(code, str) else None)
 
 
 def _retry_after(resp: h1.Response) -> float | None:
@@ -450,15 +496,20 @@ async def relay_stream(
     key: PoolKey,
     resp: h1.Response,
     record: Recorder,
-    timer: asyncio.Timeout,
+    first: float,
     deadline: float,
     strip_usage: bool,
     t0: float,
 ) -> web.StreamResponse | Failure:
+    """Hold events until the first one with content (errors before it propagate: a failed
+    attempt), then commit and relay. After the commit nothing propagates but the client's
+    cancellation: an upstream that breaks, stalls or floods ends the stream with one error event."""
     loop = asyncio.get_running_loop()
-    idle = call.request.app[appkeys.config].upstream.idle_timeout
+    cfg = call.request.app[appkeys.config].upstream
+    idle, max_event = cfg.idle_timeout, cfg.max_event_bytes
     scanner = sse.Scanner()
     held: list[bytes] = []  # whole events received before the commit point
+    held_size = 0
     usage: sse.Usage | None = None
     chunks = 0
 
@@ -480,13 +531,15 @@ async def relay_stream(
             out.append(event)
         return b"".join(out)
 
-    # Before the commit point: hold events until the first one with content.
     committed = False
     while not committed:
-        chunk = await resp.readany()
+        chunk = await resp.readany(first)
         if not chunk:
             return record.failed(Failure("bad_stream", resp.status, detail="stream ended before any content"))
         complete = scanner.feed(chunk)
+        held_size += len(complete)
+        if scanner.size > max_event or held_size > max_event:
+            raise h1.AnswerTooLarge(f"a stream event is larger than {max_event} bytes")
         if complete:
             held.append(complete)
         for event in sse.events(complete):
@@ -511,35 +564,39 @@ async def relay_stream(
     )
     await out.prepare(call.request)
     record.committed(ttft)
+    broke: str | None = None
     try:
         await out.write(take(b"".join(held)))
         while True:
-            timer.reschedule(min(deadline, loop.time() + idle))
-            chunk = await resp.readany()
+            chunk = await resp.readany(min(deadline, loop.time() + idle))
             if not chunk:
                 break
             data = take(scanner.feed(chunk))
+            if scanner.size > max_event:
+                broke = "an event was too large"
+                break
             if data:
                 await out.write(data)
-    except (TimeoutError, aiohttp.ClientError) as e:
-        kind = "timed out" if isinstance(e, TimeoutError) else "connection lost"
-        record.finished(
-            "stream_error", success=False, committed=True, http_status=200, usage=usage, chunks=chunks, error=kind
-        )
-        call.upstream_ms += (time.perf_counter() - t0) * 1000
-        try:
-            await out.write(sse.error_event(f"The upstream stream broke off ({kind})."))
-            await out.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass
-        return out
-    except (ConnectionError, RuntimeError):  # the client went away
+    except (ConnectionError, RuntimeError):  # the client went away (before anything upstream broke)
         record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
         call.upstream_ms += (time.perf_counter() - t0) * 1000
         return out
+    except TimeoutError:
+        broke = "timed out"
+    except (aiohttp.ClientError, OSError):
+        broke = "connection lost"
     except asyncio.CancelledError:
         record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
         raise
+    call.upstream_ms += (time.perf_counter() - t0) * 1000
+    if broke is not None:
+        record.finished(
+            "stream_error", success=False, committed=True, http_status=200, usage=usage, chunks=chunks, error=broke
+        )
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await out.write(sse.error_event(f"The upstream stream broke off ({broke})."))
+            await out.write_eof()
+        return out
     try:
         if scanner.pending:
             await out.write(scanner.pending)
@@ -548,7 +605,6 @@ async def relay_stream(
         pass  # every event reached the client's connection but the last: the call was served
     finally:
         record.finished("ok", success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
-        call.upstream_ms += (time.perf_counter() - t0) * 1000
     return out
 
 

@@ -28,26 +28,41 @@ class Scanner:
     """Feed raw chunks, get back whole events (a chunk's complete part, as one bytes object).
 
     Only the boundary of the last complete event is searched for; a chunk is split into single
-    events only by `events()`, which the proxy calls just for chunks that mention usage.
+    events only by `events()`, which the proxy calls just for chunks that mention usage. An
+    event that arrives in many chunks is collected in a list, not re-joined at every chunk, and
+    `size` says how large the unfinished event has grown (the proxy caps it).
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_parts", "size")
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._parts: list[bytes] = []
+        self.size = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._tail + chunk if self._tail else chunk
+        if self._parts:
+            # A boundary may straddle the last part and this chunk: look at both sides of the seam.
+            seam = self._parts[-1][-3:] + chunk
+            if not end_of_events(seam, len(seam)):
+                self._parts.append(chunk)
+                self.size += len(chunk)
+                return b""
+            data = b"".join(self._parts) + chunk
+            self._parts = []
+        else:
+            data = chunk
         end = end_of_events(data, len(data))
-        if not end:  # no complete event yet
-            self._tail = data
-            return b""
-        self._tail = data[end:]
-        return data[:end] if end < len(data) else data
+        if end == len(data):
+            self.size = 0
+            return data
+        tail = data[end:]
+        self._parts = [tail]
+        self.size = len(tail)
+        return data[:end]
 
     @property
     def pending(self) -> bytes:
-        return self._tail
+        return b"".join(self._parts)
 
 
 def events(complete: bytes) -> Iterator[bytes]:

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from gateway import appkeys, keys_api, sharedkeys, upstream
+from gateway import appkeys, keys_api, sharedkeys, ssrf, upstream
 from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.users import User
@@ -659,7 +659,7 @@ async def test_a_refused_address_reads_like_a_closed_port(make_api: MakeApi, con
         }
     assert registered.status == 422
     assert registered.body["error"]["field"] == "base_url"
-    assert registered.body["error"]["message"] == "the base URL points to a private, local or reserved address"
+    assert registered.body["error"]["message"] == ssrf.PRIVATE_ADDRESS_REFUSED
     assert listener.accepted == 0
 
 

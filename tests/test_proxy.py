@@ -221,7 +221,7 @@ async def test_models_embeddings_completions_responses(gw: Gateway, fake_upstrea
         ({"model": "gpt-4o-mini", "messages": [], "max_tokens": 5000}, 400, "invalid_value"),
         ({"model": "gpt-4o-mini", "messages": [], "max_tokens": "many"}, 400, "invalid_value"),
         ({"model": "gpt-4o-mini", "messages": [], "stream": "yes"}, 400, "invalid_value"),
-        (io.BytesIO(b'{"model": "gpt-4o-mini", "pad": "' + b"x" * 4_200_000 + b'"}'), 413, "request_too_large"),
+        (io.BytesIO(b'{"model": "gpt-4o-mini", "pad": "' + b"x" * 33_600_000 + b'"}'), 413, "request_too_large"),
     ],
 )
 async def test_bad_requests(gw: Gateway, fake_upstream: FakeUpstream, body: Any, status: int, code: str) -> None:
