@@ -94,11 +94,17 @@ class Call:
         return self._with_usage, True
 
 
+# An answer too large for our caps (a caller can ask for a huge one) or in an encoding we do not
+# decode fails the attempt, but says nothing about the key's health.
+NOT_THE_KEYS_FAULT = frozenset({"too_large", "unsupported_encoding"})
+
+
 @dataclass(slots=True)
 class Failure:
     """An attempt that failed before its commit point."""
 
     kind: str  # unreachable | timeout | key_rejected | rate_limited | redirect | upstream_error | bad_stream
+    #            | too_large | unsupported_encoding
     http_status: int | None = None
     retry_after: float | None = None
     detail: str = ""  # for logs only, already scrubbed
@@ -537,11 +543,9 @@ async def relay_stream(
         if not chunk:
             return record.failed(Failure("bad_stream", resp.status, detail="stream ended before any content"))
         complete = scanner.feed(chunk)
-        held_size += len(complete)
-        if scanner.size > max_event or held_size > max_event:
-            raise h1.AnswerTooLarge(f"a stream event is larger than {max_event} bytes")
         if complete:
             held.append(complete)
+            held_size += len(complete)
         for event in sse.events(complete):
             data = sse.data_of(event)
             if data is None:
@@ -551,6 +555,8 @@ async def relay_stream(
                 return record.failed(Failure("bad_stream", resp.status, detail=detail))
             committed = True
             break
+        if not committed and (scanner.size > max_event or held_size > max_event):
+            raise h1.AnswerTooLarge(f"a stream event is larger than {max_event} bytes")
 
     ttft = (time.perf_counter() - t0) * 1000
     out = web.StreamResponse(
@@ -566,17 +572,17 @@ async def relay_stream(
     record.committed(ttft)
     broke: str | None = None
     try:
-        await out.write(take(b"".join(held)))
+        data = take(b"".join(held))
         while True:
+            if data:
+                await out.write(data)
+            if scanner.size > max_event:
+                broke = "an event was too large"
+                break
             chunk = await resp.readany(min(deadline, loop.time() + idle))
             if not chunk:
                 break
             data = take(scanner.feed(chunk))
-            if scanner.size > max_event:
-                broke = "an event was too large"
-                break
-            if data:
-                await out.write(data)
     except (ConnectionError, RuntimeError):  # the client went away (before anything upstream broke)
         record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
         call.upstream_ms += (time.perf_counter() - t0) * 1000
@@ -699,6 +705,8 @@ async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> 
     states = app[appkeys.key_states]
     cooldown = app[appkeys.config].balancer.cooldown_seconds
     log.info("attempt_failed", key_id=key.id, kind=failure.kind, http_status=failure.http_status, detail=failure.detail)
+    if failure.kind in NOT_THE_KEYS_FAULT:
+        return
     if failure.kind == "key_rejected":
         await _quietly(balancer.cool_down(key.id, 10 * 365 * 86400))
         states.disabled(key.id, f"the upstream rejected the key (HTTP {failure.http_status})")

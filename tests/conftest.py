@@ -6,10 +6,11 @@ servers are started once for the session under a temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +21,7 @@ from gateway import config as config_mod
 from gateway import db, embedded
 
 from .fake_upstream import FakeUpstream
+from .rawserver import Handler, Server
 
 TEST_SECRET = "test-secret-" + "x" * 32
 
@@ -135,3 +137,37 @@ async def fake_upstream(aiohttp_server) -> FakeUpstream:  # type: ignore[no-unty
     upstream = FakeUpstream()
     upstream.server = await aiohttp_server(upstream.app)
     return upstream
+
+
+@pytest.fixture
+async def second_upstream(aiohttp_server) -> FakeUpstream:  # type: ignore[no-untyped-def]
+    upstream = FakeUpstream(reply="Hello from the second upstream")
+    upstream.server = await aiohttp_server(upstream.app)
+    return upstream
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
+    servers: list[asyncio.base_events.Server] = []
+
+    async def start(handler: Handler) -> Server:
+        state = Server(0)
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            state.connections += 1
+            try:
+                await handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+                state.closed.set()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        state.port = server.sockets[0].getsockname()[1]
+        return state
+
+    yield start
+    for server in servers:
+        server.close()

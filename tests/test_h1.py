@@ -7,8 +7,7 @@ import datetime
 import gzip
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,55 +19,7 @@ from yarl import URL
 
 from gateway import h1
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class Server:
-    port: int
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str = "/v1/chat/completions", host: str = "127.0.0.1") -> URL:
-        return URL(f"http://{host}:{self.port}{path}")
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return head + await reader.readexactly(length)
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
-    servers: list[asyncio.base_events.Server] = []
-
-    async def start(handler: Handler) -> Server:
-        state = Server(0)
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            state.connections += 1
-            try:
-                await handler(reader, writer)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-                state.closed.set()
-
-        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        servers.append(server)
-        state.port = server.sockets[0].getsockname()[1]
-        return state
-
-    yield start
-    for server in servers:
-        server.close()
+from .rawserver import Handler, Server, read_request  # noqa: F401
 
 
 @pytest.fixture

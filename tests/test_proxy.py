@@ -89,13 +89,6 @@ async def gw(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client) -> A
         await sdk.close()
 
 
-@pytest.fixture
-async def second_upstream(aiohttp_server) -> FakeUpstream:  # type: ignore[no-untyped-def]
-    upstream = FakeUpstream(reply="Hello from the second upstream")
-    upstream.server = await aiohttp_server(upstream.app)
-    return upstream
-
-
 # --- the SDK sees what it would see from OpenAI --------------------------------------------------
 
 
