@@ -70,7 +70,13 @@ def create_app(config: Config) -> web.Application:
         ]
     )
     app.router.add_static("/static/", pages.STATIC_DIR, name="static")
+    app.on_response_prepare.append(server_header)
     return app
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Say what answers, not which aiohttp and Python versions (aiohttp's default)."""
+    response.headers["Server"] = "sharekey"
 
 
 async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:

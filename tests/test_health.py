@@ -35,3 +35,13 @@ async def test_unknown_routes_answer_in_their_surface_shape(
     resp = await client.get("/api/nothing")
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
     assert len(resp.headers["X-Request-Id"]) == 32
+
+
+async def test_the_server_header_names_no_versions(
+    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client
+) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(create_app(config))
+    for path in ("/healthz", "/v1/models", "/no/such/page", "/static/app.css"):
+        resp = await client.get(path)
+        assert resp.headers["Server"] == "sharekey", path
+        assert "aiohttp" not in str(resp.headers) and "Python" not in str(resp.headers)
