@@ -579,6 +579,61 @@ def test_socks5_request_bytes_and_leftover(loop_factory) -> None:
 
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
+def test_socks5_ipv6_without_credentials(loop_factory) -> None:
+    async def main() -> None:
+        # The bound address in the reply is IPv6 (ATYP 4, 16 bytes): all of it is read, nothing more.
+        reply = b"\x05\x00\x00\x04" + bytes(16) + b"\x00\x50"
+        fake = FakeProxy([(at_least(3), b"\x05\x00"), (at_least(3 + 22), reply + b"EARLY")])
+        async with fake.serving():
+            transport, protocol = await open_tunnel(Proxy("socks5", "127.0.0.1", fake.port), "2001:db8::7", 80, Client)
+            assert bytes(protocol.data) == b"EARLY"
+            transport.close()
+            await fake.closed()
+        target = ipaddress.IPv6Address("2001:db8::7").packed
+        assert fake.requests == [b"\x05\x01\x00" + b"\x05\x01\x00\x04" + target + b"\x00\x50"]
+
+    run(loop_factory, main())
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+@pytest.mark.parametrize("proxy_scheme", ["http", "https"])
+def test_timeout_in_upstream_tls_handshake_closes_the_socket(loop_factory, certs: Certs, proxy_scheme: str) -> None:
+    """The tunnel opens, then the upstream never answers our ClientHello: cancelled inside start_tls
+    (for an https proxy: inside TLS in TLS), every layer is closed."""
+
+    async def main() -> None:
+        fake = FakeProxy([(http_head, b"HTTP/1.1 200 Connection established\r\n\r\n")])
+        tls_server = None
+        if proxy_scheme == "https":
+            # The fake proxy behind a TLS listener: a TLS server relaying to it would add little,
+            # so speak TLS in the fake itself.
+            tls_server = certs.server("proxy")
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0, ssl=tls_server)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await open_tunnel(
+                        Proxy(proxy_scheme, "127.0.0.1", port),
+                        "192.0.2.1",
+                        443,
+                        Client,
+                        tls=certs.client(),
+                        server_hostname="upstream.test",
+                        proxy_tls=certs.client(),
+                    )
+            await fake.closed()
+            assert fake.accepted == 1
+            # What reached the "upstream" after the CONNECT head was our ClientHello (TLS record type 22).
+            assert fake.requests[0].split(b"\r\n\r\n", 1)[1][:1] == b"\x16"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(loop_factory, main())
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
 @pytest.mark.parametrize(
     ("scheme", "answer", "message"),
     [
