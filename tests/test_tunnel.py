@@ -42,7 +42,8 @@ LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"), pytest.param(uvloop
 def run(loop_factory: Callable[[], asyncio.AbstractEventLoop], coro: Awaitable[None]) -> None:
     async def settled() -> None:
         try:
-            await coro
+            async with asyncio.timeout(15):  # a hang fails this test instead of stalling the suite
+                await coro
         finally:
             # A TLS connection the upstream closed finishes its close_notify exchange a few loop
             # iterations after connection_lost (uvloop): let it, before the loop closes. A transport
@@ -147,10 +148,21 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL, so that no proxy outlives it."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def process(args: list[str], ports: list[int], what: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
     try:
         for port in ports:
             wait_listening(port, proc, what)
