@@ -48,7 +48,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import appkeys, metrics
+from . import appkeys, metrics, tunnel
 from .upstream import AddressGuard, GuardedResolver, RefusedAddress
 
 HIGH_WATER = 256 * 1024  # buffered body bytes before we stop reading from the upstream
@@ -429,11 +429,7 @@ class Pool:
         self.resolver = resolver or GuardedResolver(self.guard)
         self.connect_timeout = connect_timeout
         self.idle_seconds = idle_seconds
-        self.proxy: Any = None
-        if proxy_url:
-            from . import tunnel
-
-            self.proxy = tunnel.Proxy.parse(proxy_url)
+        self.proxy = tunnel.Proxy.parse(proxy_url) if proxy_url else None
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._all: set[Connection] = set()
         self._tls = tls
@@ -521,8 +517,6 @@ class Pool:
         self, origin: tuple[str, str, int], addresses: list[tuple[Any, ...]], tls: ssl.SSLContext | None
     ) -> tuple[asyncio.Transport, Connection]:
         """A tunnel to the first address the guard allows that the proxy reaches."""
-        from . import tunnel
-
         assert self.proxy is not None
         _, host, port = origin
         last: OSError = RefusedAddress()

@@ -715,3 +715,38 @@ def test_tls_upstream_refuses_bytes_from_the_proxy(loop_factory, certs: Certs) -
             await fake.closed()
 
     run(loop_factory, main())
+
+
+# --- the gateway's upstream pool through the proxy ------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+async def test_the_pool_goes_through_the_proxy_to_the_checked_address(pproxy: PP, scheme: str, serve) -> None:  # type: ignore[no-untyped-def]
+    from gateway import h1
+
+    from .rawserver import read_request
+
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    server = await serve(answer)
+    proxy_url = f"{scheme}://127.0.0.1:{pproxy.open}"
+    pool = h1.Pool(allow_private=True, connect_timeout=5, proxy_url=proxy_url)
+    strict = h1.Pool(allow_private=False, connect_timeout=5, proxy_url=proxy_url)
+    try:
+        resp = await pool.request(server.url(host="localhost"), b"", b"{}")
+        assert (resp.status, await resp.read()) == (200, b"{}")
+        resp.release()
+        assert seen and seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:")
+        # The guard still decides: a loopback upstream is refused before the proxy is asked.
+        before = pproxy.log.read_text() if pproxy.log.exists() else ""
+        with pytest.raises(OSError):
+            await strict.request(server.url(host="localhost"), b"", b"{}")
+        after = pproxy.log.read_text() if pproxy.log.exists() else ""
+        assert after == before and len(seen) == 1
+    finally:
+        await pool.close()
+        await strict.close()
