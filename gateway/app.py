@@ -15,7 +15,7 @@ import jinja2
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import appkeys, balancer, h1, health, keys_api, oauth, pages, proxy, thanks, tokens_api, upstream
+from . import appkeys, balancer, h1, health, keys_api, oauth, pages, proxy, thanks, tokens_api
 from .config import Config
 from .crypto import KeyRing
 from .db import pg_pool
@@ -46,7 +46,6 @@ def create_app(config: Config) -> web.Application:
         [
             pg_pool,
             redis_client,
-            upstream.http_session,
             h1.upstream_pool,
             oauth.http_session,
             event_bus,

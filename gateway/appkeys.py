@@ -25,9 +25,8 @@ if TYPE_CHECKING:
 config: web.AppKey[Config] = web.AppKey("config")
 pg: web.AppKey[asyncpg.Pool] = web.AppKey("pg")
 redis: web.AppKey[aioredis.Redis] = web.AppKey("redis")
-http: web.AppKey[ClientSession] = web.AppKey("http")  # toward donor upstreams (key tests, health): SSRF-guarded
 oauth_http: web.AppKey[ClientSession] = web.AppKey("oauth_http")  # toward the configured OAuth provider
-upstream_pool: web.AppKey[Pool] = web.AppKey("upstream_pool")  # the /v1 hot path's connections
+upstream_pool: web.AppKey[Pool] = web.AppKey("upstream_pool")  # every upstream call: /v1, key tests, health
 keyring: web.AppKey[KeyRing] = web.AppKey("keyring")
 bus: web.AppKey[Bus] = web.AppKey("bus")
 key_index: web.AppKey[KeyIndex] = web.AppKey("key_index")

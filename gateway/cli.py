@@ -296,10 +296,13 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
     base_url = _checked_base_url(config, args.base_url)
     user = await _user(conn, args.user)
     if not args.no_test:
-        from . import keytest, upstream  # only this command needs an HTTP client
+        from . import h1, keytest  # only this command needs an HTTP client
 
-        async with upstream.create_session(config) as session:
-            result = await keytest.test_key(session, base_url, api_key, models, timeout=config.upstream.test_timeout)
+        pool = h1.create_pool(config)
+        try:
+            result = await keytest.test_key(pool, base_url, api_key, models, timeout=config.upstream.test_timeout)
+        finally:
+            await pool.close()
         if not result.ok:
             raise CliError(f"the key failed its live test: {result.error}")
         print(f"live test passed in {result.latency_ms} ms", file=sys.stderr)
@@ -361,15 +364,18 @@ def run_keys_test(config: Config, args: argparse.Namespace) -> int:
     """The live test alone: needs no database, so it starts no embedded servers."""
     import json
 
-    from . import keytest, upstream  # only this command and `keys add` need an HTTP client
+    from . import h1, keytest  # only this command and `keys add` need an HTTP client
 
     base_url = _checked_base_url(config, args.base_url)
     api_key = given_api_key(args)
     models = [args.model.strip()] if args.model and args.model.strip() else None
 
     async def test() -> keytest.KeyTestResult:
-        async with upstream.create_session(config) as session:
-            return await keytest.test_key(session, base_url, api_key, models, timeout=config.upstream.test_timeout)
+        pool = h1.create_pool(config)
+        try:
+            return await keytest.test_key(pool, base_url, api_key, models, timeout=config.upstream.test_timeout)
+        finally:
+            await pool.close()
 
     result = asyncio.run(test())
     shown = {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}

@@ -32,17 +32,16 @@ from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 from aiohttp import web
 
-from . import appkeys, events, metrics, rotation, upstream
+from . import appkeys, events, h1, metrics, rotation, upstream
 from .balancer import _day_bounds
 from .crypto import SealError
-from .keytest import INVALID_KEY
+from .keytest import INVALID_KEY, one_token_completion
 
 log = structlog.get_logger(__name__)
 
@@ -278,36 +277,33 @@ class Probe:
 
 
 async def probe(
-    session: aiohttp.ClientSession,
+    pool: h1.Pool,
     base_url: str,
     api_key: str,
     model: str,
     *,
     method: str,
-    timeout: float,  # noqa: ASYNC109 - also each request's ClientTimeout
+    timeout: float,  # noqa: ASYNC109 - the whole probe's budget
 ) -> Probe:
-    """One cheap live request: `GET /models`, or a 1-token completion (also when there is no model list)."""
+    """One cheap live request: `GET /models`, or a 1-token completion (also when there is no model
+    list), asked like the key test asks it (`keytest.one_token_completion`)."""
     base = base_url.rstrip("/")
-    limit = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
     try:
         async with asyncio.timeout(timeout):
             if method == "models":
-                found = await _ask(session, "GET", f"{base}/models", api_key, None, limit)
+                async with upstream.request(pool, "GET", f"{base}/models", api_key=api_key) as resp:
+                    found = _judge(resp.status, resp.headers.get("Retry-After", ""))
                 if found.http_status not in (404, 405, 501):
                     return found
-            payload = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-            return await _ask(session, "POST", f"{base}/chat/completions", api_key, payload, limit)
+            async with one_token_completion(pool, base, api_key, model) as resp:
+                return _judge(resp.status, resp.headers.get("Retry-After", ""))
     except upstream.UpstreamError as e:
         return Probe("failed", detail=e.message)
     except TimeoutError:
         return Probe("failed", detail=upstream.UNREACHABLE)
 
 
-async def _ask(
-    session: aiohttp.ClientSession, method: str, url: str, api_key: str, payload: Any, limit: aiohttp.ClientTimeout
-) -> Probe:
-    async with upstream.request(session, method, url, api_key=api_key, json=payload, client_timeout=limit) as resp:
-        status, retry_after = resp.status, resp.headers.get("Retry-After", "")
+def _judge(status: int, retry_after: str) -> Probe:
     if 200 <= status < 300:
         return Probe("ok", status)
     if status in (401, 403):
@@ -367,7 +363,7 @@ class HealthChecks:
             metrics.health_checked("unsealable")
             return "unsealable"
         found = await probe(
-            app[appkeys.http],
+            app[appkeys.upstream_pool],
             row["base_url"],
             api_key,
             (row["available_models"] or [""])[0],

@@ -133,7 +133,9 @@ async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
 
 async def live_test(app: web.Application, base_url: str, api_key: str, models: list[str] | None) -> KeyTestResult:
     config = app[appkeys.config]
-    return await keytest.test_key(app[appkeys.http], base_url, api_key, models, timeout=config.upstream.test_timeout)
+    return await keytest.test_key(
+        app[appkeys.upstream_pool], base_url, api_key, models, timeout=config.upstream.test_timeout
+    )
 
 
 def failed_test(result: KeyTestResult) -> ApiError:

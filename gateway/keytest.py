@@ -9,15 +9,16 @@ never the key, the base URL or anything the upstream sent, except the model name
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+import orjson
 import structlog
 
-from . import upstream
+from . import h1, upstream
 from .upstream import UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -51,12 +52,12 @@ class _Failed(Exception):
 
 
 async def test_key(
-    session: aiohttp.ClientSession,
+    pool: h1.Pool,
     base_url: str,
     api_key: str,
     models: list[str] | None,
     *,
-    timeout: float,  # noqa: ASYNC109 - part of the contract; also becomes each request's ClientTimeout
+    timeout: float,  # noqa: ASYNC109 - part of the contract: the whole test's budget
 ) -> KeyTestResult:
     """Test a key against its (already checked) base URL, within `timeout` seconds in total."""
     start = time.monotonic()
@@ -68,7 +69,7 @@ async def test_key(
     base = base_url.rstrip("/")
     try:
         async with asyncio.timeout(timeout):
-            listed_or_none = await _list_models(session, base, api_key, timeout)
+            listed_or_none = await _list_models(pool, base, api_key)
             listed = listed_or_none or []
             declared = [m for m in models or [] if m]
             if declared and listed_or_none is not None:
@@ -79,7 +80,7 @@ async def test_key(
             model = declared[0] if declared else (listed[0] if listed else None)
             if model is None:
                 raise _Failed("model_not_offered", NO_MODEL)
-            await _complete(session, base, api_key, model, timeout)
+            await _complete(pool, base, api_key, model)
     except _Failed as failed:
         return _finish(start, listed, failed)
     except UpstreamError as e:
@@ -109,15 +110,9 @@ def _missing_message(missing: list[str]) -> str:
     return f"the upstream does not offer: {shown}" + (f" (and {more} more)" if more > 0 else "")
 
 
-def _request_timeout(total: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total, sock_connect=total, sock_read=total)
-
-
-async def _list_models(session: aiohttp.ClientSession, base: str, api_key: str, budget: float) -> list[str] | None:
+async def _list_models(pool: h1.Pool, base: str, api_key: str) -> list[str] | None:
     """The model ids the upstream lists, or None when it has no model list (404/405/501)."""
-    async with upstream.request(
-        session, "GET", f"{base}/models", api_key=api_key, client_timeout=_request_timeout(budget)
-    ) as resp:
+    async with upstream.request(pool, "GET", f"{base}/models", api_key=api_key) as resp:
         if resp.status in (404, 405, 501):
             return None
         _check_status(resp.status)
@@ -128,37 +123,43 @@ async def _list_models(session: aiohttp.ClientSession, base: str, api_key: str, 
     return [m["id"] for m in data]
 
 
-async def _complete(session: aiohttp.ClientSession, base: str, api_key: str, model: str, budget: float) -> None:
+@asynccontextmanager
+async def one_token_completion(pool: h1.Pool, base: str, api_key: str, model: str) -> AsyncIterator[h1.Response]:
+    """A one-token chat completion; yields the answer whatever its status, its body unread (but
+    for a 400, whose first 64 KiB were read to look for `max_tokens`).
+
+    Reasoning models refuse `max_tokens` and ask for `max_completion_tokens` instead: a 400 that
+    names `max_tokens` is tried once more with it. The key test and the health checks both ask
+    through here, so a key that passes one passes the other. No deadline of its own: callers
+    bound it (`asyncio.timeout`)."""
     url = f"{base}/chat/completions"
-    limit = _request_timeout(budget)
     messages = [{"role": "user", "content": "ping"}]
-    if not await _complete_once(session, url, api_key, {"model": model, "messages": messages, "max_tokens": 1}, limit):
-        # Reasoning models refuse max_tokens and ask for max_completion_tokens instead: one retry.
-        await _complete_once(
-            session, url, api_key, {"model": model, "messages": messages, "max_completion_tokens": 1}, limit
-        )
+    for field in ("max_tokens", "max_completion_tokens"):
+        payload = {"model": model, "messages": messages, field: 1}
+        async with upstream.request(pool, "POST", url, api_key=api_key, json=payload) as resp:
+            if field == "max_tokens" and resp.status == 400:
+                with upstream.map_errors():
+                    objection = await resp.read_prefix(64 * 1024)
+                if b"max_tokens" in objection:
+                    continue
+            yield resp
+            return
 
 
-async def _complete_once(
-    session: aiohttp.ClientSession, url: str, api_key: str, payload: dict[str, Any], limit: aiohttp.ClientTimeout
-) -> bool:
-    """True when the completion worked; False for a 400 that objects to `max_tokens`; else raises."""
-    async with upstream.request(session, "POST", url, api_key=api_key, json=payload, client_timeout=limit) as resp:
+async def _complete(pool: h1.Pool, base: str, api_key: str, model: str) -> None:
+    async with one_token_completion(pool, base, api_key, model) as resp:
         status = resp.status
-        if status == 400 and "max_tokens" in payload and b"max_tokens" in await resp.content.read(64 * 1024):
-            return False
         if status == 404:
             # OpenAI answers 404 for an unknown model; anything not shaped like its error is
             # most likely no chat endpoint at all.
             body = await _read_json(resp, strict=False)
             if isinstance(body, dict) and "error" in body:
-                raise _Failed("model_not_offered", f"the upstream does not offer: {payload['model']}", "http_404")
+                raise _Failed("model_not_offered", f"the upstream does not offer: {model}", "http_404")
             raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "http_404")
         _check_status(status)
         body = await _read_json(resp)
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "completion_shape")
-    return True
 
 
 def _check_status(status: int) -> None:
@@ -170,18 +171,18 @@ def _check_status(status: int) -> None:
         raise _Failed("upstream_error", f"the upstream answered with an error (HTTP {status})", f"http_{status}")
 
 
-async def _read_json(resp: aiohttp.ClientResponse, *, strict: bool = True) -> Any:
-    """The body as JSON, read with a size cap; a non-JSON body fails the test (or is None if not strict)."""
-    chunks: list[bytes] = []
-    size = 0
-    with upstream.map_errors():
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "body_too_large")
-            chunks.append(chunk)
+async def _read_json(resp: h1.Response, *, strict: bool = True) -> Any:
+    """The body as JSON, read with a size cap; a non-JSON body fails the test (or is None if not strict).
+
+    orjson refuses nesting deeper than 1024 levels with a `JSONDecodeError` (a `ValueError`), so a
+    hostile body cannot raise `RecursionError` here the way the standard library's parser can."""
     try:
-        return json.loads(b"".join(chunks))
+        with upstream.map_errors():
+            raw = await resp.read(MAX_BODY)
+    except h1.AnswerTooLarge:
+        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "body_too_large") from None
+    try:
+        return orjson.loads(raw)
     except ValueError:
         if not strict:
             return None

@@ -1,21 +1,21 @@
-"""Talking to donor upstreams: the connect-time SSRF guard (also used by the hot path's client,
-`h1.py`), the header allow-list, the aiohttp session for key tests and health checks, and the
-boundary that turns aiohttp's errors into `UpstreamError`.
+"""Talking to donor upstreams: the connect-time SSRF guard, the header allow-list, one request as
+an async context manager on the gateway's own HTTP/1.1 client (`h1.Pool`), and the boundary
+that turns that client's errors into `UpstreamError`.
 
-How the guard works. `ssrf.check_base_url` only sees the URL; what matters is the address a
-socket is about to connect to. aiohttp offers two public hooks on `TCPConnector`, and we use both:
+Every upstream call (the `/v1` hot path, key tests, health checks) goes through one `h1.Pool`,
+so one SSRF guard and one egress proxy serve them all. The guard's parts live here, `h1` uses
+them:
 
-* `resolver=`: `GuardedResolver` wraps the default resolver and drops every refused address, so
-  a name that resolves to public and private addresses is only ever tried on the public ones,
-  and a name with nothing left fails like a DNS failure. The connector connects to exactly
-  these addresses (and caches only them), so DNS rebinding cannot slip an address in between.
-* `socket_factory=`: aiohttp skips the resolver for IP-literal hosts (`http://127.0.0.1/`,
-  `http://[::ffff:7f00:1]/`), but every address, literal or resolved, reaches the socket
-  factory before `connect()`. `AddressGuard.socket` checks the exact sockaddr there and raises
-  instead of creating a socket, so a refused address never gets a socket, let alone a SYN.
+* `GuardedResolver` wraps aiohttp's default resolver and drops every refused address, so a
+  name that resolves to public and private addresses is only ever tried on the public ones,
+  and a name with nothing left fails like a DNS failure. The pool connects to exactly these
+  addresses, so DNS rebinding cannot slip an address in between.
+* `AddressGuard.socket` is the socket factory: every address, literal (`http://127.0.0.1/`,
+  `http://[::ffff:7f00:1]/`) or resolved, reaches it before `connect()`; it checks the exact
+  sockaddr and raises instead of creating a socket, so a refused address never gets a SYN.
 
-Both are documented constructor arguments; nothing private is patched. A client middleware
-refuses every 3xx before aiohttp could follow it, in case a caller forgets `allow_redirects`.
+`h1` never follows redirects, keeps no cookies and reads no proxy settings from the
+environment; `request` refuses every 3xx as an error all the same.
 
 Errors. Refused, unreachable and timed-out upstreams all read the same (`UNREACHABLE`), so the
 key test cannot be used to scan ports; `UpstreamError.cause` keeps the real reason for the log.
@@ -23,22 +23,26 @@ key test cannot be used to scan ports; `UpstreamError.cause` keeps the real reas
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import ipaddress
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp import web
+import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.client_middlewares import ClientHandlerType
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
-from . import appkeys, ssrf
-from .config import Config
+from . import ssrf
+
+if TYPE_CHECKING:
+    from .h1 import Pool, Response
 
 try:
     VERSION = importlib.metadata.version("sharekey")
@@ -68,7 +72,7 @@ class UpstreamError(Exception):
 
 
 class RefusedAddress(OSError):
-    """Raised inside the connector for an address the SSRF policy refuses (never shown to callers)."""
+    """Raised while connecting for an address the SSRF policy refuses (never shown to callers)."""
 
     MARK = "address refused by policy"
 
@@ -119,65 +123,6 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """A TCPConnector wired to the guard; it owns its resolver, so it closes it too."""
-
-    def __init__(self, *, allow_private: bool, **kwargs: Any) -> None:
-        guard = AddressGuard(allow_private=allow_private)
-        self._guarded_resolver = GuardedResolver(guard)
-        super().__init__(resolver=self._guarded_resolver, socket_factory=guard.socket, **kwargs)
-
-    async def close(self, *, abort_ssl: bool = False) -> None:
-        try:
-            await super().close(abort_ssl=abort_ssl)
-        finally:
-            await self._guarded_resolver.close()
-
-
-async def _refuse_redirects(req: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
-    # Runs for each response before aiohttp's redirect loop looks at it: raising here means a
-    # Location header is never followed, whatever the caller passed as allow_redirects.
-    resp = await handler(req)
-    if 300 <= resp.status < 400:
-        resp.close()
-        raise UpstreamError("redirect", f"http_{resp.status}", REDIRECTED)
-    return resp
-
-
-def create_session(config: Config) -> aiohttp.ClientSession:
-    """The shared session: pooled keep-alive connections, guarded connects, no cookies, no env proxies."""
-    up = config.upstream
-    connector = GuardedConnector(
-        allow_private=config.security.allow_private_upstreams,
-        limit=0,  # no global cap: the balancer and per-user limits bound concurrency
-        limit_per_host=0,
-        keepalive_timeout=30,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        # sock_read covers both the wait for the first byte and each gap between chunks; the
-        # proxy passes tighter per-request timeouts where it needs them.
-        timeout=aiohttp.ClientTimeout(
-            total=up.total_timeout,
-            sock_connect=up.connect_timeout,
-            sock_read=max(up.first_token_timeout, up.idle_timeout),
-        ),
-        headers={"User-Agent": USER_AGENT},
-        # Donors share hosts (api.openai.com …): a cookie set for one donor's key must never
-        # ride along with another's.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        middlewares=(_refuse_redirects,),
-    )
-
-
-async def http_session(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: the shared session lives as long as the application."""
-    async with create_session(app[appkeys.config]) as session:
-        app[appkeys.http] = session
-        yield
-
-
 def upstream_headers(api_key: str, *, accept: str | None) -> dict[str, str]:
     """The complete set of request headers sent upstream; nothing from the caller is added."""
     if not SENDABLE_KEY.fullmatch(api_key):
@@ -192,89 +137,88 @@ def upstream_headers(api_key: str, *, accept: str | None) -> dict[str, str]:
 
 @contextmanager
 def map_errors() -> Iterator[None]:
-    """The one boundary: aiohttp's exceptions and timeouts in, `UpstreamError` out.
+    """The one boundary: `h1`'s exceptions in, `UpstreamError` out.
 
-    Wrap only upstream I/O with it: aiohttp's server raises some of the same exception types
-    when a *downstream* client goes away.
+    `h1.AnswerTooLarge` passes through unchanged: whether a large answer is a failure, and
+    whose, is the caller's to say. Wrap only upstream I/O with it.
     """
+    from .h1 import AnswerTooLarge, UpstreamClosed  # h1 imports this module
+
     try:
         yield
-    except UpstreamError:
+    except (UpstreamError, AnswerTooLarge):
         raise
-    except TimeoutError as e:  # includes aiohttp's ServerTimeoutError family
-        raise UpstreamError("timeout", _cause(e)) from e
-    except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as e:
-        raise UpstreamError("unreachable", _cause(e)) from e
-    except aiohttp.ClientError as e:
-        raise UpstreamError("broken", _cause(e)) from e
+    except TimeoutError as e:  # h1.UpstreamTimeout: past a deadline or connect_timeout
+        raise UpstreamError("timeout", "timeout") from e
+    except OSError as e:  # while connecting: the guard, DNS, TCP, TLS, the egress proxy
+        raise UpstreamError("unreachable", _connect_cause(e)) from e
+    except UpstreamClosed as e:
+        raise UpstreamError("broken", _broken_cause(e)) from e
+    except aiohttp.ClientError as e:  # nothing else in h1 raises these; kept for the boundary's sake
+        raise UpstreamError("broken", type(e).__name__) from e
 
 
-def _cause(exc: BaseException) -> str:
+def _connect_cause(exc: OSError) -> str:
     seen: list[BaseException] = []
     e: BaseException | None = exc
-    while e is not None and e not in seen:
+    while e is not None and e not in seen:  # aiohappyeyeballs may wrap several attempts' errors
         seen.append(e)
         if isinstance(e, RefusedAddress) or RefusedAddress.MARK in str(e):
             return "refused_address"
-        e = getattr(e, "os_error", None) or e.__cause__ or e.__context__
+        e = e.__cause__ or e.__context__
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    return "connect"
+
+
+def _broken_cause(exc: BaseException) -> str:
+    from .h1 import StaleConnection, UnsupportedEncoding
+
     match exc:
-        case aiohttp.ConnectionTimeoutError():
-            return "connect_timeout"
-        case aiohttp.SocketTimeoutError():
-            return "read_timeout"
-        case TimeoutError():
-            return "timeout"
-        case aiohttp.ClientConnectorDNSError():
-            return "dns"
-        case aiohttp.ClientSSLError():
-            return "tls"
-        case aiohttp.ClientConnectorError():
-            return "connect"
-        case aiohttp.InvalidURL():
-            return "invalid_url"
-        case aiohttp.ServerDisconnectedError():
+        case UnsupportedEncoding():
+            return "encoding"
+        case StaleConnection():
             return "disconnected"
-        case aiohttp.ClientPayloadError():
-            return "payload"
-        case aiohttp.ClientResponseError():
-            return "bad_response"
-    return type(exc).__name__
+    return "broken"
 
 
 @asynccontextmanager
 async def request(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     method: str,
     url: str,
     *,
     api_key: str,
     accept: str | None = None,
     json: Any = None,
-    data: bytes | None = None,
-    client_timeout: aiohttp.ClientTimeout | None = None,
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """Send one request upstream and yield the response, whatever its status except 3xx.
+    timeout: float | None = None,  # noqa: ASYNC109 - bounds the wait for the answer's head only
+) -> AsyncIterator[Response]:
+    """Send one request upstream and yield the answer, whatever its status except 3xx.
 
-    Errors up to the response headers become `UpstreamError`; reading the body is the caller's
-    I/O, to wrap in `map_errors()`.
+    Errors up to the answer's head become `UpstreamError` (a 3xx too: kind "redirect"); reading
+    the body is the caller's I/O, to wrap in `map_errors()` and bound by a deadline or an outer
+    `asyncio.timeout`. On exit the connection goes back to the pool if the answer was read to
+    its end, and is closed otherwise (an error mid-body included).
     """
+    from .h1 import header_lines
+
     headers = upstream_headers(api_key, accept=accept)
-    with map_errors():
-        resp = await session.request(
-            method,
-            url,
-            headers=headers,
-            json=json,
-            data=data,
-            allow_redirects=False,
-            **({"timeout": client_timeout} if client_timeout is not None else {}),
-        )
+    headers["Accept-Encoding"] = "identity"
+    body = orjson.dumps(json) if json is not None else b""
     try:
-        if 300 <= resp.status < 400:  # the middleware already refuses these; belt and braces
+        target = URL(url)
+    except ValueError:
+        raise UpstreamError("unreachable", "invalid_url") from None
+    if target.scheme not in ("http", "https") or not target.raw_host:
+        raise UpstreamError("unreachable", "invalid_url")
+    deadline = asyncio.get_running_loop().time() + timeout if timeout is not None else None
+    with map_errors():
+        resp = await pool.request(target, header_lines(headers), body, method=method, deadline=deadline)
+    try:
+        if 300 <= resp.status < 400:
             raise UpstreamError("redirect", f"http_{resp.status}", REDIRECTED)
         yield resp
-    except BaseException:
-        resp.close()  # the body may be half read: this connection cannot be reused
-        raise
-    else:
-        resp.release()  # back to the pool if the body was read to the end, closed otherwise
+    finally:
+        resp.release()  # reused only after a complete answer; closed otherwise

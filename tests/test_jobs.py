@@ -14,7 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
-from gateway import jobs, sharedkeys, upstream
+from gateway import h1, jobs, sharedkeys
 
 from .clirun import sharekey
 from .fake_upstream import Failure, FakeUpstream
@@ -183,10 +183,11 @@ async def test_retention_deletes_old_rows_in_batches(pool: asyncpg.Pool) -> None
 
 
 async def test_probe_reads_the_upstreams_answer(config: config_mod.Config, fake_upstream: FakeUpstream) -> None:
-    async with upstream.create_session(config) as session:
+    pool = h1.create_pool(config)
+    try:
 
         async def check(method: str) -> jobs.Probe:
-            return await jobs.probe(session, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method=method, timeout=5)
+            return await jobs.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method=method, timeout=5)
 
         assert (await check("models")).result == "ok"
         assert (await check("completion")).result == "ok"
@@ -201,5 +202,32 @@ async def test_probe_reads_the_upstreams_answer(config: config_mod.Config, fake_
         assert (await check("models")).result == "failed"
         fake_upstream.fail_next(404)  # no model list: the 1-token completion decides
         assert (await check("models")).result == "ok" and fake_upstream.requests[-1].path == "/v1/chat/completions"
-        gone = await jobs.probe(session, "http://127.0.0.1:9/v1", "sk-any", "m", method="models", timeout=2)
+        gone = await jobs.probe(pool, "http://127.0.0.1:9/v1", "sk-any", "m", method="models", timeout=2)
         assert gone == jobs.Probe("failed", detail="could not reach the upstream")
+        fake_upstream.fail_next(Failure(hang=2.0))
+        started = time.monotonic()
+        slow = await jobs.probe(pool, fake_upstream.base_url, "sk-any", "m", method="completion", timeout=0.3)
+        assert slow == jobs.Probe("failed", detail="could not reach the upstream")
+        assert time.monotonic() - started < 1.0
+    finally:
+        await pool.close()
+
+
+async def test_completion_health_check_passes_for_reasoning_models(
+    config: config_mod.Config, fake_upstream: FakeUpstream
+) -> None:
+    """A model that refuses max_tokens is asked again with max_completion_tokens, as the key test does."""
+    fake_upstream.reject_max_tokens = True
+    pool = h1.create_pool(config)
+    try:
+        found = await jobs.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method="completion", timeout=5)
+        assert found == jobs.Probe("ok", 200)
+        bodies = [r.body for r in fake_upstream.calls("/v1/chat/completions")]
+        assert [("max_tokens" in b, "max_completion_tokens" in b) for b in bodies] == [(True, False), (False, True)]
+        fake_upstream.requests.clear()
+        fake_upstream.fail_next(Failure(status=400, path="/v1/chat/completions"))  # any other 400: no retry
+        found = await jobs.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method="completion", timeout=5)
+        assert (found.result, found.http_status) == ("failed", 400)
+        assert len(fake_upstream.calls("/v1/chat/completions")) == 1
+    finally:
+        await pool.close()

@@ -6,43 +6,42 @@ Every upstream here is on loopback. The key under test must never appear in a re
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import structlog
 from aiohttp import web
 
-from gateway import keytest, upstream
+from gateway import h1, keytest, upstream
 from gateway.keytest import KeyTestResult
 
 from .fake_upstream import Failure, FakeUpstream
-from .test_upstream import Listener, load_config
+from .test_upstream import Listener
 
 KEY = "sk-keytest-SECRET-5f3a9c1e7b2d4f60"
 TIMEOUT = 5.0
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Callable[[bool], aiohttp.ClientSession]]:
-    made: list[aiohttp.ClientSession] = []
+async def pools() -> AsyncIterator[Callable[[bool], h1.Pool]]:
+    made: list[h1.Pool] = []
 
-    def make(allow_private: bool) -> aiohttp.ClientSession:
-        session = upstream.create_session(load_config(tmp_path, allow_private=allow_private))
-        made.append(session)
-        return session
+    def make(allow_private: bool) -> h1.Pool:
+        pool = h1.Pool(allow_private=allow_private, connect_timeout=2)
+        made.append(pool)
+        return pool
 
     yield make
-    for session in made:
-        await session.close()
+    for pool in made:
+        await pool.close()
 
 
 @pytest.fixture
-async def session(sessions: Callable[[bool], aiohttp.ClientSession]) -> aiohttp.ClientSession:
-    return sessions(True)
+async def pool(pools: Callable[[bool], h1.Pool]) -> h1.Pool:
+    return pools(True)
 
 
 async def odd_upstream(aiohttp_server: Any, models: web.Response | None, chat: web.Response) -> str:
@@ -79,9 +78,9 @@ def assert_clean(result: KeyTestResult) -> None:
     assert "127.0.0.1" not in (result.error or "")
 
 
-async def test_passes_against_the_fake_upstream(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+async def test_passes_against_the_fake_upstream(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     fake_upstream.valid_keys = {KEY}
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     assert result == KeyTestResult(True, result.latency_ms, fake_upstream.models, None, None)
     assert 0 <= result.latency_ms < TIMEOUT * 1000
     (chat,) = fake_upstream.calls("/v1/chat/completions")
@@ -89,69 +88,67 @@ async def test_passes_against_the_fake_upstream(fake_upstream: FakeUpstream, ses
     assert chat.headers["Authorization"] == f"Bearer {KEY}"
 
 
-async def test_without_declared_models_the_first_listed_is_tried(
-    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
-) -> None:
+async def test_without_declared_models_the_first_listed_is_tried(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     fake_upstream.models = ["model-b", "model-a"]
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, None, timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, None, timeout=TIMEOUT)
     assert (result.ok, result.models) == (True, ["model-b", "model-a"])
     assert fake_upstream.calls("/v1/chat/completions")[0].body["model"] == "model-b"
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_rejected_key(fake_upstream: FakeUpstream, session: aiohttp.ClientSession, status: int) -> None:
+async def test_rejected_key(fake_upstream: FakeUpstream, pool: h1.Pool, status: int) -> None:
     fake_upstream.fail_next(status)
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     assert (result.ok, result.reason, result.error) == (False, "invalid_key", "the upstream rejected the key")
     assert fake_upstream.calls("/v1/chat/completions") == []
     assert_clean(result)
 
 
-async def test_unknown_key(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+async def test_unknown_key(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     fake_upstream.valid_keys = {"sk-some-other-key-000000"}
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "invalid_key")
 
 
-async def test_declared_model_not_offered(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+async def test_declared_model_not_offered(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     declared = ["gpt-4o-mini", "gpt-9-imaginary", "o7-mini"]
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, declared, timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, declared, timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "model_not_offered")
     assert result.error == "the upstream does not offer: gpt-9-imaginary, o7-mini"
     assert result.models == fake_upstream.models
     assert fake_upstream.calls("/v1/chat/completions") == []
 
 
-async def test_rate_limited_is_a_failure(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+async def test_rate_limited_is_a_failure(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     fake_upstream.fail_next(Failure(status=429, retry_after="20"))
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "rate_limited")
     assert result.error is not None and "rate-limiting" in result.error
 
 
-async def test_completion_error_body_is_not_relayed(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+async def test_completion_error_body_is_not_relayed(aiohttp_server: Any, pool: h1.Pool) -> None:
     body = {"error": {"message": f"backend db-7.internal:5432 is down; key {KEY}"}}
     base = await odd_upstream(
         aiohttp_server,
         web.json_response({"object": "list", "data": [{"id": "m1", "object": "model"}]}),
         web.json_response(body, status=503),
     )
-    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, base, KEY, ["m1"], timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "upstream_error")
     assert result.error == "the upstream answered with an error (HTTP 503)"
     assert result.models == ["m1"]
     assert_clean(result)
 
 
-async def test_models_404_but_completion_works(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+async def test_models_404_but_completion_works(aiohttp_server: Any, pool: h1.Pool) -> None:
     base = await odd_upstream(aiohttp_server, None, chat_ok("m1"))
-    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, base, KEY, ["m1"], timeout=TIMEOUT)
     assert result == KeyTestResult(True, result.latency_ms, [], None, None)
 
 
-async def test_models_404_and_nothing_declared(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+async def test_models_404_and_nothing_declared(aiohttp_server: Any, pool: h1.Pool) -> None:
     base = await odd_upstream(aiohttp_server, None, chat_ok("m1"))
-    result = await keytest.test_key(session, base, KEY, [], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, base, KEY, [], timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "model_not_offered")
 
 
@@ -168,29 +165,27 @@ async def test_models_404_and_nothing_declared(aiohttp_server: Any, session: aio
     ],
     ids=["html-models", "models-key", "no-ids", "list", "text-chat", "chat-shape", "no-chat-endpoint"],
 )
-async def test_not_openai_compatible(aiohttp_server: Any, session: aiohttp.ClientSession, models, chat) -> None:  # type: ignore[no-untyped-def]
+async def test_not_openai_compatible(aiohttp_server: Any, pool: h1.Pool, models, chat) -> None:  # type: ignore[no-untyped-def]
     base = await odd_upstream(aiohttp_server, models(), chat())
-    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, base, KEY, ["m1"], timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "not_openai_compatible")
     assert result.error == keytest.NOT_COMPATIBLE
     assert "html" not in result.error.lower() and "works" not in result.error
 
 
-async def test_chat_404_with_openai_error_means_model_not_offered(
-    aiohttp_server: Any, session: aiohttp.ClientSession
-) -> None:
+async def test_chat_404_with_openai_error_means_model_not_offered(aiohttp_server: Any, pool: h1.Pool) -> None:
     error = {"error": {"message": "The model `m1` does not exist", "type": "invalid_request_error"}}
     base = await odd_upstream(aiohttp_server, None, web.json_response(error, status=404))
-    result = await keytest.test_key(session, base, KEY, ["m1"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, base, KEY, ["m1"], timeout=TIMEOUT)
     assert (result.ok, result.reason, result.error) == (False, "model_not_offered", "the upstream does not offer: m1")
 
 
-async def test_redirect_fails_and_is_not_followed(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+async def test_redirect_fails_and_is_not_followed(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     target = Listener()
     await target.start(("127.0.0.1",))
     try:
         fake_upstream.fail_next(Failure(status=302, location=f"http://127.0.0.1:{target.port}/v1/models"))
-        result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+        result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     finally:
         await target.stop()
     assert (result.ok, result.reason) == (False, "upstream_error")
@@ -199,7 +194,7 @@ async def test_redirect_fails_and_is_not_followed(fake_upstream: FakeUpstream, s
 
 
 async def test_unreachable_refused_and_timeout_are_indistinguishable(
-    fake_upstream: FakeUpstream, sessions: Callable[[bool], aiohttp.ClientSession]
+    fake_upstream: FakeUpstream, pools: Callable[[bool], h1.Pool]
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -208,12 +203,12 @@ async def test_unreachable_refused_and_timeout_are_indistinguishable(
     await listener.start(("127.0.0.1",))
     fake_upstream.fail_next(Failure(hang=1.5))
     try:
-        closed = await keytest.test_key(sessions(True), f"http://127.0.0.1:{closed_port}/v1", KEY, ["m"], timeout=2)
-        refused = await keytest.test_key(sessions(False), f"http://127.0.0.1:{listener.port}/v1", KEY, ["m"], timeout=2)
+        closed = await keytest.test_key(pools(True), f"http://127.0.0.1:{closed_port}/v1", KEY, ["m"], timeout=2)
+        refused = await keytest.test_key(pools(False), f"http://127.0.0.1:{listener.port}/v1", KEY, ["m"], timeout=2)
         refused_name = await keytest.test_key(
-            sessions(False), f"http://localhost:{listener.port}/v1", KEY, ["m"], timeout=2
+            pools(False), f"http://localhost:{listener.port}/v1", KEY, ["m"], timeout=2
         )
-        timed_out = await keytest.test_key(sessions(True), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=0.4)
+        timed_out = await keytest.test_key(pools(True), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=0.4)
     finally:
         await listener.stop()
     results = [closed, refused, refused_name, timed_out]
@@ -224,7 +219,7 @@ async def test_unreachable_refused_and_timeout_are_indistinguishable(
     assert 350 <= timed_out.latency_ms < 1500  # the whole test stopped at its budget
 
 
-async def test_timeout_is_the_total_budget(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
+async def test_timeout_is_the_total_budget(aiohttp_server: Any, pool: h1.Pool) -> None:
     """/models and the completion each take 0.3 s: a 0.5 s budget is for both together."""
 
     async def slow_models(request: web.Request) -> web.Response:
@@ -239,29 +234,29 @@ async def test_timeout_is_the_total_budget(aiohttp_server: Any, session: aiohttp
     app.router.add_get("/v1/models", slow_models)
     app.router.add_post("/v1/chat/completions", slow_chat)
     server = await aiohttp_server(app)
-    result = await keytest.test_key(session, str(server.make_url("/v1")), KEY, ["m1"], timeout=0.5)
+    result = await keytest.test_key(pool, str(server.make_url("/v1")), KEY, ["m1"], timeout=0.5)
     assert (result.ok, result.reason, result.models) == (False, "unreachable", ["m1"])
     assert result.latency_ms < 600
 
 
-async def test_unsendable_key_fails_without_io(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
-    result = await keytest.test_key(session, fake_upstream.base_url, "sk-abc\r\nX-Evil: 1", None, timeout=TIMEOUT)
+async def test_unsendable_key_fails_without_io(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
+    result = await keytest.test_key(pool, fake_upstream.base_url, "sk-abc\r\nX-Evil: 1", None, timeout=TIMEOUT)
     assert (result.ok, result.reason) == (False, "invalid_key")
     assert "X-Evil" not in (result.error or "")
     assert fake_upstream.requests == []
 
 
 async def test_the_key_never_reaches_results_or_logs(
-    fake_upstream: FakeUpstream, aiohttp_server: Any, sessions: Callable[[bool], aiohttp.ClientSession]
+    fake_upstream: FakeUpstream, aiohttp_server: Any, pools: Callable[[bool], h1.Pool]
 ) -> None:
     echo_body = {"error": {"message": f"Incorrect API key provided: {KEY}", "code": "invalid_api_key"}}
     echoing = await odd_upstream(aiohttp_server, web.json_response(echo_body, status=401), chat_ok())
     with structlog.testing.capture_logs() as logs:
         results = [
-            await keytest.test_key(sessions(True), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT),
-            await keytest.test_key(sessions(True), echoing, KEY, ["m1"], timeout=TIMEOUT),
-            await keytest.test_key(sessions(False), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT),
-            await keytest.test_key(sessions(True), fake_upstream.base_url, KEY, ["nope"], timeout=TIMEOUT),
+            await keytest.test_key(pools(True), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT),
+            await keytest.test_key(pools(True), echoing, KEY, ["m1"], timeout=TIMEOUT),
+            await keytest.test_key(pools(False), fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT),
+            await keytest.test_key(pools(True), fake_upstream.base_url, KEY, ["nope"], timeout=TIMEOUT),
         ]
     assert [r.ok for r in results] == [True, False, False, False]
     assert [r.reason for r in results] == [None, "invalid_key", "unreachable", "model_not_offered"]
@@ -279,18 +274,44 @@ def test_test_key_is_not_collected_as_a_test() -> None:
     assert keytest.test_key.__test__ is False  # type: ignore[attr-defined]
 
 
-async def test_reasoning_models_get_max_completion_tokens(
-    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
-) -> None:
+async def test_reasoning_models_get_max_completion_tokens(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     fake_upstream.reject_max_tokens = True
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     assert result.ok, result
     bodies = [r.body for r in fake_upstream.calls("/v1/chat/completions")]
     assert [("max_tokens" in b, "max_completion_tokens" in b) for b in bodies] == [(True, False), (False, True)]
 
 
-async def test_other_bad_requests_are_not_retried(fake_upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+async def test_other_bad_requests_are_not_retried(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
     fake_upstream.fail_next(Failure(status=400, path="/v1/chat/completions"))
-    result = await keytest.test_key(session, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
+    result = await keytest.test_key(pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT)
     assert not result.ok and result.reason == "upstream_error"
     assert len(fake_upstream.calls("/v1/chat/completions")) == 1
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON, nested far past any parser's recursion limit
+
+
+@pytest.mark.parametrize("where", ["models", "chat"])
+async def test_a_deeply_nested_body_fails_cleanly(aiohttp_server: Any, pool: h1.Pool, where: str) -> None:
+    with pytest.raises(RecursionError):  # what the standard library's parser would have done
+        json.loads(DEEP)
+    deep = web.Response(body=DEEP, content_type="application/json")
+    models = deep if where == "models" else web.json_response({"data": [{"id": "m1"}]})
+    base = await odd_upstream(aiohttp_server, models, deep if where == "chat" else chat_ok())
+    with structlog.testing.capture_logs() as logs:
+        result = await keytest.test_key(pool, base, KEY, ["m1"], timeout=TIMEOUT)
+    assert (result.ok, result.reason, result.error) == (False, "not_openai_compatible", keytest.NOT_COMPATIBLE)
+    assert [e["cause"] for e in logs if e["event"] == "key_tested"] == ["not_json"]
+
+
+async def test_a_body_over_the_cap_fails_cleanly(
+    aiohttp_server: Any, pool: h1.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keytest, "MAX_BODY", 1024)
+    many = web.json_response({"data": [{"id": f"model-{i}"} for i in range(200)]})
+    base = await odd_upstream(aiohttp_server, many, chat_ok())
+    with structlog.testing.capture_logs() as logs:
+        result = await keytest.test_key(pool, base, KEY, ["model-1"], timeout=TIMEOUT)
+    assert (result.ok, result.reason, result.error) == (False, "not_openai_compatible", keytest.NOT_COMPATIBLE)
+    assert [e["cause"] for e in logs if e["event"] == "key_tested"] == ["body_too_large"]

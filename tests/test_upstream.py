@@ -1,4 +1,4 @@
-"""The shared upstream session: connect-time SSRF refusal, no redirects, header allow-list, error mapping.
+"""Upstream requests on the h1 pool: connect-time SSRF refusal, no redirects, header allow-list, error mapping.
 
 Every connection here goes to a loopback listener. Refusal tests count the connections a
 listener accepted, and the positive controls prove the same listener *is* reached when private
@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from gateway import appkeys, h1, upstream
 from gateway import config as config_mod
-from gateway.upstream import UNREACHABLE, UpstreamError
+from gateway import h1, upstream
+from gateway.upstream import REDIRECTED, UNREACHABLE, UpstreamError
 
 from .fake_upstream import Failure, FakeUpstream
 
@@ -92,17 +93,17 @@ async def listen() -> AsyncIterator[Callable[..., Awaitable[Listener]]]:
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Callable[[bool], aiohttp.ClientSession]]:
-    made: list[aiohttp.ClientSession] = []
+async def pools() -> AsyncIterator[Callable[[bool], h1.Pool]]:
+    made: list[h1.Pool] = []
 
-    def make(allow_private: bool) -> aiohttp.ClientSession:
-        session = upstream.create_session(load_config(tmp_path, allow_private=allow_private))
-        made.append(session)
-        return session
+    def make(allow_private: bool) -> h1.Pool:
+        pool = h1.Pool(allow_private=allow_private, connect_timeout=2)
+        made.append(pool)
+        return pool
 
     yield make
-    for session in made:
-        await session.close()
+    for pool in made:
+        await pool.close()
 
 
 # (host as written in the URL, loopback addresses the listener binds)
@@ -113,30 +114,21 @@ LOOPBACK_FORMS = [
     ("[::ffff:127.0.0.1]", ("127.0.0.1",)),
     ("0.0.0.0", ("127.0.0.1",)),
     ("localhost", ("127.0.0.1", "::1")),
-    ("0x7f.1", ("127.0.0.1",)),  # a host *name* to aiohttp; getaddrinfo turns it into 127.0.0.1
-    ("2130706433", ("127.0.0.1",)),
+    ("0x7f.1", ("127.0.0.1",)),  # not an address literal: getaddrinfo turns the *name* into 127.0.0.1
+    ("2130706433", ("127.0.0.1",)),  # the one-number IPv4 spelling, likewise
 ]
 
 
 @pytest.mark.parametrize(("host", "binds"), LOOPBACK_FORMS)
-async def test_loopback_refused_at_connect_time(host: str, binds: tuple[str, ...], listen, sessions) -> None:  # type: ignore[no-untyped-def]
+async def test_loopback_refused_at_connect_time(host: str, binds: tuple[str, ...], listen, pools) -> None:  # type: ignore[no-untyped-def]
     listener = await listen(*binds)
-    session = sessions(False)
     url = f"http://{host}:{listener.port}/v1/models"
 
     with pytest.raises(UpstreamError) as e:
-        async with upstream.request(session, "GET", url, api_key=KEY):
+        async with upstream.request(pools(False), "GET", url, api_key=KEY):
             pass
-    assert e.value.kind == "unreachable"
+    assert (e.value.kind, e.value.cause) == ("unreachable", "refused_address")
     assert e.value.message == str(e.value) == UNREACHABLE
-    # aiohttp itself rejects the one-number IPv4 spelling before it reaches the connector.
-    expected_cause = "invalid_url" if host == "2130706433" else "refused_address"
-    assert e.value.cause == expected_cause
-
-    # The connector, not the helper, holds the line: a bare session call is refused too.
-    with pytest.raises(aiohttp.ClientError):
-        async with session.get(url):
-            pass
     await asyncio.sleep(0.05)  # let any connection that did get through be accepted
     assert listener.accepted == 0
 
@@ -160,66 +152,89 @@ async def test_the_hot_path_pool_refuses_loopback_at_connect_time(host: str, bin
         await permissive.close()
 
 
-@pytest.mark.parametrize(("host", "binds"), [f for f in LOOPBACK_FORMS if f[0] != "2130706433"])
+@pytest.mark.parametrize(("host", "binds"), LOOPBACK_FORMS)
 async def test_positive_control_listener_is_reachable_when_private_allowed(  # type: ignore[no-untyped-def]
-    host: str, binds: tuple[str, ...], listen, sessions
+    host: str, binds: tuple[str, ...], listen, pools
 ) -> None:
     listener = await listen(*binds)
-    async with upstream.request(sessions(True), "GET", f"http://{host}:{listener.port}/v1", api_key=KEY) as resp:
+    async with upstream.request(pools(True), "GET", f"http://{host}:{listener.port}/v1", api_key=KEY) as resp:
         assert resp.status == 200
-        assert await resp.json() == {}
+        assert await resp.read() == b"{}"
     assert listener.accepted == 1
 
 
 async def test_private_allowed_reaches_fake_upstream_with_allow_listed_headers(  # type: ignore[no-untyped-def]
-    fake_upstream: FakeUpstream, sessions
+    fake_upstream: FakeUpstream, pools
 ) -> None:
-    async with upstream.request(sessions(True), "GET", f"{fake_upstream.base_url}/models", api_key=KEY) as resp:
+    async with upstream.request(pools(True), "GET", f"{fake_upstream.base_url}/models", api_key=KEY) as resp:
         assert resp.status == 200
-        body = await resp.json()
+        body = orjson.loads(await resp.read())
     assert [m["id"] for m in body["data"]] == fake_upstream.models
     (seen,) = fake_upstream.calls("/v1/models")
     assert seen.headers["Authorization"] == f"Bearer {KEY}"
     assert seen.headers["User-Agent"] == upstream.USER_AGENT
     assert seen.headers["User-Agent"].startswith("sharekey/")
     assert seen.headers["Accept"] == "application/json"
+    assert seen.headers["Accept-Encoding"] == "identity"
     assert "Cookie" not in seen.headers
     assert not any(h.lower().startswith("x-") for h in seen.headers)
+    sent = {h.lower() for h in seen.headers}
+    assert sent == {
+        "host",
+        "content-length",
+        "content-type",
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "user-agent",
+    }
 
 
-async def test_fake_upstream_is_refused_without_allow_private(fake_upstream: FakeUpstream, sessions) -> None:  # type: ignore[no-untyped-def]
+async def test_a_json_body_is_sent_with_the_method_given(fake_upstream: FakeUpstream, pools) -> None:  # type: ignore[no-untyped-def]
+    payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    url = f"{fake_upstream.base_url}/chat/completions"
+    async with upstream.request(pools(True), "POST", url, api_key=KEY, json=payload, timeout=5) as resp:
+        assert resp.status == 200
+        assert "choices" in orjson.loads(await resp.read())
+    (seen,) = fake_upstream.calls("/v1/chat/completions")
+    assert seen.method == "POST"
+    assert seen.body == payload
+
+
+async def test_fake_upstream_is_refused_without_allow_private(fake_upstream: FakeUpstream, pools) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UpstreamError) as e:
-        async with upstream.request(sessions(False), "GET", f"{fake_upstream.base_url}/models", api_key=KEY):
+        async with upstream.request(pools(False), "GET", f"{fake_upstream.base_url}/models", api_key=KEY):
             pass
     assert (e.value.kind, e.value.cause, e.value.message) == ("unreachable", "refused_address", UNREACHABLE)
     assert fake_upstream.requests == []
 
 
-async def test_redirect_is_a_failure_and_never_followed(fake_upstream: FakeUpstream, listen, sessions) -> None:  # type: ignore[no-untyped-def]
+async def test_redirect_is_a_failure_and_never_followed(fake_upstream: FakeUpstream, listen, pools) -> None:  # type: ignore[no-untyped-def]
     target = await listen("127.0.0.1")
     location = f"http://127.0.0.1:{target.port}/v1/models"
     fake_upstream.fail_next(Failure(status=302, location=location), times=2)
-    session = sessions(True)  # private allowed: only the no-redirect rule stands between us and the target
+    pool = pools(True)  # private allowed: only the no-redirect rule stands between us and the target
 
     with pytest.raises(UpstreamError) as e:
-        async with upstream.request(session, "GET", f"{fake_upstream.base_url}/models", api_key=KEY):
+        async with upstream.request(pool, "GET", f"{fake_upstream.base_url}/models", api_key=KEY):
             pass
     assert e.value.kind == "redirect"
     assert e.value.cause == "http_302"
+    assert e.value.message == REDIRECTED
     assert location not in e.value.message and "127.0.0.1" not in e.value.message
 
-    # Even a caller that forgets allow_redirects=False does not follow it.
-    with pytest.raises(UpstreamError) as e2:
-        async with session.get(f"{fake_upstream.base_url}/models", headers=upstream.upstream_headers(KEY, accept=None)):
-            pass
-    assert e2.value.kind == "redirect"
+    # The pool itself never follows one either: a bare request just answers the 302.
+    url = URL(f"{fake_upstream.base_url}/models")
+    resp = await pool.request(url, h1.header_lines(upstream.upstream_headers(KEY, accept=None)), b"", method="GET")
+    assert (resp.status, resp.headers["Location"]) == (302, location)
+    resp.release()
 
     await asyncio.sleep(0.05)
     assert len(fake_upstream.calls("/v1/models")) == 2
     assert target.accepted == 0
 
 
-async def test_cookies_are_never_stored_or_sent(aiohttp_server, sessions) -> None:  # type: ignore[no-untyped-def]
+async def test_cookies_are_never_stored_or_sent(aiohttp_server, pools) -> None:  # type: ignore[no-untyped-def]
     async def set_cookie(request: web.Request) -> web.Response:
         resp = web.json_response({})
         resp.set_cookie("donor_a", "secret-session")
@@ -232,32 +247,34 @@ async def test_cookies_are_never_stored_or_sent(aiohttp_server, sessions) -> Non
     app.router.add_get("/v1/set", set_cookie)
     app.router.add_get("/v1/echo", echo)
     server = await aiohttp_server(app)
-    session = sessions(True)
-    async with upstream.request(session, "GET", str(server.make_url("/v1/set")), api_key=KEY) as resp:
+    pool = pools(True)
+    async with upstream.request(pool, "GET", str(server.make_url("/v1/set")), api_key=KEY) as resp:
         assert "donor_a" in resp.headers.get("Set-Cookie", "")
-    async with upstream.request(session, "GET", str(server.make_url("/v1/echo")), api_key=KEY) as resp:
-        assert await resp.json() == {"cookie": None}
+        await resp.read()
+    async with upstream.request(pool, "GET", str(server.make_url("/v1/echo")), api_key=KEY) as resp:
+        assert orjson.loads(await resp.read()) == {"cookie": None}
 
 
 async def test_unreachable_refused_and_timeout_read_the_same(  # type: ignore[no-untyped-def]
-    fake_upstream: FakeUpstream, listen, sessions
+    fake_upstream: FakeUpstream, listen, pools
 ) -> None:
     with socket.socket() as s:  # a port that was just free: nothing listens there
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     listener = await listen("127.0.0.1")
     fake_upstream.fail_next(Failure(hang=1.5))
-    quick = aiohttp.ClientTimeout(total=0.3)
 
-    async def failure(session: aiohttp.ClientSession, url: str) -> UpstreamError:
+    async def failure(pool: h1.Pool, url: str) -> UpstreamError:
         with pytest.raises(UpstreamError) as e:
-            async with upstream.request(session, "GET", url, api_key=KEY, client_timeout=quick):
+            async with upstream.request(pool, "GET", url, api_key=KEY, timeout=0.3):
                 pass
         return e.value
 
-    closed = await failure(sessions(True), f"http://127.0.0.1:{closed_port}/v1/models")
-    refused = await failure(sessions(False), f"http://127.0.0.1:{listener.port}/v1/models")
-    timed_out = await failure(sessions(True), f"{fake_upstream.base_url}/models")
+    closed = await failure(pools(True), f"http://127.0.0.1:{closed_port}/v1/models")
+    refused = await failure(pools(False), f"http://127.0.0.1:{listener.port}/v1/models")
+    started = time.monotonic()
+    timed_out = await failure(pools(True), f"{fake_upstream.base_url}/models")
+    assert time.monotonic() - started < 1.0, "the timeout bounds the wait for the answer"
 
     assert (closed.kind, closed.cause) == ("unreachable", "connect")
     assert (refused.kind, refused.cause) == ("unreachable", "refused_address")
@@ -265,6 +282,30 @@ async def test_unreachable_refused_and_timeout_read_the_same(  # type: ignore[no
     assert closed.message == refused.message == timed_out.message == UNREACHABLE
     assert str(closed) == str(refused) == str(timed_out)
     assert listener.accepted == 0
+
+
+async def test_a_broken_answer_and_a_bad_url_are_upstream_errors(listen, pools) -> None:  # type: ignore[no-untyped-def]
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(UpstreamError) as e:
+            async with upstream.request(pools(True), "GET", f"http://127.0.0.1:{port}/v1/models", api_key=KEY):
+                pass
+        assert (e.value.kind, e.value.message) == ("broken", UNREACHABLE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    for bad in ("http://[::1/v1", "ftp://example.com/v1", "/v1/models"):
+        with pytest.raises(UpstreamError) as e:
+            async with upstream.request(pools(True), "GET", bad, api_key=KEY):
+                pass
+        assert (e.value.kind, e.value.cause) == ("unreachable", "invalid_url")
 
 
 def test_upstream_headers_are_an_allow_list() -> None:
@@ -283,18 +324,3 @@ def test_upstream_headers_refuse_unsendable_keys(bad: str) -> None:
     with pytest.raises(ValueError) as e:
         upstream.upstream_headers(bad, accept=None)
     assert bad not in str(e.value) or not bad
-
-
-async def test_http_session_cleanup_context(tmp_path: Path) -> None:
-    app = web.Application()
-    app[appkeys.config] = load_config(tmp_path, allow_private=False)
-    ctx = upstream.http_session(app)
-    await anext(ctx)
-    session = app[appkeys.http]
-    assert isinstance(session, aiohttp.ClientSession) and not session.closed
-    assert isinstance(session.connector, upstream.GuardedConnector)
-    assert session.connector.limit == 0
-    assert session.trust_env is False
-    with pytest.raises(StopAsyncIteration):
-        await anext(ctx)
-    assert session.closed
