@@ -608,7 +608,7 @@ def open_stores(tmp: Path) -> Stores:
     db, rd = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
     if db and rd:
         return Stores(db, rd)
-    from gateway import embedded  # only needed without external servers
+    from gateway.ops import embedded  # only needed without external servers
 
     say("bench: starting embedded " + " and ".join(n for n, u in (("PostgreSQL", db), ("Redis", rd)) if not u))
     try:

@@ -1,35 +1,42 @@
-"""The application factory: the one place where everything is wired together.
+"""The application factory and every cleanup context: the one place where everything is wired.
 
-`create_app(config)` is synchronous and does no I/O; every connection is opened by a cleanup
-context. aiohttp tears contexts down in reverse order, so they are listed in dependency order.
+`create_app(config)` is synchronous and does no I/O; every connection and background task is
+opened by a cleanup context below. aiohttp tears contexts down in reverse order, so they are
+listed in dependency order: the usage flusher drains while PostgreSQL and Redis are still open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import appkeys, balancer, h1, health, keys_api, oauth, pages, proxy, thanks, tokens_api
-from .config import Config
-from .crypto import KeyRing
-from .db import pg_pool
-from .errors import error_middleware
-from .events import event_bus
-from .jobs import cluster_jobs
-from .keyindex import key_index
-from .keystate import KeyStates
-from .log import request_context
-from .redisline import ScriptLine
-from .tokens import token_cache
-from .usage import usage_log
+from gateway import appkeys
+from gateway.config import Config
+from gateway.errors import error_middleware
+from gateway.log import request_context
+from gateway.net import events, h1
+from gateway.net.redisline import ScriptLine
+from gateway.ops import jobs
+from gateway.relay import balancer, handlers
+from gateway.relay.keyindex import KeyIndex
+from gateway.relay.keystate import KeyStates
+from gateway.relay.usage import UsageLog
+from gateway.resources import data_dir
+from gateway.store import db
+from gateway.store.crypto import KeyRing
+from gateway.store.tokens import PG_ERRORS, TokenCache, touch_forever
+from gateway.tasks import background
+from gateway.web import health, keys_api, oauth, pages, thanks, tokens_api
+from gateway.web.board import Board
+from gateway.web.thanks import Visitors
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = data_dir("templates")
 
 
 def create_app(config: Config) -> web.Application:
@@ -46,20 +53,20 @@ def create_app(config: Config) -> web.Application:
         [
             pg_pool,
             redis_client,
-            h1.upstream_pool,
-            oauth.http_session,
+            upstream_pool,
+            oauth_session,
             event_bus,
             token_cache,
             key_index,
             balancer_ctx,
             usage_log,
             cluster_jobs,
-            thanks.thanks_ctx,
+            thanks_board,
         ]
     )
     app.add_routes(
         [
-            *proxy.routes,
+            *handlers.routes,
             *keys_api.routes,
             *tokens_api.routes,
             *pages.routes,
@@ -117,3 +124,88 @@ def create_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
         health_check_interval=30,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+async def pg_pool(app: web.Application) -> AsyncIterator[None]:
+    async with db.create_pool(app[appkeys.config].database.url) as pool:
+        app[appkeys.pg] = pool
+        yield
+
+
+async def upstream_pool(app: web.Application) -> AsyncIterator[None]:
+    """The one client toward donor upstreams (`/v1`, key tests, health checks)."""
+    pool = app[appkeys.upstream_pool] = h1.create_pool(app[appkeys.config])
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def oauth_session(app: web.Application) -> AsyncIterator[None]:
+    """The client session for the sign-in provider (no cookies, no redirects)."""
+    async with oauth.create_session() as session:
+        app[appkeys.oauth_http] = session
+        yield
+
+
+async def event_bus(app: web.Application) -> AsyncIterator[None]:
+    """The subscriber task. A context that registers a handler later loads its own state after
+    registering, so an event published in between is never missed."""
+    bus = app[appkeys.bus] = events.Bus(app[appkeys.redis], app[appkeys.config].redis.key_prefix)
+    async with background(bus.run()):
+        yield
+
+
+async def token_cache(app: web.Application) -> AsyncIterator[None]:
+    cache = app[appkeys.token_cache] = TokenCache(app[appkeys.pg])
+    bus = app[appkeys.bus]
+    bus.on("token", cache.drop_token)
+    bus.on("user", cache.drop_user)
+
+    async def resync() -> None:
+        cache.clear()
+
+    bus.on_resync(resync)
+    async with background(touch_forever(cache)):
+        yield
+    with contextlib.suppress(*PG_ERRORS):
+        await cache.touch()
+
+
+async def key_index(app: web.Application) -> AsyncIterator[None]:
+    index = app[appkeys.key_index] = KeyIndex(app[appkeys.pg], app[appkeys.keyring])
+    bus = app[appkeys.bus]
+    bus.on("keys", index.invalidate)
+
+    async def resync() -> None:
+        index.invalidate()
+
+    bus.on_resync(resync)
+    await index.reload()
+    async with background(index.run()):
+        yield
+
+
+async def usage_log(app: web.Application) -> AsyncIterator[None]:
+    prefix = app[appkeys.config].redis.key_prefix
+    usage = app[appkeys.usage] = UsageLog(app[appkeys.pg], app[appkeys.redis], prefix)
+    async with background(usage.run()):
+        yield
+    await usage.drain()
+
+
+async def cluster_jobs(app: web.Application) -> AsyncIterator[None]:
+    async with jobs.running(app):
+        yield
+
+
+async def thanks_board(app: web.Application) -> AsyncIterator[None]:
+    """The board's cache and the visitor cache; after the pool, the balancer and the key index,
+    so that teardown cancels a refresh in flight before they close."""
+    config = app[appkeys.config]
+    board = app[appkeys.board] = Board(
+        app[appkeys.pg], app[appkeys.balancer], app[appkeys.key_index], config.oauth_linuxdo
+    )
+    app[appkeys.visitors] = Visitors(app[appkeys.pg])
+    yield
+    await board.close()

@@ -10,17 +10,17 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession, web
 
 if TYPE_CHECKING:
-    from .balancer import Balancer
-    from .board import Board
-    from .config import Config
-    from .crypto import KeyRing
-    from .events import Bus
-    from .h1 import Pool
-    from .keyindex import KeyIndex
-    from .keystate import KeyStates
-    from .thanks import Visitors
-    from .tokens import TokenCache
-    from .usage import UsageLog
+    from gateway.config import Config
+    from gateway.net.events import Bus
+    from gateway.net.h1 import Pool
+    from gateway.relay.balancer import Balancer
+    from gateway.relay.keyindex import KeyIndex
+    from gateway.relay.keystate import KeyStates
+    from gateway.relay.usage import UsageLog
+    from gateway.store.crypto import KeyRing
+    from gateway.store.tokens import TokenCache
+    from gateway.web.board import Board
+    from gateway.web.thanks import Visitors
 
 config: web.AppKey[Config] = web.AppKey("config")
 pg: web.AppKey[asyncpg.Pool] = web.AppKey("pg")

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import structlog
 from aiohttp import web
 
-from . import appkeys
+from gateway import appkeys
 
 SECRET_FIELDS = frozenset(
     {"authorization", "api_key", "token", "password", "secret", "cookie", "key_encryption_secret"}

@@ -31,13 +31,13 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 
-from . import appkeys
+from gateway import appkeys
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from .keyindex import KeyIndex
-    from .usage import UsageLog
+    from gateway.relay.keyindex import KeyIndex
+    from gateway.relay.usage import UsageLog
 
 log = structlog.get_logger(__name__)
 

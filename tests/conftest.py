@@ -18,7 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
-from gateway import db, embedded
+from gateway.ops import embedded
+from gateway.store import db
 
 from .fake_upstream import FakeUpstream
 from .rawserver import Handler, Server

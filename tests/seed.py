@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from gateway import config as config_mod
-from gateway import sharedkeys, tokens, users
-from gateway.crypto import KeyRing
+from gateway.store import sharedkeys, tokens, users
+from gateway.store.crypto import KeyRing
 
 
 async def user_with_token(pool: asyncpg.Pool, name: str = "alice", **kw: object) -> tuple[users.User, str]:

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import balancer as balancer_mod
-from gateway.balancer import Balancer, Candidate, Pick, UserLimits
+from gateway.relay import balancer as balancer_mod
+from gateway.relay.balancer import Balancer, Candidate, Pick, UserLimits
 
 DAY_MS = 86_400_000
 NO_LIMITS = UserLimits(daily=0, per_minute=0, streams=0)

@@ -23,14 +23,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import appkeys, board, charts
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.balancer import Candidate, UserLimits
-from gateway.board import ModelCapacity
-from gateway.sharedkeys import SharedKey
-from gateway.usage import UsageRecord
-from gateway.users import User
+from gateway.relay.balancer import Candidate, UserLimits
+from gateway.relay.usage import UsageRecord
+from gateway.store.sharedkeys import SharedKey
+from gateway.store.users import User
+from gateway.web import board, charts
+from gateway.web.board import ModelCapacity
 
 from .fake_upstream import FakeUpstream
 from .seed import add_key, user_with_token
@@ -194,7 +195,7 @@ async def test_ranking_and_totals_for_each_period(gw: Gateway) -> None:
 
 
 async def _user(gw: Gateway, name: str) -> User:
-    from gateway import users
+    from gateway.store import users
 
     async with gw.pool.acquire() as conn:
         user = await users.get_by_username(conn, name)
@@ -353,7 +354,7 @@ async def test_the_donor_sets_the_anonymous_flag(gw: Gateway, fake_upstream: Fak
 
 
 async def _keys(gw: Gateway) -> list[SharedKey]:
-    from gateway import sharedkeys
+    from gateway.store import sharedkeys
 
     async with gw.pool.acquire() as conn:
         return await sharedkeys.list_keys(conn, timezone=gw.config.balancer.timezone)

@@ -7,8 +7,9 @@ import uuid
 import asyncpg
 import pytest
 
-from gateway import cli, db, tokens
 from gateway import config as config_mod
+from gateway.ops import cli
+from gateway.store import db, tokens
 
 from .clirun import Result, sharekey
 

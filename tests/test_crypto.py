@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway.crypto import KeyRing, SealError, mask
+from gateway.store.crypto import KeyRing, SealError, mask
 
 A = "a" * 40
 B = "b" * 40

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway import db
+from gateway.store import db
 
 
 async def test_migrations_are_recorded_and_idempotent(pool: asyncpg.Pool) -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
-from gateway import h1
+from gateway.net import h1
 
 from .rawserver import Handler, Server, read_request  # noqa: F401
 

@@ -14,7 +14,9 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
-from gateway import h1, jobs, sharedkeys
+from gateway.net import h1
+from gateway.ops import jobs
+from gateway.store import sharedkeys
 
 from .clirun import sharekey
 from .fake_upstream import Failure, FakeUpstream

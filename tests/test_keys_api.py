@@ -19,10 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from gateway import appkeys, keys_api, sharedkeys, ssrf, upstream
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.users import User
+from gateway.net import ssrf, upstream
+from gateway.store import sharedkeys
+from gateway.store.users import User
+from gateway.web import keys_api
 
 from .clirun import sharekey
 from .fake_upstream import FakeUpstream

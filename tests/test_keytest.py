@@ -15,8 +15,8 @@ import pytest
 import structlog
 from aiohttp import web
 
-from gateway import h1, keytest, upstream
-from gateway.keytest import KeyTestResult
+from gateway.net import h1, keytest, upstream
+from gateway.net.keytest import KeyTestResult
 
 from .fake_upstream import Failure, FakeUpstream
 from .test_upstream import Listener

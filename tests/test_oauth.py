@@ -11,8 +11,9 @@ import aiohttp
 import asyncpg
 from structlog.testing import capture_logs
 
-from gateway import oauth, sessions, users
 from gateway.config import Config
+from gateway.store import users
+from gateway.web import oauth, sessions
 
 from . import fake_linuxdo
 from .fake_linuxdo import CLIENT_ID, CLIENT_SECRET, ENGLISH, Site, follow_provider, site_app

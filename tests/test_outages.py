@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 
 from gateway import config as config_mod
-from gateway import db, embedded
+from gateway.ops import embedded
+from gateway.store import db
 
 from .fake_upstream import FakeUpstream
 from .seed import add_key, user_with_token

@@ -6,8 +6,9 @@ import re
 import string
 from pathlib import Path
 
-from gateway import i18n, pages, users
 from gateway.app import TEMPLATES_DIR
+from gateway.store import users
+from gateway.web import i18n, pages
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

@@ -17,9 +17,10 @@ import asyncpg
 import pytest
 from aiohttp.resolver import DefaultResolver
 
-from gateway import appkeys, h1
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.net import h1
 
 from .fake_upstream import FakeUpstream
 from .rawserver import Server, read_request

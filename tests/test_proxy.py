@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.balancer import Candidate, UserLimits
-from gateway.users import User
+from gateway.relay.balancer import Candidate, UserLimits
+from gateway.store.users import User
 
 from .fake_upstream import Failure, FakeUpstream
 from .seed import add_key, user_with_token

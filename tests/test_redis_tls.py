@@ -17,11 +17,12 @@ import pytest
 import redis.exceptions as rexc
 
 import gateway.app
-from gateway import appkeys, balancer
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app, create_redis
-from gateway.balancer import Balancer, Candidate, UserLimits
-from gateway.redisline import ScriptLine
+from gateway.net.redisline import ScriptLine
+from gateway.relay import balancer
+from gateway.relay.balancer import Balancer, Candidate, UserLimits
 
 from .redis_servers import RedisServer, make_certs
 

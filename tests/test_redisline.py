@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from gateway import balancer
-from gateway.balancer import Balancer, Candidate, UserLimits
-from gateway.redisline import ScriptLine
+from gateway.net.redisline import ScriptLine
+from gateway.relay import balancer
+from gateway.relay.balancer import Balancer, Candidate, UserLimits
 
 from .redis_servers import RedisServer
 

@@ -16,10 +16,11 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway import appkeys, rotation
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.crypto import KeyRing
+from gateway.ops import rotation
+from gateway.store.crypto import KeyRing
 
 from .clirun import sharekey
 from .conftest import TEST_SECRET

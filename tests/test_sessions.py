@@ -9,9 +9,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway import appkeys, sessions
+from gateway import appkeys
 from gateway.config import Config
 from gateway.errors import ApiError
+from gateway.web import sessions
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

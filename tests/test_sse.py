@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway import sse
+from gateway.relay import sse
 
 STREAM = (
     b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'

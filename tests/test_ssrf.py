@@ -9,8 +9,8 @@ import ipaddress
 
 import pytest
 
-from gateway import ssrf
-from gateway.ssrf import UnsafeUpstream, address_allowed, check_base_url, normalize_base_url, origin
+from gateway.net import ssrf
+from gateway.net.ssrf import UnsafeUpstream, address_allowed, check_base_url, normalize_base_url, origin
 
 
 def teredo(client: str, server: str = "65.54.227.120") -> ipaddress.IPv6Address:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from gateway import appkeys, thanks
+from gateway import appkeys
+from gateway.web import thanks
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

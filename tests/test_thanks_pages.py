@@ -16,9 +16,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import appkeys, users
+from gateway import appkeys
 from gateway import config as config_mod
-from gateway.balancer import Candidate, UserLimits
+from gateway.relay.balancer import Candidate, UserLimits
+from gateway.store import users
 
 from . import fake_linuxdo
 from .fake_linuxdo import ENGLISH, FakeLinuxDo, Site

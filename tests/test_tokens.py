@@ -9,8 +9,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import config as config_mod
-from gateway import tokens
-from gateway.tokens import TokenCache
+from gateway.store import tokens
+from gateway.store.tokens import TokenCache
 
 from .seed import user_with_token
 

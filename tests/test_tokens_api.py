@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import appkeys, tokens, tokens_api
+from gateway import appkeys
 from gateway.app import create_app
+from gateway.store import tokens
+from gateway.web import tokens_api
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

@@ -1,4 +1,4 @@
-"""gateway.tunnel against real proxies: Debian's tinyproxy (http) and pproxy (http, socks5, https).
+"""gateway.net.tunnel against real proxies: Debian's tinyproxy (http) and pproxy (http, socks5, https).
 
 Proxies run as subprocesses on 127.0.0.1, started once per module; upstreams (plain and TLS with a
 certificate for "upstream.test" from a CA made here) run inside each test's own event loop. Every
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.tunnel import Proxy, ProxyError, open_tunnel
+from gateway.net.tunnel import Proxy, ProxyError, open_tunnel
 
 TINYPROXY = shutil.which("tinyproxy") or ("/usr/bin/tinyproxy" if Path("/usr/bin/tinyproxy").exists() else None)
 USER, PASSWORD = "gw user", "s3cr:t@pw"  # a space, a colon and an @: the URL form must percent-encode them
@@ -722,7 +722,7 @@ def test_tls_upstream_refuses_bytes_from_the_proxy(loop_factory, certs: Certs) -
 
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
 async def test_the_pool_goes_through_the_proxy_to_the_checked_address(pproxy: PP, scheme: str, serve) -> None:  # type: ignore[no-untyped-def]
-    from gateway import h1
+    from gateway.net import h1
 
     from .rawserver import read_request
 

@@ -19,8 +19,8 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import config as config_mod
-from gateway import h1, upstream
-from gateway.upstream import REDIRECTED, UNREACHABLE, UpstreamError
+from gateway.net import h1, upstream
+from gateway.net.upstream import REDIRECTED, UNREACHABLE, UpstreamError
 
 from .fake_upstream import Failure, FakeUpstream
 

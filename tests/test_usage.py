@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
-from gateway import usage
-from gateway.usage import UsageLog, UsageRecord
+from gateway.relay import usage
+from gateway.relay.usage import UsageLog, UsageRecord
 
 from .seed import add_key, user_with_token
 

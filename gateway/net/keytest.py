@@ -1,0 +1,189 @@
+"""The live key test: is this key, at this base URL, a working OpenAI-compatible upstream?
+
+Used when a key is registered or changed, by `POST /api/shared-keys/test`, `sharekey keys add`
+and the health checks. Two requests: `GET {base}/models` (what the upstream says it offers) and a
+one-token chat completion (whether the key really works). The result speaks in our words only:
+never the key, the base URL or anything the upstream sent, except the model names it lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.net import h1, upstream
+from gateway.net.upstream import UpstreamError
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY = 16 * 1024 * 1024  # model lists of large aggregators run to a few MB; refuse a firehose
+MAX_MISSING_SHOWN = 5
+
+INVALID_KEY = "the upstream rejected the key"
+RATE_LIMITED = "the upstream is rate-limiting this key or its quota is used up; try again later"
+NOT_COMPATIBLE = "the upstream does not answer like an OpenAI-compatible API"
+NO_MODEL = "the upstream lists no models; name the models this key serves"
+BAD_KEY_TEXT = "the key contains characters that are not allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTestResult:
+    ok: bool
+    latency_ms: int  # wall time of the whole test, failures included
+    models: list[str]  # what GET /models listed; empty if it listed nothing
+    error: str | None  # our words, fit to show to the key's owner
+    reason: str | None  # invalid_key | model_not_offered | unreachable | not_openai_compatible
+    #                     | rate_limited | upstream_error
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, error: str, cause: str | None = None) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+        self.cause = cause
+
+
+async def test_key(
+    pool: h1.Pool,
+    base_url: str,
+    api_key: str,
+    models: list[str] | None,
+    *,
+    timeout: float,  # noqa: ASYNC109 - part of the contract: the whole test's budget
+) -> KeyTestResult:
+    """Test a key against its (already checked) base URL, within `timeout` seconds in total."""
+    start = time.monotonic()
+    listed: list[str] = []
+    try:
+        upstream.upstream_headers(api_key, accept=None)  # refuse an unsendable key before any I/O
+    except ValueError:
+        return _finish(start, listed, _Failed("invalid_key", BAD_KEY_TEXT))
+    base = base_url.rstrip("/")
+    try:
+        async with asyncio.timeout(timeout):
+            listed_or_none = await _list_models(pool, base, api_key)
+            listed = listed_or_none or []
+            declared = [m for m in models or [] if m]
+            if declared and listed_or_none is not None:
+                offered = set(listed)
+                missing = [m for m in declared if m not in offered]
+                if missing:
+                    raise _Failed("model_not_offered", _missing_message(missing))
+            model = declared[0] if declared else (listed[0] if listed else None)
+            if model is None:
+                raise _Failed("model_not_offered", NO_MODEL)
+            await _complete(pool, base, api_key, model)
+    except _Failed as failed:
+        return _finish(start, listed, failed)
+    except UpstreamError as e:
+        reason = "upstream_error" if e.kind == "redirect" else "unreachable"
+        return _finish(start, listed, _Failed(reason, e.message, e.cause))
+    except TimeoutError:
+        return _finish(start, listed, _Failed("unreachable", upstream.UNREACHABLE, "test_timeout"))
+    return _finish(start, listed, None)
+
+
+# pytest would otherwise collect `test_key` from any test module that imports it by name.
+test_key.__test__ = False  # type: ignore[attr-defined]
+
+
+def _finish(start: float, listed: list[str], failed: _Failed | None) -> KeyTestResult:
+    latency_ms = round((time.monotonic() - start) * 1000)
+    if failed is None:
+        log.info("key_tested", ok=True, latency_ms=latency_ms, models=len(listed))
+        return KeyTestResult(ok=True, latency_ms=latency_ms, models=listed, error=None, reason=None)
+    log.info("key_tested", ok=False, reason=failed.reason, cause=failed.cause, latency_ms=latency_ms)
+    return KeyTestResult(False, latency_ms, listed, failed.error, failed.reason)
+
+
+def _missing_message(missing: list[str]) -> str:
+    shown = ", ".join(missing[:MAX_MISSING_SHOWN])
+    more = len(missing) - MAX_MISSING_SHOWN
+    return f"the upstream does not offer: {shown}" + (f" (and {more} more)" if more > 0 else "")
+
+
+async def _list_models(pool: h1.Pool, base: str, api_key: str) -> list[str] | None:
+    """The model ids the upstream lists, or None when it has no model list (404/405/501)."""
+    async with upstream.request(pool, "GET", f"{base}/models", api_key=api_key) as resp:
+        if resp.status in (404, 405, 501):
+            return None
+        _check_status(resp.status)
+        body = await _read_json(resp)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "models_shape")
+    return [m["id"] for m in data]
+
+
+@asynccontextmanager
+async def one_token_completion(pool: h1.Pool, base: str, api_key: str, model: str) -> AsyncIterator[h1.Response]:
+    """A one-token chat completion; yields the answer whatever its status, its body unread (but
+    for a 400, whose first 64 KiB were read to look for `max_tokens`).
+
+    Reasoning models refuse `max_tokens` and ask for `max_completion_tokens` instead: a 400 that
+    names `max_tokens` is tried once more with it. The key test and the health checks both ask
+    through here, so a key that passes one passes the other. No deadline of its own: callers
+    bound it (`asyncio.timeout`)."""
+    url = f"{base}/chat/completions"
+    messages = [{"role": "user", "content": "ping"}]
+    for field in ("max_tokens", "max_completion_tokens"):
+        payload = {"model": model, "messages": messages, field: 1}
+        async with upstream.request(pool, "POST", url, api_key=api_key, json=payload) as resp:
+            if field == "max_tokens" and resp.status == 400:
+                with upstream.map_errors():
+                    objection = await resp.read_prefix(64 * 1024)
+                if b"max_tokens" in objection:
+                    continue
+            yield resp
+            return
+
+
+async def _complete(pool: h1.Pool, base: str, api_key: str, model: str) -> None:
+    async with one_token_completion(pool, base, api_key, model) as resp:
+        status = resp.status
+        if status == 404:
+            # OpenAI answers 404 for an unknown model; anything not shaped like its error is
+            # most likely no chat endpoint at all.
+            body = await _read_json(resp, strict=False)
+            if isinstance(body, dict) and "error" in body:
+                raise _Failed("model_not_offered", f"the upstream does not offer: {model}", "http_404")
+            raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "http_404")
+        _check_status(status)
+        body = await _read_json(resp)
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "completion_shape")
+
+
+def _check_status(status: int) -> None:
+    if status in (401, 403):
+        raise _Failed("invalid_key", INVALID_KEY, f"http_{status}")
+    if status == 429:
+        raise _Failed("rate_limited", RATE_LIMITED, "http_429")
+    if not 200 <= status < 300:
+        raise _Failed("upstream_error", f"the upstream answered with an error (HTTP {status})", f"http_{status}")
+
+
+async def _read_json(resp: h1.Response, *, strict: bool = True) -> Any:
+    """The body as JSON, read with a size cap; a non-JSON body fails the test (or is None if not strict).
+
+    orjson refuses nesting deeper than 1024 levels with a `JSONDecodeError` (a `ValueError`), so a
+    hostile body cannot raise `RecursionError` here the way the standard library's parser can."""
+    try:
+        with upstream.map_errors():
+            raw = await resp.read(MAX_BODY)
+    except h1.AnswerTooLarge:
+        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "body_too_large") from None
+    try:
+        return orjson.loads(raw)
+    except ValueError:
+        if not strict:
+            return None
+        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "not_json") from None

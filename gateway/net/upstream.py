@@ -1,0 +1,224 @@
+"""Talking to donor upstreams: the connect-time SSRF guard, the header allow-list, one request as
+an async context manager on the gateway's own HTTP/1.1 client (`h1.Pool`), and the boundary
+that turns that client's errors into `UpstreamError`.
+
+Every upstream call (the `/v1` hot path, key tests, health checks) goes through one `h1.Pool`,
+so one SSRF guard and one egress proxy serve them all. The guard's parts live here, `h1` uses
+them:
+
+* `GuardedResolver` wraps aiohttp's default resolver and drops every refused address, so a
+  name that resolves to public and private addresses is only ever tried on the public ones,
+  and a name with nothing left fails like a DNS failure. The pool connects to exactly these
+  addresses, so DNS rebinding cannot slip an address in between.
+* `AddressGuard.socket` is the socket factory: every address, literal (`http://127.0.0.1/`,
+  `http://[::ffff:7f00:1]/`) or resolved, reaches it before `connect()`; it checks the exact
+  sockaddr and raises instead of creating a socket, so a refused address never gets a SYN.
+
+`h1` never follows redirects, keeps no cookies and reads no proxy settings from the
+environment; `request` refuses every 3xx as an error all the same.
+
+Errors. Refused, unreachable and timed-out upstreams all read the same (`UNREACHABLE`), so the
+key test cannot be used to scan ports; `UpstreamError.cause` keeps the real reason for the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from gateway.net import ssrf
+
+if TYPE_CHECKING:
+    from gateway.net.h1 import Pool, Response
+
+try:
+    VERSION = importlib.metadata.version("sharekey")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    VERSION = "0"
+USER_AGENT = f"sharekey/{VERSION}"
+
+UNREACHABLE = "could not reach the upstream"
+REDIRECTED = "the upstream answered with a redirect, which the gateway does not follow"
+# Printable ASCII only: anything else in a header is an injection attempt or a copy-paste accident.
+SENDABLE_KEY = re.compile(r"[\x21-\x7e]+")
+
+
+class UpstreamError(Exception):
+    """A request to an upstream failed below HTTP (or was redirected).
+
+    `kind` drives the gateway's decisions: "unreachable" (refused by policy, DNS, connect, TLS),
+    "timeout", "broken" (the connection failed mid-exchange), "redirect". `message` is the only
+    thing a caller may see. `cause` is a short code for the log ("refused_address", "dns" …).
+    """
+
+    def __init__(self, kind: str, cause: str, message: str = UNREACHABLE) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.cause = cause
+        self.message = message
+
+
+class RefusedAddress(OSError):
+    """Raised while connecting for an address the SSRF policy refuses (never shown to callers)."""
+
+    MARK = "address refused by policy"
+
+    def __init__(self) -> None:
+        super().__init__(self.MARK)
+
+
+class AddressGuard:
+    """Applies `ssrf.address_allowed` to resolver answers and to the sockaddr of every connect."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def allowed(self, host: str, scope_id: int = 0) -> bool:
+        try:
+            ip = ipaddress.ip_address(host if not scope_id else f"{host.partition('%')[0]}%{scope_id}")
+        except ValueError:
+            return False  # not an address we can judge: fail closed
+        return ssrf.address_allowed(ip, allow_private=self.allow_private)
+
+    def socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise RefusedAddress()
+        scope_id = sockaddr[3] if family == socket.AF_INET6 and len(sockaddr) > 3 else 0
+        if not self.allowed(sockaddr[0], scope_id):
+            raise RefusedAddress()
+        return socket.socket(family=family, type=type_, proto=proto)
+
+
+class GuardedResolver(AbstractResolver):
+    """The default resolver, minus the addresses the guard refuses; nothing left is a failure."""
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if self._guard.allowed(r["host"])]
+        if not allowed:
+            raise RefusedAddress()
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def upstream_headers(api_key: str, *, accept: str | None) -> dict[str, str]:
+    """The complete set of request headers sent upstream; nothing from the caller is added."""
+    if not SENDABLE_KEY.fullmatch(api_key):
+        raise ValueError("the key contains characters that cannot be sent in a header")
+    return {
+        "Content-Type": "application/json",
+        "Accept": accept or "application/json",
+        "Authorization": f"Bearer {api_key}",
+        "User-Agent": USER_AGENT,
+    }
+
+
+@contextmanager
+def map_errors() -> Iterator[None]:
+    """The one boundary: `h1`'s exceptions in, `UpstreamError` out.
+
+    `h1.AnswerTooLarge` passes through unchanged: whether a large answer is a failure, and
+    whose, is the caller's to say. Wrap only upstream I/O with it.
+    """
+    from gateway.net.h1 import AnswerTooLarge, UpstreamClosed  # h1 imports this module
+
+    try:
+        yield
+    except (UpstreamError, AnswerTooLarge):
+        raise
+    except TimeoutError as e:  # h1.UpstreamTimeout: past a deadline or connect_timeout
+        raise UpstreamError("timeout", "timeout") from e
+    except OSError as e:  # while connecting: the guard, DNS, TCP, TLS, the egress proxy
+        raise UpstreamError("unreachable", _connect_cause(e)) from e
+    except UpstreamClosed as e:
+        raise UpstreamError("broken", _broken_cause(e)) from e
+    except aiohttp.ClientError as e:  # nothing else in h1 raises these; kept for the boundary's sake
+        raise UpstreamError("broken", type(e).__name__) from e
+
+
+def _connect_cause(exc: OSError) -> str:
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen:  # aiohappyeyeballs may wrap several attempts' errors
+        seen.append(e)
+        if isinstance(e, RefusedAddress) or RefusedAddress.MARK in str(e):
+            return "refused_address"
+        e = e.__cause__ or e.__context__
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    return "connect"
+
+
+def _broken_cause(exc: BaseException) -> str:
+    from gateway.net.h1 import StaleConnection, UnsupportedEncoding
+
+    match exc:
+        case UnsupportedEncoding():
+            return "encoding"
+        case StaleConnection():
+            return "disconnected"
+    return "broken"
+
+
+@asynccontextmanager
+async def request(
+    pool: Pool,
+    method: str,
+    url: str,
+    *,
+    api_key: str,
+    accept: str | None = None,
+    json: Any = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - bounds the wait for the answer's head only
+) -> AsyncIterator[Response]:
+    """Send one request upstream and yield the answer, whatever its status except 3xx.
+
+    Errors up to the answer's head become `UpstreamError` (a 3xx too: kind "redirect"); reading
+    the body is the caller's I/O, to wrap in `map_errors()` and bound by a deadline or an outer
+    `asyncio.timeout`. On exit the connection goes back to the pool if the answer was read to
+    its end, and is closed otherwise (an error mid-body included).
+    """
+    from gateway.net.h1 import header_lines
+
+    headers = upstream_headers(api_key, accept=accept)
+    headers["Accept-Encoding"] = "identity"
+    body = orjson.dumps(json) if json is not None else b""
+    try:
+        target = URL(url)
+    except ValueError:
+        raise UpstreamError("unreachable", "invalid_url") from None
+    if target.scheme not in ("http", "https") or not target.raw_host:
+        raise UpstreamError("unreachable", "invalid_url")
+    deadline = asyncio.get_running_loop().time() + timeout if timeout is not None else None
+    with map_errors():
+        resp = await pool.request(target, header_lines(headers), body, method=method, deadline=deadline)
+    try:
+        if 300 <= resp.status < 400:
+            raise UpstreamError("redirect", f"http_{resp.status}", REDIRECTED)
+        yield resp
+    finally:
+        resp.release()  # reused only after a complete answer; closed otherwise

@@ -1,0 +1,181 @@
+"""One attempt on one key: send, then either relay the answer or report why it failed.
+
+Deadlines, on the loop's clock: the whole attempt within `total_timeout`; a non-stream answer, or
+a stream's first content event, within `first_token_timeout`; then each gap of a stream within
+`idle_timeout` (see `stream`). A failure puts the key in the state its cause calls for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from gateway import appkeys, metrics
+from gateway.log import scrub, send
+from gateway.net import h1, upstream
+from gateway.relay import sse
+from gateway.relay.balancer import Pick
+from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, Recorder, key_secrets, provider_headers
+from gateway.relay.keyindex import PoolKey
+from gateway.relay.stream import relay_stream
+
+log = structlog.get_logger(__name__)
+
+MAX_ERROR_BODY = 64 * 1024
+ERROR_BODY_WAIT = 5.0  # seconds an error status may take to send its body
+CALLER_ERRORS = frozenset({400, 404, 413, 422})
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+
+async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
+    """Forward to one key. Returns the response once committed (or a caller error to relay), or a Failure.
+
+    Deadlines, on the loop's clock: the whole attempt within `total_timeout`; a non-stream answer,
+    or a stream's first content event, within `first_token_timeout`; then each gap of a stream
+    within `idle_timeout`. Every wait on the upstream carries its deadline (see `h1`)."""
+    app = call.request.app
+    cfg = app[appkeys.config].upstream
+    pool = app[appkeys.upstream_pool]
+    payload, strip_usage = call.payload(key)
+    record = Recorder(call, key, pick)
+    now = asyncio.get_running_loop().time()
+    deadline = now + cfg.total_timeout
+    first = min(deadline, now + cfg.first_token_timeout)
+    t0 = time.perf_counter()
+    resp: h1.Response | None = None
+    try:
+        resp = await pool.request(key.urls[call.endpoint], key.head[call.stream], payload, deadline=first)
+        if resp.status < 200 or resp.status >= 300:
+            return await failed_status(call, key, resp, record, first)
+        if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
+            return await relay_stream(call, key, resp, record, first, deadline, strip_usage, t0)
+        body = await resp.read(cfg.max_response_bytes, first)
+    except TimeoutError:
+        return record.failed(Failure("timeout", detail="timed out"))
+    except h1.AnswerTooLarge as e:
+        return record.failed(Failure("too_large", detail=str(e)))
+    except h1.UnsupportedEncoding as e:
+        return record.failed(Failure("unsupported_encoding", detail=str(e)))
+    except upstream.RefusedAddress:
+        return record.failed(Failure("unreachable", detail="refused_address"))
+    except (aiohttp.ClientError, OSError) as e:
+        detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
+        return record.failed(Failure("unreachable", detail=detail))
+    except asyncio.CancelledError:
+        record.cancelled()
+        raise
+    finally:
+        if resp is not None:
+            resp.release()
+        call.upstream_ms += 0 if record.done else (time.perf_counter() - t0) * 1000
+    # Sent outside the error mapping: a slow or vanished client is not the key's fault.
+    return await finish_json(call, key, resp, body, record)
+
+
+async def failed_status(
+    call: Call, key: PoolKey, resp: h1.Response, record: Recorder, deadline: float
+) -> web.Response | Failure:
+    status = resp.status
+    try:
+        raw = await resp.read_prefix(MAX_ERROR_BODY, min(deadline, asyncio.get_running_loop().time() + ERROR_BODY_WAIT))
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""  # the status decides; the body would only have explained it
+    message, code = error_fields(raw)
+    detail = scrub(message if message is not None else raw.decode(errors="replace"), secrets=key_secrets(key))
+    if status in CALLER_ERRORS and code != "model_not_found":
+        record.finished("client_error", success=False, committed=False, http_status=status, error=detail)
+        message = detail or "The upstream refused the request."
+        return web.json_response(
+            {"error": {"message": message, "type": "invalid_request_error", "code": code}},
+            status=status,
+            headers=provider_headers(call, key),
+        )
+    if status in (401, 403):
+        return record.failed(Failure("key_rejected", status, detail=detail))
+    if status == 429:
+        return record.failed(Failure("rate_limited", status, retry_after=_retry_after(resp), detail=detail))
+    if 300 <= status < 400:
+        return record.failed(Failure("redirect", status, detail="redirect refused"))
+    return record.failed(Failure("upstream_error", status, detail=detail))
+
+
+def error_fields(raw: bytes) -> tuple[str | None, str | None]:
+    """(message, code) of an OpenAI- or Anthropic-shaped error body; (None, None) for anything
+    else, which is then opaque text. orjson refuses nesting past 1,024 levels instead of recursing."""
+    try:
+        obj = orjson.loads(raw)
+    except ValueError:
+        return None, None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, str):
+        return err, None
+    if not isinstance(err, dict):
+        return None, None
+    message, code = err.get("message"), err.get("code")
+    return (message if isinstance(message, str) else None, code if isinstance(code, str) else None)
+
+
+def _retry_after(resp: h1.Response) -> float | None:
+    try:
+        value = float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value if 0 < value <= 86400 else None
+
+
+async def finish_json(call: Call, key: PoolKey, resp: h1.Response, body: bytes, record: Recorder) -> web.Response:
+    """Send the upstream's answer, then account for it: the client does not wait for the record.
+    The call was served whether or not the client stays to read it, so it counts either way."""
+    response = web.Response(
+        body=body,
+        status=resp.status,
+        content_type=resp.content_type or "application/json",
+        headers=provider_headers(call, key),
+    )
+    try:
+        await send(call.request, response)
+    finally:
+        usage = sse.usage_of(sse.parse(body)) if b'"usage"' in body else None
+        record.finished("ok", success=True, committed=True, http_status=resp.status, usage=usage)
+    return response
+
+
+async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> None:
+    """Put the key in the state its failure calls for (Redis now, PostgreSQL in the background)."""
+    balancer = app[appkeys.balancer]
+    states = app[appkeys.key_states]
+    cooldown = app[appkeys.config].balancer.cooldown_seconds
+    log.info("attempt_failed", key_id=key.id, kind=failure.kind, http_status=failure.http_status, detail=failure.detail)
+    if failure.kind in NOT_THE_KEYS_FAULT:
+        return
+    if failure.kind == "key_rejected":
+        await _quietly(balancer.cool_down(key.id, 10 * 365 * 86400))
+        states.disabled(key.id, f"the upstream rejected the key (HTTP {failure.http_status})")
+    elif failure.kind == "rate_limited":
+        seconds = failure.retry_after or cooldown
+        await _quietly(balancer.cool_down(key.id, seconds))
+        states.cooling(key.id, f"rate limited by the upstream for {seconds:.0f}s")
+    else:
+        try:
+            cooled = await balancer.record_failure(key.id, cooldown)
+        except REDIS_ERRORS:
+            cooled = False
+        if cooled:
+            states.cooling(key.id, "repeated upstream failures", f"{failure.kind}: {failure.detail}"[:300])
+        else:
+            states.failed(key.id, f"{failure.kind}: {failure.detail}"[:300])
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except REDIS_ERRORS as e:
+        metrics.redis_error("balancer")
+        log.warning("balancer_call_failed", error=str(e))

@@ -1,0 +1,289 @@
+"""The atomic key balancer: which donated key serves a request, and the Redis state behind it.
+
+Owns `balancer.lua` and every Redis key it touches (`<prefix>:v1:{<prefix>}:counts:<day>`,
+`cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`; the layout
+is documented in the script's header). `pick()` is one script call: it enforces the caller's
+fair-use limits, picks the least-used key that is under its daily limit and not cooling, and
+reserves one call on it, atomically, so limits hold across any number of processes.
+
+"Today" is the calendar day in the configured time zone at Redis' clock. The client names the
+day and minute keys from its own clock and the script checks that guess against `TIME`; a wrong
+guess (only at a boundary, or with a skewed clock) costs one more call, and the skew is learned.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from importlib import resources
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+import structlog
+
+from gateway.net.redisline import ScriptLine
+
+log = structlog.get_logger(__name__)
+
+SCHEMA = "v1"  # bump with any change to balancer.lua's behaviour, key layout or return shape
+SCRIPT = resources.files("gateway.relay").joinpath("balancer.lua").read_text(encoding="utf-8")
+TRIAL_LEASE_SECONDS = 30.0
+CLOCK_TRIES = 3  # a second try always has the right keys unless a boundary passed in between
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key_id: str
+    daily_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    daily: int  # requests per day, 0 = unlimited
+    per_minute: int  # 0 = unlimited
+    streams: int  # concurrent streams, 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    outcome: str  # ok | exhausted | cooling | user_daily | user_rpm | user_streams
+    key_id: str | None
+    used_today: int  # the picked key's count after this reservation
+    retry_after: int  # seconds; 0 when outcome is "ok"
+    day: str  # YYYY-MM-DD in the configured time zone, by Redis time
+    trial: bool  # the single trial request of a key coming out of failure cooldown
+
+
+@dataclass(frozen=True, slots=True)
+class _Day:
+    name: str
+    start_ms: int
+    end_ms: int  # exclusive
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _seconds(ms: int) -> int:
+    return max(1, math.ceil(ms / 1000))
+
+
+def _day_start_ms(day: date, tz: ZoneInfo) -> int:
+    """The first instant whose local date is `day`. Local midnight is usually it; where DST skips
+    midnight, of its two readings (PEP 495 folds) the one that really falls on `day` is."""
+    stamps = sorted({datetime.combine(day, dtime(), tzinfo=tz).replace(fold=fold).timestamp() for fold in (0, 1)})
+    # A date that never happened (Samoa skipped 2011-12-30) has no first instant: take the later reading.
+    start = next((s for s in stamps if datetime.fromtimestamp(s, tz).date() == day), stamps[-1])
+    return int(start * 1000)
+
+
+def _day_bounds(now_ms: int, tz: ZoneInfo) -> _Day:
+    """The local day holding `now_ms`, with its bounds; days never overlap, so every process
+    that asks about the same instant names the same day."""
+    local = datetime.fromtimestamp(now_ms // 1000, tz).date()
+    return _Day(local.isoformat(), _day_start_ms(local, tz), _day_start_ms(local + timedelta(days=1), tz))
+
+
+class Balancer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        timezone: str,
+        stream_lease_seconds: float = 600,
+        failures_before_cooldown: int = 3,
+        failure_window_seconds: int = 60,
+        clock_offset_ms: int = 0,
+        trial_lease_seconds: float = TRIAL_LEASE_SECONDS,
+        line: ScriptLine | None = None,
+    ) -> None:
+        self._redis = redis
+        self._line = line
+        # Every script operation goes over the lean pipelined line when there is one (see redisline),
+        # sharing its connection and deadline; redis-py's registered script otherwise.
+        self._script: Any = line or redis.register_script(SCRIPT)
+        self._base = f"{prefix}:{SCHEMA}:{{{prefix}}}:"
+        self._cooldown, self._probation = self._key("cooldown"), self._key("probation")
+        self._key_state = [self._cooldown, self._probation, self._key("fails")]  # KEYS of fail, trial_ok, clear
+        self._tz = ZoneInfo(timezone)
+        self._stream_lease_ms = max(1, round(stream_lease_seconds * 1000))
+        self._trial_lease_ms = max(1, round(trial_lease_seconds * 1000))
+        self._failures = max(1, failures_before_cooldown)
+        self._window_ms = max(1, round(failure_window_seconds * 1000))
+        self._offset_ms = clock_offset_ms
+        self._skew_ms = 0  # Redis' clock minus ours, learned from "clock" answers
+        self._day: _Day | None = None
+        self._minute: tuple[int, str] = (-1, "")  # (start ms, key name) of the last minute seen
+
+    def _key(self, name: str) -> str:
+        return self._base + name
+
+    def _guess_now(self) -> int:
+        return _wall_ms() + self._offset_ms + self._skew_ms
+
+    def _day_at(self, now_ms: int) -> _Day:
+        day = self._day
+        if day is not None and day.start_ms <= now_ms < day.end_ms:
+            return day
+        day = self._day = _day_bounds(now_ms, self._tz)
+        return day
+
+    def _learn_clock(self, redis_now_ms: int) -> None:
+        self._skew_ms = redis_now_ms - (_wall_ms() + self._offset_ms)
+
+    def today(self) -> str:
+        """The day by this process' clock: a guess for display; picks count on Redis' day."""
+        return self._day_at(self._guess_now()).name
+
+    async def pick(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        user_id: str,
+        limits: UserLimits,
+        request_id: str,
+        stream: bool,
+        count_user: bool = True,
+    ) -> Pick:
+        """Reserve one call on the least-used available key, after the caller's limits.
+
+        `count_user=False` is for a retry of the same request on another key: the request was
+        already counted against the user (and holds its stream slot) on its first pick.
+        """
+        if not candidates:
+            raise ValueError("pick() needs at least one candidate")
+        order = list(candidates)
+        random.shuffle(order)  # the script takes the first of the least-used: ties go at random
+        pairs = [v for c in order for v in (c.key_id, int(c.daily_limit))]
+        now = self._guess_now()
+        for _ in range(CLOCK_TRIES):
+            day = self._day_at(now)
+            minute_ms = now - now % 60_000
+            if minute_ms != self._minute[0]:
+                self._minute = (minute_ms, time.strftime("%Y-%m-%dT%H:%M", time.gmtime(minute_ms // 1000)))
+            minute = self._minute[1]
+            reply = await self._script(
+                keys=[
+                    self._key(f"counts:{day.name}"),
+                    self._cooldown,
+                    self._probation,
+                    self._key(f"udaily:{day.name}"),
+                    self._key(f"urpm:{minute}"),
+                    self._key(f"ustreams:{user_id}"),
+                ],
+                args=[
+                    "pick",
+                    self._offset_ms,
+                    day.start_ms,
+                    day.end_ms,
+                    minute_ms,
+                    int(count_user),
+                    limits.daily,
+                    limits.per_minute,
+                    int(stream),
+                    limits.streams,
+                    user_id,
+                    request_id,
+                    self._stream_lease_ms,
+                    self._trial_lease_ms,
+                    *pairs,
+                ],
+            )
+            outcome, key_id = _text(reply[0]), _text(reply[1])
+            used, retry_ms, trial, now = (int(v) for v in reply[2:])
+            if outcome != "clock":
+                return Pick(
+                    outcome=outcome,
+                    key_id=key_id or None,
+                    used_today=used,
+                    retry_after=0 if outcome == "ok" else _seconds(retry_ms),
+                    day=day.name,
+                    trial=bool(trial),
+                )
+            self._learn_clock(now)
+        raise RuntimeError("balancer: Redis' clock kept leaving the day or minute the keys were named for")
+
+    async def release(self, key_id: str, day: str) -> None:
+        """Give back the reservation of an attempt that failed before its commit point."""
+        await self._script(keys=[self._key(f"counts:{day}")], args=["release", self._offset_ms, key_id])
+
+    async def end_stream(self, user_id: str, request_id: str) -> None:
+        await self._script(keys=[self._key(f"ustreams:{user_id}")], args=["end_stream", self._offset_ms, request_id])
+
+    async def ping(self) -> None:
+        """Can the balancer reach Redis the way requests do (over the line when there is one)?"""
+        if self._line is not None:
+            await self._line.ping()
+        else:
+            await self._redis.ping()
+
+    async def cool_down(self, key_id: str, seconds: float) -> None:
+        """Keep the key out of picks for `seconds` (a 429's Retry-After, or years for a disabled
+        key). A later cooldown end already set is kept."""
+        await self._script(keys=[self._cooldown], args=["cool", self._offset_ms, key_id, max(1, round(seconds * 1000))])
+        log.info("key_cooled_down", key_id=key_id, seconds=seconds, cause="cool_down")
+
+    async def record_failure(self, key_id: str, cooldown_seconds: float) -> bool:
+        """Count a 5xx or timeout. At `failures_before_cooldown` failures within the window the key
+        cools down and must then pass one trial request; a key on probation that fails cools again
+        at once. True when this call cooled the key."""
+        cooled, failures = await self._script(
+            keys=self._key_state,
+            args=[
+                "fail",
+                self._offset_ms,
+                key_id,
+                max(1, round(cooldown_seconds * 1000)),
+                self._failures,
+                self._window_ms,
+            ],
+        )
+        if cooled:
+            log.info("key_cooled_down", key_id=key_id, seconds=cooldown_seconds, cause="failures", failures=failures)
+        return bool(cooled)
+
+    async def trial_passed(self, key_id: str) -> None:
+        await self._script(keys=self._key_state, args=["trial_ok", self._offset_ms, key_id])
+
+    async def clear(self, key_id: str) -> None:
+        """Forget cooldown, probation and failures: the owner resumed the key, or a health check passed."""
+        await self._script(keys=self._key_state, args=["clear", self._offset_ms, key_id])
+
+    async def _read(self, key: str, fields: Sequence[str] = ()) -> tuple[int, list[Any]]:
+        """A hash (or some of its fields) and Redis' now, read together."""
+        now, values = await self._script(keys=[key], args=["read", self._offset_ms, *fields])
+        return int(now), list(values)
+
+    async def usage_today(self, key_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Reservations per key on Redis' today (calls in flight included). With `key_ids`, every
+        one of them is in the answer; without, only keys used today."""
+        if key_ids is not None and not key_ids:
+            return {}
+        now = self._guess_now()
+        for _ in range(CLOCK_TRIES):
+            day = self._day_at(now)
+            now, values = await self._read(self._key(f"counts:{day.name}"), key_ids or ())
+            if day.start_ms <= now < day.end_ms:
+                if key_ids is None:
+                    return {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
+                return {k: int(v or 0) for k, v in zip(key_ids, values, strict=True)}
+            self._learn_clock(now)
+        raise RuntimeError("balancer: Redis' clock kept leaving the day the keys were named for")
+
+    async def cooling(self) -> dict[str, float]:
+        """key_id -> seconds of cooldown left, for keys still cooling (disabled ones included)."""
+        now, values = await self._read(self._cooldown)
+        ends = {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
+        return {k: (end - now) / 1000 for k, end in ends.items() if end > now}

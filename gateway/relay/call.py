@@ -1,0 +1,178 @@
+"""One `/v1` request as it moves through its attempts, and the accounting of each attempt.
+
+`Call` holds what was read from the client; `Recorder` builds an attempt's usage record and hands
+it to the queue exactly once; `Failure` is an attempt that failed before its commit point.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway import appkeys, metrics
+from gateway.relay import sse
+from gateway.relay.balancer import Pick
+from gateway.relay.keyindex import PoolKey
+from gateway.relay.usage import UsageRecord
+from gateway.store.tokens import Caller
+
+log = structlog.get_logger(__name__)
+
+
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# Endpoints whose streams understand `stream_options.include_usage`.
+USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
+USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request as it moves through its attempts."""
+
+    request: web.Request
+    caller: Caller
+    endpoint: str  # "/chat/completions"
+    model: str
+    stream: bool
+    raw: bytes
+    body: dict[str, Any]
+    client_wants_usage: bool
+    started: float
+    attempts: int = 0
+    upstream_ms: float = 0.0
+    _with_usage: bytes | None = None
+
+    def payload(self, key: PoolKey) -> tuple[bytes, bool]:
+        """The body for this key, and whether we added include_usage (and must strip its chunk)."""
+        if not (self.stream and key.stream_usage and self.endpoint in USAGE_OPTION_ENDPOINTS):
+            return self.raw, False
+        if self.client_wants_usage:
+            return self.raw, False
+        if self._with_usage is None:
+            if "stream_options" not in self.body:
+                # The common case, spliced in rather than re-serialised: a long conversation is
+                # copied, not encoded again. `raw` parsed as an object with a model, so its first
+                # `{` opens it and a member follows the comma.
+                start = self.raw.index(b"{") + 1
+                self._with_usage = self.raw[:start] + USAGE_OPTION + self.raw[start:]
+            else:
+                options = self.body["stream_options"]
+                options = dict(options) if isinstance(options, dict) else {}
+                options["include_usage"] = True
+                self._with_usage = orjson.dumps({**self.body, "stream_options": options})
+        return self._with_usage, True
+
+
+# An answer too large for our caps (a caller can ask for a huge one) or in an encoding we do not
+# decode fails the attempt, but says nothing about the key's health.
+NOT_THE_KEYS_FAULT = frozenset({"too_large", "unsupported_encoding"})
+
+
+@dataclass(slots=True)
+class Failure:
+    """An attempt that failed before its commit point."""
+
+    kind: str  # unreachable | timeout | key_rejected | rate_limited | redirect | upstream_error | bad_stream
+    #            | too_large | unsupported_encoding
+    http_status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""  # for logs only, already scrubbed
+
+
+def key_secrets(key: PoolKey) -> tuple[str, ...]:
+    host = urllib.parse.urlsplit(key.base_url).hostname or ""
+    return (key.api_key, key.base_url, host)
+
+
+def provider_headers(call: Call, key: PoolKey) -> dict[str, str]:
+    provider = key.provider if key.provider.isascii() else urllib.parse.quote(key.provider)
+    return {"X-Request-Id": call.request[appkeys.request_id], "X-Sharekey-Provider": provider}
+
+
+class Recorder:
+    """Builds the usage record of one attempt and hands it to the queue exactly once."""
+
+    __slots__ = ("call", "key", "pick", "t0", "ttft_ms", "done")
+
+    def __init__(self, call: Call, key: PoolKey, pick: Pick | None) -> None:
+        self.call, self.key, self.pick = call, key, pick
+        self.t0 = time.perf_counter()
+        self.ttft_ms: float | None = None
+        self.done = False
+
+    def committed(self, ttft_ms: float) -> None:
+        self.ttft_ms = ttft_ms
+        metrics.first_token(ttft_ms / 1000)
+
+    def failed(self, failure: Failure) -> Failure:
+        self.finished(
+            "upstream_error" if failure.kind != "timeout" else "timeout",
+            success=False,
+            committed=False,
+            http_status=failure.http_status,
+            error=f"{failure.kind}: {failure.detail}"[:300],
+        )
+        return failure
+
+    def cancelled(self) -> None:
+        self.finished("cancelled", success=False, committed=self.ttft_ms is not None)
+
+    def finished(
+        self,
+        status: str,
+        *,
+        success: bool,
+        committed: bool,
+        http_status: int | None = None,
+        usage: sse.Usage | None = None,
+        chunks: int = 0,
+        error: str | None = None,
+    ) -> None:
+        if self.done:
+            return
+        self.done = True
+        elapsed = time.perf_counter() - self.t0
+        metrics.attempt_done(elapsed)
+        call = self.call
+        estimated = False
+        prompt = completion = None
+        if usage is not None:
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        elif committed:
+            estimated = True
+            prompt, completion = len(call.raw) // 4, chunks
+        day = date.fromisoformat(self.pick.day) if self.pick else _today(call)
+        call.request.app[appkeys.usage].add(
+            UsageRecord(
+                request_id=call.request[appkeys.request_id],
+                attempt=call.attempts,
+                day=day,
+                created_at=datetime.now(UTC),
+                shared_key_id=self.key.id,
+                user_id=call.caller.user_id,
+                donor_id=self.key.owner_id,
+                api_endpoint="/v1" + call.endpoint,
+                model=call.model,
+                status=status,
+                success=success,
+                committed=committed,
+                http_status=http_status,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                usage_estimated=estimated,
+                latency_ms=round(elapsed * 1000),
+                ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
+                error_message=error,
+            )
+        )
+
+
+def _today(call: Call) -> date:
+    return date.fromisoformat(call.request.app[appkeys.balancer].today())

@@ -1,0 +1,302 @@
+"""The `/v1` surface: authenticate, validate, pick a key, forward, stream back, fail over.
+
+    token cache -> body checks -> balancer.pick (one Redis call) -> upstream -> client
+
+Until the commit point (a 2xx answer, or a stream's first content event) a failed attempt gives
+its reservation back and the next attempt goes to a key not yet tried. After it there is no
+retry: a stream that breaks ends with one error event and no `[DONE]`. Usage goes to the
+in-process queue; nothing here waits for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway import appkeys, metrics
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidToken,
+    LimitReached,
+    NoKeyForModel,
+    NotConfigured,
+    UpstreamFailed,
+)
+from gateway.log import request_fields
+from gateway.relay.attempt import REDIS_ERRORS, _quietly, attempt, note_failure
+from gateway.relay.balancer import Balancer, Pick, UserLimits
+from gateway.relay.call import TOKEN_FIELDS, Call, Failure
+from gateway.store.tokens import Caller
+
+log = structlog.get_logger(__name__)
+
+BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer <token>'."
+# Fields the gateway decides on. An upstream whose JSON parser keeps the first of two equal keys
+# would run something else than what was routed, limited and credited (we read the last one).
+DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options")
+DECISION_KEY = re.compile(rb'"(?:' + b"|".join(f.encode() for f in DECISION_FIELDS) + rb')"')
+ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")  # "mod\u0065l": encoders never escape ASCII letters
+ROUTES = {e: "/v1" + e for e in ("/chat/completions", "/completions", "/embeddings", "/responses")}  # metric labels
+_after_response: set[asyncio.Task[None]] = set()
+
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/chat/completions")
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/completions")
+
+
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/embeddings")
+
+
+@routes.post("/v1/responses")
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await proxy(request, "/responses")
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    await authenticate(request)
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "sharekey"}
+        for m in request.app[appkeys.key_index].models()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+# --- the steps
+
+
+async def authenticate(request: web.Request) -> Caller:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken(BAD_TOKEN)
+    try:
+        caller = await request.app[appkeys.token_cache].lookup(token.strip())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        metrics.postgres_error("tokens")
+        raise NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5) from None
+    if caller is None:
+        raise InvalidToken(BAD_TOKEN)
+    request_fields(request)["user_id"] = caller.user_id
+    return caller
+
+
+async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
+    config = request.app[appkeys.config]
+    raw = await request.read()  # over limits.max_body_bytes: aiohttp raises 413, rendered by the middleware
+    try:
+        body = orjson.loads(raw)  # UTF-8 only, as OpenAI's API; several times faster than json
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    refuse_duplicates(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("You must provide a model parameter.", code="missing_model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.", code="invalid_value")
+    n = body.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= config.limits.max_n):
+        raise BadRequest(
+            f"'n' must be an integer from 1 to {config.limits.max_n} on this gateway.", code="invalid_value"
+        )
+    cap = config.limits.max_output_tokens
+    for name in TOKEN_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"'{name}' must be a positive integer.", code="invalid_value")
+        if cap and value > cap:
+            raise BadRequest(f"'{name}' may be at most {cap} on this gateway.", code="invalid_value")
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    fields = request_fields(request)
+    fields["model"] = model
+    fields["stream"] = stream
+    return Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
+
+
+def refuse_duplicates(raw: bytes) -> None:
+    """400 for a decision field given twice at the top level. One byte scan decides whether to
+    look closer: a field's name appearing twice, or an ASCII letter written as an escape."""
+    names = DECISION_KEY.findall(raw)
+    if len(names) == len(set(names)) and (raw.find(b"\\") < 0 or ESCAPED_LETTER.search(raw) is None):
+        return
+    try:
+        pairs = json.loads(raw, object_pairs_hook=_pairs_at_top)
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in DECISION_FIELDS:
+            if name in seen:
+                raise BadRequest(f"The request body gives '{name}' more than once.", code="duplicate_field")
+            seen.add(name)
+
+
+def _pairs_at_top(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return pairs  # every object stays a list of pairs: the outermost one is what we look at
+
+
+def user_limits(request: web.Request, caller: Caller) -> UserLimits:
+    limits = request.app[appkeys.config].limits
+    daily = limits.user_daily_requests
+    by_level = limits.user_daily_requests_by_trust_level
+    if by_level:
+        daily = by_level[min(max(caller.trust_level, 0), len(by_level) - 1)]
+    return UserLimits(daily=daily, per_minute=limits.user_requests_per_minute, streams=limits.user_concurrent_streams)
+
+
+async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """Serve one /v1 request, and count it by route, model and status however it ends."""
+    status = 500
+    try:
+        response = await _proxy(request, endpoint)
+        status = response.status
+        return response
+    except (GatewayError, web.HTTPException) as e:
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    finally:
+        fields = request_fields(request)
+        model = metrics.model_label(request.app[appkeys.key_index], fields.get("model"))
+        metrics.request_done(ROUTES[endpoint], model, status, fields.get("attempts", 0))
+
+
+async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    caller = await authenticate(request)
+    call = await read_call(request, caller, endpoint)
+    app = request.app
+    config = app[appkeys.config]
+    index = app[appkeys.key_index]
+    balancer = app[appkeys.balancer]
+    keys = index.pooled(call.model)
+    fields = request_fields(request)
+    tried: set[str] = set()
+    last_failure: Failure | None = None
+    refusal: GatewayError | None = None
+    stream_slot = False
+    limits = user_limits(request, caller)
+    try:
+        while call.attempts < config.balancer.max_attempts:
+            candidates = [k for k in keys if k.id not in tried]
+            if not candidates:
+                break
+            try:
+                pick = await balancer.pick(
+                    [k.candidate for k in candidates],
+                    user_id=caller.user_id,
+                    limits=limits,
+                    request_id=request[appkeys.request_id],
+                    stream=call.stream,
+                    count_user=call.attempts == 0,
+                )
+            except REDIS_ERRORS as e:
+                metrics.redis_error("balancer")
+                log.error("balancer_unreachable", error=str(e))
+                raise NotConfigured(
+                    "The gateway cannot reach its state store; try again shortly.", retry_after=5
+                ) from None
+            if pick.outcome != "ok":
+                refusal = refusal_for(pick, call.model)
+                if pick.outcome.startswith("user_"):
+                    raise refusal
+                break
+            if call.stream and call.attempts == 0 and limits.streams:
+                stream_slot = True  # the script holds a concurrent-stream slot for us
+            key = index.get(pick.key_id or "")
+            call.attempts += 1
+            if key is None:  # removed from the index since the pick
+                await _release(balancer, pick)
+                continue
+            tried.add(key.id)
+            fields["key_id"] = key.id
+            result = await attempt(call, key, pick)
+            if isinstance(result, web.StreamResponse):
+                if pick.trial:
+                    await _quietly(balancer.trial_passed(key.id))
+                return result
+            last_failure = result
+            await _release(balancer, pick)
+            await note_failure(app, key, result)
+
+        fallback = [k for k in index.private(caller.user_id, call.model) if k.id not in tried]
+        if fallback:
+            key = fallback[0]
+            call.attempts += 1
+            fields["key_id"] = key.id
+            result = await attempt(call, key, None)
+            if isinstance(result, web.StreamResponse):
+                return result
+            last_failure = result
+        if last_failure is not None:
+            raise UpstreamFailed(
+                f"The upstream failed on all {call.attempts} attempt(s); try again.", code="upstream_failed"
+            )
+        if refusal is not None:
+            raise refusal
+        if not keys:
+            raise NoKeyForModel(f"No key on this gateway serves the model '{call.model}'.")
+        raise NotConfigured("No key for this model can be tried right now; try again shortly.", retry_after=5)
+    finally:
+        fields["attempts"] = call.attempts
+        fields["upstream_ms"] = round(call.upstream_ms, 1)
+        if stream_slot:
+            # After the response: the client is not kept waiting for this second round trip.
+            task = asyncio.create_task(_quietly(balancer.end_stream(caller.user_id, request[appkeys.request_id])))
+            _after_response.add(task)  # a strong reference until it is done
+            task.add_done_callback(_after_response.discard)
+
+
+def refusal_for(pick: Pick, model: str) -> GatewayError:
+    if pick.outcome == "user_daily":
+        return LimitReached(
+            "You have used your requests for today.", code="user_daily_limit", retry_after=pick.retry_after
+        )
+    if pick.outcome == "user_rpm":
+        return LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=pick.retry_after)
+    if pick.outcome == "user_streams":
+        return LimitReached("Too many streams at once.", code="user_stream_limit", retry_after=pick.retry_after)
+    if pick.outcome == "exhausted":
+        return LimitReached(
+            f"Every key serving '{model}' has reached its daily limit.",
+            code="daily_limit_reached",
+            retry_after=pick.retry_after,
+        )
+    # Capped: a disabled key cools "for years" until every index drops it, moments later.
+    return NotConfigured(
+        f"Every key serving '{model}' is cooling down; try again shortly.",
+        retry_after=min(max(1, pick.retry_after), 60),
+    )
+
+
+async def _release(balancer: Balancer, pick: Pick) -> None:
+    if pick.key_id:
+        await _quietly(balancer.release(pick.key_id, pick.day))

@@ -1,0 +1,155 @@
+"""The in-process key index: which keys serve which model, decrypted, ready for the hot path.
+
+Loaded from PostgreSQL at start, reloaded when a `keys` event arrives (any process changed a key)
+and every `REFRESH_SECONDS` as a safety net. The hot path only reads it: it never waits for
+PostgreSQL. A key whose ciphertext does not open for its row is left out (fail closed) and
+logged, never sent anywhere. Reloads are coalesced: a burst of events causes at most one reload
+in flight and one after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+from yarl import URL
+
+from gateway.net.h1 import header_lines
+from gateway.net.upstream import upstream_headers
+from gateway.relay.balancer import Candidate
+from gateway.store.crypto import KeyRing, SealError
+from gateway.store.sharedkeys import open_row
+
+log = structlog.get_logger(__name__)
+
+REFRESH_SECONDS = 30.0
+
+
+ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PoolKey:
+    id: str
+    owner_id: str
+    provider: str  # the name credited in X-Sharekey-Provider ("anonymous" for anonymous donors)
+    base_url: str
+    api_key: str = field(repr=False)
+    models: tuple[str, ...]
+    daily_limit: int
+    stream_usage: bool
+    is_private: bool
+    # Built once per load, not per request: parsed URLs and the complete upstream header lines.
+    urls: dict[str, URL] = field(default_factory=dict, repr=False)
+    head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
+    candidate: Candidate = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
+        self.urls.update({e: URL(self.base_url + e) for e in ENDPOINTS})
+        for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
+            headers = upstream_headers(self.api_key, accept=accept)
+            self.head[stream] = header_lines({**headers, "Accept-Encoding": "identity"})
+
+
+@dataclass(slots=True)
+class Snapshot:
+    by_id: dict[str, PoolKey]
+    pooled: dict[str, list[PoolKey]]  # model -> shared keys serving it
+    private: dict[str, list[PoolKey]]  # owner id -> their private fallback keys
+
+    @classmethod
+    def build(cls, keys: list[PoolKey]) -> Snapshot:
+        snap = cls({}, {}, {})
+        for key in keys:
+            snap.by_id[key.id] = key
+            if key.is_private:
+                snap.private.setdefault(key.owner_id, []).append(key)
+                continue
+            for model in key.models:
+                snap.pooled.setdefault(model, []).append(key)
+        return snap
+
+
+SELECT_SERVING_KEYS = """
+SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.daily_limit,
+       k.stream_usage, k.is_private, u.username, u.anonymous
+FROM shared_keys k JOIN users u ON u.id = k.user_id
+WHERE k.is_active AND k.status <> 'disabled'
+"""
+
+
+async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(SELECT_SERVING_KEYS)
+    keys = []
+    for r in rows:
+        key_id, owner_id = str(r["id"]), str(r["user_id"])
+        try:
+            api_key = open_row(keyring, r)
+        except SealError as e:
+            log.error("key_unsealable", key_id=key_id, reason=str(e))
+            continue
+        try:
+            key = PoolKey(
+                id=key_id,
+                owner_id=owner_id,
+                provider="anonymous" if r["anonymous"] else r["username"],
+                base_url=r["base_url"],
+                api_key=api_key,
+                models=tuple(r["available_models"]),
+                daily_limit=r["daily_limit"],
+                stream_usage=r["stream_usage"],
+                is_private=r["is_private"],
+            )
+        except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
+            log.error("key_unusable", key_id=key_id, reason=str(e))
+            continue
+        keys.append(key)
+    return keys
+
+
+class KeyIndex:
+    def __init__(self, pool: asyncpg.Pool, keyring: KeyRing) -> None:
+        self._pool = pool
+        self._keyring = keyring
+        self.snapshot = Snapshot({}, {}, {})
+        self.loaded = asyncio.Event()
+        self._dirty = asyncio.Event()
+
+    def pooled(self, model: str) -> list[PoolKey]:
+        return self.snapshot.pooled.get(model, [])
+
+    def private(self, owner_id: str, model: str) -> list[PoolKey]:
+        return [k for k in self.snapshot.private.get(owner_id, []) if model in k.models]
+
+    def get(self, key_id: str) -> PoolKey | None:
+        return self.snapshot.by_id.get(key_id)
+
+    def models(self) -> list[str]:
+        return sorted(self.snapshot.pooled)
+
+    def invalidate(self, _: str = "") -> None:
+        self._dirty.set()
+
+    async def reload(self) -> None:
+        keys = await load(self._pool, self._keyring)
+        self.snapshot = Snapshot.build(keys)
+        self.loaded.set()
+        log.debug("key_index_loaded", keys=len(keys))
+
+    async def run(self) -> None:
+        """Reload on demand (coalesced) and periodically; a failed reload keeps the last snapshot."""
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), REFRESH_SECONDS)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+            try:
+                await self.reload()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+                log.warning("key_index_reload_failed", error=str(e))
+                await asyncio.sleep(1.0)

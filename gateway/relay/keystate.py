@@ -1,0 +1,86 @@
+"""Key states the owner sees: active, cooling, disabled, with the reason and the last error.
+
+The balancer's Redis state (cooldowns) is what routes traffic; this module records the same
+changes in PostgreSQL for the owner's pages and announces a disabled key to every process. It is
+called from failure paths and health checks, in background tasks: a request never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+
+from gateway.net import events
+
+log = structlog.get_logger(__name__)
+
+SET_STATE = """
+UPDATE shared_keys
+SET status = $2, status_reason = $3, last_error = coalesce($4, last_error),
+    last_error_at = CASE WHEN $4 IS NULL THEN last_error_at ELSE now() END, updated_at = now()
+WHERE id = $1 AND (status <> 'disabled' OR $2 = 'disabled' OR $5)
+"""
+
+
+class KeyStates:
+    def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
+        self._pool, self._redis, self._prefix = pool, client, prefix
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def disabled(self, key_id: str, reason: str) -> None:
+        log.warning("key_disabled", key_id=key_id, reason=reason)
+        self._spawn(self._set(key_id, "disabled", reason, reason, announce=True))
+
+    def cooling(self, key_id: str, reason: str, error: str | None = None) -> None:
+        self._spawn(self._set(key_id, "cooling", reason, error or reason))
+
+    def failed(self, key_id: str, error: str) -> None:
+        """A failure that did not change the key's state: only the last error is recorded."""
+        self._spawn(self._last_error(key_id, error))
+
+    def recovered(self, key_id: str) -> None:
+        self._spawn(self._set(key_id, "active", None, None, force=True, announce=True))
+
+    async def _set(
+        self,
+        key_id: str,
+        status: str,
+        reason: str | None,
+        error: str | None,
+        *,
+        force: bool = False,
+        announce: bool = False,
+    ) -> None:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                await conn.execute(SET_STATE, uuid.UUID(key_id), status, reason, error, force)
+            if announce:
+                await events.publish(self._redis, self._prefix, "keys", key_id)
+        except Exception as e:  # the owner's view lags; routing (Redis) is already right
+            log.warning("key_state_write_failed", key_id=key_id, status=status, error=str(e))
+
+    async def _last_error(self, key_id: str, error: str) -> None:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                await conn.execute(
+                    "UPDATE shared_keys SET last_error = $2, last_error_at = now() WHERE id = $1",
+                    uuid.UUID(key_id),
+                    error,
+                )
+        except Exception as e:
+            log.warning("key_state_write_failed", key_id=key_id, error=str(e))
+
+    async def wait(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

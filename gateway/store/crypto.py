@@ -1,0 +1,108 @@
+"""Sealing donor keys: AES-256-GCM under a key ring, bound to the row that holds them.
+
+A stored value reads `<key id>:<base64(nonce | ciphertext | tag)>`. Each secret in the ring (the
+current `key_encryption_secret` plus older ones kept for decryption) is stretched into an AES key
+with HKDF-SHA256; the key id is derived from the AES key itself, not from its position in the
+ring, so a secret can be removed once `rotate-secret` has re-sealed every row under the newest.
+
+The associated data binds a ciphertext to its row id, its owner and its base URL's origin: copied
+to another row, or left behind when the base URL is changed outside the gateway, it fails to
+open, and the key is excluded (fail closed) rather than sent anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.net.ssrf import origin
+
+NONCE_BYTES = 12
+HKDF_SALT = b"sharekey/key-ring/v1"
+HKDF_INFO_AES = b"sharekey aes-256-gcm donor keys"
+
+
+class SealError(Exception):
+    """A sealed value could not be opened: wrong secret, wrong row, tampered, or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kid: str
+    aead: AESGCM = field(repr=False)
+
+
+def _derive(secret: str) -> _Key:
+    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=HKDF_INFO_AES).derive(secret.encode())
+    kid = hashlib.sha256(b"sharekey key id\x00" + raw).hexdigest()[:12]
+    return _Key(kid, AESGCM(raw))
+
+
+def associated_data(key_id: str, owner_id: str, base_url: str) -> bytes:
+    return b"\x00".join([b"sharekey/v1", str(key_id).encode(), str(owner_id).encode(), origin(base_url).encode()])
+
+
+class KeyRing:
+    """The current secret seals; every secret in the ring opens."""
+
+    def __init__(self, current: str, old: tuple[str, ...] | list[str] = ()) -> None:
+        if len(current) < 32:
+            raise ValueError("the key encryption secret must be at least 32 characters")
+        self._current = _derive(current)
+        self._keys = {self._current.kid: self._current}
+        for secret in old:
+            key = _derive(secret)
+            self._keys.setdefault(key.kid, key)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(current={self._current.kid!r}, keys={len(self._keys)})"
+
+    @property
+    def current_kid(self) -> str:
+        return self._current.kid
+
+    def seal(self, plaintext: str, *, key_id: str, owner_id: str, base_url: str) -> str:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        aad = associated_data(key_id, owner_id, base_url)
+        blob = nonce + self._current.aead.encrypt(nonce, plaintext.encode(), aad)
+        return f"{self._current.kid}:{base64.b64encode(blob).decode()}"
+
+    def open(self, sealed: str, *, key_id: str, owner_id: str, base_url: str) -> str:
+        kid, _, payload = sealed.partition(":")
+        key = self._keys.get(kid)
+        if key is None:
+            raise SealError(f"no secret in the key ring has id {kid!r}")
+        try:
+            blob = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise SealError("sealed value is not valid base64") from None
+        if len(blob) < NONCE_BYTES + 16:
+            raise SealError("sealed value is too short")
+        aad = associated_data(key_id, owner_id, base_url)
+        try:
+            return key.aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad).decode()
+        except InvalidTag:
+            raise SealError("sealed value does not open for this row") from None
+
+    def needs_rotation(self, sealed: str) -> bool:
+        return sealed.partition(":")[0] != self._current.kid
+
+
+def mask(api_key: str) -> str:
+    """`sk-…abcd`: a recognisable prefix and the last four characters, never more.
+
+    Short keys show less, so that the mask never gives away a meaningful part of the key.
+    """
+    key = api_key.strip()
+    if len(key) < 12:
+        return "…"
+    head = key[:3] if key[:3].isascii() and key[2] in "-_" else ""
+    return f"{head}…{key[-4:]}"

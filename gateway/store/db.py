@@ -1,0 +1,71 @@
+"""PostgreSQL: the pool's cleanup context and the migration runner.
+
+Migrations are the numbered files in `sql/`, applied in order, each in its own transaction and
+recorded in `schema_migrations`. An advisory lock makes concurrent `migrate` runs (several
+processes starting at once) wait for each other instead of racing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from gateway.resources import data_dir
+
+log = structlog.get_logger(__name__)
+
+MIGRATION_LOCK = 0x5348_4B59  # "SHKY": pg_advisory_xact_lock key for migrations
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+def migrations(sql_dir: Path | None = None) -> list[Migration]:
+    found = []
+    sql_dir = sql_dir or data_dir("sql")
+    for path in sorted(sql_dir.glob("*.sql")):
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", path.name)
+        if m:
+            found.append(Migration(int(m[1]), m[2], path))
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, sql_dir: Path | None = None) -> list[Migration]:
+    """Apply the migrations not yet recorded; returns those applied now."""
+    applied_now = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(CREATE_MIGRATIONS_TABLE)
+    for migration in migrations(sql_dir):
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version)
+            if done:
+                continue
+            await conn.execute(migration.path.read_text())
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+            )
+            log.info("migration_applied", version=migration.version, name=migration.name)
+            applied_now.append(migration)
+    return applied_now
+
+
+def create_pool(url: str, **kwargs: object) -> asyncpg.Pool:
+    return asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=30, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,152 @@
+"""Validating the fields of `/api/shared-keys` bodies: each rule names its field (422).
+
+`validate(body, KEY_FIELDS)` checks and cleans a body, refusing unknown and missing fields by
+name; `checked_base_url` adds the SSRF registration check of the configured policy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.errors import ApiError, invalid
+from gateway.net import ssrf
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()  # over limits.max_body_bytes: aiohttp raises 413, rendered by the middleware
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the parser's stack
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return body
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SENDABLE_KEY = re.compile(r"[\x21-\x7e]{1,512}")  # what can go in an Authorization header
+
+
+def _text(field: str, value: Any, *, low: int, high: int) -> str:
+    if not isinstance(value, str):
+        raise invalid(field, f"{field} must be a string")
+    value = value.strip()
+    if not low <= len(value) <= high:
+        raise invalid(field, f"{field} must be {low} to {high} characters" if low else f"{field} is too long")
+    if CONTROL.search(value):
+        raise invalid(field, f"{field} must not contain control characters")
+    return value
+
+
+def _name(field: str, value: Any) -> str:
+    return _text(field, value, low=1, high=64)
+
+
+def _base_url(field: str, value: Any) -> str:
+    # Only the shape here; `checked_base_url` applies the SSRF policy once the config is at hand.
+    return _text(field, value, low=1, high=2048)
+
+
+def _api_key(field: str, value: Any) -> str:
+    # Never echo the value: the messages name the rule only.
+    if not isinstance(value, str):
+        raise invalid(field, f"{field} must be a string")
+    value = value.strip()
+    if not SENDABLE_KEY.fullmatch(value):
+        raise invalid(field, f"{field} must be 1 to 512 printable characters, without spaces")
+    return value
+
+
+def _list(field: str, value: Any, *, low: int, high: int, item_max: int) -> list[str]:
+    """Strings trimmed, empty ones refused, duplicates dropped (first one kept)."""
+    if not isinstance(value, list):
+        raise invalid(field, f"{field} must be a list of strings")
+    if not low <= len(value) <= high:
+        raise invalid(field, f"{field} must have {low} to {high} entries" if low else f"{field} has too many entries")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise invalid(field, f"every entry of {field} must be a non-empty string")
+        item = item.strip()
+        if len(item) > item_max:
+            raise invalid(field, f"every entry of {field} must be at most {item_max} characters")
+        if CONTROL.search(item):
+            raise invalid(field, f"{field} must not contain control characters")
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _models(field: str, value: Any) -> list[str]:
+    return _list(field, value, low=1, high=100, item_max=200)
+
+
+def _tags(field: str, value: Any) -> list[str]:
+    return [] if value is None else _list(field, value, low=0, high=10, item_max=32)
+
+
+def _description(field: str, value: Any) -> str | None:
+    return None if value is None else (_text(field, value, low=0, high=500) or None)
+
+
+def _daily_limit(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):  # bool is an int in Python; not in JSON
+        raise invalid(field, f"{field} must be a whole number")
+    if not 1 <= value <= 1_000_000:
+        raise invalid(field, f"{field} must be between 1 and 1000000")
+    return value
+
+
+def _flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise invalid(field, f"{field} must be true or false")
+    return value
+
+
+def _model(field: str, value: Any) -> str:
+    return _text(field, value, low=1, high=200)
+
+
+Validator = Callable[[str, Any], Any]
+KEY_FIELDS: dict[str, Validator] = {
+    "name": _name,
+    "base_url": _base_url,
+    "api_key": _api_key,
+    "available_models": _models,
+    "daily_limit": _daily_limit,
+    "description": _description,
+    "tags": _tags,
+    "is_private": _flag,
+    "stream_usage": _flag,
+}
+EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}
+TEST_FIELDS: dict[str, Validator] = {"base_url": _base_url, "api_key": _api_key, "model": _model}
+
+
+def validate(body: dict[str, Any], fields: dict[str, Validator], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The body's fields, checked and cleaned; unknown and missing fields are refused by name."""
+    for name in body:
+        if name not in fields:
+            shown = name if len(name) <= 64 else name[:64] + "…"
+            raise invalid(shown, f"unknown field {shown!r}")
+    for name in required:
+        if name not in body:
+            raise invalid(name, f"{name} is required")
+    return {name: check(name, body[name]) for name, check in fields.items() if name in body}
+
+
+def checked_base_url(config: Config, url: str, *, allow_private: bool | None = None) -> str:
+    """The normalised URL, or a 422 naming base_url; `allow_private` overrides the configuration."""
+    security = config.security
+    if allow_private is None:
+        allow_private = security.allow_private_upstreams
+    try:
+        return ssrf.check_base_url(url, allow_http=security.allow_http_upstreams, allow_private=allow_private)
+    except ssrf.UnsafeUpstream as e:
+        raise invalid("base_url", e.message) from None

@@ -1,0 +1,323 @@
+"""Donated keys in PostgreSQL: storing them sealed, and reading them back for their owners.
+
+The key itself only ever exists here as ciphertext bound to its row (see `crypto`); what owners
+and operators see is `api_key_hint`, the `sk-…abcd` mask computed when the key was stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from gateway.store.crypto import KeyRing, mask
+
+
+class KeyNameTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    owner_id: str
+    name: str
+    base_url: str  # already normalised and checked
+    api_key: str
+    available_models: list[str]
+    daily_limit: int = 150
+    description: str | None = None
+    tags: list[str] | None = None
+    is_private: bool = False
+    stream_usage: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SharedKey:
+    """A key as its owner sees it: never the key, only its mask."""
+
+    id: str
+    owner_id: str
+    owner: str
+    name: str
+    base_url: str
+    available_models: list[str]
+    daily_limit: int
+    description: str | None
+    tags: list[str]
+    is_active: bool
+    is_private: bool
+    stream_usage: bool
+    status: str  # active | paused | cooling | disabled
+    status_reason: str | None
+    api_key_masked: str
+    usage_count_today: int
+    total_usage_count: int
+    total_tokens: int
+    last_used_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> SharedKey:
+        status = r["status"]
+        if not r["is_active"] and status != "disabled":
+            status = "paused"
+        return cls(
+            id=str(r["id"]),
+            owner_id=str(r["user_id"]),
+            owner=r["username"],
+            name=r["name"],
+            base_url=r["base_url"],
+            available_models=list(r["available_models"]),
+            daily_limit=r["daily_limit"],
+            description=r["description"],
+            tags=list(r["tags"] or []),
+            is_active=r["is_active"],
+            is_private=r["is_private"],
+            stream_usage=r["stream_usage"],
+            status=status,
+            status_reason=r["status_reason"],
+            api_key_masked=r["api_key_hint"],
+            usage_count_today=r["used_today"],
+            total_usage_count=r["total_usage_count"],
+            total_tokens=r["total_tokens"],
+            last_used_at=r["last_used_at"],
+            last_error=r["last_error"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The item shape of `GET /api/shared-keys`."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "base_url": self.base_url,
+            "available_models": self.available_models,
+            "daily_limit": self.daily_limit,
+            "description": self.description,
+            "tags": self.tags,
+            "is_active": self.is_active,
+            "is_private": self.is_private,
+            "stream_usage": self.stream_usage,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "api_key_masked": self.api_key_masked,
+            "usage_count_today": self.usage_count_today,
+            "total_usage_count": self.total_usage_count,
+            "total_tokens": self.total_tokens,
+            "last_used_at": _iso(self.last_used_at),
+            "last_error": self.last_error,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+INSERT_KEY = """
+INSERT INTO shared_keys (id, user_id, name, base_url, api_key_encrypted, key_version, api_key_hint,
+                         available_models, daily_limit, description, tags, is_private, stream_usage)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+"""
+
+
+async def insert_key(conn: asyncpg.Connection, keyring: KeyRing, key: NewKey, *, timezone: str) -> SharedKey:
+    """Seal and store a key; its row id is chosen first because the ciphertext is bound to it."""
+    key_id = uuid.uuid4()
+    sealed = keyring.seal(key.api_key, key_id=str(key_id), owner_id=key.owner_id, base_url=key.base_url)
+    try:
+        await conn.execute(
+            INSERT_KEY,
+            key_id,
+            uuid.UUID(key.owner_id),
+            key.name,
+            key.base_url,
+            sealed,
+            keyring.current_kid,
+            mask(key.api_key),
+            key.available_models,
+            key.daily_limit,
+            key.description,
+            key.tags or [],
+            key.is_private,
+            key.stream_usage,
+        )
+    except asyncpg.UniqueViolationError:
+        raise KeyNameTaken(f"you already have a key named {key.name!r}") from None
+    found = await list_keys(conn, timezone=timezone, key_id=str(key_id))
+    return found[0]
+
+
+SELECT_KEYS = """
+SELECT k.*, u.username,
+       CASE WHEN k.usage_day = (now() AT TIME ZONE $1)::date THEN k.usage_count_today ELSE 0 END AS used_today
+FROM shared_keys k JOIN users u ON u.id = k.user_id
+WHERE ($2::uuid IS NULL OR k.user_id = $2) AND ($3::uuid IS NULL OR k.id = $3)
+ORDER BY u.username, k.created_at
+"""
+
+
+async def list_keys(
+    conn: asyncpg.Connection, *, timezone: str, owner_id: str | None = None, key_id: str | None = None
+) -> list[SharedKey]:
+    rows = await conn.fetch(
+        SELECT_KEYS, timezone, uuid.UUID(owner_id) if owner_id else None, uuid.UUID(key_id) if key_id else None
+    )
+    return [SharedKey.from_record(r) for r in rows]
+
+
+async def get_key(
+    conn: asyncpg.Connection, key_id: str, *, timezone: str, owner_id: str | None = None
+) -> SharedKey | None:
+    """One key; None when there is no such key or (with `owner_id`) it is someone else's. A
+    malformed id is simply not found, so it answers like any other missing key."""
+    try:
+        key_id = str(uuid.UUID(key_id))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    found = await list_keys(conn, timezone=timezone, owner_id=owner_id, key_id=key_id)
+    return found[0] if found else None
+
+
+NAME_TAKEN = "SELECT EXISTS (SELECT 1 FROM shared_keys WHERE user_id = $1 AND name = $2)"
+
+
+async def name_taken(conn: asyncpg.Connection, owner_id: str, name: str) -> bool:
+    """Checked before a live test so a duplicate name does not cost one; the UNIQUE index decides."""
+    return bool(await conn.fetchval(NAME_TAKEN, uuid.UUID(owner_id), name))
+
+
+SELECT_SEALED = "SELECT id, user_id, base_url, api_key_encrypted FROM shared_keys WHERE id = $1"
+
+
+def open_row(keyring: KeyRing, row: asyncpg.Record) -> str:
+    """The key of a `shared_keys` row (id, user_id, base_url, api_key_encrypted) in the clear.
+
+    Raises `SealError` when the ciphertext does not open for its row (fail closed)."""
+    return keyring.open(
+        row["api_key_encrypted"], key_id=str(row["id"]), owner_id=str(row["user_id"]), base_url=row["base_url"]
+    )
+
+
+async def open_key(conn: asyncpg.Connection, keyring: KeyRing, key_id: str) -> str | None:
+    """The stored key in the clear, to test it again; None when the row is gone.
+
+    Raises `SealError` when the ciphertext does not open for its row (fail closed)."""
+    row = await conn.fetchrow(SELECT_SEALED, uuid.UUID(key_id))
+    if row is None:
+        return None
+    return open_row(keyring, row)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEdit:
+    """Every editable column's new value (unchanged ones carried over by the caller)."""
+
+    name: str
+    base_url: str  # already normalised and checked
+    available_models: list[str]
+    daily_limit: int
+    description: str | None
+    tags: list[str]
+    is_active: bool
+    is_private: bool
+    stream_usage: bool
+    api_key: str | None = field(default=None, repr=False)  # None: keep the sealed key as it is
+    reactivate: bool = False  # the key just passed a live test: back to `active`, reason cleared
+
+
+# The last condition refuses a new base URL under the old ciphertext: that ciphertext is bound
+# to the old URL's origin, and the contract asks for the key again whenever the URL changes.
+UPDATE_KEY = """
+UPDATE shared_keys
+SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, description = $7, tags = $8,
+    is_active = $9, is_private = $10, stream_usage = $11,
+    api_key_encrypted = coalesce($12, api_key_encrypted),
+    key_version = coalesce($13, key_version),
+    api_key_hint = coalesce($14, api_key_hint),
+    status = CASE WHEN $15 THEN 'active' ELSE status END,
+    status_reason = CASE WHEN $15 THEN NULL ELSE status_reason END,
+    updated_at = now()
+WHERE id = $1 AND user_id = $2 AND ($12::text IS NOT NULL OR base_url = $4)
+RETURNING id
+"""
+
+
+async def update_key(
+    conn: asyncpg.Connection, keyring: KeyRing, key_id: str, owner_id: str, edit: KeyEdit, *, timezone: str
+) -> SharedKey | None:
+    """Write an edit; a new key is sealed again for this row, its owner and its (new) base URL.
+
+    None when the row is gone, is not the owner's, or the base URL changed without a new key."""
+    sealed = kid = hint = None
+    if edit.api_key is not None:
+        sealed = keyring.seal(edit.api_key, key_id=key_id, owner_id=owner_id, base_url=edit.base_url)
+        kid, hint = keyring.current_kid, mask(edit.api_key)
+    try:
+        updated = await conn.fetchval(
+            UPDATE_KEY,
+            uuid.UUID(key_id),
+            uuid.UUID(owner_id),
+            edit.name,
+            edit.base_url,
+            edit.available_models,
+            edit.daily_limit,
+            edit.description,
+            edit.tags,
+            edit.is_active,
+            edit.is_private,
+            edit.stream_usage,
+            sealed,
+            kid,
+            hint,
+            edit.reactivate,
+        )
+    except asyncpg.UniqueViolationError:
+        raise KeyNameTaken(f"you already have a key named {edit.name!r}") from None
+    if updated is None:
+        return None
+    return await get_key(conn, key_id, timezone=timezone)
+
+
+# Usage rows stay: key_usage_logs.shared_key_id is ON DELETE SET NULL and donor_id keeps the credit.
+DELETE_KEY = "DELETE FROM shared_keys WHERE id = $1 AND user_id = $2"
+
+
+async def delete_key(conn: asyncpg.Connection, key_id: str, owner_id: str) -> bool:
+    """Delete the row, and its ciphertext with it; False when there was nothing of the owner's to delete."""
+    result = await conn.execute(DELETE_KEY, uuid.UUID(key_id), uuid.UUID(owner_id))
+    return result != "DELETE 0"
+
+
+FIND_KEY_ID = """
+SELECT k.id FROM shared_keys k JOIN users u ON u.id = k.user_id WHERE u.username = $1 AND k.name = $2
+"""
+
+
+async def find_key_id(conn: asyncpg.Connection, username: str, name: str) -> str | None:
+    key_id = await conn.fetchval(FIND_KEY_ID, username, name)
+    return str(key_id) if key_id else None
+
+
+DISABLE_KEY = """
+UPDATE shared_keys SET status = 'disabled', status_reason = $2, updated_at = now()
+WHERE id = $1
+RETURNING id
+"""
+
+
+async def disable_key(conn: asyncpg.Connection, key_id: str, reason: str) -> bool:
+    """An operator's stop: out of the pool until its owner resumes it and it passes a live test."""
+    return await conn.fetchval(DISABLE_KEY, uuid.UUID(key_id), reason) is not None

@@ -1,0 +1,363 @@
+"""The donor's side of the gateway: `/api/shared-keys*`, where owners add, test, edit, pause and
+delete their keys.
+
+    owner(request) -> read and validate the body -> SSRF check -> live test -> seal, store
+    -> publish `keys` (every process reloads its index within a second) -> the item, key masked
+
+Owns the owner check (another user's key answers 404,
+exactly like a missing one), the live state shown with each key (today's count and cooldowns
+come from the balancer's Redis state, the authority, not from the PostgreSQL columns), and the
+per-user rate limit of `POST /api/shared-keys/test`. The key itself never leaves this module
+except sealed (`sharedkeys`) or on its way to its own upstream (`keytest`): no response, error
+or log line carries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.errors import ApiError, invalid
+from gateway.log import request_fields
+from gateway.net import events, keytest, upstream
+from gateway.net.keytest import KeyTestResult
+from gateway.store import sharedkeys
+from gateway.store.crypto import SealError
+from gateway.store.keyfields import EDIT_FIELDS, KEY_FIELDS, TEST_FIELDS, checked_base_url, read_object, validate
+from gateway.store.sharedkeys import SharedKey
+from gateway.store.tokens import Caller
+from gateway.web import sessions
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+NOT_SIGNED_IN = "Sign in, or pass a gateway token as 'Authorization: Bearer <token>'."
+NOT_FOUND = "No such key."
+ADMIN_ONLY_PAUSE = "Administrators may only pause or resume other users' keys."
+REBIND = "enter the key again: it is bound to its base URL"
+
+# Which field a failed live test is about, so a form can point at it.
+TEST_FAILURE_FIELD = {
+    "model_not_offered": "available_models",
+    "unreachable": "base_url",
+    "not_openai_compatible": "base_url",
+    "upstream_error": "base_url",
+}
+
+# --- who is asking -------------------------------------------------------------------------------
+
+
+async def owner(request: web.Request) -> Caller:
+    """The user acting on keys: a gateway token (`Authorization: Bearer`), or else the browser
+    session, whose writes must pass the Origin and CSRF checks. One check for every handler."""
+    if "Authorization" not in request.headers:
+        caller = await sessions.session_user(request)
+        if caller is None:
+            raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
+        request_fields(request)["user_id"] = caller.user_id
+        return caller
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
+    try:
+        caller = await request.app[appkeys.token_cache].lookup(token.strip())
+    except DB_ERRORS:
+        raise ApiError(503, "service_unavailable", "Cannot verify sign-ins right now; try again shortly.") from None
+    if caller is None:
+        raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
+    request_fields(request)["user_id"] = caller.user_id
+    return caller
+
+
+# --- reading and validating bodies ---------------------------------------------------------------
+
+
+# --- live state and the pool ---------------------------------------------------------------------
+
+
+async def with_live_state(app: web.Application, keys: list[SharedKey]) -> list[SharedKey]:
+    """Today's count and cooldowns from the balancer (Redis): the PostgreSQL columns lag behind
+    the usage flusher and never see a cooldown end. Without Redis, the stored values are shown."""
+    if not keys:
+        return keys
+    balancer = app[appkeys.balancer]
+    try:
+        used = await balancer.usage_today([k.id for k in keys])
+        cooling = await balancer.cooling()
+    except REDIS_ERRORS as e:
+        log.warning("key_live_state_unavailable", error=str(e))
+        return keys
+    return [_live(k, used.get(k.id, 0), k.id in cooling) for k in keys]
+
+
+def _live(key: SharedKey, used: int, cooling: bool) -> SharedKey:
+    status, reason = key.status, key.status_reason
+    if status == "paused":
+        reason = None
+    elif status != "disabled":
+        status = "cooling" if cooling else "active"
+        reason = reason if cooling and key.status == "cooling" else None
+    return dataclasses.replace(key, usage_count_today=used, status=status, status_reason=reason)
+
+
+async def announce(app: web.Application, key_id: str) -> None:
+    """Every process reloads its key index. The change is already stored: if Redis is down the
+    periodic reload (30 s) catches up, so the request still succeeds."""
+    config = app[appkeys.config]
+    try:
+        await events.publish(app[appkeys.redis], config.redis.key_prefix, "keys", key_id)
+    except REDIS_ERRORS as e:
+        log.warning("keys_event_not_published", key_id=key_id, error=str(e))
+
+
+async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
+    """The key if the caller may see it (its owner, or an admin); otherwise the same 404."""
+    config = request.app[appkeys.config]
+    if not isinstance(key_id, str):
+        raise ApiError(404, "not_found", NOT_FOUND)
+    async with request.app[appkeys.pg].acquire() as conn:
+        key = await sharedkeys.get_key(
+            conn, key_id, timezone=config.balancer.timezone, owner_id=None if caller.is_admin else caller.user_id
+        )
+    if key is None:
+        raise ApiError(404, "not_found", NOT_FOUND)
+    return key
+
+
+async def live_test(app: web.Application, base_url: str, api_key: str, models: list[str] | None) -> KeyTestResult:
+    config = app[appkeys.config]
+    return await keytest.test_key(
+        app[appkeys.upstream_pool], base_url, api_key, models, timeout=config.upstream.test_timeout
+    )
+
+
+def failed_test(result: KeyTestResult) -> ApiError:
+    field = TEST_FAILURE_FIELD.get(result.reason or "", "api_key")
+    return ApiError(422, "key_test_failed", f"the key failed its live test: {result.error}", field)
+
+
+def item(key: SharedKey, status: int = 200) -> web.Response:
+    return web.json_response(key.to_json(), status=status)
+
+
+# --- handlers ------------------------------------------------------------------------------------
+
+
+@routes.get("/api/shared-keys")
+async def shared_keys_get(request: web.Request) -> web.Response:
+    """The caller's keys; `?all=1` lists every key for an admin; `?id=` one key (or 404)."""
+    caller = await owner(request)
+    config = request.app[appkeys.config]
+    if "id" in request.query:
+        keys = [await find(request, caller, request.query["id"])]
+    else:
+        everyone = caller.is_admin and request.query.get("all") in ("1", "true")
+        async with request.app[appkeys.pg].acquire() as conn:
+            keys = await sharedkeys.list_keys(
+                conn, timezone=config.balancer.timezone, owner_id=None if everyone else caller.user_id
+            )
+    keys = await with_live_state(request.app, keys)
+    return web.json_response({"keys": [k.to_json() for k in keys]})
+
+
+@routes.post("/api/shared-keys")
+async def shared_keys_post(request: web.Request) -> web.Response:
+    caller = await owner(request)
+    app, config = request.app, request.app[appkeys.config]
+    fields = validate(await read_object(request), KEY_FIELDS, ("name", "base_url", "api_key", "available_models"))
+    base_url = checked_base_url(config, fields["base_url"])
+    async with app[appkeys.pg].acquire() as conn:
+        if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
+            raise invalid("name", f"you already have a key named {fields['name']!r}")
+    await count_key_test(request, caller)  # a live test like /test's, under the same limit
+    result = await live_test(app, base_url, fields["api_key"], fields["available_models"])
+    if not result.ok:
+        raise failed_test(result)  # nothing stored
+    new = sharedkeys.NewKey(
+        owner_id=caller.user_id,
+        name=fields["name"],
+        base_url=base_url,
+        api_key=fields["api_key"],
+        available_models=fields["available_models"],
+        daily_limit=fields.get("daily_limit", 150),
+        description=fields.get("description"),
+        tags=fields.get("tags", []),
+        is_private=fields.get("is_private", False),
+        stream_usage=fields.get("stream_usage", True),
+    )
+    async with app[appkeys.pg].acquire() as conn:
+        try:
+            key = await sharedkeys.insert_key(conn, app[appkeys.keyring], new, timezone=config.balancer.timezone)
+        except sharedkeys.KeyNameTaken as e:  # a concurrent add with the same name won the race
+            raise invalid("name", str(e)) from None
+    await announce(app, key.id)
+    log.info("key_added", key_id=key.id, models=len(key.available_models), private=key.is_private)
+    [key] = await with_live_state(app, [key])
+    return item(key, 201)
+
+
+@routes.put("/api/shared-keys")
+async def shared_keys_put(request: web.Request) -> web.Response:
+    """A partial update. A new base URL, key or model is tested live; so is resuming a disabled
+    key (with its stored key). A passing test makes the key active again and clears its cooldown."""
+    caller = await owner(request)
+    app, config = request.app, request.app[appkeys.config]
+    body = await read_object(request)
+    if "id" not in body:
+        raise invalid("id", "id is required")
+    key_id = body.pop("id")
+    fields = validate(body, EDIT_FIELDS)
+    current = await find(request, caller, key_id)
+    if current.owner_id != caller.user_id and set(fields) - {"is_active"}:
+        raise ApiError(403, "forbidden", ADMIN_ONLY_PAUSE)
+
+    base_url = checked_base_url(config, fields["base_url"]) if "base_url" in fields else current.base_url
+    api_key: str | None = fields.get("api_key")
+    if base_url != current.base_url and api_key is None:
+        raise invalid("api_key", REBIND)
+    name = fields.get("name", current.name)
+    models = fields.get("available_models", current.available_models)
+    if name != current.name:
+        async with app[appkeys.pg].acquire() as conn:
+            if await sharedkeys.name_taken(conn, current.owner_id, name):
+                raise invalid("name", f"you already have a key named {name!r}")
+
+    resuming = current.status == "disabled" and fields.get("is_active") is True
+    # A model the key did not serve before is checked like one on a new key: routed to a key that
+    # cannot serve it, every request for it would fail over and cool the key for all its models.
+    adds_models = bool(set(models) - set(current.available_models))
+    tested = api_key is not None or resuming or adds_models
+    if tested:
+        await count_key_test(request, caller)
+        key_text = api_key if api_key is not None else await stored_key(app, current.id)
+        result = await live_test(app, base_url, key_text, models)
+        if not result.ok:
+            raise failed_test(result)
+    edit = sharedkeys.KeyEdit(
+        name=name,
+        base_url=base_url,
+        available_models=models,
+        daily_limit=fields.get("daily_limit", current.daily_limit),
+        description=fields["description"] if "description" in fields else current.description,
+        tags=fields.get("tags", current.tags),
+        is_active=fields.get("is_active", current.is_active),
+        is_private=fields.get("is_private", current.is_private),
+        stream_usage=fields.get("stream_usage", current.stream_usage),
+        api_key=api_key,
+        reactivate=tested,
+    )
+    async with app[appkeys.pg].acquire() as conn:
+        try:
+            key = await sharedkeys.update_key(
+                conn, app[appkeys.keyring], current.id, current.owner_id, edit, timezone=config.balancer.timezone
+            )
+        except sharedkeys.KeyNameTaken as e:
+            raise invalid("name", str(e)) from None
+    if key is None:  # deleted (or its URL changed) while we tested
+        raise ApiError(404, "not_found", NOT_FOUND)
+    if tested:
+        try:
+            await app[appkeys.balancer].clear(key.id)
+        except REDIS_ERRORS as e:  # the cooldown then runs out on its own
+            log.warning("key_clear_failed", key_id=key.id, error=str(e))
+    await announce(app, key.id)
+    log.info(
+        "key_updated", key_id=key.id, fields=sorted(fields), tested=tested, by_admin=key.owner_id != caller.user_id
+    )
+    [key] = await with_live_state(app, [key])
+    return item(key)
+
+
+async def stored_key(app: web.Application, key_id: str) -> str:
+    """The sealed key in the clear, to test it again when a disabled key is resumed."""
+    async with app[appkeys.pg].acquire() as conn:
+        try:
+            text = await sharedkeys.open_key(conn, app[appkeys.keyring], key_id)
+        except SealError as e:
+            log.error("key_unsealable", key_id=key_id, reason=str(e))
+            raise invalid("api_key", "the stored key can no longer be read; enter it again") from None
+    if text is None:
+        raise ApiError(404, "not_found", NOT_FOUND)
+    return text
+
+
+@routes.delete("/api/shared-keys")
+async def shared_keys_delete(request: web.Request) -> web.Response:
+    caller = await owner(request)
+    app = request.app
+    if "id" not in request.query:
+        raise invalid("id", "id is required")
+    key = await find(request, caller, request.query["id"])
+    if key.owner_id != caller.user_id:
+        raise ApiError(403, "forbidden", ADMIN_ONLY_PAUSE)
+    async with app[appkeys.pg].acquire() as conn:
+        deleted = await sharedkeys.delete_key(conn, key.id, key.owner_id)
+    if not deleted:
+        raise ApiError(404, "not_found", NOT_FOUND)
+    try:
+        await app[appkeys.balancer].clear(key.id)  # no cooldown entry outlives its key
+    except REDIS_ERRORS as e:
+        log.warning("key_clear_failed", key_id=key.id, error=str(e))
+    await announce(app, key.id)
+    log.info("key_deleted", key_id=key.id)
+    return web.Response(status=204)
+
+
+@routes.post("/api/shared-keys/test")
+async def shared_keys_test(request: web.Request) -> web.Response:
+    """`{ok, latency_ms, models, error}`, always 200 once the input is valid.
+
+    A base URL the SSRF policy refuses is not a 422 here but the same `ok: false` as an
+    unreachable upstream, so that this endpoint cannot tell a refused address from a closed port.
+    Only what is wrong with the URL as written (scheme, user info, syntax) is a 422.
+    """
+    caller = await owner(request)
+    app, config = request.app, request.app[appkeys.config]
+    fields = validate(await read_object(request), TEST_FIELDS, ("base_url", "api_key"))
+    base_url = checked_base_url(config, fields["base_url"], allow_private=True)  # the URL as written
+    await count_key_test(request, caller)
+    started = time.monotonic()
+    try:
+        checked_base_url(config, base_url)  # the address policy
+    except ApiError:
+        latency_ms = round((time.monotonic() - started) * 1000)
+        log.info("key_tested", ok=False, reason="unreachable", cause="refused_address", latency_ms=latency_ms)
+        return web.json_response({"ok": False, "latency_ms": latency_ms, "models": [], "error": upstream.UNREACHABLE})
+    model = fields.get("model")
+    result = await live_test(app, base_url, fields["api_key"], [model] if model else None)
+    return web.json_response(
+        {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}
+    )
+
+
+async def count_key_test(request: web.Request, caller: Caller) -> None:
+    """A fixed one-minute window per user (INCR + EXPIRE) over every live key test: the test
+    endpoint, adding a key, and re-testing one on edit. Over the limit: 429 with Retry-After."""
+    config = request.app[appkeys.config]
+    limit = config.limits.key_tests_per_minute
+    if limit <= 0:
+        return
+    prefix = config.redis.key_prefix
+    now = time.time()
+    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now))
+    key = f"{prefix}:v1:{{{prefix}}}:keytests:{caller.user_id}:{minute}"
+    try:
+        async with request.app[appkeys.redis].pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            count, _ = await pipe.execute()
+    except REDIS_ERRORS:  # fail closed: an unlimited test endpoint is a scanner
+        raise ApiError(503, "service_unavailable", "Key tests are unavailable right now; try again shortly.") from None
+    if int(count) > limit:
+        message = f"At most {limit} key tests a minute; try again shortly."
+        raise ApiError(429, "rate_limited", message, retry_after=max(1, 60 - int(now % 60)))
