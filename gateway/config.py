@@ -31,6 +31,7 @@ class Server:
     workers: int = 0  # 0: one process per CPU
     public_url: str = "http://127.0.0.1:8080"
     shutdown_grace_seconds: float = 30.0
+    cors_origins: tuple[str, ...] = ("*",)  # /v1 only: "*", or the origins to echo; empty: no CORS
 
 
 @dataclass(frozen=True, slots=True)
