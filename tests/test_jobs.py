@@ -14,7 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
-from gateway.net import h1
+from gateway.net import h1, keytest
 from gateway.ops import jobs
 from gateway.store import sharedkeys
 
@@ -188,28 +188,28 @@ async def test_probe_reads_the_upstreams_answer(config: config_mod.Config, fake_
     pool = h1.create_pool(config)
     try:
 
-        async def check(method: str) -> jobs.Probe:
-            return await jobs.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method=method, timeout=5)
+        async def check(method: str) -> keytest.Probe:
+            return await keytest.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method=method, timeout=5)
 
         assert (await check("models")).result == "ok"
         assert (await check("completion")).result == "ok"
         assert [r.path for r in fake_upstream.requests] == ["/v1/models", "/v1/chat/completions"]
         fake_upstream.fail_next(Failure(status=429, retry_after="7"))
-        assert await check("models") == jobs.Probe("rate_limited", 429, 7.0, "rate limited by the upstream")
+        assert await check("models") == keytest.Probe("rate_limited", 429, 7.0, "rate limited by the upstream")
         fake_upstream.fail_next(403)
-        assert await check("completion") == jobs.Probe(
+        assert await check("completion") == keytest.Probe(
             "rejected", 403, None, "the upstream rejected the key (HTTP 403)"
         )
         fake_upstream.fail_next(502)
         assert (await check("models")).result == "failed"
         fake_upstream.fail_next(404)  # no model list: the 1-token completion decides
         assert (await check("models")).result == "ok" and fake_upstream.requests[-1].path == "/v1/chat/completions"
-        gone = await jobs.probe(pool, "http://127.0.0.1:9/v1", "sk-any", "m", method="models", timeout=2)
-        assert gone == jobs.Probe("failed", detail="could not reach the upstream")
+        gone = await keytest.probe(pool, "http://127.0.0.1:9/v1", "sk-any", "m", method="models", timeout=2)
+        assert gone == keytest.Probe("failed", detail="could not reach the upstream")
         fake_upstream.fail_next(Failure(hang=2.0))
         started = time.monotonic()
-        slow = await jobs.probe(pool, fake_upstream.base_url, "sk-any", "m", method="completion", timeout=0.3)
-        assert slow == jobs.Probe("failed", detail="could not reach the upstream")
+        slow = await keytest.probe(pool, fake_upstream.base_url, "sk-any", "m", method="completion", timeout=0.3)
+        assert slow == keytest.Probe("failed", detail="could not reach the upstream")
         assert time.monotonic() - started < 1.0
     finally:
         await pool.close()
@@ -222,13 +222,17 @@ async def test_completion_health_check_passes_for_reasoning_models(
     fake_upstream.reject_max_tokens = True
     pool = h1.create_pool(config)
     try:
-        found = await jobs.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method="completion", timeout=5)
-        assert found == jobs.Probe("ok", 200)
+        found = await keytest.probe(
+            pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method="completion", timeout=5
+        )
+        assert found == keytest.Probe("ok", 200)
         bodies = [r.body for r in fake_upstream.calls("/v1/chat/completions")]
         assert [("max_tokens" in b, "max_completion_tokens" in b) for b in bodies] == [(True, False), (False, True)]
         fake_upstream.requests.clear()
         fake_upstream.fail_next(Failure(status=400, path="/v1/chat/completions"))  # any other 400: no retry
-        found = await jobs.probe(pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method="completion", timeout=5)
+        found = await keytest.probe(
+            pool, fake_upstream.base_url, "sk-any", "gpt-4o-mini", method="completion", timeout=5
+        )
         assert (found.result, found.http_status) == ("failed", 400)
         assert len(fake_upstream.calls("/v1/chat/completions")) == 1
     finally:

@@ -187,3 +187,52 @@ async def _read_json(resp: h1.Response, *, strict: bool = True) -> Any:
         if not strict:
             return None
         raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "not_json") from None
+
+
+# --- the health checks' probe: one cheap request, judged by its status -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    result: str  # ok | rejected | rate_limited | failed
+    http_status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+
+async def probe(
+    pool: h1.Pool,
+    base_url: str,
+    api_key: str,
+    model: str,
+    *,
+    method: str,
+    timeout: float,  # noqa: ASYNC109 - the whole probe's budget
+) -> Probe:
+    """One cheap live request: `GET /models`, or a 1-token completion (also when there is no model
+    list), asked like the key test asks it (`keytest.one_token_completion`)."""
+    base = base_url.rstrip("/")
+    try:
+        async with asyncio.timeout(timeout):
+            if method == "models":
+                async with upstream.request(pool, "GET", f"{base}/models", api_key=api_key) as resp:
+                    found = _judge(resp.status, resp.headers.get("Retry-After", ""))
+                if found.http_status not in (404, 405, 501):
+                    return found
+            async with one_token_completion(pool, base, api_key, model) as resp:
+                return _judge(resp.status, resp.headers.get("Retry-After", ""))
+    except upstream.UpstreamError as e:
+        return Probe("failed", detail=e.message)
+    except TimeoutError:
+        return Probe("failed", detail=upstream.UNREACHABLE)
+
+
+def _judge(status: int, retry_after: str) -> Probe:
+    if 200 <= status < 300:
+        return Probe("ok", status)
+    if status in (401, 403):
+        return Probe("rejected", status, detail=f"{INVALID_KEY} (HTTP {status})")
+    if status == 429:
+        seconds = float(retry_after) if retry_after.isdigit() and 0 < int(retry_after) <= 86400 else None
+        return Probe("rate_limited", status, seconds, "rate limited by the upstream")
+    return Probe("failed", status, detail=f"the upstream answered with an error (HTTP {status})")

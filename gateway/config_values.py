@@ -1,0 +1,137 @@
+"""Configuration values: typing what TOML and the environment give, and the checks across keys.
+
+`config.py` owns the sections and where values come from; this module turns each value into
+its field's type and checks the whole, raising `ConfigError` with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+import urllib.parse
+import zoneinfo
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator; names the offending key."""
+
+
+def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> Any:
+    """`value` (from TOML, or a string from the environment) as the field's type, or a
+    ConfigError naming the key (and the value, unless the field is a secret)."""
+    where = "environment value" if from_env else "value"
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and isinstance(value, str) and value.lower() in _BOOLS:
+                return _BOOLS[value.lower()]
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int):
+                return value
+            if from_env:
+                return int(value)
+            raise ValueError
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int | float):
+                return float(value)
+            if from_env:
+                return float(value)
+            raise ValueError
+        if kind is str:
+            if isinstance(value, str):
+                return value
+            raise ValueError
+        if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            if from_env and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+                return tuple(int(v) for v in value) if item is int else tuple(value)
+            if isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                return tuple(value)
+            raise ValueError
+    except (ValueError, TypeError):
+        pass
+    expected = _TYPE_WORDS.get(kind, "a list of integers" if "int" in str(kind) else "a list of strings")
+    shown = "" if secret else f" {value!r}"
+    raise ConfigError(f"configuration key {name}: {where}{shown} is not {expected}")
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_TYPE_WORDS: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) -> None:
+    """Checks across keys and of values' ranges, after every key has its type."""
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"configuration key {key}: {why}")
+
+    if not 0 <= config.server.port <= 65535:
+        raise bad("server.port", f"{config.server.port} is not a port number (0-65535)")
+    if config.server.workers < 0:
+        raise bad("server.workers", "must be 0 (one per CPU) or more")
+    for (section, key), allowed in choices.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise bad(f"{section}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
+    try:
+        zoneinfo.ZoneInfo(config.balancer.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise bad("balancer.timezone", f"{config.balancer.timezone!r} is not a known time zone") from None
+    if any(n < 0 for n in config.limits.user_daily_requests_by_trust_level):
+        raise bad("limits.user_daily_requests_by_trust_level", "limits must be 0 (unlimited) or more")
+    if config.health.interval_seconds < 0:
+        raise bad("health.interval_seconds", "must be 0 (no health checks) or more")
+    if config.usage.retention_days < 0:
+        raise bad("usage.retention_days", "must be 0 (keep forever) or more")
+    if config.balancer.max_attempts < 1:
+        raise bad("balancer.max_attempts", "must be at least 1")
+    secret = config.security.key_encryption_secret
+    if secret and len(secret) < 32:
+        raise bad("security.key_encryption_secret", "must be at least 32 characters")
+    for old in config.security.old_key_encryption_secrets:
+        if len(old) < 32:
+            raise bad("security.old_key_encryption_secrets", "every secret must be at least 32 characters")
+    for section, key in (("database", "url"), ("redis", "url")):
+        url = getattr(getattr(config, section), key)
+        schemes = ("postgres://", "postgresql://") if section == "database" else ("redis://", "rediss://", "unix://")
+        if url and not url.startswith(schemes):
+            raise bad(f"{section}.url", f"must start with {' or '.join(schemes)}")
+    prefix = config.redis.key_prefix
+    if not prefix or any(c in prefix for c in "{}: "):
+        raise bad("redis.key_prefix", "must be non-empty, without braces, colons or spaces")
+    for f in dataclasses.fields(config.upstream):
+        if f.type in ("float", "int", float, int) and getattr(config.upstream, f.name) <= 0:
+            raise bad(f"upstream.{f.name}", "must be greater than 0")
+    if config.redis.timeout <= 0:
+        raise bad("redis.timeout", "must be greater than 0")
+    proxy = config.upstream.proxy_url
+    if proxy and not _proxy_url_ok(proxy):
+        # The URL may carry credentials: never repeat it.
+        raise bad("upstream.proxy_url", "must be http://, https:// or socks5://host:port (user:password@ allowed)")
+
+
+def _proxy_url_ok(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https", "socks5")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and (port is not None or parts.scheme != "socks5")
+    )

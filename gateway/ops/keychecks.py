@@ -1,0 +1,154 @@
+"""Key health checks, a cluster job: test every active key that is due, and set its state.
+
+Cooling keys, and keys disabled because the upstream rejected them, are tested again with
+back-off (one interval, then 2, 4, … up to 6 hours) and come back as soon as they pass. A key
+paused by its owner or disabled by an operator is never touched. The probe itself is the live
+key test's (`net.keytest.probe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from gateway import appkeys, metrics
+from gateway.net import events
+from gateway.net.keytest import INVALID_KEY, Probe, probe
+from gateway.store.crypto import SealError
+
+log = structlog.get_logger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+async def redis_now_ms(client: aioredis.Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+HEALTH_CONCURRENCY = 8
+MAX_BACKOFF_SECONDS = 6 * 3600.0
+DISABLED_FOR = 10 * 365 * 86400.0  # like the proxy: a rejected key cools "for years"
+FAILED_CHECK = "failed its health check"
+
+# Paused keys (is_active = false) are never read; disabled ones only if the upstream rejected them.
+SELECT_CHECKED = """
+SELECT id::text, user_id::text, base_url, api_key_encrypted, available_models, status, status_reason
+FROM shared_keys
+WHERE is_active AND (status <> 'disabled' OR starts_with(coalesce(status_reason, ''), $1))
+"""
+
+# Compare-and-set on the state the check started from: an owner's pause or an operator's
+# disable in the meantime wins.
+SET_CHECKED = """
+UPDATE shared_keys
+SET status = $2, status_reason = $3, last_error = coalesce($4, last_error),
+    last_error_at = CASE WHEN $4::text IS NULL THEN last_error_at ELSE now() END,
+    last_checked_at = now(), updated_at = CASE WHEN status = $2 THEN updated_at ELSE now() END
+WHERE id = $1 AND is_active AND status = $5 AND status_reason IS NOT DISTINCT FROM $6
+"""
+
+
+class HealthChecks:
+    """One run tests every key that is due; the back-off of failing keys is kept in Redis."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        config = app[appkeys.config]
+        self._config = config
+        self._prefix = config.redis.key_prefix
+        self.backoff_key = f"{self._prefix}:v1:{{{self._prefix}}}:health"
+
+    async def run(self) -> dict[str, int]:
+        app = self._app
+        client, balancer = app[appkeys.redis], app[appkeys.balancer]
+        async with app[appkeys.pg].acquire(timeout=5) as conn:
+            rows = await conn.fetch(SELECT_CHECKED, INVALID_KEY)
+        now_ms = await redis_now_ms(client)
+        cooling = await balancer.cooling()
+        backoff = {k.decode(): v.decode() for k, v in (await client.hgetall(self.backoff_key)).items()}
+        gone = set(backoff) - {r["id"] for r in rows}
+        if gone:
+            await client.hdel(self.backoff_key, *gone)
+        due = [r for r in rows if self._due(r, cooling, backoff, now_ms)]
+        limit = asyncio.Semaphore(HEALTH_CONCURRENCY)
+
+        async def one(row: asyncpg.Record) -> str:
+            async with limit:
+                return await self._check(row, int(backoff.get(row["id"], "0:0").partition(":")[0]), now_ms)
+
+        results = await asyncio.gather(*(one(r) for r in due))
+        counts = {r: results.count(r) for r in set(results)}
+        log.info("keys_checked", keys=len(rows), checked=len(due), **counts)
+        return counts
+
+    def _due(self, row: asyncpg.Record, cooling: dict[str, float], backoff: dict[str, str], now_ms: int) -> bool:
+        if row["status"] != "disabled" and cooling.get(row["id"], 0) > 0:
+            return False  # its cooldown still runs (a 429's Retry-After is the upstream's to give)
+        return int(backoff.get(row["id"], "0:0").partition(":")[2]) <= now_ms
+
+    async def _check(self, row: asyncpg.Record, fails: int, now_ms: int) -> str:
+        app, key_id = self._app, row["id"]
+        try:
+            api_key = app[appkeys.keyring].open(
+                row["api_key_encrypted"], key_id=key_id, owner_id=row["user_id"], base_url=row["base_url"]
+            )
+        except SealError as e:
+            log.error("key_unsealable", key_id=key_id, reason=str(e))
+            metrics.health_checked("unsealable")
+            return "unsealable"
+        found = await probe(
+            app[appkeys.upstream_pool],
+            row["base_url"],
+            api_key,
+            (row["available_models"] or [""])[0],
+            method=self._config.health.method,
+            timeout=self._config.upstream.test_timeout,
+        )
+        metrics.health_checked(found.result)
+        try:
+            await self._apply(row, found, fails, now_ms)
+        except (*REDIS_ERRORS, *PG_ERRORS) as e:
+            log.warning("key_check_not_recorded", key_id=key_id, error=str(e))
+        return found.result
+
+    async def _apply(self, row: asyncpg.Record, found: Probe, fails: int, now_ms: int) -> None:
+        app, key_id = self._app, row["id"]
+        client, balancer = app[appkeys.redis], app[appkeys.balancer]
+        was, reason = row["status"], row["status_reason"]
+        if found.result == "ok":
+            new, new_reason, error = "active", None, None
+        elif found.result == "rejected":
+            new, new_reason, error = "disabled", found.detail, f"health check: {found.detail}"
+        elif was == "disabled":  # rejected before; a 429 or 5xx now does not prove the key works
+            new, new_reason, error = was, reason, f"health check: {found.detail}"
+        else:
+            new, new_reason, error = "cooling", f"{FAILED_CHECK}: {found.detail}", f"health check: {found.detail}"
+        async with app[appkeys.pg].acquire(timeout=5) as conn:
+            changed = await conn.execute(SET_CHECKED, uuid.UUID(key_id), new, new_reason, error, was, reason)
+        if changed == "UPDATE 0":
+            return  # paused, disabled by someone or deleted meanwhile: theirs to decide
+        if found.result == "ok":
+            if was != "active" or fails:
+                await balancer.clear(key_id)
+                await client.hdel(self.backoff_key, key_id)
+                log.info("key_recovered", key_id=key_id, was=was)
+        else:
+            interval = self._config.health.interval_seconds
+            delay = min(MAX_BACKOFF_SECONDS, interval * 2**fails)
+            await client.hset(self.backoff_key, key_id, f"{fails + 1}:{now_ms + round(delay * 1000)}")
+            if found.result == "rejected":
+                await balancer.cool_down(key_id, DISABLED_FOR)
+            elif new == "cooling":
+                await balancer.cool_down(key_id, found.retry_after or self._config.balancer.cooldown_seconds)
+            if new != was:
+                log.warning("key_check_failed", key_id=key_id, result=found.result, status=new, detail=found.detail)
+        if new != was:
+            await events.publish(client, self._prefix, "keys", key_id)
