@@ -23,7 +23,7 @@ from gateway.log import request_context
 from gateway.net import events, h1
 from gateway.net.redisline import ScriptLine
 from gateway.ops import jobs
-from gateway.relay import balancer, handlers
+from gateway.relay import balancer, cors, handlers
 from gateway.relay.keyindex import KeyIndex
 from gateway.relay.keystate import KeyStates
 from gateway.relay.usage import UsageLog
@@ -77,6 +77,7 @@ def create_app(config: Config) -> web.Application:
     )
     app.router.add_static("/static/", pages.STATIC_DIR, name="static")
     app.on_response_prepare.append(server_header)
+    cors.setup(app, config.server.cors_origins)
     return app
 
 
