@@ -1,0 +1,428 @@
+"""Anthropic Messages clients served by `openai`-format keys (`POST /v1/messages`).
+
+Owns: `anthropic_request_to_openai` (request body), `openai_response_to_anthropic` (a
+non-streamed answer) and `OpenAIToAnthropicStream` (a streamed answer, chunk by chunk).
+The mapping decisions are listed in gateway/relay/translate.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.relay.translate_base import (
+    TokenUsage,
+    TranslationError,
+    anthropic_error_event,
+    anthropic_event,
+    dumps,
+    loads_object,
+    matched_stop,
+    new_id,
+    openai_usage,
+    stop_reason,
+    text_of,
+)
+
+SEP = "\n\n"  # between text blocks that become one OpenAI string
+IMAGE_IN_TOOL_RESULT = "[image: attached in the next user message]"
+DOCUMENT_IN_TOOL_RESULT = "[document: attached in the next user message]"
+STREAM_ERROR = "The upstream reported an error in the middle of the stream."
+
+
+def anthropic_request_to_openai(body: dict) -> dict:
+    """An Anthropic Messages request as an OpenAI chat/completions request. Only fields OpenAI
+    understands are written; everything else (metadata, thinking, cache_control, top_k, …) is
+    left behind. Large values (text, schemas) are shared with `body`, not copied."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise TranslationError("messages: must be a list", "messages")
+    out: dict[str, Any] = {}
+    if "model" in body:
+        out["model"] = body["model"]
+    chat: list[dict] = []
+    system = text_of(body.get("system"), SEP)
+    if system:
+        chat.append({"role": "system", "content": system})
+    for i, message in enumerate(messages):
+        _message(chat, message, f"messages[{i}]")
+    out["messages"] = chat
+
+    if isinstance(body.get("max_tokens"), int):
+        out["max_tokens"] = body["max_tokens"]
+    stops = body.get("stop_sequences")
+    if isinstance(stops, list) and stops:
+        out["stop"] = stops
+    for name in ("temperature", "top_p"):
+        if isinstance(body.get(name), int | float) and not isinstance(body.get(name), bool):
+            out[name] = body[name]
+    _tools(out, body)
+    if body.get("stream") is True:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def _tools(out: dict, body: dict) -> None:
+    tools = body.get("tools")
+    functions = []
+    for tool in tools if isinstance(tools, list) else ():
+        # Server tools (web_search_…, bash_…, text_editor_…) carry a versioned `type` and no
+        # schema: only Anthropic can run them, so they are left out.
+        if not isinstance(tool, dict) or not tool.get("name") or tool.get("type") not in (None, "custom"):
+            continue
+        function: dict[str, Any] = {"name": tool["name"]}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        schema = tool.get("input_schema")
+        function["parameters"] = schema if isinstance(schema, dict) else {"type": "object", "properties": {}}
+        functions.append({"type": "function", "function": function})
+    if not functions:
+        return  # OpenAI refuses `tools: []` and a tool_choice without tools
+    out["tools"] = functions
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict):
+        return
+    kind = choice.get("type")
+    if kind == "auto":
+        out["tool_choice"] = "auto"
+    elif kind == "any":
+        out["tool_choice"] = "required"
+    elif kind == "none":
+        out["tool_choice"] = "none"
+    elif kind == "tool":
+        name = choice.get("name")
+        if not any(f["function"]["name"] == name for f in functions):
+            raise TranslationError(
+                f"tool_choice: tool {name!r} is not among the tools this model can call", "tool_choice"
+            )
+        out["tool_choice"] = {"type": "function", "function": {"name": name}}
+    if choice.get("disable_parallel_tool_use") is True and kind != "none":
+        out["parallel_tool_calls"] = False
+
+
+def _image_url(block: dict, where: str) -> dict:
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and isinstance(source.get("data"), str):
+        media = source.get("media_type") or "image/png"
+        return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
+    if kind == "url" and isinstance(source.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    raise TranslationError(f"{where}.source: image source {kind!r} cannot be sent to this model", f"{where}.source")
+
+
+def _document(block: dict, where: str) -> dict:
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "text" and isinstance(source.get("data"), str):
+        return {"type": "text", "text": source["data"]}
+    if kind == "base64" and isinstance(source.get("data"), str):
+        media = source.get("media_type") or "application/pdf"
+        name = block.get("title") if isinstance(block.get("title"), str) else "document.pdf"
+        return {"type": "file", "file": {"filename": name, "file_data": f"data:{media};base64,{source['data']}"}}
+    raise TranslationError(f"{where}.source: document source {kind!r} cannot be sent to this model", f"{where}.source")
+
+
+def _user_parts(parts: list, content: list, where: str) -> None:
+    """Text, image and document blocks as OpenAI content parts (appended to `parts`)."""
+    for j, block in enumerate(content):
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            if isinstance(block.get("text"), str) and block["text"]:
+                parts.append({"type": "text", "text": block["text"]})
+        elif kind == "image":
+            parts.append(_image_url(block, f"{where}[{j}]"))
+        elif kind == "document":
+            parts.append(_document(block, f"{where}[{j}]"))
+        # tool_result is handled by the caller; thinking and unknown types are dropped
+
+
+def _user_content(parts: list) -> str | list | None:
+    if not parts:
+        return None
+    if all(p["type"] == "text" for p in parts):  # plain strings suit every OpenAI-compatible upstream
+        return parts[0]["text"] if len(parts) == 1 else SEP.join(p["text"] for p in parts)
+    return parts
+
+
+def _message(chat: list, message: Any, where: str) -> None:
+    if not isinstance(message, dict):
+        raise TranslationError(f"{where}: must be an object", where)
+    role, content = message.get("role"), message.get("content")
+    if role == "system":
+        text = text_of(content, SEP)
+        if text:
+            chat.append({"role": "system", "content": text})
+    elif role == "assistant":
+        _assistant(chat, content)
+    elif role == "user":
+        _user(chat, content, f"{where}.content")
+    else:
+        raise TranslationError(f"{where}.role: must be 'user' or 'assistant'", f"{where}.role")
+
+
+def _assistant(chat: list, content: Any) -> None:
+    if isinstance(content, str):
+        if content:
+            chat.append({"role": "assistant", "content": content})
+        return
+    texts, calls = [], []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str) and block["text"]:
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            call_id = block.get("id") if isinstance(block.get("id"), str) else new_id("call_")
+            arguments = dumps(block["input"]) if "input" in block and block["input"] is not None else "{}"
+            calls.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": block.get("name") or "", "arguments": arguments},
+                }
+            )
+        # thinking, redacted_thinking, server tool blocks and unknown types are dropped
+    if not texts and not calls:
+        return
+    out: dict[str, Any] = {"role": "assistant", "content": SEP.join(texts) if texts else None}
+    if calls:
+        out["tool_calls"] = calls
+    chat.append(out)
+
+
+def _user(chat: list, content: Any, where: str) -> None:
+    if isinstance(content, str):
+        if content:
+            chat.append({"role": "user", "content": content})
+        return
+    if not isinstance(content, list):
+        return
+    parts: list[dict] = []
+    carried: list[dict] = []  # images from tool results, shown to the model in the user message
+    for j, block in enumerate(content):
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            # Tool messages go first, straight after the assistant's tool_calls.
+            chat.append(_tool_message(block, carried, f"{where}[{j}]"))
+    _user_parts(parts, content, where)
+    merged = _user_content(carried + parts)
+    if merged is not None:
+        chat.append({"role": "user", "content": merged})
+
+
+def _tool_message(block: dict, carried: list, where: str) -> dict:
+    content = block.get("content")
+    if isinstance(content, list):
+        texts = []
+        for k, inner in enumerate(content):
+            if not isinstance(inner, dict):
+                continue
+            kind = inner.get("type")
+            if kind == "text" and isinstance(inner.get("text"), str):
+                texts.append(inner["text"])
+            elif kind == "image":
+                carried.append(_image_url(inner, f"{where}.content[{k}]"))
+                texts.append(IMAGE_IN_TOOL_RESULT)
+            elif kind == "document":
+                part = _document(inner, f"{where}.content[{k}]")
+                if part["type"] == "text":
+                    texts.append(part["text"])
+                else:
+                    carried.append(part)
+                    texts.append(DOCUMENT_IN_TOOL_RESULT)
+        content = SEP.join(t for t in texts if t)
+    elif not isinstance(content, str):
+        content = ""
+    tool_id = block.get("tool_use_id")
+    return {"role": "tool", "tool_call_id": tool_id if isinstance(tool_id, str) else "", "content": content}
+
+
+def _message_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        return new_id("msg_")
+    return value if value.startswith("msg_") else "msg_" + value
+
+
+def _usage_out(usage: TokenUsage | None) -> dict:
+    if usage is None:
+        return {"input_tokens": 0, "output_tokens": 0}
+    out = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if usage.cache_read_tokens:
+        out["cache_read_input_tokens"] = usage.cache_read_tokens
+    return out
+
+
+def openai_response_to_anthropic(body: dict, *, model: str | None = None) -> dict:
+    """An OpenAI chat completion as an Anthropic Message (`model`: used when the answer has none)."""
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content: list[dict] = []
+    text = message.get("content")
+    text = text if isinstance(text, str) else text_of(text, "")
+    if text:
+        content.append({"type": "text", "text": text})
+    elif isinstance(message.get("refusal"), str) and message["refusal"]:
+        content.append({"type": "text", "text": message["refusal"]})
+    calls = message.get("tool_calls")
+    calls = list(calls) if isinstance(calls, list) else []
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"function": message["function_call"]})
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else new_id("toolu_")
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call_id,
+                "name": function.get("name") or "",
+                "input": loads_object(function.get("arguments")),
+            }
+        )
+    has_tools = any(b["type"] == "tool_use" for b in content)
+    reason = stop_reason(choice.get("finish_reason"), has_tools)
+    sequence = matched_stop(choice) if choice.get("finish_reason") == "stop" and not has_tools else None
+    if sequence is not None:
+        reason = "stop_sequence"
+    elif reason == "end_turn" and isinstance(message.get("refusal"), str) and message["refusal"] and not text:
+        reason = "refusal"
+    return {
+        "id": _message_id(body.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model") or model or "",
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": _usage_out(openai_usage(body.get("usage"))),
+    }
+
+
+class OpenAIToAnthropicStream:
+    """OpenAI chat.completion.chunk objects in, Anthropic SSE bytes out.
+
+    `feed(chunk)` for every parsed `data:` object, `close()` at `[DONE]` or the end of the
+    upstream stream (idempotent). Each returns the bytes to send, possibly b"". Content blocks
+    are opened and closed one at a time, as Anthropic does: text, then each tool call in the
+    order OpenAI's `tool_calls[].index` first appears. `message_delta` and `message_stop` wait
+    for `close()`, since the usage-only chunk comes after `finish_reason`.
+    """
+
+    def __init__(self, *, model: str | None = None, input_tokens: int = 0) -> None:
+        self.model = model
+        self.input_tokens = input_tokens  # for message_start, when the caller knows (an estimate)
+        self.usage: TokenUsage | None = None  # the upstream's, once reported
+        self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None
+        self.started = False
+        self.closed = False
+        self._index = -1  # Anthropic index of the open block, -1 when none is open
+        self._blocks = 0
+        self._open_tool: int | None = None  # OpenAI tool index of the open tool_use block
+        self._tools: dict[int, int] = {}  # OpenAI tool index -> Anthropic block index
+
+    def _start(self, chunk: dict) -> bytes:
+        self.started = True
+        model = chunk.get("model") or self.model or ""
+        message = {
+            "id": _message_id(chunk.get("id")),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+        }
+        return anthropic_event("message_start", {"type": "message_start", "message": message})
+
+    def _stop_block(self) -> bytes:
+        if self._index < 0:
+            return b""
+        out = anthropic_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+        self._index, self._open_tool = -1, None
+        return out
+
+    def _open(self, block: dict) -> bytes:
+        out = self._stop_block()
+        self._index = self._blocks
+        self._blocks += 1
+        event = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return out + anthropic_event("content_block_start", event)
+
+    def _delta(self, delta: dict) -> bytes:
+        return anthropic_event(
+            "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
+        )
+
+    def feed(self, chunk: dict) -> bytes:
+        if self.closed or not isinstance(chunk, dict):
+            return b""
+        out = b"" if self.started else self._start(chunk)
+        error = chunk.get("error")
+        if error is not None:  # a failure reported inside the stream; our words, never the upstream's
+            self.closed = True
+            return out + self._stop_block() + anthropic_error_event(STREAM_ERROR)
+        usage = openai_usage(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return out
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                if self._index < 0 or self._open_tool is not None:
+                    out += self._open({"type": "text", "text": ""})
+                out += self._delta({"type": "text_delta", "text": text})
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                if isinstance(call, dict):
+                    out += self._tool_delta(call)
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+            self.stop_sequence = matched_stop(choice) if self.finish_reason == "stop" else None
+            out += self._stop_block()
+        return out
+
+    def _tool_delta(self, call: dict) -> bytes:
+        index = call.get("index") if isinstance(call.get("index"), int) else len(self._tools)
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        out = b""
+        if index not in self._tools:
+            call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else new_id("toolu_")
+            block = {"type": "tool_use", "id": call_id, "name": function.get("name") or "", "input": {}}
+            out = self._open(block)
+            self._tools[index], self._open_tool = self._index, index
+        arguments = function.get("arguments")
+        # Fragments for a call whose block was already closed (an upstream interleaving parallel
+        # calls) cannot be placed any more: Anthropic blocks are sequential. They are dropped.
+        if isinstance(arguments, str) and arguments and self._open_tool == index:
+            out += self._delta({"type": "input_json_delta", "partial_json": arguments})
+        return out
+
+    def close(self) -> bytes:
+        """The end of the message: `message_delta` (stop reason, usage) and `message_stop`."""
+        if self.closed:
+            return b""
+        out = b"" if self.started else self._start({})
+        out += self._stop_block()
+        self.closed = True
+        reason = stop_reason(self.finish_reason, bool(self._tools))
+        sequence = self.stop_sequence if reason == "end_turn" and self.stop_sequence else None
+        if sequence is not None:
+            reason = "stop_sequence"
+        usage = {"output_tokens": 0} if self.usage is None else _usage_out(self.usage)
+        event = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}
+        out += anthropic_event("message_delta", event)
+        return out + anthropic_event("message_stop", {"type": "message_stop"})
+
+
+__all__ = ["OpenAIToAnthropicStream", "anthropic_request_to_openai", "openai_response_to_anthropic"]

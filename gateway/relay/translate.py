@@ -1,0 +1,121 @@
+"""Translation between the Anthropic Messages API and OpenAI chat/completions: the one import
+for routes (`from gateway.relay import translate`).
+
+Pure and synchronous: no I/O, no aiohttp. Built for the hot path: new dicts are built only
+around what changes, large values (text, base64 data, JSON schemas) are shared, never copied.
+Odd but valid input (None fields, empty content lists, empty text blocks, unknown block types)
+never raises: the unknown is dropped. Input that cannot be expressed in the other format raises
+`TranslationError(message, field)`; the route answers 400 `invalid_request_error`.
+
+    Anthropic clients on `openai` keys (gateway/relay/anthropic_on_openai.py)
+        anthropic_request_to_openai(body) -> dict
+        openai_response_to_anthropic(body, *, model=None) -> dict
+        OpenAIToAnthropicStream(*, model=None, input_tokens=0)
+            .feed(chunk: dict) -> bytes     .close() -> bytes     .usage: TokenUsage | None
+    OpenAI clients on `anthropic` keys (gateway/relay/openai_on_anthropic.py)
+        openai_request_to_anthropic(body) -> dict
+        anthropic_response_to_openai(body, *, model=None) -> dict
+        AnthropicToOpenAIStream(*, include_usage=False, model=None)
+            .feed(event: dict) -> bytes     .close() -> bytes     .usage: TokenUsage
+        wants_usage(openai_body) -> bool
+    Shared (gateway/relay/translate_base.py)
+        TranslationError(message, field=None)
+        TokenUsage(input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
+            .prompt_tokens, .total_tokens;  openai_usage(u), anthropic_usage(u) -> TokenUsage | None
+        anthropic_error_event(message, type_="api_error") -> bytes
+        estimate_input_tokens(anthropic_body) -> int
+
+Decisions, Anthropic request -> OpenAI:
+* `system` (string or text blocks, joined with a blank line) becomes a leading system message;
+  `system`-role entries inside `messages` become system messages in place.
+* Text-only content becomes a plain string (blocks joined with a blank line), which every
+  OpenAI-compatible upstream accepts; content with images or documents stays a list of parts.
+  Images: base64 -> data URL, url -> url. Documents: text source -> text, base64 (PDF) -> an
+  OpenAI `file` part. Other sources (`file` ids) raise TranslationError.
+* A user turn's `tool_result` blocks become `tool` messages first (right after the assistant's
+  tool_calls), then one user message with the rest. A result's text blocks are joined;
+  `is_error` has no OpenAI counterpart and is dropped. Images (and PDFs) in a result cannot go in
+  a tool message: its text says "[image: attached in the next user message]" and the image
+  itself goes into the user message that follows the tool messages.
+* `tool_use` -> tool_calls with `arguments` = the input as JSON text. Text blocks of an
+  assistant turn are joined into its content (their order relative to tool calls is lost).
+* `thinking`/`redacted_thinking`, unknown block types and messages left empty are dropped.
+  Roles other than user/assistant/system raise TranslationError.
+* Tools: custom tools -> functions (`parameters` = input_schema); server tools (web search,
+  bash, text editor: a versioned `type`) are left out, only Anthropic runs them, and a
+  tool_choice that names a tool not left in raises TranslationError. tool_choice auto/any/none/
+  tool -> "auto"/"required"/"none"/function; `disable_parallel_tool_use` -> `parallel_tool_calls:
+  false`. No tools: neither `tools` nor `tool_choice` is sent (OpenAI refuses both).
+* `max_tokens` stays `max_tokens` (understood by OpenAI-compatible upstreams; OpenAI's o-series
+  want `max_completion_tokens`), `stop_sequences` -> `stop` (as is; OpenAI itself takes at most
+  4). A stream gets `stream_options: {include_usage: true}`. Everything else (metadata, thinking,
+  cache_control, output_config, top_k, service_tier, …) is not forwarded.
+OpenAI answer -> Anthropic:
+* `id` gets a `msg_` prefix (a fresh id when there is none). finish_reason stop -> end_turn
+  (stop_sequence with the matched string where the upstream reports it: vLLM `stop_reason`,
+  SGLang `matched_stop`), length -> max_tokens, tool_calls/function_call -> tool_use,
+  content_filter -> refusal; a finish of stop or none after tool calls -> tool_use; none -> end_turn.
+* Tool arguments that are not a JSON object become `{"_raw": "<the text>"}` (empty -> {}), so
+  the tool reports the malformed call back to the model instead of running with nothing.
+* usage: input_tokens = prompt_tokens - cached, cache_read_input_tokens = cached (when there are
+  any), output_tokens = completion_tokens: Anthropic's meaning of input_tokens.
+* `reasoning_content` (DeepSeek and others) is not shown; a `refusal` is shown as text.
+* Streams: content blocks are sequential, so a tool-call fragment arriving after its block was
+  closed (an upstream interleaving parallel calls) is dropped. `message_delta`/`message_stop`
+  are sent at close(), after the usage-only chunk; no finish_reason at all -> end_turn. An
+  `error` in the stream becomes Anthropic's `error` event, in our words.
+OpenAI request -> Anthropic:
+* system and developer messages, wherever they are, are joined into `system` (Anthropic has no
+  system role inside messages). `tool` messages -> tool_result blocks; consecutive same-role
+  messages are merged into one turn. A final assistant text (prefill) loses trailing whitespace.
+* Images: base64 data URLs -> base64 source, http(s) -> url source; `file` parts with inline
+  PDF data -> document blocks. Other URLs, file ids and audio raise TranslationError.
+* `max_completion_tokens` or `max_tokens`, else 4096 (Anthropic requires one). `stop` ->
+  `stop_sequences`; temperature clamped to 0..1; `parallel_tool_calls: false` ->
+  `disable_parallel_tool_use`; `n` other than 1 raises. `response_format` is dropped (Anthropic
+  has no JSON mode to map it to), as are stream_options, logprobs, penalties, seed, user,
+  prompt_cache_key, reasoning_effort and every other OpenAI-only field.
+Anthropic answer -> OpenAI:
+* Text blocks joined (no separator: they are pieces of one text), tool_use -> tool_calls,
+  thinking dropped; stop_reason back to finish_reason (refusal -> content_filter, pause_turn ->
+  stop, model_context_window_exceeded -> length); usage prompt_tokens = input + cache read +
+  cache creation, `prompt_tokens_details.cached_tokens` = cache read.
+"""
+
+from __future__ import annotations
+
+from gateway.relay.anthropic_on_openai import (
+    OpenAIToAnthropicStream,
+    anthropic_request_to_openai,
+    openai_response_to_anthropic,
+)
+from gateway.relay.openai_on_anthropic import (
+    AnthropicToOpenAIStream,
+    anthropic_response_to_openai,
+    openai_request_to_anthropic,
+    wants_usage,
+)
+from gateway.relay.translate_base import (
+    TokenUsage,
+    TranslationError,
+    anthropic_error_event,
+    anthropic_usage,
+    estimate_input_tokens,
+    openai_usage,
+)
+
+__all__ = [
+    "AnthropicToOpenAIStream",
+    "OpenAIToAnthropicStream",
+    "TokenUsage",
+    "TranslationError",
+    "anthropic_error_event",
+    "anthropic_request_to_openai",
+    "anthropic_response_to_openai",
+    "anthropic_usage",
+    "estimate_input_tokens",
+    "openai_request_to_anthropic",
+    "openai_response_to_anthropic",
+    "openai_usage",
+    "wants_usage",
+]
