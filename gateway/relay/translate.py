@@ -7,12 +7,12 @@ Odd but valid input (None fields, empty content lists, empty text blocks, unknow
 never raises: the unknown is dropped. Input that cannot be expressed in the other format raises
 `TranslationError(message, field)`; the route answers 400 `invalid_request_error`.
 
-    Anthropic clients on `openai` keys (gateway/relay/anthropic_on_openai.py)
+    Anthropic clients on `openai` keys (gateway/relay/anthropic_on_openai.py, stream_to_anthropic.py)
         anthropic_request_to_openai(body) -> dict
         openai_response_to_anthropic(body, *, model=None) -> dict
         OpenAIToAnthropicStream(*, model=None, input_tokens=0)
             .feed(chunk: dict) -> bytes     .close() -> bytes     .usage: TokenUsage | None
-    OpenAI clients on `anthropic` keys (gateway/relay/openai_on_anthropic.py)
+    OpenAI clients on `anthropic` keys (gateway/relay/openai_on_anthropic.py, stream_to_openai.py)
         openai_request_to_anthropic(body) -> dict
         anthropic_response_to_openai(body, *, model=None) -> dict
         AnthropicToOpenAIStream(*, include_usage=False, model=None)
@@ -84,17 +84,10 @@ Anthropic answer -> OpenAI:
 
 from __future__ import annotations
 
-from gateway.relay.anthropic_on_openai import (
-    OpenAIToAnthropicStream,
-    anthropic_request_to_openai,
-    openai_response_to_anthropic,
-)
-from gateway.relay.openai_on_anthropic import (
-    AnthropicToOpenAIStream,
-    anthropic_response_to_openai,
-    openai_request_to_anthropic,
-    wants_usage,
-)
+from gateway.relay.anthropic_on_openai import anthropic_request_to_openai, openai_response_to_anthropic
+from gateway.relay.openai_on_anthropic import anthropic_response_to_openai, openai_request_to_anthropic, wants_usage
+from gateway.relay.stream_to_anthropic import OpenAIToAnthropicStream
+from gateway.relay.stream_to_openai import AnthropicToOpenAIStream
 from gateway.relay.translate_base import (
     TokenUsage,
     TranslationError,

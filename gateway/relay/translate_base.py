@@ -1,9 +1,10 @@
 """What both translation directions share (see gateway/relay/translate.py for the whole API).
 
-Owns: `TranslationError`, the stop-reason tables, token usage read from either format
-(`TokenUsage`, `openai_usage`, `anthropic_usage`), SSE framing (`anthropic_event`,
-`anthropic_error_event`, `openai_data`), the local `estimate_input_tokens`, and small helpers
-that read loosely typed JSON without raising.
+Owns: `TranslationError`, the stop-reason tables, token usage read from and written in either
+format (`TokenUsage`, `openai_usage`, `anthropic_usage`, `openai_usage_dict`,
+`anthropic_usage_dict`), ids (`message_id`, `new_id`), SSE framing (`anthropic_event`,
+`anthropic_error_event`, `openai_data`, `STREAM_ERROR`), the local `estimate_input_tokens`, and
+small helpers that read loosely typed JSON without raising.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class TranslationError(ValueError):
         self.message = message
         self.field = field
 
+
+# A failure reported inside an upstream stream, in our words (never the upstream's).
+STREAM_ERROR = "The upstream reported an error in the middle of the stream."
 
 # OpenAI finish_reason -> Anthropic stop_reason. Anything else (None, unknown) -> end_turn.
 # content_filter -> refusal: Anthropic's own stop reason for a response the model declined.
@@ -173,6 +177,36 @@ def _is_text(block: Any) -> bool:
         and isinstance(block.get("text"), str)
         and block["text"] != ""
     )
+
+
+def message_id(value: Any) -> str:
+    """An OpenAI id as an Anthropic message id: `msg_` prefixed; a fresh one when there is none."""
+    if not isinstance(value, str) or not value:
+        return new_id("msg_")
+    return value if value.startswith("msg_") else "msg_" + value
+
+
+def anthropic_usage_dict(usage: TokenUsage | None) -> dict:
+    """Anthropic `usage` for an answer; cache reads only when there are any."""
+    if usage is None:
+        return {"input_tokens": 0, "output_tokens": 0}
+    out = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if usage.cache_read_tokens:
+        out["cache_read_input_tokens"] = usage.cache_read_tokens
+    return out
+
+
+def openai_usage_dict(usage: TokenUsage | None) -> dict:
+    """OpenAI `usage`: prompt_tokens counts the cached and cache-written tokens too."""
+    usage = usage or TokenUsage()
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cache_read_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    return out
 
 
 # One image costs Anthropic about (width * height) / 750 tokens, at most ~1,600 after its resizing.
