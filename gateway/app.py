@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import Config
-from gateway.errors import error_middleware
+from gateway.errors import POSTGRES_DOWN, error_middleware
 from gateway.log import request_context
 from gateway.net import events, h1
 from gateway.net.redisline import ScriptLine
@@ -30,7 +30,7 @@ from gateway.relay.usage import UsageLog
 from gateway.resources import data_dir
 from gateway.store import db
 from gateway.store.crypto import KeyRing
-from gateway.store.tokens import PG_ERRORS, TokenCache, touch_forever
+from gateway.store.tokens import TokenCache, touch_forever
 from gateway.tasks import background
 from gateway.web import health, keys_api, oauth, pages, thanks, tokens_api
 from gateway.web.board import Board
@@ -169,7 +169,7 @@ async def token_cache(app: web.Application) -> AsyncIterator[None]:
     bus.on_resync(resync)
     async with background(touch_forever(cache)):
         yield
-    with contextlib.suppress(*PG_ERRORS):
+    with contextlib.suppress(*POSTGRES_DOWN):
         await cache.touch()
 
 

@@ -13,6 +13,9 @@
 Handlers raise; `error_middleware` renders by surface. Anything else is logged with its traceback
 and answered with a generic 500 that reveals nothing. Messages are always our own words: never an
 upstream body, a base URL or a key.
+
+`POSTGRES_DOWN` and `REDIS_DOWN` are what a store that is down, restarting or unreachable raises:
+the one definition every `except` about an outage uses.
 """
 
 from __future__ import annotations
@@ -20,10 +23,27 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 import structlog
 from aiohttp import web
 
 log = structlog.get_logger(__name__)
+
+# "PostgreSQL is down" (or unreachable, restarting, refusing connections).
+POSTGRES_DOWN: tuple[type[Exception], ...] = (
+    OSError,  # connect refused or reset, DNS, TLS: asyncpg lets socket errors through
+    TimeoutError,  # connect, pool acquire or a query past its timeout (an OSError too; named for the reader)
+    asyncpg.PostgresError,  # the server answered with an error: shutting down, too many connections, …
+    asyncpg.InterfaceError,  # the client side gave up: connection closed mid-call, pool closing
+)
+
+# "Redis is down" (or unreachable, loading, a read-only replica after a failover).
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.exceptions.RedisError,  # redis-py's and our line's ConnectionError / TimeoutError, error replies
+    OSError,  # socket and TLS errors that reach us unwrapped
+    TimeoutError,  # asyncio.timeout() around a call (an OSError too; named for the reader)
+)
 
 
 class GatewayError(Exception):

@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-import redis.exceptions
 import structlog
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 
 from gateway import appkeys
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -235,7 +234,7 @@ async def _refresh(app: web.Application, facts: _ClusterFacts) -> None:
             async with app[appkeys.pg].acquire() as conn:
                 rows = await conn.fetch(SELECT_KEY_STATES)
             stored = {r[0]: r[1] for r in rows}
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except POSTGRES_DOWN:
         postgres_error("metrics")
         stored = None
     try:
@@ -244,7 +243,7 @@ async def _refresh(app: web.Application, facts: _ClusterFacts) -> None:
             pooled = {k.id: k for keys in index.snapshot.pooled.values() for k in keys}
             used = await balancer.usage_today(list(pooled))
             facts.spooled = int(await app[appkeys.redis].llen(app[appkeys.usage].spool_key))
-    except (redis.exceptions.RedisError, OSError, TimeoutError):
+    except REDIS_DOWN:
         redis_error("metrics")
         return
     facts.calls_left = {

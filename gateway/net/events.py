@@ -13,8 +13,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
+
+from gateway.errors import REDIS_DOWN
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,7 @@ class Bus:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as e:
+            except REDIS_DOWN as e:
                 self.subscribed.clear()
                 log.warning("events_disconnected", error=str(e))
                 await asyncio.sleep(RETRY_SECONDS)

@@ -21,6 +21,7 @@ import structlog
 
 from gateway import log
 from gateway.config import Config, ConfigError, load
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, ssrf
 from gateway.ops import server
 from gateway.ops.embedded import EmbeddedError
@@ -183,7 +184,7 @@ async def _with_connection(config: Config, args: argparse.Namespace, fn: Runner)
 async def connect(config: Config) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(config.database.url, timeout=10)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+    except POSTGRES_DOWN as e:
         raise CliError(f"cannot connect to PostgreSQL: {_reason(e)}") from None
 
 
@@ -225,7 +226,7 @@ async def _prepare(config: Config) -> None:
     client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
     try:
         await client.ping()
-    except (redis.exceptions.RedisError, OSError) as e:
+    except REDIS_DOWN as e:
         raise CliError(f"cannot connect to Redis: {_reason(e)}") from None
     finally:
         await client.aclose()
@@ -335,7 +336,7 @@ async def announce(config: Config, kind: str, arg: str = "") -> None:
     client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
     try:
         await events.publish(client, config.redis.key_prefix, kind, arg)
-    except (redis.exceptions.RedisError, OSError) as e:
+    except REDIS_DOWN as e:
         logger.warning("announce_failed", kind=kind, error=_reason(e))
     finally:
         await client.aclose()
@@ -430,7 +431,7 @@ async def run_rotate_secret(config: Config, args: argparse.Namespace, conn: asyn
         client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
         try:
             behind = await rotation.gateways_without(client, config.redis.key_prefix, keyring.current_kid)
-        except (redis.exceptions.RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             raise CliError(f"cannot check the gateways' secrets (Redis: {_reason(e)}); --force skips it") from None
         finally:
             await client.aclose()

@@ -33,19 +33,17 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.ops import rotation
 from gateway.ops.keychecks import HealthChecks, redis_now_ms
 from gateway.relay.balancer import _day_bounds
 
 log = structlog.get_logger(__name__)
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 RETRY_SECONDS = 60.0  # a failed run is tried again this soon (or after its period, if shorter)
 KEEP_SECONDS = 15.0  # a running job's lease always has at least this long left
 MAX_SLEEP = 60.0  # look at a lease at least this often (it may have vanished with Redis' data)
@@ -126,7 +124,7 @@ async def run_job(client: aioredis.Redis, prefix: str, job: Job, stop: asyncio.E
             if await lease.take(period):
                 await _run_holding(lease, job, period, stop)
             wait = await lease.left_ms() / 1000
-        except REDIS_ERRORS as e:
+        except REDIS_DOWN as e:
             metrics.redis_error("jobs")
             log.warning("job_lease_unavailable", job=job.name, error=str(e))
             wait = 1.0
@@ -150,7 +148,7 @@ async def _run_holding(lease: Lease, job: Job, period_ms: int, stop: asyncio.Eve
             await asyncio.gather(run, return_exceptions=True)
         await asyncio.wait((keeper,), timeout=STOP_TIMEOUT)
     if run.cancelled():  # give the lease back: another process takes over at once
-        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+        with contextlib.suppress(*REDIS_DOWN):
             async with asyncio.timeout(1.0):
                 await lease.release()
         return
@@ -160,8 +158,8 @@ async def _run_holding(lease: Lease, job: Job, period_ms: int, stop: asyncio.Eve
         log.info("job_ran", job=job.name, seconds=round(time.monotonic() - started, 3))
         return
     metrics.job_ran(job.name, ok=False)
-    expected = isinstance(error, PG_ERRORS + REDIS_ERRORS)
-    if isinstance(error, PG_ERRORS):
+    expected = isinstance(error, POSTGRES_DOWN + REDIS_DOWN)
+    if isinstance(error, POSTGRES_DOWN):
         metrics.postgres_error("jobs")
     reason = str(error) or type(error).__name__
     log.warning("job_failed", job=job.name, error=reason, exc_info=None if expected else error)
@@ -175,7 +173,7 @@ async def _keep(lease: Lease, name: str, finished: asyncio.Event) -> None:
             if not await lease.extend(round(KEEP_SECONDS * 1000)):
                 log.warning("job_lease_lost", job=name)
                 return
-        except REDIS_ERRORS:
+        except REDIS_DOWN:
             pass
 
 
@@ -187,11 +185,11 @@ async def announce_ring(client: aioredis.Redis, prefix: str, kids: list[str], st
         try:
             expires = await redis_now_ms(client) + rotation.RING_TTL_MS
             await client.hset(key, member, f"{expires} {','.join(kids)}")
-        except REDIS_ERRORS as e:
+        except REDIS_DOWN as e:
             log.debug("ring_announce_failed", error=str(e))
         if await stopped(stop, rotation.RING_EVERY):
             break
-    with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+    with contextlib.suppress(*REDIS_DOWN):
         async with asyncio.timeout(1.0):
             await client.hdel(key, member)
 

@@ -13,19 +13,16 @@ import uuid
 
 import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events
 from gateway.net.keytest import INVALID_KEY, Probe, probe
 from gateway.store.crypto import SealError
 
 log = structlog.get_logger(__name__)
-
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 async def redis_now_ms(client: aioredis.Redis) -> int:
@@ -115,7 +112,7 @@ class HealthChecks:
         metrics.health_checked(found.result)
         try:
             await self._apply(row, found, fails, now_ms)
-        except (*REDIS_ERRORS, *PG_ERRORS) as e:
+        except (*REDIS_DOWN, *POSTGRES_DOWN) as e:
             log.warning("key_check_not_recorded", key_id=key_id, error=str(e))
         return found.result
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 
 from gateway.config import Config
@@ -29,7 +28,6 @@ from gateway.store.sharedkeys import open_row
 
 log = structlog.get_logger(__name__)
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 BATCH = 100
 RING_EVERY = 10.0
 RING_TTL_MS = 30_000

@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-import redis.exceptions
 import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.errors import REDIS_DOWN
 from gateway.log import scrub, send
 from gateway.net import h1, upstream
 from gateway.relay import sse
@@ -31,7 +31,6 @@ log = structlog.get_logger(__name__)
 MAX_ERROR_BODY = 64 * 1024
 ERROR_BODY_WAIT = 5.0  # seconds an error status may take to send its body
 CALLER_ERRORS = frozenset({400, 404, 413, 422})
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
@@ -165,7 +164,7 @@ async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> 
     else:
         try:
             cooled = await balancer.record_failure(key.id, cooldown)
-        except REDIS_ERRORS:
+        except REDIS_DOWN:
             cooled = False
         if cooled:
             states.cooling(key.id, "repeated upstream failures", f"{failure.kind}: {failure.detail}"[:300])
@@ -176,6 +175,6 @@ async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> 
 async def _quietly(awaitable: Any) -> None:
     try:
         await awaitable
-    except REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         metrics.redis_error("balancer")
         log.warning("balancer_call_failed", error=str(e))

@@ -16,13 +16,14 @@ import re
 import time
 from typing import Any
 
-import asyncpg
 import orjson
 import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.errors import (
+    POSTGRES_DOWN,
+    REDIS_DOWN,
     BadRequest,
     GatewayError,
     InvalidToken,
@@ -32,7 +33,7 @@ from gateway.errors import (
     UpstreamFailed,
 )
 from gateway.log import request_fields
-from gateway.relay.attempt import REDIS_ERRORS, _quietly, attempt, note_failure
+from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.balancer import Balancer, Pick, UserLimits
 from gateway.relay.call import TOKEN_FIELDS, Call, Failure
 from gateway.store.tokens import Caller
@@ -91,7 +92,7 @@ async def authenticate(request: web.Request) -> Caller:
         raise InvalidToken(BAD_TOKEN)
     try:
         caller = await request.app[appkeys.token_cache].lookup(token.strip())
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except POSTGRES_DOWN:
         metrics.postgres_error("tokens")
         raise NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5) from None
     if caller is None:
@@ -218,7 +219,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                     stream=call.stream,
                     count_user=call.attempts == 0,
                 )
-            except REDIS_ERRORS as e:
+            except REDIS_DOWN as e:
                 metrics.redis_error("balancer")
                 log.error("balancer_unreachable", error=str(e))
                 raise NotConfigured(

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 from yarl import URL
 
+from gateway.errors import POSTGRES_DOWN
 from gateway.net.h1 import header_lines
 from gateway.net.upstream import upstream_headers
 from gateway.relay.balancer import Candidate
@@ -150,6 +151,6 @@ class KeyIndex:
             self._dirty.clear()
             try:
                 await self.reload()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            except POSTGRES_DOWN as e:
                 log.warning("key_index_reload_failed", error=str(e))
                 await asyncio.sleep(1.0)

@@ -23,10 +23,10 @@ from datetime import date, datetime
 
 import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 
 from gateway import metrics
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 
 log = structlog.get_logger(__name__)
 
@@ -170,10 +170,6 @@ async def write(conn: asyncpg.Connection, records: list[UsageRecord]) -> None:
             )
 
 
-PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-
-
 class UsageLog:
     def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
         self._pool = pool
@@ -234,7 +230,7 @@ class UsageLog:
         try:
             async with self._pool.acquire(timeout=5) as conn:
                 await write(conn, batch)
-        except PG_ERRORS as e:
+        except POSTGRES_DOWN as e:
             metrics.postgres_error("usage")
             self._backoff = min(MAX_BACKOFF, max(1.0, self._backoff * 2))
             log.warning("usage_write_failed", records=len(batch), error=str(e), retry_in=self._backoff)
@@ -248,7 +244,7 @@ class UsageLog:
         try:
             await self._redis.rpush(self.spool_key, *[r.to_json() for r in moved])
             log.warning("usage_spooled", records=len(moved))
-        except REDIS_ERRORS as e:
+        except REDIS_DOWN as e:
             self._buffer.extendleft(reversed(moved))
             log.error("usage_spool_failed", records=len(moved), error=str(e))
 
@@ -256,7 +252,7 @@ class UsageLog:
         while True:
             try:
                 raw = await self._redis.lrange(self.spool_key, 0, BATCH - 1)
-            except REDIS_ERRORS:
+            except REDIS_DOWN:
                 return True  # nothing we can read now; the buffer itself is written
             if not raw:
                 return True
@@ -264,7 +260,7 @@ class UsageLog:
                 return False
             try:
                 await self._redis.ltrim(self.spool_key, len(raw), -1)
-            except REDIS_ERRORS:
+            except REDIS_DOWN:
                 return True  # written; a second write of the same records changes nothing
 
     async def drain(self) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from gateway.errors import POSTGRES_DOWN
+
 log = structlog.get_logger(__name__)
 
 PREFIX = "shk_"
@@ -132,7 +134,7 @@ class TokenCache:
         try:
             async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(LOOKUP_TOKEN, digest)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except POSTGRES_DOWN:
             if stale is None or stale[1] is None:
                 raise
             # PostgreSQL is away: a token it knew keeps working (revoking one needs PostgreSQL
@@ -181,8 +183,5 @@ async def touch_forever(cache: TokenCache) -> None:
         await asyncio.sleep(TOUCH_SECONDS)
         try:
             await cache.touch()
-        except PG_ERRORS as e:
+        except POSTGRES_DOWN as e:
             log.warning("token_touch_failed", error=str(e))
-
-
-PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)

@@ -26,10 +26,10 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import redis.exceptions
 import structlog
 
 from gateway.config import LinuxDo
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.relay.balancer import Balancer
 from gateway.relay.keyindex import KeyIndex, PoolKey
 from gateway.web.pages import avatar_allowed
@@ -42,8 +42,9 @@ HISTORY_DAYS = 30  # the charts' window; also the longest period counted by day
 TTL_SECONDS = 3.0
 RETRY_SECONDS = 1.0  # after a failed refresh, before the next try
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, RuntimeError)
+# Reading the live state also fails when the balancer gives up on Redis' clock (RuntimeError from
+# `usage_today`): the board then shows the last live state seen, as when Redis is down.
+LIVE_STATE_ERRORS = (*REDIS_DOWN, RuntimeError)
 
 
 class BoardUnavailable(Exception):
@@ -367,7 +368,7 @@ class Board:
             today = date.fromisoformat(self._balancer.today())
             try:
                 rows = await fetch(self._pool, today)
-            except DB_ERRORS as e:
+            except POSTGRES_DOWN as e:
                 self._fresh_until = time.monotonic() + RETRY_SECONDS
                 log.warning("board_refresh_failed", error=str(e))
                 if self._snapshot is None:
@@ -376,7 +377,7 @@ class Board:
             pooled = [k for k in self._index.snapshot.by_id.values() if not k.is_private]
             try:
                 self._live = await live_state(self._balancer, pooled)
-            except REDIS_ERRORS as e:  # capacity and cooldowns as last seen; the counts are current
+            except LIVE_STATE_ERRORS as e:  # capacity and cooldowns as last seen; the counts are current
                 log.warning("board_live_state_unavailable", error=str(e))
             snapshot = build(today, rows, pooled, self._live, self._avatars)
             self._snapshot = snapshot

@@ -18,13 +18,11 @@ import dataclasses
 import time
 from typing import Any
 
-import asyncpg
-import redis.exceptions
 import structlog
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import ApiError, invalid
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
 from gateway.net import events, keytest, upstream
 from gateway.net.keytest import KeyTestResult
@@ -38,8 +36,6 @@ from gateway.web import sessions
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 NOT_SIGNED_IN = "Sign in, or pass a gateway token as 'Authorization: Bearer <token>'."
 NOT_FOUND = "No such key."
@@ -71,7 +67,7 @@ async def owner(request: web.Request) -> Caller:
         raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
     try:
         caller = await request.app[appkeys.token_cache].lookup(token.strip())
-    except DB_ERRORS:
+    except POSTGRES_DOWN:
         raise ApiError(503, "service_unavailable", "Cannot verify sign-ins right now; try again shortly.") from None
     if caller is None:
         raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
@@ -94,7 +90,7 @@ async def with_live_state(app: web.Application, keys: list[SharedKey]) -> list[S
     try:
         used = await balancer.usage_today([k.id for k in keys])
         cooling = await balancer.cooling()
-    except REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("key_live_state_unavailable", error=str(e))
         return keys
     return [_live(k, used.get(k.id, 0), k.id in cooling) for k in keys]
@@ -116,7 +112,7 @@ async def announce(app: web.Application, key_id: str) -> None:
     config = app[appkeys.config]
     try:
         await events.publish(app[appkeys.redis], config.redis.key_prefix, "keys", key_id)
-    except REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("keys_event_not_published", key_id=key_id, error=str(e))
 
 
@@ -268,7 +264,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     if tested:
         try:
             await app[appkeys.balancer].clear(key.id)
-        except REDIS_ERRORS as e:  # the cooldown then runs out on its own
+        except REDIS_DOWN as e:  # the cooldown then runs out on its own
             log.warning("key_clear_failed", key_id=key.id, error=str(e))
     await announce(app, key.id)
     log.info(
@@ -306,7 +302,7 @@ async def shared_keys_delete(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", NOT_FOUND)
     try:
         await app[appkeys.balancer].clear(key.id)  # no cooldown entry outlives its key
-    except REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("key_clear_failed", key_id=key.id, error=str(e))
     await announce(app, key.id)
     log.info("key_deleted", key_id=key.id)
@@ -356,7 +352,7 @@ async def count_key_test(request: web.Request, caller: Caller) -> None:
             pipe.incr(key)
             pipe.expire(key, 120)
             count, _ = await pipe.execute()
-    except REDIS_ERRORS:  # fail closed: an unlimited test endpoint is a scanner
+    except REDIS_DOWN:  # fail closed: an unlimited test endpoint is a scanner
         raise ApiError(503, "service_unavailable", "Key tests are unavailable right now; try again shortly.") from None
     if int(count) > limit:
         message = f"At most {limit} key tests a minute; try again shortly."

@@ -30,6 +30,7 @@ from yarl import URL
 
 from gateway import appkeys
 from gateway.config import LinuxDo
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events
 from gateway.store import users
 from gateway.web import pages, sessions
@@ -84,7 +85,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     record = {"browser": _hash(nonce), "verifier": verifier, "next": pages.local_path(request.query.get("next"))}
     try:
         await app[appkeys.redis].set(_state_key(app, state), json.dumps(record), ex=STATE_SECONDS)
-    except sessions.REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("login_unavailable", error=str(e))
         return await pages.error_page(request, 503, "login.title", "error.unavailable")
     target = URL(settings.authorize_url).update_query(
@@ -113,7 +114,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         return await pages.error_page(request, 400, "login.title", "login.state_missing")
     try:
         raw = await app[appkeys.redis].getdel(_state_key(app, state)) if len(state) <= 128 else None
-    except sessions.REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("login_unavailable", error=str(e))
         return await pages.error_page(request, 503, "login.title", "error.unavailable")
     if raw is None:
@@ -153,7 +154,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         await _announce_user(app, user.id)
         response = pages.redirect(pages.local_path(record["next"]))
         await sessions.start(request, response, user.id)
-    except (*sessions.DB_ERRORS, *sessions.REDIS_ERRORS) as e:
+    except (*POSTGRES_DOWN, *REDIS_DOWN) as e:
         log.warning("login_unavailable", error=str(e))
         return await pages.error_page(request, 503, "login.title", "error.unavailable")
     sessions.clear_cookie(app, response, LOGIN_COOKIE, path=LOGIN_COOKIE_PATH)
@@ -246,7 +247,7 @@ async def _record_trust_level(app: web.Application, profile: dict[str, Any]) -> 
     try:
         async with app[appkeys.pg].acquire() as conn:
             user_id = await users.set_linuxdo_trust_level(conn, str(profile["id"]), profile["trust_level"])
-    except sessions.DB_ERRORS as e:
+    except POSTGRES_DOWN as e:
         log.warning("trust_level_not_recorded", error=str(e))
         return
     if user_id is not None:
@@ -257,7 +258,7 @@ async def _announce_user(app: web.Application, user_id: str) -> None:
     """Token caches drop the user's callers, so a changed trust level applies everywhere."""
     try:
         await events.publish(app[appkeys.redis], app[appkeys.config].redis.key_prefix, "user", user_id)
-    except sessions.REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("user_event_not_published", user_id=user_id, error=str(e))
 
 
@@ -265,7 +266,7 @@ async def _end_login(request: web.Request, response: web.StreamResponse) -> None
     """After a refused sign-in this browser is signed out: it is not left signed in as anyone."""
     try:
         await sessions.end(request, response)
-    except sessions.REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         log.warning("session_not_ended", error=str(e))
     sessions.clear_cookie(request.app, response, LOGIN_COOKIE, path=LOGIN_COOKIE_PATH)
 
@@ -282,7 +283,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     response = pages.redirect("/")
     try:
         await sessions.end(request, response)
-    except sessions.REDIS_ERRORS:
+    except REDIS_DOWN:
         return await pages.error_page(request, 503, "error.title", "error.unavailable", retry=False)
     if session is not None:
         log.info("logout", user_id=session.user_id)

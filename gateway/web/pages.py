@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import LinuxDo
+from gateway.errors import POSTGRES_DOWN
 from gateway.resources import data_dir
 from gateway.store import sharedkeys
 from gateway.web import i18n, keys_api, sessions, tokens_api
@@ -181,7 +182,7 @@ async def keys_page(request: web.Request) -> web.Response:
     try:
         async with request.app[appkeys.pg].acquire() as conn:
             keys = await sharedkeys.list_keys(conn, timezone=config.balancer.timezone, owner_id=signed.user.id)
-    except sessions.DB_ERRORS:
+    except POSTGRES_DOWN:
         return await error_page(request, 503, "error.title", "error.unavailable", retry=False)
     keys = await keys_api.with_live_state(request.app, keys)
     return render(request, "keys.html", signed, {"keys": keys})
@@ -196,7 +197,7 @@ async def tokens_page(request: web.Request) -> web.Response:
     try:
         async with request.app[appkeys.pg].acquire() as conn:
             listed = await tokens_api.list_tokens(conn, signed.user.id)
-    except sessions.DB_ERRORS:
+    except POSTGRES_DOWN:
         return await error_page(request, 503, "error.title", "error.unavailable", retry=False)
     base_url = config.server.public_url.rstrip("/") + "/v1"
     return render(request, "tokens.html", signed, {"tokens": listed, "base_url": base_url})

@@ -25,13 +25,11 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import asyncpg
-import redis.exceptions
 import structlog
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import ApiError
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError
 from gateway.store import users
 from gateway.store.tokens import Caller
 
@@ -45,8 +43,6 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 CSRF_FAILED = "This request did not come from the gateway's own pages; reload the page and try again."
 UNAVAILABLE = "Cannot verify sign-ins right now; try again shortly."
@@ -114,7 +110,7 @@ async def load(request: web.Request) -> Session | None:
     client = request.app[appkeys.redis]
     try:
         raw = await client.getex(key, ex=IDLE_SECONDS)
-    except REDIS_ERRORS as e:
+    except REDIS_DOWN as e:
         raise StoreUnavailable(str(e)) from None
     if raw is None:
         return None
@@ -123,7 +119,7 @@ async def load(request: web.Request) -> Session | None:
     if time.time() - session.created_at > ABSOLUTE_SECONDS:
         try:
             await client.delete(key)
-        except REDIS_ERRORS as e:
+        except REDIS_DOWN as e:
             raise StoreUnavailable(str(e)) from None
         return None
     return session
@@ -149,7 +145,7 @@ async def signed_in(request: web.Request) -> SignedIn | None:
     try:
         async with request.app[appkeys.pg].acquire() as conn:
             user = await users.get_by_id(conn, session.user_id)
-    except DB_ERRORS as e:
+    except POSTGRES_DOWN as e:
         raise StoreUnavailable(str(e)) from None
     return SignedIn(session, user) if user is not None else None
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from gateway import appkeys
-from gateway.errors import ApiError, invalid
+from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.store import users
 from gateway.store.keyfields import read_object
 from gateway.web import charts, i18n, keys_api, pages, sessions
@@ -45,7 +45,6 @@ POLL_SECONDS = 5.0  # how often the pages' script asks for the JSON
 VISITOR_SECONDS = 10.0  # how long a signed-in visitor's user row is reused by these pages
 VISITOR_CACHE_SIZE = 10_000
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 UNAVAILABLE = "The thanks board cannot be read right now; try again shortly."
 
 
@@ -78,7 +77,7 @@ class Visitors:
             try:
                 async with self._pool.acquire(timeout=5) as conn:
                     user = await users.get_by_id(conn, session.user_id)
-            except DB_ERRORS:
+            except POSTGRES_DOWN:
                 return None
             if len(self._users) >= VISITOR_CACHE_SIZE:
                 self._users.clear()
