@@ -208,7 +208,8 @@ async def test_pool_health_and_capacity(gw: Gateway, redis: aioredis.Redis) -> N
     bob, b = await donor(gw, "bob", daily_limit=5, models=["gpt-4o-mini"])
     broken = await add_key(gw.pool, gw.config, bob, "https://x.example.com/v1", name="broken")
     async with gw.pool.acquire() as conn:
-        await conn.execute("UPDATE shared_keys SET status = 'disabled' WHERE id = $1", uuid.UUID(broken.id))
+        disable = "UPDATE shared_keys SET status = 'disabled', disabled_by = 'upstream' WHERE id = $1"
+        await conn.execute(disable, uuid.UUID(broken.id))
     await gw.app[appkeys.key_index].reload()
     balancer = gw.app[appkeys.balancer]
     await balancer.cool_down(a.id, 60)

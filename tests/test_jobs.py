@@ -77,7 +77,7 @@ async def test_two_gateways_share_the_jobs_and_health_checks_bring_keys_back(
         await conn.execute("UPDATE shared_keys SET is_active = false WHERE id = $1", uuid.UUID(paused.id))
         # An operator's stop, and a key the proxy disabled earlier; only the latter may come back.
         await sharedkeys.disable_key(conn, stopped.id, "disabled by an administrator")
-        await sharedkeys.disable_key(conn, rejected.id, REJECTED)
+        await sharedkeys.disable_key(conn, rejected.id, REJECTED, by=sharedkeys.DisabledBy.UPSTREAM)
     fake_upstream.valid_keys = {"sk-good-000000000000"}  # the rejected key is still refused
     flaky.fail_next(500, times=1000)
     job_env = {**env, "SHAREKEY_HEALTH_INTERVAL_SECONDS": "1", "SHAREKEY_BALANCER_COOLDOWN_SECONDS": "1"}

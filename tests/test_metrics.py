@@ -68,7 +68,8 @@ async def test_metrics_name_and_count_what_happened(
     off = await add_key(pool, config, donor, fake_upstream.base_url, name="off")
     paused = await add_key(pool, config, donor, fake_upstream.base_url, name="paused")
     async with pool.acquire() as conn:
-        await conn.execute("UPDATE shared_keys SET status = 'disabled' WHERE id = $1", uuid.UUID(off.id))
+        disable = "UPDATE shared_keys SET status = 'disabled', disabled_by = 'upstream' WHERE id = $1"
+        await conn.execute(disable, uuid.UUID(off.id))
         await conn.execute("UPDATE shared_keys SET is_active = false WHERE id = $1", uuid.UUID(paused.id))
     fake_upstream.chunks = 3
     app = create_app(config)

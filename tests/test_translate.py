@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import random
 import time
 from typing import Any
 
@@ -1438,3 +1439,56 @@ def test_estimate_input_tokens() -> None:
         )
         >= 1
     )
+
+
+# --- Odd input never raises anything but TranslationError ------------------------------------------
+
+ODD_VALUES: list[Any] = [None, "", "x", 0, -1, 1.5, True, [], {}, [None], {"type": "text"}, {"type": "image"}, "data:x"]
+
+
+def _mutations(seed: Any, rng: random.Random, count: int) -> list[Any]:
+    """`count` copies of `seed`, each with one to three values replaced by odd ones or removed."""
+    out = []
+    for _ in range(count):
+        value = copy.deepcopy(seed)
+        for _ in range(rng.randint(1, 3)):
+            cursor, path = value, []
+            while isinstance(cursor, dict | list) and cursor and rng.random() < 0.8:
+                key = rng.choice(list(cursor)) if isinstance(cursor, dict) else rng.randrange(len(cursor))
+                path.append((cursor, key))
+                cursor = cursor[key]
+            if path:
+                parent, key = path[-1]
+                if isinstance(parent, dict) and rng.random() < 0.2:
+                    del parent[key]
+                else:
+                    parent[key] = copy.deepcopy(rng.choice(ODD_VALUES))
+        out.append(value)
+    return out
+
+
+def test_odd_input_never_crashes() -> None:
+    rng = random.Random(7)
+    cases = [
+        (tr.anthropic_request_to_openai, [c[1] for c in A2O_REQUESTS] + [CLAUDE_CODE_REQUEST]),
+        (tr.estimate_input_tokens, [CLAUDE_CODE_REQUEST]),
+        (tr.openai_request_to_anthropic, [c[1] for c in O2A_REQUESTS]),
+        (tr.openai_response_to_anthropic, [c[1] for c in O2A_RESPONSES]),
+        (tr.anthropic_response_to_openai, [MESSAGE]),
+    ]
+    for fn, seeds in cases:
+        for seed in seeds:
+            for body in _mutations(seed, rng, 40):
+                try:
+                    fn(body)
+                except tr.TranslationError:
+                    pass
+    for _ in range(1000):
+        forward = tr.OpenAIToAnthropicStream()
+        for item in TEXT_THEN_TOOLS:
+            forward.feed(_mutations(item, rng, 1)[0] if rng.random() < 0.3 else item)
+        forward.close()
+        backward = tr.AnthropicToOpenAIStream(include_usage=True)
+        for event in anthropic_stream():
+            backward.feed(_mutations(event, rng, 1)[0] if rng.random() < 0.3 else event)
+        backward.close()

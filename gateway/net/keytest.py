@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -192,9 +193,16 @@ async def _read_json(resp: h1.Response, *, strict: bool = True) -> Any:
 # --- the health checks' probe: one cheap request, judged by its status -----------------------
 
 
+class ProbeResult(StrEnum):
+    OK = "ok"  # a 2xx
+    REJECTED = "rejected"  # 401/403: the upstream refuses the key
+    RATE_LIMITED = "rate_limited"  # 429
+    FAILED = "failed"  # anything else: unreachable, timed out, another status
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
-    result: str  # ok | rejected | rate_limited | failed
+    result: ProbeResult
     http_status: int | None = None
     retry_after: float | None = None
     detail: str = ""
@@ -222,17 +230,17 @@ async def probe(
             async with one_token_completion(pool, base, api_key, model) as resp:
                 return _judge(resp.status, resp.headers.get("Retry-After", ""))
     except upstream.UpstreamError as e:
-        return Probe("failed", detail=e.message)
+        return Probe(ProbeResult.FAILED, detail=e.message)
     except TimeoutError:
-        return Probe("failed", detail=upstream.UNREACHABLE)
+        return Probe(ProbeResult.FAILED, detail=upstream.UNREACHABLE)
 
 
 def _judge(status: int, retry_after: str) -> Probe:
     if 200 <= status < 300:
-        return Probe("ok", status)
+        return Probe(ProbeResult.OK, status)
     if status in (401, 403):
-        return Probe("rejected", status, detail=f"{INVALID_KEY} (HTTP {status})")
+        return Probe(ProbeResult.REJECTED, status, detail=f"{INVALID_KEY} (HTTP {status})")
     if status == 429:
         seconds = float(retry_after) if retry_after.isdigit() and 0 < int(retry_after) <= 86400 else None
-        return Probe("rate_limited", status, seconds, "rate limited by the upstream")
-    return Probe("failed", status, detail=f"the upstream answered with an error (HTTP {status})")
+        return Probe(ProbeResult.RATE_LIMITED, status, seconds, "rate limited by the upstream")
+    return Probe(ProbeResult.FAILED, status, detail=f"the upstream answered with an error (HTTP {status})")

@@ -1,8 +1,9 @@
 """Key health checks, a cluster job: test every active key that is due, and set its state.
 
-Cooling keys, and keys disabled because the upstream rejected them, are tested again with
-back-off (one interval, then 2, 4, … up to 6 hours) and come back as soon as they pass. A key
-paused by its owner or disabled by an operator is never touched. The probe itself is the live
+Cooling keys, and keys disabled because the upstream rejected them (`disabled_by` upstream or
+health, never judged by the reason's words), are tested again with back-off (one interval, then
+2, 4, … up to 6 hours) and come back as soon as they pass. A key paused by its owner or disabled
+by an operator is never touched, whatever its reason says. The probe itself is the live
 key test's (`net.keytest.probe`).
 """
 
@@ -19,8 +20,9 @@ from aiohttp import web
 from gateway import appkeys, metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events
-from gateway.net.keytest import INVALID_KEY, Probe, probe
+from gateway.net.keytest import Probe, ProbeResult, probe
 from gateway.store.crypto import SealError
+from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
 
 log = structlog.get_logger(__name__)
 
@@ -35,21 +37,23 @@ MAX_BACKOFF_SECONDS = 6 * 3600.0
 DISABLED_FOR = 10 * 365 * 86400.0  # like the proxy: a rejected key cools "for years"
 FAILED_CHECK = "failed its health check"
 
-# Paused keys (is_active = false) are never read; disabled ones only if the upstream rejected them.
+# Paused keys (is_active = false) are never read; disabled ones only if the upstream rejected
+# them ($1: `sharedkeys.REVIVABLE`), whatever their reason says.
 SELECT_CHECKED = """
-SELECT id::text, user_id::text, base_url, api_key_encrypted, available_models, status, status_reason
+SELECT id::text, user_id::text, base_url, api_key_encrypted, available_models, status, status_reason, disabled_by
 FROM shared_keys
-WHERE is_active AND (status <> 'disabled' OR starts_with(coalesce(status_reason, ''), $1))
+WHERE is_active AND (status <> 'disabled' OR disabled_by = ANY($1::text[]))
 """
 
 # Compare-and-set on the state the check started from: an owner's pause or an operator's
 # disable in the meantime wins.
 SET_CHECKED = """
 UPDATE shared_keys
-SET status = $2, status_reason = $3, last_error = coalesce($4, last_error),
+SET status = $2, status_reason = $3, disabled_by = $7, last_error = coalesce($4, last_error),
     last_error_at = CASE WHEN $4::text IS NULL THEN last_error_at ELSE now() END,
     last_checked_at = now(), updated_at = CASE WHEN status = $2 THEN updated_at ELSE now() END
 WHERE id = $1 AND is_active AND status = $5 AND status_reason IS NOT DISTINCT FROM $6
+  AND disabled_by IS NOT DISTINCT FROM $8
 """
 
 
@@ -67,7 +71,7 @@ class HealthChecks:
         app = self._app
         client, balancer = app[appkeys.redis], app[appkeys.balancer]
         async with app[appkeys.pg].acquire(timeout=5) as conn:
-            rows = await conn.fetch(SELECT_CHECKED, INVALID_KEY)
+            rows = await conn.fetch(SELECT_CHECKED, sorted(REVIVABLE))
         now_ms = await redis_now_ms(client)
         cooling = await balancer.cooling()
         backoff = {k.decode(): v.decode() for k, v in (await client.hgetall(self.backoff_key)).items()}
@@ -87,7 +91,7 @@ class HealthChecks:
         return counts
 
     def _due(self, row: asyncpg.Record, cooling: dict[str, float], backoff: dict[str, str], now_ms: int) -> bool:
-        if row["status"] != "disabled" and cooling.get(row["id"], 0) > 0:
+        if row["status"] != KeyStatus.DISABLED and cooling.get(row["id"], 0) > 0:
             return False  # its cooldown still runs (a 429's Retry-After is the upstream's to give)
         return int(backoff.get(row["id"], "0:0").partition(":")[2]) <= now_ms
 
@@ -119,21 +123,26 @@ class HealthChecks:
     async def _apply(self, row: asyncpg.Record, found: Probe, fails: int, now_ms: int) -> None:
         app, key_id = self._app, row["id"]
         client, balancer = app[appkeys.redis], app[appkeys.balancer]
-        was, reason = row["status"], row["status_reason"]
-        if found.result == "ok":
-            new, new_reason, error = "active", None, None
-        elif found.result == "rejected":
-            new, new_reason, error = "disabled", found.detail, f"health check: {found.detail}"
-        elif was == "disabled":  # rejected before; a 429 or 5xx now does not prove the key works
-            new, new_reason, error = was, reason, f"health check: {found.detail}"
+        was, reason, was_by = KeyStatus(row["status"]), row["status_reason"], row["disabled_by"]
+        new_by: DisabledBy | None = None
+        if found.result == ProbeResult.OK:
+            new, new_reason, error = KeyStatus.ACTIVE, None, None
+        elif found.result == ProbeResult.REJECTED:
+            new, new_reason, error = KeyStatus.DISABLED, found.detail, f"health check: {found.detail}"
+            new_by = DisabledBy.HEALTH
+        elif was == KeyStatus.DISABLED:  # rejected before; a 429 or 5xx now does not prove the key works
+            new, new_reason, error, new_by = was, reason, f"health check: {found.detail}", DisabledBy(was_by)
         else:
-            new, new_reason, error = "cooling", f"{FAILED_CHECK}: {found.detail}", f"health check: {found.detail}"
+            new, new_reason = KeyStatus.COOLING, f"{FAILED_CHECK}: {found.detail}"
+            error = f"health check: {found.detail}"
         async with app[appkeys.pg].acquire(timeout=5) as conn:
-            changed = await conn.execute(SET_CHECKED, uuid.UUID(key_id), new, new_reason, error, was, reason)
+            changed = await conn.execute(
+                SET_CHECKED, uuid.UUID(key_id), new, new_reason, error, was, reason, new_by, was_by
+            )
         if changed == "UPDATE 0":
             return  # paused, disabled by someone or deleted meanwhile: theirs to decide
-        if found.result == "ok":
-            if was != "active" or fails:
+        if found.result == ProbeResult.OK:
+            if was != KeyStatus.ACTIVE or fails:
                 await balancer.clear(key_id)
                 await client.hdel(self.backoff_key, key_id)
                 log.info("key_recovered", key_id=key_id, was=was)
@@ -141,9 +150,9 @@ class HealthChecks:
             interval = self._config.health.interval_seconds
             delay = min(MAX_BACKOFF_SECONDS, interval * 2**fails)
             await client.hset(self.backoff_key, key_id, f"{fails + 1}:{now_ms + round(delay * 1000)}")
-            if found.result == "rejected":
+            if found.result == ProbeResult.REJECTED:
                 await balancer.cool_down(key_id, DISABLED_FOR)
-            elif new == "cooling":
+            elif new == KeyStatus.COOLING:
                 await balancer.cool_down(key_id, found.retry_after or self._config.balancer.cooldown_seconds)
             if new != was:
                 log.warning("key_check_failed", key_id=key_id, result=found.result, status=new, detail=found.detail)

@@ -22,9 +22,11 @@ from gateway.log import scrub, send
 from gateway.net import h1, upstream
 from gateway.relay import sse
 from gateway.relay.balancer import Pick
-from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, Recorder, key_secrets, provider_headers
+from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
 from gateway.relay.keyindex import PoolKey
 from gateway.relay.stream import relay_stream
+from gateway.relay.usage import UsageStatus
+from gateway.store.sharedkeys import DisabledBy
 
 log = structlog.get_logger(__name__)
 
@@ -57,16 +59,16 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
             return await relay_stream(call, key, resp, record, first, deadline, strip_usage, t0)
         body = await resp.read(cfg.max_response_bytes, first)
     except TimeoutError:
-        return record.failed(Failure("timeout", detail="timed out"))
+        return record.failed(Failure(FailureKind.TIMEOUT, detail="timed out"))
     except h1.AnswerTooLarge as e:
-        return record.failed(Failure("too_large", detail=str(e)))
+        return record.failed(Failure(FailureKind.TOO_LARGE, detail=str(e)))
     except h1.UnsupportedEncoding as e:
-        return record.failed(Failure("unsupported_encoding", detail=str(e)))
+        return record.failed(Failure(FailureKind.UNSUPPORTED_ENCODING, detail=str(e)))
     except upstream.RefusedAddress:
-        return record.failed(Failure("unreachable", detail="refused_address"))
+        return record.failed(Failure(FailureKind.UNREACHABLE, detail="refused_address"))
     except (aiohttp.ClientError, OSError) as e:
         detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
-        return record.failed(Failure("unreachable", detail=detail))
+        return record.failed(Failure(FailureKind.UNREACHABLE, detail=detail))
     except asyncio.CancelledError:
         record.cancelled()
         raise
@@ -89,7 +91,7 @@ async def failed_status(
     message, code = error_fields(raw)
     detail = scrub(message if message is not None else raw.decode(errors="replace"), secrets=key_secrets(key))
     if status in CALLER_ERRORS and code != "model_not_found":
-        record.finished("client_error", success=False, committed=False, http_status=status, error=detail)
+        record.finished(UsageStatus.CLIENT_ERROR, success=False, committed=False, http_status=status, error=detail)
         message = detail or "The upstream refused the request."
         return web.json_response(
             {"error": {"message": message, "type": "invalid_request_error", "code": code}},
@@ -97,12 +99,12 @@ async def failed_status(
             headers=provider_headers(call, key),
         )
     if status in (401, 403):
-        return record.failed(Failure("key_rejected", status, detail=detail))
+        return record.failed(Failure(FailureKind.KEY_REJECTED, status, detail=detail))
     if status == 429:
-        return record.failed(Failure("rate_limited", status, retry_after=_retry_after(resp), detail=detail))
+        return record.failed(Failure(FailureKind.RATE_LIMITED, status, retry_after=_retry_after(resp), detail=detail))
     if 300 <= status < 400:
-        return record.failed(Failure("redirect", status, detail="redirect refused"))
-    return record.failed(Failure("upstream_error", status, detail=detail))
+        return record.failed(Failure(FailureKind.REDIRECT, status, detail="redirect refused"))
+    return record.failed(Failure(FailureKind.UPSTREAM_ERROR, status, detail=detail))
 
 
 def error_fields(raw: bytes) -> tuple[str | None, str | None]:
@@ -142,7 +144,7 @@ async def finish_json(call: Call, key: PoolKey, resp: h1.Response, body: bytes, 
         await send(call.request, response)
     finally:
         usage = sse.usage_of(sse.parse(body)) if b'"usage"' in body else None
-        record.finished("ok", success=True, committed=True, http_status=resp.status, usage=usage)
+        record.finished(UsageStatus.OK, success=True, committed=True, http_status=resp.status, usage=usage)
     return response
 
 
@@ -154,10 +156,10 @@ async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> 
     log.info("attempt_failed", key_id=key.id, kind=failure.kind, http_status=failure.http_status, detail=failure.detail)
     if failure.kind in NOT_THE_KEYS_FAULT:
         return
-    if failure.kind == "key_rejected":
+    if failure.kind == FailureKind.KEY_REJECTED:
         await _quietly(balancer.cool_down(key.id, 10 * 365 * 86400))
-        states.disabled(key.id, f"the upstream rejected the key (HTTP {failure.http_status})")
-    elif failure.kind == "rate_limited":
+        states.disabled(key.id, f"the upstream rejected the key (HTTP {failure.http_status})", DisabledBy.UPSTREAM)
+    elif failure.kind == FailureKind.RATE_LIMITED:
         seconds = failure.retry_after or cooldown
         await _quietly(balancer.cool_down(key.id, seconds))
         states.cooling(key.id, f"rate limited by the upstream for {seconds:.0f}s")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,9 +51,25 @@ class UserLimits:
     streams: int  # concurrent streams, 0 = unlimited
 
 
+class PickOutcome(StrEnum):
+    """What `pick()` decided; the script answers with these words (and "clock", handled inside)."""
+
+    OK = "ok"  # a key was reserved
+    EXHAUSTED = "exhausted"  # every candidate reached its daily limit
+    COOLING = "cooling"  # every candidate not at its limit is cooling down
+    USER_DAILY = "user_daily"  # the caller's own limits, before any key is looked at
+    USER_RPM = "user_rpm"
+    USER_STREAMS = "user_streams"
+
+
+# The caller's limits: no other key (nor the caller's private fallback) changes the answer.
+USER_OUTCOMES = frozenset({PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOutcome.USER_STREAMS})
+CLOCK = "clock"  # the script's answer when the client named the wrong day or minute
+
+
 @dataclass(frozen=True, slots=True)
 class Pick:
-    outcome: str  # ok | exhausted | cooling | user_daily | user_rpm | user_streams
+    outcome: PickOutcome
     key_id: str | None
     used_today: int  # the picked key's count after this reservation
     retry_after: int  # seconds; 0 when outcome is "ok"
@@ -201,14 +218,15 @@ class Balancer:
                     *pairs,
                 ],
             )
-            outcome, key_id = _text(reply[0]), _text(reply[1])
+            answer, key_id = _text(reply[0]), _text(reply[1])
             used, retry_ms, trial, now = (int(v) for v in reply[2:])
-            if outcome != "clock":
+            if answer != CLOCK:
+                outcome = PickOutcome(answer)
                 return Pick(
                     outcome=outcome,
                     key_id=key_id or None,
                     used_today=used,
-                    retry_after=0 if outcome == "ok" else _seconds(retry_ms),
+                    retry_after=0 if outcome == PickOutcome.OK else _seconds(retry_ms),
                     day=day.name,
                     trial=bool(trial),
                 )

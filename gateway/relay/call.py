@@ -10,6 +10,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from gateway import appkeys, metrics
 from gateway.relay import sse
 from gateway.relay.balancer import Pick
 from gateway.relay.keyindex import PoolKey
-from gateway.relay.usage import UsageRecord
+from gateway.relay.usage import UsageRecord, UsageStatus
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -70,17 +71,30 @@ class Call:
         return self._with_usage, True
 
 
+class FailureKind(StrEnum):
+    """Why an attempt failed before its commit point (logged, and the prefix of its error message)."""
+
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    KEY_REJECTED = "key_rejected"  # 401/403: the key is disabled
+    RATE_LIMITED = "rate_limited"  # 429: the key cools for Retry-After
+    REDIRECT = "redirect"
+    UPSTREAM_ERROR = "upstream_error"
+    BAD_STREAM = "bad_stream"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+
+
 # An answer too large for our caps (a caller can ask for a huge one) or in an encoding we do not
 # decode fails the attempt, but says nothing about the key's health.
-NOT_THE_KEYS_FAULT = frozenset({"too_large", "unsupported_encoding"})
+NOT_THE_KEYS_FAULT = frozenset({FailureKind.TOO_LARGE, FailureKind.UNSUPPORTED_ENCODING})
 
 
 @dataclass(slots=True)
 class Failure:
     """An attempt that failed before its commit point."""
 
-    kind: str  # unreachable | timeout | key_rejected | rate_limited | redirect | upstream_error | bad_stream
-    #            | too_large | unsupported_encoding
+    kind: FailureKind
     http_status: int | None = None
     retry_after: float | None = None
     detail: str = ""  # for logs only, already scrubbed
@@ -113,7 +127,7 @@ class Recorder:
 
     def failed(self, failure: Failure) -> Failure:
         self.finished(
-            "upstream_error" if failure.kind != "timeout" else "timeout",
+            UsageStatus.TIMEOUT if failure.kind == FailureKind.TIMEOUT else UsageStatus.UPSTREAM_ERROR,
             success=False,
             committed=False,
             http_status=failure.http_status,
@@ -122,11 +136,11 @@ class Recorder:
         return failure
 
     def cancelled(self) -> None:
-        self.finished("cancelled", success=False, committed=self.ttft_ms is not None)
+        self.finished(UsageStatus.CANCELLED, success=False, committed=self.ttft_ms is not None)
 
     def finished(
         self,
-        status: str,
+        status: UsageStatus,
         *,
         success: bool,
         committed: bool,

@@ -34,7 +34,7 @@ from gateway.errors import (
 )
 from gateway.log import request_fields
 from gateway.relay.attempt import _quietly, attempt, note_failure
-from gateway.relay.balancer import Balancer, Pick, UserLimits
+from gateway.relay.balancer import USER_OUTCOMES, Balancer, Pick, PickOutcome, UserLimits
 from gateway.relay.call import TOKEN_FIELDS, Call, Failure
 from gateway.store.tokens import Caller
 
@@ -225,9 +225,9 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                 raise NotConfigured(
                     "The gateway cannot reach its state store; try again shortly.", retry_after=5
                 ) from None
-            if pick.outcome != "ok":
+            if pick.outcome != PickOutcome.OK:
                 refusal = refusal_for(pick, call.model)
-                if pick.outcome.startswith("user_"):
+                if pick.outcome in USER_OUTCOMES:
                     raise refusal
                 break
             if call.stream and call.attempts == 0 and limits.streams:
@@ -277,15 +277,15 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 
 
 def refusal_for(pick: Pick, model: str) -> GatewayError:
-    if pick.outcome == "user_daily":
+    if pick.outcome == PickOutcome.USER_DAILY:
         return LimitReached(
             "You have used your requests for today.", code="user_daily_limit", retry_after=pick.retry_after
         )
-    if pick.outcome == "user_rpm":
+    if pick.outcome == PickOutcome.USER_RPM:
         return LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=pick.retry_after)
-    if pick.outcome == "user_streams":
+    if pick.outcome == PickOutcome.USER_STREAMS:
         return LimitReached("Too many streams at once.", code="user_stream_limit", retry_after=pick.retry_after)
-    if pick.outcome == "exhausted":
+    if pick.outcome == PickOutcome.EXHAUSTED:
         return LimitReached(
             f"Every key serving '{model}' has reached its daily limit.",
             code="daily_limit_reached",

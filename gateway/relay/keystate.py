@@ -17,14 +17,17 @@ import redis.asyncio as aioredis
 import structlog
 
 from gateway.net import events
+from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
 
 log = structlog.get_logger(__name__)
 
+# A disabled key changes only when forced, or when it is disabled again for a cause a health check
+# may revive anyway ($7): an operator's stop keeps its reason, and stays an operator's.
 SET_STATE = """
 UPDATE shared_keys
-SET status = $2, status_reason = $3, last_error = coalesce($4, last_error),
+SET status = $2, status_reason = $3, disabled_by = $6, last_error = coalesce($4, last_error),
     last_error_at = CASE WHEN $4 IS NULL THEN last_error_at ELSE now() END, updated_at = now()
-WHERE id = $1 AND (status <> 'disabled' OR $2 = 'disabled' OR $5)
+WHERE id = $1 AND (status <> 'disabled' OR $5 OR ($6::text IS NOT NULL AND disabled_by = ANY($7::text[])))
 """
 
 
@@ -38,33 +41,34 @@ class KeyStates:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def disabled(self, key_id: str, reason: str) -> None:
-        log.warning("key_disabled", key_id=key_id, reason=reason)
-        self._spawn(self._set(key_id, "disabled", reason, reason, announce=True))
+    def disabled(self, key_id: str, reason: str, by: DisabledBy = DisabledBy.UPSTREAM) -> None:
+        log.warning("key_disabled", key_id=key_id, reason=reason, by=by)
+        self._spawn(self._set(key_id, KeyStatus.DISABLED, reason, reason, by=by, announce=True))
 
     def cooling(self, key_id: str, reason: str, error: str | None = None) -> None:
-        self._spawn(self._set(key_id, "cooling", reason, error or reason))
+        self._spawn(self._set(key_id, KeyStatus.COOLING, reason, error or reason))
 
     def failed(self, key_id: str, error: str) -> None:
         """A failure that did not change the key's state: only the last error is recorded."""
         self._spawn(self._last_error(key_id, error))
 
     def recovered(self, key_id: str) -> None:
-        self._spawn(self._set(key_id, "active", None, None, force=True, announce=True))
+        self._spawn(self._set(key_id, KeyStatus.ACTIVE, None, None, force=True, announce=True))
 
     async def _set(
         self,
         key_id: str,
-        status: str,
+        status: KeyStatus,
         reason: str | None,
         error: str | None,
         *,
+        by: DisabledBy | None = None,  # exactly when `status` is disabled
         force: bool = False,
         announce: bool = False,
     ) -> None:
         try:
             async with self._pool.acquire(timeout=5) as conn:
-                await conn.execute(SET_STATE, uuid.UUID(key_id), status, reason, error, force)
+                await conn.execute(SET_STATE, uuid.UUID(key_id), status, reason, error, force, by, sorted(REVIVABLE))
             if announce:
                 await events.publish(self._redis, self._prefix, "keys", key_id)
         except Exception as e:  # the owner's view lags; routing (Redis) is already right

@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 from gateway.relay.translate_base import (
-    FINISH_REASONS,
     TranslationError,
     anthropic_usage,
     dumps,
+    finish_reason,
     loads_object,
     new_id,
     openai_usage_dict,
@@ -236,7 +236,7 @@ def anthropic_response_to_openai(body: dict, *, model: str | None = None) -> dic
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
     if calls:
         message["tool_calls"] = calls
-    finish = FINISH_REASONS.get(body.get("stop_reason"), "stop")
+    finish = finish_reason(body.get("stop_reason"))
     return {
         "id": body.get("id") or new_id("chatcmpl-"),
         "object": "chat.completion",

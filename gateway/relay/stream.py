@@ -15,8 +15,9 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.net import h1
 from gateway.relay import sse
-from gateway.relay.call import Call, Failure, Recorder, provider_headers
+from gateway.relay.call import Call, Failure, FailureKind, Recorder, provider_headers
 from gateway.relay.keyindex import PoolKey
+from gateway.relay.usage import UsageStatus
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ async def relay_stream(
     while not committed:
         chunk = await resp.readany(first)
         if not chunk:
-            return record.failed(Failure("bad_stream", resp.status, detail="stream ended before any content"))
+            return record.failed(Failure(FailureKind.BAD_STREAM, resp.status, detail="stream ended before any content"))
         complete = scanner.feed(chunk)
         if complete:
             held.append(complete)
@@ -76,7 +77,7 @@ async def relay_stream(
                 continue
             if data == b"[DONE]" or sse.is_error(data):
                 detail = "stream carried only an error" if data != b"[DONE]" else "stream ended before any content"
-                return record.failed(Failure("bad_stream", resp.status, detail=detail))
+                return record.failed(Failure(FailureKind.BAD_STREAM, resp.status, detail=detail))
             committed = True
             break
         if not committed and (scanner.size > max_event or held_size > max_event):
@@ -108,7 +109,9 @@ async def relay_stream(
                 break
             data = take(scanner.feed(chunk))
     except (ConnectionError, RuntimeError):  # the client went away (before anything upstream broke)
-        record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
+        record.finished(
+            UsageStatus.CANCELLED, success=False, committed=True, http_status=200, usage=usage, chunks=chunks
+        )
         call.upstream_ms += (time.perf_counter() - t0) * 1000
         return out
     except TimeoutError:
@@ -116,12 +119,20 @@ async def relay_stream(
     except (aiohttp.ClientError, OSError):
         broke = "connection lost"
     except asyncio.CancelledError:
-        record.finished("cancelled", success=False, committed=True, http_status=200, usage=usage, chunks=chunks)
+        record.finished(
+            UsageStatus.CANCELLED, success=False, committed=True, http_status=200, usage=usage, chunks=chunks
+        )
         raise
     call.upstream_ms += (time.perf_counter() - t0) * 1000
     if broke is not None:
         record.finished(
-            "stream_error", success=False, committed=True, http_status=200, usage=usage, chunks=chunks, error=broke
+            UsageStatus.STREAM_ERROR,
+            success=False,
+            committed=True,
+            http_status=200,
+            usage=usage,
+            chunks=chunks,
+            error=broke,
         )
         with contextlib.suppress(ConnectionError, RuntimeError):
             await out.write(sse.error_event(f"The upstream stream broke off ({broke})."))
@@ -134,5 +145,5 @@ async def relay_stream(
     except (ConnectionError, RuntimeError):
         pass  # every event reached the client's connection but the last: the call was served
     finally:
-        record.finished("ok", success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
+        record.finished(UsageStatus.OK, success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
     return out

@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 from gateway.relay.translate_base import (
-    FINISH_REASONS,
     STREAM_ERROR,
     TokenUsage,
     anthropic_usage,
     dumps,
+    finish_reason,
     new_id,
     openai_data,
     openai_usage_dict,
@@ -135,7 +135,8 @@ class AnthropicToOpenAIStream:
         if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
             return self._role() + self._chunk({"content": delta["text"]})
         if kind == "input_json_delta" and isinstance(delta.get("partial_json"), str) and delta["partial_json"]:
-            tool = self._blocks.get(event.get("index"))  # type: ignore[arg-type]
+            index = event.get("index")
+            tool = self._blocks.get(index) if isinstance(index, int) else None
             if tool is not None:
                 return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": delta["partial_json"]}}]})
         return b""  # thinking_delta, signature_delta, citations_delta, …
@@ -144,7 +145,7 @@ class AnthropicToOpenAIStream:
         if self._finish_sent:
             return b""
         self._finish_sent = True
-        return self._chunk({}, FINISH_REASONS.get(self.stop_reason, "stop"))  # type: ignore[arg-type]
+        return self._chunk({}, finish_reason(self.stop_reason))
 
     def close(self) -> bytes:
         if self.done:

@@ -52,6 +52,11 @@ FINISH_REASONS = {
 }
 
 
+def finish_reason(stop_reason: Any) -> str:
+    """OpenAI finish_reason for an Anthropic stop_reason."""
+    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
 def stop_reason(finish_reason: Any, has_tool_calls: bool) -> str:
     """Anthropic stop_reason for an OpenAI finish. Upstreams that say `stop` (or nothing) after
     emitting tool calls still mean "run the tools": that is `tool_use`."""
@@ -214,9 +219,11 @@ IMAGE_TOKENS = 1600
 PER_MESSAGE_TOKENS = 4
 
 
-def _chars(text: str) -> int:
+def _chars(text: Any) -> int:
     # UTF-8 bytes: ASCII counts 1 per char (~4 chars a token), CJK 3 (closer to its ~1 token a char).
-    return len(text) if text.isascii() else len(text.encode())
+    if not isinstance(text, str):
+        return 0
+    return len(text) if text.isascii() else len(text.encode(errors="replace"))
 
 
 def _block_chars(block: Any) -> tuple[int, int]:
@@ -231,7 +238,7 @@ def _block_chars(block: Any) -> tuple[int, int]:
     if kind in ("image", "document"):
         return 0, 1
     if kind == "tool_use":
-        return _chars(block.get("name") or "") + len(dumps(block.get("input"))), 0
+        return _chars(block.get("name")) + len(dumps(block.get("input"))), 0
     if kind == "tool_result":
         content = block.get("content")
         if not isinstance(content, list):

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import date, datetime
+from enum import StrEnum
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -37,6 +38,17 @@ MAX_BACKOFF = 30.0
 DRAIN_TIMEOUT = 10.0
 
 
+class UsageStatus(StrEnum):
+    """How an attempt ended (`key_usage_logs.status`)."""
+
+    OK = "ok"
+    UPSTREAM_ERROR = "upstream_error"  # failed before its commit point
+    TIMEOUT = "timeout"  # the same, by a deadline
+    CLIENT_ERROR = "client_error"  # the upstream refused the request itself (400, 404, 413, 422)
+    CANCELLED = "cancelled"  # the client went away
+    STREAM_ERROR = "stream_error"  # a committed stream broke off
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
     request_id: str
@@ -48,7 +60,7 @@ class UsageRecord:
     donor_id: str | None
     api_endpoint: str
     model: str
-    status: str  # ok | upstream_error | client_error | cancelled | stream_error | ...
+    status: UsageStatus
     success: bool
     committed: bool  # reached the client: counts against the key and in its usage
     http_status: int | None = None
@@ -76,6 +88,7 @@ class UsageRecord:
         d = json.loads(text)
         d["day"] = date.fromisoformat(d["day"])
         d["created_at"] = datetime.fromisoformat(d["created_at"])
+        d["status"] = UsageStatus(d["status"])
         return cls(**d)
 
 

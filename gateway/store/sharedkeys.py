@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,30 @@ from gateway.store.crypto import KeyRing, mask
 
 class KeyNameTaken(Exception):
     pass
+
+
+class KeyStatus(StrEnum):
+    """A key's state as its owner sees it. The column holds active | cooling | disabled; `paused`
+    is `is_active = false` on a key that is not disabled."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COOLING = "cooling"
+    DISABLED = "disabled"
+
+
+class DisabledBy(StrEnum):
+    """Who took a disabled key out of the pool (`shared_keys.disabled_by`, NULL unless disabled).
+    It alone decides what a health check may revive; `status_reason` is prose for the owner."""
+
+    OWNER = "owner"  # reserved: owners pause (is_active = false) rather than disable
+    OPERATOR = "operator"  # `sharekey keys disable`: only the owner's resume (a live test) brings it back
+    UPSTREAM = "upstream"  # the proxy got a 401/403
+    HEALTH = "health"  # a health check got a 401/403
+
+
+# A passing health check brings these back: the upstream refused the key, and may accept it again.
+REVIVABLE = frozenset({DisabledBy.UPSTREAM, DisabledBy.HEALTH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +76,9 @@ class SharedKey:
     is_active: bool
     is_private: bool
     stream_usage: bool
-    status: str  # active | paused | cooling | disabled
+    status: KeyStatus
     status_reason: str | None
+    disabled_by: DisabledBy | None  # set exactly when the stored status is disabled
     api_key_masked: str
     usage_count_today: int
     total_usage_count: int
@@ -68,9 +94,9 @@ class SharedKey:
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> SharedKey:
-        status = r["status"]
-        if not r["is_active"] and status != "disabled":
-            status = "paused"
+        status = KeyStatus(r["status"])
+        if not r["is_active"] and status != KeyStatus.DISABLED:
+            status = KeyStatus.PAUSED
         return cls(
             id=str(r["id"]),
             owner_id=str(r["user_id"]),
@@ -86,6 +112,7 @@ class SharedKey:
             stream_usage=r["stream_usage"],
             status=status,
             status_reason=r["status_reason"],
+            disabled_by=DisabledBy(r["disabled_by"]) if r["disabled_by"] else None,
             api_key_masked=r["api_key_hint"],
             usage_count_today=r["used_today"],
             total_usage_count=r["total_usage_count"],
@@ -111,6 +138,7 @@ class SharedKey:
             "stream_usage": self.stream_usage,
             "status": self.status,
             "status_reason": self.status_reason,
+            "disabled_by": self.disabled_by,
             "api_key_masked": self.api_key_masked,
             "usage_count_today": self.usage_count_today,
             "total_usage_count": self.total_usage_count,
@@ -249,6 +277,7 @@ SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, descripti
     api_key_hint = coalesce($14, api_key_hint),
     status = CASE WHEN $15 THEN 'active' ELSE status END,
     status_reason = CASE WHEN $15 THEN NULL ELSE status_reason END,
+    disabled_by = CASE WHEN $15 THEN NULL ELSE disabled_by END,
     updated_at = now()
 WHERE id = $1 AND user_id = $2 AND ($12::text IS NOT NULL OR base_url = $4)
 RETURNING id
@@ -312,12 +341,15 @@ async def find_key_id(conn: asyncpg.Connection, username: str, name: str) -> str
 
 
 DISABLE_KEY = """
-UPDATE shared_keys SET status = 'disabled', status_reason = $2, updated_at = now()
+UPDATE shared_keys SET status = 'disabled', status_reason = $2, disabled_by = $3, updated_at = now()
 WHERE id = $1
 RETURNING id
 """
 
 
-async def disable_key(conn: asyncpg.Connection, key_id: str, reason: str) -> bool:
-    """An operator's stop: out of the pool until its owner resumes it and it passes a live test."""
-    return await conn.fetchval(DISABLE_KEY, uuid.UUID(key_id), reason) is not None
+async def disable_key(
+    conn: asyncpg.Connection, key_id: str, reason: str, *, by: DisabledBy = DisabledBy.OPERATOR
+) -> bool:
+    """An operator's stop (by default): out of the pool until its owner resumes it and it passes a
+    live test; no health check revives it, whatever `reason` says."""
+    return await conn.fetchval(DISABLE_KEY, uuid.UUID(key_id), reason, by) is not None

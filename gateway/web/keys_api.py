@@ -29,7 +29,7 @@ from gateway.net.keytest import KeyTestResult
 from gateway.store import sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import EDIT_FIELDS, KEY_FIELDS, TEST_FIELDS, checked_base_url, read_object, validate
-from gateway.store.sharedkeys import SharedKey
+from gateway.store.sharedkeys import KeyStatus, SharedKey
 from gateway.store.tokens import Caller
 from gateway.web import sessions
 
@@ -98,11 +98,11 @@ async def with_live_state(app: web.Application, keys: list[SharedKey]) -> list[S
 
 def _live(key: SharedKey, used: int, cooling: bool) -> SharedKey:
     status, reason = key.status, key.status_reason
-    if status == "paused":
+    if status == KeyStatus.PAUSED:
         reason = None
-    elif status != "disabled":
-        status = "cooling" if cooling else "active"
-        reason = reason if cooling and key.status == "cooling" else None
+    elif status != KeyStatus.DISABLED:
+        status = KeyStatus.COOLING if cooling else KeyStatus.ACTIVE
+        reason = reason if cooling and key.status == KeyStatus.COOLING else None
     return dataclasses.replace(key, usage_count_today=used, status=status, status_reason=reason)
 
 
@@ -228,7 +228,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
             if await sharedkeys.name_taken(conn, current.owner_id, name):
                 raise invalid("name", f"you already have a key named {name!r}")
 
-    resuming = current.status == "disabled" and fields.get("is_active") is True
+    resuming = current.status == KeyStatus.DISABLED and fields.get("is_active") is True
     # A model the key did not serve before is checked like one on a new key: routed to a key that
     # cannot serve it, every request for it would fail over and cool the key for all its models.
     adds_models = bool(set(models) - set(current.available_models))
