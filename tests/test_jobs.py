@@ -14,7 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
-from gateway.net import h1, keytest
+from gateway.net import h1, keytest, redisnames
 from gateway.ops import jobs
 from gateway.store import sharedkeys
 
@@ -27,7 +27,7 @@ REJECTED = "the upstream rejected the key (HTTP 401)"
 
 
 async def test_only_the_holder_changes_a_lease(redis: aioredis.Redis, redis_prefix: str) -> None:
-    key = jobs.lease_key(redis_prefix, "demo")
+    key = redisnames.job_lease(redis_prefix, "demo")
     assert key == f"{redis_prefix}:v1:{{{redis_prefix}}}:lease:demo"
     a, b = jobs.Lease(redis, key), jobs.Lease(redis, key)
     assert await a.take(5000)

@@ -20,7 +20,7 @@ from aiohttp.resolver import DefaultResolver
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.net import h1
+from gateway.net import h1, redisnames
 
 from .fake_upstream import FakeUpstream
 from .rawserver import Server, read_request
@@ -375,7 +375,7 @@ async def test_a_non_stream_answer_over_the_cap_fails_over_without_blaming_the_k
         assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == second_upstream.reply
     statuses = {r["status"] for r in await rows(gw) if str(r["shared_key_id"]) == key_id}
     assert statuses <= {"upstream_error"}
-    fails = await gw.app[appkeys.redis].hgetall(gw.app[appkeys.balancer]._key("fails"))
+    fails = await gw.app[appkeys.redis].hgetall(redisnames.fails(gw.app[appkeys.config].redis.key_prefix))
     assert key_id.encode() not in fails, "too large is not the key's failure"
 
 
@@ -451,6 +451,6 @@ async def test_an_encoding_we_do_not_decode_fails_over_without_blaming_the_key(
     for _ in range(4):
         resp = await gw.post("/v1/chat/completions", CHAT)
         assert resp.status == 200
-    fails = await gw.app[appkeys.redis].hgetall(gw.app[appkeys.balancer]._key("fails"))
+    fails = await gw.app[appkeys.redis].hgetall(redisnames.fails(gw.app[appkeys.config].redis.key_prefix))
     assert key_id.encode() not in fails
     assert (await gw.key_row(key_id))["status"] == "active"

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.ops import rotation
+from gateway.net import redisnames
 from gateway.store.crypto import KeyRing
 
 from .clirun import sharekey
@@ -114,10 +114,10 @@ async def test_a_serving_gateway_keeps_every_key_and_stops_a_rotation_it_could_n
 
     # A gateway process that only knows the old secret announces its ring: rotating would lock it out.
     now = int(time.time() * 1000)
-    await redis.hset(rotation.rings_key(redis_prefix), "old-host:1", f"{now + 30_000} {KeyRing(OLD).current_kid}")
+    await redis.hset(redisnames.keyrings(redis_prefix), "old-host:1", f"{now + 30_000} {KeyRing(OLD).current_kid}")
     refused = await asyncio.to_thread(sharekey, "rotate-secret", env=env)
     assert refused.code == 1 and "do not have the new secret yet (old-host:1)" in refused.err
-    await redis.hset(rotation.rings_key(redis_prefix), "old-host:1", f"{now - 1} {KeyRing(OLD).current_kid}")
+    await redis.hset(redisnames.keyrings(redis_prefix), "old-host:1", f"{now - 1} {KeyRing(OLD).current_kid}")
 
     serving = config.replace("security", key_encryption_secret=NEW, old_key_encryption_secrets=(OLD,))
     app = create_app(serving.replace("limits", user_daily_requests=0, user_requests_per_minute=0))
@@ -125,7 +125,7 @@ async def test_a_serving_gateway_keeps_every_key_and_stops_a_rotation_it_could_n
     assert len(app[appkeys.key_index].snapshot.by_id) == 12, "the unopenable key is left out"
     me = f"{socket.gethostname()}:{os.getpid()}".encode()
     for _ in range(100):  # this process announces its ring (current first) as soon as it serves
-        if me in (ring := await redis.hgetall(rotation.rings_key(redis_prefix))):
+        if me in (ring := await redis.hgetall(redisnames.keyrings(redis_prefix))):
             break
         await asyncio.sleep(0.01)
     assert ring[me].decode().split(" ")[1] == f"{KeyRing(NEW).current_kid},{KeyRing(OLD).current_kid}"

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from gateway.errors import REDIS_DOWN
+from gateway.net import redisnames
 
 log = structlog.get_logger(__name__)
 
@@ -23,12 +24,8 @@ Handler = Callable[[str], Awaitable[None] | None]
 RETRY_SECONDS = 1.0
 
 
-def channel(prefix: str) -> str:
-    return f"{prefix}:v1:{{{prefix}}}:events"
-
-
 async def publish(client: aioredis.Redis, prefix: str, kind: str, arg: str = "") -> None:
-    await client.publish(channel(prefix), f"{kind} {arg}".strip())
+    await client.publish(redisnames.events(prefix), f"{kind} {arg}".strip())
 
 
 class Bus:
@@ -36,7 +33,7 @@ class Bus:
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
-        self._channel = channel(prefix)
+        self._channel = redisnames.events(prefix)
         self._handlers: dict[str, list[Handler]] = {}
         self._resync: list[Callable[[], Awaitable[None]]] = []
         self.subscribed = asyncio.Event()

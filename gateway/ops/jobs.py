@@ -38,6 +38,7 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
+from gateway.net import redisnames
 from gateway.ops import rotation
 from gateway.ops.keychecks import HealthChecks, redis_now_ms
 from gateway.relay.balancer import _day_bounds
@@ -60,10 +61,6 @@ if ARGV[2] == 'release' then return redis.call('DEL', KEYS[1]) end
 if ARGV[2] == 'extend' and redis.call('PTTL', KEYS[1]) >= tonumber(ARGV[3]) then return 1 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[3])
 """
-
-
-def lease_key(prefix: str, job: str) -> str:
-    return f"{prefix}:v1:{{{prefix}}}:lease:{job}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +112,7 @@ async def stopped(stop: asyncio.Event, seconds: float) -> bool:
 
 async def run_job(client: aioredis.Redis, prefix: str, job: Job, stop: asyncio.Event) -> None:
     """This process' loop for one job: take the lease when it is free, run, sleep until it ends."""
-    lease = Lease(client, lease_key(prefix, job.name))
+    lease = Lease(client, redisnames.job_lease(prefix, job.name))
     if await stopped(stop, job.first_delay):
         return
     while True:
@@ -180,7 +177,7 @@ async def _keep(lease: Lease, name: str, finished: asyncio.Event) -> None:
 async def announce_ring(client: aioredis.Redis, prefix: str, kids: list[str], stop: asyncio.Event) -> None:
     """For the life of the process: `<host>:<pid>` -> `<expires ms> <kid,kid,…>` (see `rotation`)."""
     member = f"{socket.gethostname()}:{os.getpid()}"
-    key = rotation.rings_key(prefix)
+    key = redisnames.keyrings(prefix)
     while True:
         try:
             expires = await redis_now_ms(client) + rotation.RING_TTL_MS

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
-from gateway.net import events
+from gateway.net import events, redisnames
 from gateway.net.keytest import Probe, ProbeResult, probe
 from gateway.store.crypto import SealError
 from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
@@ -65,7 +65,7 @@ class HealthChecks:
         config = app[appkeys.config]
         self._config = config
         self._prefix = config.redis.key_prefix
-        self.backoff_key = f"{self._prefix}:v1:{{{self._prefix}}}:health"
+        self.backoff_key = redisnames.health_backoff(self._prefix)
 
     async def run(self) -> dict[str, int]:
         app = self._app

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from gateway.config import Config
+from gateway.net import redisnames
 from gateway.store.crypto import KeyRing, SealError
 from gateway.store.sharedkeys import open_row
 
@@ -39,10 +40,6 @@ def ring_ids(config: Config) -> list[str]:
     return [KeyRing(s).current_kid for s in secrets if s]
 
 
-def rings_key(prefix: str) -> str:
-    return f"{prefix}:v1:{{{prefix}}}:keyrings"
-
-
 async def _redis_ms(client: aioredis.Redis) -> int:
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
@@ -52,14 +49,14 @@ async def gateways_without(client: aioredis.Redis, prefix: str, kid: str) -> lis
     """Live gateway processes whose ring lacks `kid`; forgets the announcements that expired."""
     now = await _redis_ms(client)
     missing, stale = [], []
-    for member, value in (await client.hgetall(rings_key(prefix))).items():
+    for member, value in (await client.hgetall(redisnames.keyrings(prefix))).items():
         expires, _, kids = value.decode().partition(" ")
         if int(expires) < now:
             stale.append(member)
         elif kid not in kids.split(","):
             missing.append(member.decode())
     if stale:
-        await client.hdel(rings_key(prefix), *stale)
+        await client.hdel(redisnames.keyrings(prefix), *stale)
     return sorted(missing)
 
 

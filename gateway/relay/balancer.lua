@@ -9,7 +9,7 @@ PURPOSE
   all of them use the same clock: Redis TIME plus ARGV[2].
 
   IMPORTANT: if you change behaviour, the key layout or a return shape, bump the schema version in
-  the key prefix (SCHEMA in balancer.py: "v1" -> "v2"). During a rolling deploy, old and new
+  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v1" -> "v2"). During a rolling deploy, old and new
   processes then keep separate state instead of misreading each other's.
 
 KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis Cluster slot)

@@ -28,11 +28,11 @@ from zoneinfo import ZoneInfo
 import redis.asyncio as aioredis
 import structlog
 
+from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
 
 log = structlog.get_logger(__name__)
 
-SCHEMA = "v1"  # bump with any change to balancer.lua's behaviour, key layout or return shape
 SCRIPT = resources.files("gateway.relay").joinpath("balancer.lua").read_text(encoding="utf-8")
 TRIAL_LEASE_SECONDS = 30.0
 CLOCK_TRIES = 3  # a second try always has the right keys unless a boundary passed in between
@@ -131,9 +131,9 @@ class Balancer:
         # Every script operation goes over the lean pipelined line when there is one (see redisline),
         # sharing its connection and deadline; redis-py's registered script otherwise.
         self._script: Any = line or redis.register_script(SCRIPT)
-        self._base = f"{prefix}:{SCHEMA}:{{{prefix}}}:"
-        self._cooldown, self._probation = self._key("cooldown"), self._key("probation")
-        self._key_state = [self._cooldown, self._probation, self._key("fails")]  # KEYS of fail, trial_ok, clear
+        self._prefix = prefix
+        self._cooldown, self._probation = redisnames.cooldown(prefix), redisnames.probation(prefix)
+        self._key_state = [self._cooldown, self._probation, redisnames.fails(prefix)]  # KEYS of fail, trial_ok, clear
         self._tz = ZoneInfo(timezone)
         self._stream_lease_ms = max(1, round(stream_lease_seconds * 1000))
         self._trial_lease_ms = max(1, round(trial_lease_seconds * 1000))
@@ -143,9 +143,6 @@ class Balancer:
         self._skew_ms = 0  # Redis' clock minus ours, learned from "clock" answers
         self._day: _Day | None = None
         self._minute: tuple[int, str] = (-1, "")  # (start ms, key name) of the last minute seen
-
-    def _key(self, name: str) -> str:
-        return self._base + name
 
     def _guess_now(self) -> int:
         return _wall_ms() + self._offset_ms + self._skew_ms
@@ -193,12 +190,12 @@ class Balancer:
             minute = self._minute[1]
             reply = await self._script(
                 keys=[
-                    self._key(f"counts:{day.name}"),
+                    redisnames.counts(self._prefix, day.name),
                     self._cooldown,
                     self._probation,
-                    self._key(f"udaily:{day.name}"),
-                    self._key(f"urpm:{minute}"),
-                    self._key(f"ustreams:{user_id}"),
+                    redisnames.user_daily(self._prefix, day.name),
+                    redisnames.user_rpm(self._prefix, minute),
+                    redisnames.user_streams(self._prefix, user_id),
                 ],
                 args=[
                     "pick",
@@ -235,10 +232,12 @@ class Balancer:
 
     async def release(self, key_id: str, day: str) -> None:
         """Give back the reservation of an attempt that failed before its commit point."""
-        await self._script(keys=[self._key(f"counts:{day}")], args=["release", self._offset_ms, key_id])
+        await self._script(keys=[redisnames.counts(self._prefix, day)], args=["release", self._offset_ms, key_id])
 
     async def end_stream(self, user_id: str, request_id: str) -> None:
-        await self._script(keys=[self._key(f"ustreams:{user_id}")], args=["end_stream", self._offset_ms, request_id])
+        await self._script(
+            keys=[redisnames.user_streams(self._prefix, user_id)], args=["end_stream", self._offset_ms, request_id]
+        )
 
     async def ping(self) -> None:
         """Can the balancer reach Redis the way requests do (over the line when there is one)?"""
@@ -292,7 +291,7 @@ class Balancer:
         now = self._guess_now()
         for _ in range(CLOCK_TRIES):
             day = self._day_at(now)
-            now, values = await self._read(self._key(f"counts:{day.name}"), key_ids or ())
+            now, values = await self._read(redisnames.counts(self._prefix, day.name), key_ids or ())
             if day.start_ms <= now < day.end_ms:
                 if key_ids is None:
                     return {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}

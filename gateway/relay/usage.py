@@ -28,6 +28,7 @@ import structlog
 
 from gateway import metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
+from gateway.net import redisnames
 
 log = structlog.get_logger(__name__)
 
@@ -187,7 +188,7 @@ class UsageLog:
     def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
         self._pool = pool
         self._redis = client
-        self.spool_key = f"{prefix}:v1:{{{prefix}}}:usage:spool"
+        self.spool_key = redisnames.usage_spool(prefix)
         self._buffer: deque[UsageRecord] = deque()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()

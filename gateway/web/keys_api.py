@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
-from gateway.net import events, keytest, upstream
+from gateway.net import events, keytest, redisnames, upstream
 from gateway.net.keytest import KeyTestResult
 from gateway.store import sharedkeys
 from gateway.store.crypto import SealError
@@ -343,10 +343,9 @@ async def count_key_test(request: web.Request, caller: Caller) -> None:
     limit = config.limits.key_tests_per_minute
     if limit <= 0:
         return
-    prefix = config.redis.key_prefix
     now = time.time()
     minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now))
-    key = f"{prefix}:v1:{{{prefix}}}:keytests:{caller.user_id}:{minute}"
+    key = redisnames.key_tests(config.redis.key_prefix, caller.user_id, minute)
     try:
         async with request.app[appkeys.redis].pipeline(transaction=True) as pipe:
             pipe.incr(key)

@@ -31,7 +31,7 @@ from yarl import URL
 from gateway import appkeys
 from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
-from gateway.net import events
+from gateway.net import events, redisnames
 from gateway.store import users
 from gateway.web import pages, sessions
 
@@ -53,8 +53,7 @@ class ProviderError(Exception):
 
 
 def _state_key(app: web.Application, state: str) -> str:
-    prefix = app[appkeys.config].redis.key_prefix
-    return f"{prefix}:v1:{{{prefix}}}:oauth:{state}"
+    return redisnames.oauth_state(app[appkeys.config].redis.key_prefix, state)
 
 
 def pkce_challenge(verifier: str) -> str:

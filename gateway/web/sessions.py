@@ -5,7 +5,7 @@
     /api   -> session_user(): a `tokens.Caller` for cookie-authenticated API calls
     logout -> end(): deleted server-side, cookie cleared
 
-A session is `{prefix}:v1:{{prefix}}:session:<id>` holding the user id, the CSRF token and the
+A session is `<prefix>:v1:{<prefix>}:session:<id>` holding the user id, the CSRF token and the
 creation time. It lapses after IDLE_SECONDS without use (the Redis TTL) and ABSOLUTE_SECONDS
 after login whatever the use (checked on read).
 
@@ -30,6 +30,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError
+from gateway.net import redisnames
 from gateway.store import users
 from gateway.store.tokens import Caller
 
@@ -67,8 +68,7 @@ class SignedIn:
 
 
 def _key(app: web.Application, session_id: str) -> str:
-    prefix = app[appkeys.config].redis.key_prefix
-    return f"{prefix}:v1:{{{prefix}}}:session:{session_id}"
+    return redisnames.session(app[appkeys.config].redis.key_prefix, session_id)
 
 
 def secure_cookies(app: web.Application) -> bool:

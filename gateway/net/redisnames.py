@@ -1,0 +1,104 @@
+"""Every Redis key name the gateway uses, built in one place.
+
+    <prefix>:<version>:{<prefix>}:<name>[:<part>…]
+
+`prefix` is `redis.key_prefix` ("sk" by default). `{<prefix>}` is a Redis Cluster hash tag: only
+it is hashed, so every key of one gateway lands in one slot, and a Lua script or a MULTI may
+touch any of them together. The version moves a family's state aside when its layout changes:
+old and new processes of a rolling deploy then do not misread each other's.
+
+    family                                 type     written by            version
+    counts:<YYYY-MM-DD>                    hash     relay/balancer.lua    BALANCER_VERSION
+    cooldown, probation, fails             hash     relay/balancer.lua    BALANCER_VERSION
+    udaily:<YYYY-MM-DD>                    hash     relay/balancer.lua    BALANCER_VERSION
+    urpm:<YYYY-MM-DDTHH:MM>                hash     relay/balancer.lua    BALANCER_VERSION
+    ustreams:<user_id>                     zset     relay/balancer.lua    BALANCER_VERSION
+    events                                 pub/sub  net/events.py         VERSION
+    usage:spool                            list     relay/usage.py        VERSION
+    health                                 hash     ops/keychecks.py      VERSION
+    lease:<job>                            string   ops/jobs.py           VERSION
+    keyrings                               hash     ops/rotation.py       VERSION
+    session:<session_id>                   string   web/sessions.py       VERSION
+    oauth:<state>                          string   web/oauth.py          VERSION
+    keytests:<user_id>:<YYYY-MM-DDTHH:MM>  counter  web/keys_api.py       VERSION
+
+What each balancer hash holds is documented in the header of `balancer.lua`. With the default
+prefix a session is `sk:v1:{sk}:session:<id>`; tests/test_redisnames.py pins every name.
+"""
+
+from __future__ import annotations
+
+VERSION = "v1"  # bump to start every family but the balancer's afresh (sessions, leases, …)
+BALANCER_VERSION = "v1"  # bump with any change to balancer.lua's behaviour, key layout or return shape
+
+
+def name(prefix: str, *parts: str, version: str = VERSION) -> str:
+    """`<prefix>:<version>:{<prefix>}:<parts joined by ":">`."""
+    return ":".join((prefix, version, "{" + prefix + "}", *parts))
+
+
+# --- the balancer's state (relay/balancer.lua) ----------------------------------------------------
+
+
+def counts(prefix: str, day: str) -> str:
+    return name(prefix, "counts", day, version=BALANCER_VERSION)
+
+
+def cooldown(prefix: str) -> str:
+    return name(prefix, "cooldown", version=BALANCER_VERSION)
+
+
+def probation(prefix: str) -> str:
+    return name(prefix, "probation", version=BALANCER_VERSION)
+
+
+def fails(prefix: str) -> str:
+    return name(prefix, "fails", version=BALANCER_VERSION)
+
+
+def user_daily(prefix: str, day: str) -> str:
+    return name(prefix, "udaily", day, version=BALANCER_VERSION)
+
+
+def user_rpm(prefix: str, minute: str) -> str:
+    return name(prefix, "urpm", minute, version=BALANCER_VERSION)
+
+
+def user_streams(prefix: str, user_id: str) -> str:
+    return name(prefix, "ustreams", user_id, version=BALANCER_VERSION)
+
+
+# --- everything else -------------------------------------------------------------------------------
+
+
+def events(prefix: str) -> str:
+    """The pub/sub channel of cache invalidations (a channel, not a key, but named alike)."""
+    return name(prefix, "events")
+
+
+def usage_spool(prefix: str) -> str:
+    return name(prefix, "usage", "spool")
+
+
+def health_backoff(prefix: str) -> str:
+    return name(prefix, "health")
+
+
+def job_lease(prefix: str, job: str) -> str:
+    return name(prefix, "lease", job)
+
+
+def keyrings(prefix: str) -> str:
+    return name(prefix, "keyrings")
+
+
+def session(prefix: str, session_id: str) -> str:
+    return name(prefix, "session", session_id)
+
+
+def oauth_state(prefix: str, state: str) -> str:
+    return name(prefix, "oauth", state)
+
+
+def key_tests(prefix: str, user_id: str, minute: str) -> str:
+    return name(prefix, "keytests", user_id, minute)
