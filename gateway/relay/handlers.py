@@ -22,7 +22,6 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.errors import (
-    POSTGRES_DOWN,
     REDIS_DOWN,
     BadRequest,
     GatewayError,
@@ -34,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.log import request_fields
 from gateway.relay.attempt import _quietly, attempt, note_failure
+from gateway.relay.auth import token_caller
 from gateway.relay.balancer import USER_OUTCOMES, Balancer, Pick, PickOutcome, UserLimits
 from gateway.relay.call import TOKEN_FIELDS, Call, Failure
 from gateway.store.tokens import Caller
@@ -87,18 +87,15 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def authenticate(request: web.Request) -> Caller:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise InvalidToken(BAD_TOKEN)
-    try:
-        caller = await request.app[appkeys.token_cache].lookup(token.strip())
-    except POSTGRES_DOWN:
-        metrics.postgres_error("tokens")
-        raise NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5) from None
-    if caller is None:
-        raise InvalidToken(BAD_TOKEN)
-    request_fields(request)["user_id"] = caller.user_id
-    return caller
+    return await token_caller(request, refused=_bad_token, unavailable=_tokens_unavailable)
+
+
+def _bad_token() -> GatewayError:
+    return InvalidToken(BAD_TOKEN)
+
+
+def _tokens_unavailable() -> GatewayError:
+    return NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5)
 
 
 async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:

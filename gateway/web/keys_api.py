@@ -22,10 +22,11 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError, invalid
+from gateway.errors import REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
 from gateway.net import events, keytest, redisnames, upstream
 from gateway.net.keytest import KeyTestResult
+from gateway.relay.auth import token_caller
 from gateway.store import sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import EDIT_FIELDS, KEY_FIELDS, TEST_FIELDS, checked_base_url, read_object, validate
@@ -59,20 +60,18 @@ async def owner(request: web.Request) -> Caller:
     if "Authorization" not in request.headers:
         caller = await sessions.session_user(request)
         if caller is None:
-            raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
+            raise _not_signed_in()
         request_fields(request)["user_id"] = caller.user_id
         return caller
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
-    try:
-        caller = await request.app[appkeys.token_cache].lookup(token.strip())
-    except POSTGRES_DOWN:
-        raise ApiError(503, "service_unavailable", "Cannot verify sign-ins right now; try again shortly.") from None
-    if caller is None:
-        raise ApiError(401, "unauthorized", NOT_SIGNED_IN)
-    request_fields(request)["user_id"] = caller.user_id
-    return caller
+    return await token_caller(request, refused=_not_signed_in, unavailable=_sign_ins_unavailable)
+
+
+def _not_signed_in() -> ApiError:
+    return ApiError(401, "unauthorized", NOT_SIGNED_IN)
+
+
+def _sign_ins_unavailable() -> ApiError:
+    return ApiError(503, "service_unavailable", sessions.UNAVAILABLE)
 
 
 # --- reading and validating bodies ---------------------------------------------------------------
