@@ -120,6 +120,43 @@ async def test_bad_input_ends_with_one_line_and_writes_nothing(env: dict[str, st
         await conn.close()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--name", "red\x1b[31malert", "--name: must not contain control characters"),
+        ("--name", "n" * 65, "--name: must be 1 to 64 characters"),
+        ("--models", ",".join(f"model-{i}" for i in range(1000)), "--models: must have 1 to 100 entries"),
+        ("--models", "m," + "x" * 201, "--models: every entry must be at most 200 characters"),
+        ("--description", "d" * 501, "--description: is too long"),
+        ("--description", "line one\nline two", "--description: must not contain control characters"),
+        ("--tags", ",".join(f"t{i}" for i in range(11)), "--tags: has too many entries"),
+        ("--api-key", "sk-with space", "--api-key: must be 1 to 512 printable characters, without spaces"),
+        ("--base-url", "https://a.example/\x7f", "--base-url: must not contain control characters"),
+    ],
+)
+async def test_keys_add_refuses_what_the_api_refuses(
+    env: dict[str, str], config: config_mod.Config, option: str, value: str, message: str
+) -> None:
+    """The same rules as POST /api/shared-keys (store.keyfields), each refusal naming the option."""
+    assert sharekey("users", "add", "dora", env=env).code == 0
+    args = {
+        "--name": "k",
+        "--base-url": "https://a.example",
+        "--api-key": "sk-abcdefghijklmnop",
+        "--models": "m",
+        option: value,
+    }
+    r = sharekey("keys", "add", "--user", "dora", "--no-test", *(x for kv in args.items() for x in kv), env=env)
+    fails_cleanly(r)
+    assert r.err.strip().splitlines()[-1] == f"sharekey: {message}"
+    assert r.out == ""
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM shared_keys") == 0
+    finally:
+        await conn.close()
+
+
 async def test_the_key_can_come_from_standard_input(env: dict[str, str], config: config_mod.Config) -> None:
     assert sharekey("users", "add", "carol", env=env).code == 0
     args = ["keys", "add", "--user", "carol", "--base-url", "https://a.example", "--models", "m", "--no-test"]

@@ -21,12 +21,12 @@ import structlog
 
 from gateway import log
 from gateway.config import Config, ConfigError, load
-from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError
 from gateway.net import events, ssrf
 from gateway.ops import server
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
-from gateway.store import db, sharedkeys, tokens, users
+from gateway.store import db, keyfields, sharedkeys, tokens, users
 from gateway.store.crypto import KeyRing
 
 logger = structlog.get_logger(__name__)
@@ -290,14 +290,58 @@ def given_api_key(args: argparse.Namespace) -> str:
     return key
 
 
+# The options of `keys add` by the field of `/api/shared-keys` they fill.
+KEY_OPTIONS = {
+    "name": "--name",
+    "base_url": "--base-url",
+    "api_key": "--api-key",
+    "available_models": "--models",
+    "daily_limit": "--daily-limit",
+    "description": "--description",
+    "tags": "--tags",
+    "is_private": "--private",
+    "stream_usage": "--no-stream-usage",
+}
+
+
+def key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `keys add`, checked by the API's own rules (`store.keyfields`): the CLI
+    stores nothing that `POST /api/shared-keys` would refuse. A refusal names the option."""
+    body: dict[str, Any] = {
+        "name": args.name,
+        "base_url": args.base_url,
+        "api_key": given_api_key(args),
+        "available_models": _comma_list(args.models),
+        "daily_limit": args.daily_limit,
+        "tags": _comma_list(args.tags),
+        "is_private": args.private,
+        "stream_usage": not args.no_stream_usage,
+    }
+    if args.description is not None:
+        body["description"] = args.description
+    try:
+        fields = keyfields.validate(body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
+        fields["base_url"] = keyfields.checked_base_url(config, fields["base_url"])
+    except ApiError as e:
+        raise CliError(_option_error(e)) from None
+    return fields
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _option_error(e: ApiError) -> str:
+    """`--models: must have 1 to 100 entries` for the API's `available_models must have …`."""
+    field = e.field or ""
+    option = KEY_OPTIONS.get(field, field)
+    message = e.message.removeprefix(f"{field} ").replace(f"every entry of {field} ", "every entry ")
+    return f"{option}: {message}"
+
+
 async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models:
-        raise CliError("--models: give at least one model name")
-    api_key = given_api_key(args)
-    if not 1 <= args.daily_limit <= 1_000_000:
-        raise CliError("--daily-limit: must be between 1 and 1000000")
-    base_url = _checked_base_url(config, args.base_url)
+    fields = key_fields(config, args)
+    base_url, api_key, models = fields["base_url"], fields["api_key"], fields["available_models"]
     user = await _user(conn, args.user)
     if not args.no_test:
         from gateway.net import h1, keytest  # only this command needs an HTTP client
@@ -313,15 +357,15 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
     keyring = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     new = sharedkeys.NewKey(
         owner_id=user.id,
-        name=args.name.strip(),
+        name=fields["name"],
         base_url=base_url,
         api_key=api_key,
         available_models=models,
-        daily_limit=args.daily_limit,
-        description=args.description,
-        tags=[t.strip() for t in args.tags.split(",") if t.strip()],
-        is_private=args.private,
-        stream_usage=not args.no_stream_usage,
+        daily_limit=fields["daily_limit"],
+        description=fields.get("description"),
+        tags=fields["tags"],
+        is_private=fields["is_private"],
+        stream_usage=fields["stream_usage"],
     )
     try:
         key = await sharedkeys.insert_key(conn, keyring, new, timezone=config.balancer.timezone)

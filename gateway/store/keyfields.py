@@ -1,7 +1,8 @@
 """Validating the fields of `/api/shared-keys` bodies: each rule names its field (422).
 
 `validate(body, KEY_FIELDS)` checks and cleans a body, refusing unknown and missing fields by
-name; `checked_base_url` adds the SSRF registration check of the configured policy.
+name; `checked_base_url` adds the SSRF registration check of the configured policy. `sharekey
+keys add` builds its input through the same two, so the CLI stores nothing the API would refuse.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ KEY_FIELDS: dict[str, Validator] = {
     "is_private": _flag,
     "stream_usage": _flag,
 }
+KEY_REQUIRED = ("name", "base_url", "api_key", "available_models")  # of a new key
 EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}
 TEST_FIELDS: dict[str, Validator] = {"base_url": _base_url, "api_key": _api_key, "model": _model}
 

@@ -29,7 +29,15 @@ from gateway.net.keytest import KeyTestResult
 from gateway.relay.auth import token_caller
 from gateway.store import sharedkeys
 from gateway.store.crypto import SealError
-from gateway.store.keyfields import EDIT_FIELDS, KEY_FIELDS, TEST_FIELDS, checked_base_url, read_object, validate
+from gateway.store.keyfields import (
+    EDIT_FIELDS,
+    KEY_FIELDS,
+    KEY_REQUIRED,
+    TEST_FIELDS,
+    checked_base_url,
+    read_object,
+    validate,
+)
 from gateway.store.sharedkeys import KeyStatus, SharedKey
 from gateway.store.tokens import Caller
 from gateway.web import sessions
@@ -169,7 +177,7 @@ async def shared_keys_get(request: web.Request) -> web.Response:
 async def shared_keys_post(request: web.Request) -> web.Response:
     caller = await owner(request)
     app, config = request.app, request.app[appkeys.config]
-    fields = validate(await read_object(request), KEY_FIELDS, ("name", "base_url", "api_key", "available_models"))
+    fields = validate(await read_object(request), KEY_FIELDS, KEY_REQUIRED)
     base_url = checked_base_url(config, fields["base_url"])
     async with app[appkeys.pg].acquire() as conn:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
