@@ -4,6 +4,9 @@ Every command reads the same configuration. Commands other than `serve` attach t
 servers when `serve` is running them under the same data_dir, and otherwise start them for the
 length of the command. Errors end with one line on stderr and a non-zero exit: 2 for bad
 configuration or usage, 1 for everything else. Only results go to stdout.
+
+This module parses the command line and runs `serve`, `migrate`, `users`, `tokens`, `reset-daily`
+and `rotate-secret`; the `keys` actions are in `cli_keys`, what commands share in `command`.
 """
 
 from __future__ import annotations
@@ -11,29 +14,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import redis.asyncio
-import redis.exceptions
-import structlog
 
 from gateway import log
 from gateway.config import Config, ConfigError, load
-from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError
-from gateway.net import events, ssrf
-from gateway.ops import server
+from gateway.errors import REDIS_DOWN
+from gateway.ops import cli_keys, server
+from gateway.ops.command import CliError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
-from gateway.store import db, keyfields, sharedkeys, tokens, users
+from gateway.store import db, tokens, users
 from gateway.store.crypto import KeyRing
-
-logger = structlog.get_logger(__name__)
-
-
-class CliError(Exception):
-    """A command failed for a reason the user can act on; printed as one line."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +54,6 @@ def log_level(config: Config, args: argparse.Namespace) -> str:
     return ("warning", "info", "debug")[min(args.verbose, 2)]
 
 
-API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
 VERBOSE_HELP = "log info lines (-vv: debug); commands other than serve log only warnings and errors by default"
 
 
@@ -102,41 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="")
     p.set_defaults(func=command(run_tokens_create))
 
-    keys_p = sub.add_parser("keys", help="manage donated keys").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    p = keys_p.add_parser("add", help="add a key (tested live first unless --no-test)", parents=[verbose])
-    p.add_argument("--user", required=True, help="the owner's name")
-    p.add_argument("--name", required=True, help="a name for the key, unique per owner")
-    p.add_argument("--base-url", required=True)
-    p.add_argument("--api-key", required=True, help=API_KEY_HELP)
-    p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--daily-limit", type=int, default=150)
-    p.add_argument("--description")
-    p.add_argument("--tags", default="", help="comma-separated")
-    p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
-    p.add_argument("--no-stream-usage", action="store_true", help="the upstream rejects stream_options")
-    p.add_argument("--no-test", action="store_true", help="store without the live test")
-    p.set_defaults(func=command(run_keys_add))
-
-    p = keys_p.add_parser("list", help="list every key, masked", parents=[verbose])
-    p.set_defaults(func=command(run_keys_list))
-
-    p = keys_p.add_parser(
-        "test", help="test a base URL and key live; prints {ok, latency_ms, models, error}", parents=[verbose]
-    )
-    p.add_argument("--base-url", required=True)
-    p.add_argument("--api-key", required=True, help=API_KEY_HELP)
-    p.add_argument("--model", help="the model to try (default: the first the upstream lists)")
-    p.set_defaults(func=run_keys_test)
-
-    p = keys_p.add_parser("disable", help="take a key out of the pool until its owner resumes it", parents=[verbose])
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", help="the key's id")
-    which.add_argument("--name", help="the key's name (with --user)")
-    p.add_argument("--user", help="the owner's name (with --name)")
-    p.add_argument("--reason", default="disabled by an administrator", help="shown to the key's owner")
-    p.set_defaults(func=command(run_keys_disable))
+    cli_keys.add_parsers(sub, verbose)
 
     p = sub.add_parser(
         "reset-daily",
@@ -153,44 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rotate even if a running gateway lacks the new secret")
     p.set_defaults(func=command(run_rotate_secret))
     return parser
-
-
-Runner = Callable[[Config, argparse.Namespace, asyncpg.Connection], Awaitable[int | None]]
-
-
-def command(fn: Runner) -> Callable[[Config, argparse.Namespace], int]:
-    """Run `fn` with a migrated database connection, the stores opened (or embedded) around it."""
-
-    def run(config: Config, args: argparse.Namespace) -> int:
-        config, emb = open_stores(config)
-        try:
-            return asyncio.run(_with_connection(config, args, fn)) or 0
-        finally:
-            if emb is not None:
-                emb.stop()
-
-    return run
-
-
-async def _with_connection(config: Config, args: argparse.Namespace, fn: Runner) -> int | None:
-    conn = await connect(config)
-    try:
-        await db.migrate(conn)
-        return await fn(config, args, conn)
-    finally:
-        await conn.close()
-
-
-async def connect(config: Config) -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(config.database.url, timeout=10)
-    except POSTGRES_DOWN as e:
-        raise CliError(f"cannot connect to PostgreSQL: {_reason(e)}") from None
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0]
 
 
 # --- serve ----------------------------------------------------------------------------------
@@ -227,7 +148,7 @@ async def _prepare(config: Config) -> None:
     try:
         await client.ping()
     except REDIS_DOWN as e:
-        raise CliError(f"cannot connect to Redis: {_reason(e)}") from None
+        raise CliError(f"cannot connect to Redis: {reason(e)}") from None
     finally:
         await client.aclose()
 
@@ -255,201 +176,9 @@ async def run_users_add(config: Config, args: argparse.Namespace, conn: asyncpg.
 
 
 async def run_tokens_create(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    user = await _user(conn, args.name)
+    user = await find_user(conn, args.name)
     token, _ = await tokens.create(conn, user.id, args.label)
     print(token)
-
-
-def _checked_base_url(config: Config, url: str) -> str:
-    try:
-        return ssrf.check_base_url(
-            url,
-            allow_http=config.security.allow_http_upstreams,
-            allow_private=config.security.allow_private_upstreams,
-        )
-    except ssrf.UnsafeUpstream as e:
-        raise CliError(f"--base-url: {e.message}") from None
-
-
-async def _user(conn: asyncpg.Connection, name: str) -> users.User:
-    user = await users.get_by_username(conn, name)
-    if user is None:
-        raise CliError(f"no user named {name!r} (add one with: sharekey users add {name})")
-    return user
-
-
-# --- keys ------------------------------------------------------------------------------------
-
-
-def given_api_key(args: argparse.Namespace) -> str:
-    """`--api-key KEY`, or `--api-key -`: the first line of standard input."""
-    key = sys.stdin.readline() if args.api_key == "-" else args.api_key
-    key = key.strip()
-    if not key:
-        raise CliError("--api-key: the key is empty" + (" (nothing on standard input)" if args.api_key == "-" else ""))
-    return key
-
-
-# The options of `keys add` by the field of `/api/shared-keys` they fill.
-KEY_OPTIONS = {
-    "name": "--name",
-    "base_url": "--base-url",
-    "api_key": "--api-key",
-    "available_models": "--models",
-    "daily_limit": "--daily-limit",
-    "description": "--description",
-    "tags": "--tags",
-    "is_private": "--private",
-    "stream_usage": "--no-stream-usage",
-}
-
-
-def key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """The options of `keys add`, checked by the API's own rules (`store.keyfields`): the CLI
-    stores nothing that `POST /api/shared-keys` would refuse. A refusal names the option."""
-    body: dict[str, Any] = {
-        "name": args.name,
-        "base_url": args.base_url,
-        "api_key": given_api_key(args),
-        "available_models": _comma_list(args.models),
-        "daily_limit": args.daily_limit,
-        "tags": _comma_list(args.tags),
-        "is_private": args.private,
-        "stream_usage": not args.no_stream_usage,
-    }
-    if args.description is not None:
-        body["description"] = args.description
-    try:
-        fields = keyfields.validate(body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
-        fields["base_url"] = keyfields.checked_base_url(config, fields["base_url"])
-    except ApiError as e:
-        raise CliError(_option_error(e)) from None
-    return fields
-
-
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _option_error(e: ApiError) -> str:
-    """`--models: must have 1 to 100 entries` for the API's `available_models must have …`."""
-    field = e.field or ""
-    option = KEY_OPTIONS.get(field, field)
-    message = e.message.removeprefix(f"{field} ").replace(f"every entry of {field} ", "every entry ")
-    return f"{option}: {message}"
-
-
-async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    fields = key_fields(config, args)
-    base_url, api_key, models = fields["base_url"], fields["api_key"], fields["available_models"]
-    user = await _user(conn, args.user)
-    if not args.no_test:
-        from gateway.net import h1, keytest  # only this command needs an HTTP client
-
-        pool = h1.create_pool(config)
-        try:
-            result = await keytest.test_key(pool, base_url, api_key, models, timeout=config.upstream.test_timeout)
-        finally:
-            await pool.close()
-        if not result.ok:
-            raise CliError(f"the key failed its live test: {result.error}")
-        print(f"live test passed in {result.latency_ms} ms", file=sys.stderr)
-    keyring = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
-    new = sharedkeys.NewKey(
-        owner_id=user.id,
-        name=fields["name"],
-        base_url=base_url,
-        api_key=api_key,
-        available_models=models,
-        daily_limit=fields["daily_limit"],
-        description=fields.get("description"),
-        tags=fields["tags"],
-        is_private=fields["is_private"],
-        stream_usage=fields["stream_usage"],
-    )
-    try:
-        key = await sharedkeys.insert_key(conn, keyring, new, timezone=config.balancer.timezone)
-    except sharedkeys.KeyNameTaken as e:
-        raise CliError(str(e)) from None
-    await announce(config, "keys", key.id)
-    print(key.id)
-
-
-async def announce(config: Config, kind: str, arg: str = "") -> None:
-    """Tell running gateways to reload what changed; they also reload on their own every 30 s."""
-    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
-    try:
-        await events.publish(client, config.redis.key_prefix, kind, arg)
-    except REDIS_DOWN as e:
-        logger.warning("announce_failed", kind=kind, error=_reason(e))
-    finally:
-        await client.aclose()
-
-
-async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    keys = await sharedkeys.list_keys(conn, timezone=config.balancer.timezone)
-    header = ("OWNER", "NAME", "UPSTREAM", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY")
-    rows = [
-        (
-            k.owner,
-            k.name,
-            k.host,
-            ",".join(k.available_models),
-            str(k.daily_limit),
-            str(k.usage_count_today),
-            str(k.total_usage_count),
-            k.status + (" (private)" if k.is_private else ""),
-            k.api_key_masked,
-        )
-        for k in keys
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-
-
-def run_keys_test(config: Config, args: argparse.Namespace) -> int:
-    """The live test alone: needs no database, so it starts no embedded servers."""
-    import json
-
-    from gateway.net import h1, keytest  # only this command and `keys add` need an HTTP client
-
-    base_url = _checked_base_url(config, args.base_url)
-    api_key = given_api_key(args)
-    models = [args.model.strip()] if args.model and args.model.strip() else None
-
-    async def test() -> keytest.KeyTestResult:
-        pool = h1.create_pool(config)
-        try:
-            return await keytest.test_key(pool, base_url, api_key, models, timeout=config.upstream.test_timeout)
-        finally:
-            await pool.close()
-
-    result = asyncio.run(test())
-    shown = {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}
-    print(json.dumps(shown))
-    if not result.ok:
-        raise CliError(f"the key failed its live test: {result.error}")
-    return 0
-
-
-async def run_keys_disable(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    if args.id:
-        key = await sharedkeys.get_key(conn, args.id, timezone=config.balancer.timezone)
-        if key is None:
-            raise CliError(f"no key with id {args.id!r}")
-        key_id = key.id
-    else:
-        if not args.user:
-            raise CliError("--name needs --user (the owner's name)")
-        found = await sharedkeys.find_key_id(conn, args.user, args.name)
-        if found is None:
-            raise CliError(f"{args.user!r} has no key named {args.name!r}")
-        key_id = found
-    if not await sharedkeys.disable_key(conn, key_id, args.reason.strip() or "disabled by an administrator"):
-        raise CliError("the key was deleted in the meantime")
-    await announce(config, "keys", key_id)
-    print(key_id)
 
 
 # --- reset-daily, rotate-secret --------------------------------------------------------------
@@ -476,7 +205,7 @@ async def run_rotate_secret(config: Config, args: argparse.Namespace, conn: asyn
         try:
             behind = await rotation.gateways_without(client, config.redis.key_prefix, keyring.current_kid)
         except REDIS_DOWN as e:
-            raise CliError(f"cannot check the gateways' secrets (Redis: {_reason(e)}); --force skips it") from None
+            raise CliError(f"cannot check the gateways' secrets (Redis: {reason(e)}); --force skips it") from None
         finally:
             await client.aclose()
         if behind:
