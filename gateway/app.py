@@ -23,7 +23,7 @@ from gateway.log import request_context
 from gateway.net import events, h1
 from gateway.net.redisline import ScriptLine
 from gateway.ops import jobs
-from gateway.relay import balancer, cors, handlers
+from gateway.relay import balancer, cors, handlers, messages
 from gateway.relay.keyindex import KeyIndex
 from gateway.relay.keystate import KeyStates
 from gateway.relay.usage import UsageLog
@@ -67,6 +67,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(
         [
             *handlers.routes,
+            *messages.routes,
             *keys_api.routes,
             *tokens_api.routes,
             *pages.routes,

@@ -10,6 +10,9 @@
     └── NotConfigured         503  service_unavailable  (retry_after)
     ApiError(status, code, message, field)           {"error": {...}} on /api and pages  (retry_after)
 
+On `/v1/messages…` (the Anthropic route) a GatewayError renders in Anthropic's shape instead,
+`{"type": "error", "error": {"type", "message"}}`, with the same status and Retry-After.
+
 Handlers raise; `error_middleware` renders by surface. Anything else is logged with its traceback
 and answered with a generic 500 that reveals nothing. Messages are always our own words: never an
 upstream body, a base URL or a key.
@@ -121,6 +124,34 @@ def openai_error(err: GatewayError) -> web.Response:
     return web.json_response(body, status=err.status, headers=err.headers())
 
 
+# Anthropic's error types by status (its API reference, "Errors").
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_body(status: int, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+
+
+def anthropic_error(err: GatewayError) -> web.Response:
+    """The same error on the Anthropic route (`/v1/messages…`): Anthropic's shape, `request-id`
+    added by the request-context middleware."""
+    return web.json_response(anthropic_body(err.status, err.message), status=err.status, headers=err.headers())
+
+
+def on_anthropic_route(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
 _HTTP_TO_GATEWAY: dict[int, type[GatewayError]] = {400: BadRequest, 401: InvalidToken, 413: PayloadTooLarge}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -129,10 +160,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     on_v1 = request.path.startswith("/v1/") or request.path == "/v1"
+    render = anthropic_error if on_anthropic_route(request.path) else openai_error
     try:
         return await handler(request)
     except GatewayError as e:
-        return openai_error(e) if on_v1 else _api_json(e.status, e.code or "error", e.message)
+        return render(e) if on_v1 else _api_json(e.status, e.code or "error", e.message)
     except ApiError as e:
         return web.json_response(e.body(), status=e.status, headers=e.headers())
     except web.HTTPException as e:
@@ -144,7 +176,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             err = cls(message) if cls else GatewayError(message, code=_slug(e.reason))
             if cls is None:
                 err.status, err.type = e.status, "invalid_request_error"
-            return openai_error(err)
+            return render(err)
         if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
             return _api_json(e.status, _slug(e.reason), message)
         raise
@@ -152,7 +184,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled_error", path=request.path)
         message = "The gateway hit an internal error; the request id identifies it in the logs."
         if on_v1:
-            return openai_error(GatewayError(message))
+            return render(GatewayError(message))
         return _api_json(500, "internal_error", message)
 
 

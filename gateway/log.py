@@ -158,6 +158,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             status = response.status
             if not response.prepared:
                 response.headers["X-Request-Id"] = request_id
+                if request.path.startswith("/v1/messages"):  # the name Anthropic's clients read
+                    response.headers["request-id"] = request_id
                 if isinstance(response, web.Response):  # not a FileResponse: aiohttp sends those itself
                     await send(request, response)
             return response

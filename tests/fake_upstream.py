@@ -18,6 +18,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from . import fake_anthropic
+
 
 @dataclass
 class Failure:
@@ -61,6 +63,8 @@ class FakeUpstream:
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
         self.app.router.add_post("/v1/responses", self._responses)
+        self.app.router.add_post("/v1/messages", self._messages)
+        self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
 
     # --- control ------------------------------------------------------------------------
 
@@ -88,8 +92,11 @@ class FakeUpstream:
                 body = raw.decode(errors="replace")
         self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
         auth = request.headers.get("Authorization", "")
-        key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else request.headers.get("x-api-key")
+        anthropic = request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
         if key is None or (self.valid_keys is not None and key not in self.valid_keys):
+            if anthropic:
+                return body, None, fake_anthropic.error(401, "authentication_error", "invalid x-api-key")
             return body, None, _error(401, "Incorrect API key provided", "invalid_api_key")
         next_failure = self.failures[0] if self.failures else None
         failure = None
@@ -104,12 +111,24 @@ class FakeUpstream:
         if failure.drop_after is not None or failure.error_stream:
             return body, failure, None
         headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+        if anthropic and failure.body is None:
+            return body, failure, fake_anthropic.error(failure.status, "api_error", "fake failure", headers)
         return body, failure, _error(failure.status, "fake failure", "fake", headers, failure.body)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body, failure, early = await self._begin(request)
+        return early or await fake_anthropic.messages(self, request, body, failure)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._begin(request)
+        return early or fake_anthropic.count_tokens(body)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, _, early = await self._begin(request)
         if early:
             return early
+        if "anthropic-version" in request.headers:
+            return fake_anthropic.models(self)
         data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
@@ -130,6 +149,7 @@ class FakeUpstream:
                 return _error(400, "Unrecognized request argument supplied: stream_options", None)
             return await self._stream_chat(request, body, failure)
         usage = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+        message = _chat_reply(self.reply, body)
         return web.json_response(
             {
                 "id": "chatcmpl-fake",
@@ -139,8 +159,8 @@ class FakeUpstream:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": self.reply},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
                     }
                 ],
                 **({"usage": usage} if self.usage else {}),
@@ -162,12 +182,23 @@ class FakeUpstream:
             "created": int(time.time()),
             "model": body["model"],
         }
-        words = _split(self.reply, self.chunks)
+        message = _chat_reply(self.reply, body)
+        words = _split(message["content"] or "-", self.chunks)
         events = [
             {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
         ]
-        events += [{**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words]
-        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if message.get("tool_calls"):
+            [call] = message["tool_calls"]
+            arguments = call["function"]["arguments"]
+            head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"]}}
+            pieces = [{**head, "function": {**head["function"], "arguments": ""}}]
+            pieces += [{"index": 0, "function": {"arguments": a}} for a in (arguments[:5], arguments[5:])]
+            events += [{**base, "choices": [{"index": 0, "delta": {"tool_calls": [p]}}]} for p in pieces]
+            events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        else:
+            delta = [{**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words]
+            events += delta
+            events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if self.usage and (body.get("stream_options") or {}).get("include_usage"):
             events.append(
                 {
@@ -246,6 +277,21 @@ class FakeUpstream:
                 "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12},
             }
         )
+
+
+def _chat_reply(reply: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Like a model: tools offered to a user turn get a call; tool results get text repeating them."""
+    messages = body.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if last.get("role") == "tool":
+        said = " ".join(str(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "tool")
+        return {"role": "assistant", "content": f"tool said: {said}"}
+    tools = body.get("tools")
+    if tools and last.get("role") == "user":
+        name = tools[0]["function"]["name"]
+        call = {"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": '{"city": "Paris"}'}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+    return {"role": "assistant", "content": reply}
 
 
 def _split(text: str, n: int) -> list[str]:

@@ -50,6 +50,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree th
     VERSION = "0"
 USER_AGENT = f"sharekey/{VERSION}"
 
+ANTHROPIC_VERSION = "2023-06-01"  # sent to an `anthropic` key when the caller names no version
 UNREACHABLE = "could not reach the upstream"
 REDIRECTED = "the upstream answered with a redirect, which the gateway does not follow"
 # Printable ASCII only: anything else in a header is an injection attempt or a copy-paste accident.
@@ -123,16 +124,14 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def upstream_headers(api_key: str, *, accept: str | None) -> dict[str, str]:
-    """The complete set of request headers sent upstream; nothing from the caller is added."""
+def upstream_headers(api_key: str, *, accept: str | None, api_format: str = "openai") -> dict[str, str]:
+    """The complete set of request headers sent upstream; nothing from the caller is added (the
+    Anthropic route adds the caller's `anthropic-version` and `anthropic-beta`, checked)."""
     if not SENDABLE_KEY.fullmatch(api_key):
         raise ValueError("the key contains characters that cannot be sent in a header")
-    return {
-        "Content-Type": "application/json",
-        "Accept": accept or "application/json",
-        "Authorization": f"Bearer {api_key}",
-        "User-Agent": USER_AGENT,
-    }
+    auth = {"x-api-key": api_key} if api_format == "anthropic" else {"Authorization": f"Bearer {api_key}"}
+    accepts = accept or "application/json"
+    return {"Content-Type": "application/json", "Accept": accepts, **auth, "User-Agent": USER_AGENT}
 
 
 @contextmanager
@@ -194,8 +193,12 @@ async def request(
     accept: str | None = None,
     json: Any = None,
     timeout: float | None = None,  # noqa: ASYNC109 - bounds the wait for the answer's head only
+    api_format: str = "openai",
 ) -> AsyncIterator[Response]:
     """Send one request upstream and yield the answer, whatever its status except 3xx.
+
+    `api_format` "anthropic" sends the key as `x-api-key` with `anthropic-version: 2023-06-01`
+    (the key test and health checks; the relay builds its own header lines).
 
     Errors up to the answer's head become `UpstreamError` (a 3xx too: kind "redirect"); reading
     the body is the caller's I/O, to wrap in `map_errors()` and bound by a deadline or an outer
@@ -204,7 +207,9 @@ async def request(
     """
     from gateway.net.h1 import header_lines
 
-    headers = upstream_headers(api_key, accept=accept)
+    headers = upstream_headers(api_key, accept=accept, api_format=api_format)
+    if api_format == "anthropic":
+        headers["anthropic-version"] = ANTHROPIC_VERSION
     headers["Accept-Encoding"] = "identity"
     body = orjson.dumps(json) if json is not None else b""
     try:

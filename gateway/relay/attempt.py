@@ -17,14 +17,15 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
-from gateway.errors import REDIS_DOWN
+from gateway.errors import REDIS_DOWN, anthropic_body
 from gateway.log import scrub, send
 from gateway.net import h1, upstream
-from gateway.relay import sse
+from gateway.relay import plan, sse, translate
 from gateway.relay.balancer import Pick
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
 from gateway.relay.keyindex import PoolKey
 from gateway.relay.stream import relay_stream
+from gateway.relay.stream_events import relay_events
 from gateway.relay.usage import UsageStatus
 from gateway.store.sharedkeys import DisabledBy
 
@@ -33,6 +34,8 @@ log = structlog.get_logger(__name__)
 MAX_ERROR_BODY = 64 * 1024
 ERROR_BODY_WAIT = 5.0  # seconds an error status may take to send its body
 CALLER_ERRORS = frozenset({400, 404, 413, 422})
+# A 404 that says the key does not serve the model after all: another key may.
+NOT_SERVED = frozenset({"model_not_found", "not_found_error"})
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
@@ -44,26 +47,35 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     app = call.request.app
     cfg = app[appkeys.config].upstream
     pool = app[appkeys.upstream_pool]
-    payload, strip_usage = call.payload(key)
     record = Recorder(call, key, pick)
+    try:
+        route = plan.plan(call, key)
+    except translate.TranslationError as e:
+        call.untranslatable = str(e)
+        return record.failed(Failure(FailureKind.UNTRANSLATABLE, detail=str(e)[:200]))
     now = asyncio.get_running_loop().time()
     deadline = now + cfg.total_timeout
     first = min(deadline, now + cfg.first_token_timeout)
     t0 = time.perf_counter()
     resp: h1.Response | None = None
     try:
-        resp = await pool.request(key.urls[call.endpoint], key.head[call.stream], payload, deadline=first)
+        resp = await pool.request(route.url, route.head, route.body, deadline=first)
         if resp.status < 200 or resp.status >= 300:
             return await failed_status(call, key, resp, record, first)
         if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
-            return await relay_stream(call, key, resp, record, first, deadline, strip_usage, t0)
-        body = await resp.read(cfg.max_response_bytes, first)
+            events = plan.adapter(route.mode, call)
+            if events is None:
+                return await relay_stream(call, key, resp, record, first, deadline, route.strip_usage, t0)
+            return await relay_events(call, key, resp, record, first, deadline, events, t0)
+        body, usage = plan.answer(route.mode, call, await resp.read(cfg.max_response_bytes, first))
     except TimeoutError:
         return record.failed(Failure(FailureKind.TIMEOUT, detail="timed out"))
     except h1.AnswerTooLarge as e:
         return record.failed(Failure(FailureKind.TOO_LARGE, detail=str(e)))
     except h1.UnsupportedEncoding as e:
         return record.failed(Failure(FailureKind.UNSUPPORTED_ENCODING, detail=str(e)))
+    except ValueError:  # a translated answer that is not what its format promises
+        return record.failed(Failure(FailureKind.UPSTREAM_ERROR, detail="the answer could not be translated"))
     except upstream.RefusedAddress:
         return record.failed(Failure(FailureKind.UNREACHABLE, detail="refused_address"))
     except (aiohttp.ClientError, OSError) as e:
@@ -77,7 +89,7 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
             resp.release()
         call.upstream_ms += 0 if record.done else (time.perf_counter() - t0) * 1000
     # Sent outside the error mapping: a slow or vanished client is not the key's fault.
-    return await finish_json(call, key, resp, body, record)
+    return await finish_json(call, key, resp, body, usage, record)
 
 
 async def failed_status(
@@ -90,14 +102,14 @@ async def failed_status(
         raw = b""  # the status decides; the body would only have explained it
     message, code = error_fields(raw)
     detail = scrub(message if message is not None else raw.decode(errors="replace"), secrets=key_secrets(key))
-    if status in CALLER_ERRORS and code != "model_not_found":
+    if status in CALLER_ERRORS and code not in NOT_SERVED:
         record.finished(UsageStatus.CLIENT_ERROR, success=False, committed=False, http_status=status, error=detail)
         message = detail or "The upstream refused the request."
-        return web.json_response(
-            {"error": {"message": message, "type": "invalid_request_error", "code": code}},
-            status=status,
-            headers=provider_headers(call, key),
-        )
+        if call.client == "anthropic":
+            body = anthropic_body(status, message)
+        else:
+            body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+        return web.json_response(body, status=status, headers=provider_headers(call, key))
     if status in (401, 403):
         return record.failed(Failure(FailureKind.KEY_REJECTED, status, detail=detail))
     if status == 429:
@@ -120,6 +132,8 @@ def error_fields(raw: bytes) -> tuple[str | None, str | None]:
     if not isinstance(err, dict):
         return None, None
     message, code = err.get("message"), err.get("code")
+    if code is None and err.get("type") == "not_found_error":  # Anthropic's unknown model
+        code = "not_found_error"
     return (message if isinstance(message, str) else None, code if isinstance(code, str) else None)
 
 
@@ -131,7 +145,9 @@ def _retry_after(resp: h1.Response) -> float | None:
     return value if 0 < value <= 86400 else None
 
 
-async def finish_json(call: Call, key: PoolKey, resp: h1.Response, body: bytes, record: Recorder) -> web.Response:
+async def finish_json(
+    call: Call, key: PoolKey, resp: h1.Response, body: bytes, usage: sse.Usage | None, record: Recorder
+) -> web.Response:
     """Send the upstream's answer, then account for it: the client does not wait for the record.
     The call was served whether or not the client stays to read it, so it counts either way."""
     response = web.Response(
@@ -143,7 +159,6 @@ async def finish_json(call: Call, key: PoolKey, resp: h1.Response, body: bytes, 
     try:
         await send(call.request, response)
     finally:
-        usage = sse.usage_of(sse.parse(body)) if b'"usage"' in body else None
         record.finished(UsageStatus.OK, success=True, committed=True, http_status=resp.status, usage=usage)
     return response
 

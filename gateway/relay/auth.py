@@ -21,18 +21,27 @@ from gateway.log import request_fields
 from gateway.store.tokens import Caller
 
 
-def bearer_token(request: web.Request) -> str | None:
-    """The token of `Authorization: Bearer <token>` (scheme in any case), or None."""
+def bearer_token(request: web.Request, *, x_api_key: bool = False) -> str | None:
+    """The token of `Authorization: Bearer <token>` (scheme in any case), or None; with
+    `x_api_key` (the Anthropic route), `x-api-key: <token>` is taken too."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    if scheme.lower() == "bearer" and token:
+        return token
+    if x_api_key:
+        return request.headers.get("x-api-key", "").strip() or None
+    return None
 
 
 async def token_caller(
-    request: web.Request, *, refused: Callable[[], Exception], unavailable: Callable[[], Exception]
+    request: web.Request,
+    *,
+    refused: Callable[[], Exception],
+    unavailable: Callable[[], Exception],
+    x_api_key: bool = False,
 ) -> Caller:
     """The owner of the request's gateway token; raises `refused()` or `unavailable()`."""
-    token = bearer_token(request)
+    token = bearer_token(request, x_api_key=x_api_key)
     if token is None:
         raise refused()
     try:

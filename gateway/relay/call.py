@@ -48,6 +48,10 @@ class Call:
     started: float
     attempts: int = 0
     upstream_ms: float = 0.0
+    client: str = "openai"  # the client's format: openai | anthropic (`/v1/messages`)
+    anthropic_lines: bytes = b""  # the caller's anthropic-version/-beta, for an anthropic key
+    translated: bytes | None = None  # the body in the other format, once built (see plan)
+    untranslatable: str | None = None  # why the body could not go to a key of the other format
     _with_usage: bytes | None = None
 
     def payload(self, key: PoolKey) -> tuple[bytes, bool]:
@@ -83,11 +87,12 @@ class FailureKind(StrEnum):
     BAD_STREAM = "bad_stream"
     TOO_LARGE = "too_large"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
+    UNTRANSLATABLE = "untranslatable"  # the body cannot be carried in this key's format
 
 
 # An answer too large for our caps (a caller can ask for a huge one) or in an encoding we do not
 # decode fails the attempt, but says nothing about the key's health.
-NOT_THE_KEYS_FAULT = frozenset({FailureKind.TOO_LARGE, FailureKind.UNSUPPORTED_ENCODING})
+NOT_THE_KEYS_FAULT = frozenset({FailureKind.TOO_LARGE, FailureKind.UNSUPPORTED_ENCODING, FailureKind.UNTRANSLATABLE})
 
 
 @dataclass(slots=True)
@@ -107,7 +112,10 @@ def key_secrets(key: PoolKey) -> tuple[str, ...]:
 
 def provider_headers(call: Call, key: PoolKey) -> dict[str, str]:
     provider = key.provider if key.provider.isascii() else urllib.parse.quote(key.provider)
-    return {"X-Request-Id": call.request[appkeys.request_id], "X-Sharekey-Provider": provider}
+    request_id = call.request[appkeys.request_id]
+    if call.client == "anthropic":  # the name Anthropic's clients read
+        return {"X-Request-Id": request_id, "request-id": request_id, "X-Sharekey-Provider": provider}
+    return {"X-Request-Id": request_id, "X-Sharekey-Provider": provider}
 
 
 class Recorder:
@@ -184,6 +192,8 @@ class Recorder:
                 latency_ms=round(elapsed * 1000),
                 ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
                 error_message=error,
+                cache_read_tokens=usage.cache_read_tokens if usage is not None else None,
+                cache_creation_tokens=usage.cache_creation_tokens if usage is not None else None,
             )
         )
 

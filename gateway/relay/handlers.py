@@ -32,10 +32,11 @@ from gateway.errors import (
     UpstreamFailed,
 )
 from gateway.log import request_fields
+from gateway.relay import anthropic_body, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import USER_OUTCOMES, Balancer, Pick, PickOutcome, UserLimits
-from gateway.relay.call import TOKEN_FIELDS, Call, Failure
+from gateway.relay.call import TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -46,7 +47,8 @@ BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer
 DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options")
 DECISION_KEY = re.compile(rb'"(?:' + b"|".join(f.encode() for f in DECISION_FIELDS) + rb')"')
 ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")  # "mod\u0065l": encoders never escape ASCII letters
-ROUTES = {e: "/v1" + e for e in ("/chat/completions", "/completions", "/embeddings", "/responses")}  # metric labels
+ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
+ROUTES = {e: "/v1" + e for e in ENDPOINTS}  # metric labels
 _after_response: set[asyncio.Task[None]] = set()
 
 
@@ -87,7 +89,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def authenticate(request: web.Request) -> Caller:
-    return await token_caller(request, refused=_bad_token, unavailable=_tokens_unavailable)
+    # Anthropic's clients send the token as x-api-key (ANTHROPIC_API_KEY) or Bearer (…_AUTH_TOKEN).
+    x_api_key = request.path.startswith("/v1/messages")
+    return await token_caller(request, refused=_bad_token, unavailable=_tokens_unavailable, x_api_key=x_api_key)
 
 
 def _bad_token() -> GatewayError:
@@ -98,8 +102,7 @@ def _tokens_unavailable() -> GatewayError:
     return NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5)
 
 
-async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
-    config = request.app[appkeys.config]
+async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     raw = await request.read()  # over limits.max_body_bytes: aiohttp raises 413, rendered by the middleware
     try:
         body = orjson.loads(raw)  # UTF-8 only, as OpenAI's API; several times faster than json
@@ -108,6 +111,14 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
     refuse_duplicates(raw)
+    return raw, body
+
+
+async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
+    config = request.app[appkeys.config]
+    raw, body = await read_json(request)
+    if endpoint == "/messages":
+        anthropic_body.check(body)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("You must provide a model parameter.", code="missing_model")
@@ -135,7 +146,10 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     fields = request_fields(request)
     fields["model"] = model
     fields["stream"] = stream
-    return Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
+    call = Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
+    if endpoint == "/messages":
+        call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
+    return call
 
 
 def refuse_duplicates(raw: bytes) -> None:
@@ -195,7 +209,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     config = app[appkeys.config]
     index = app[appkeys.key_index]
     balancer = app[appkeys.balancer]
-    keys = index.pooled(call.model)
+    keys = index.pooled(call.model, call.endpoint)
     fields = request_fields(request)
     tried: set[str] = set()
     last_failure: Failure | None = None
@@ -245,7 +259,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             await _release(balancer, pick)
             await note_failure(app, key, result)
 
-        fallback = [k for k in index.private(caller.user_id, call.model) if k.id not in tried]
+        fallback = [k for k in index.private(caller.user_id, call.model, call.endpoint) if k.id not in tried]
         if fallback:
             key = fallback[0]
             call.attempts += 1
@@ -254,6 +268,8 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             if isinstance(result, web.StreamResponse):
                 return result
             last_failure = result
+        if last_failure is not None and last_failure.kind == FailureKind.UNTRANSLATABLE and call.untranslatable:
+            raise BadRequest(f"The request cannot be served by this gateway's keys: {call.untranslatable}")
         if last_failure is not None:
             raise UpstreamFailed(
                 f"The upstream failed on all {call.attempts} attempt(s); try again.", code="upstream_failed"

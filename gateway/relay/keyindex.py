@@ -29,6 +29,10 @@ REFRESH_SECONDS = 30.0
 
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+ANTHROPIC_ENDPOINTS = ("/messages", "/messages/count_tokens")
+# What a client asks for that a key of either format can serve (the relay translates the rest);
+# every other endpoint is OpenAI's alone.
+EITHER_FORMAT = frozenset({"/chat/completions", "/messages"})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -42,6 +46,7 @@ class PoolKey:
     daily_limit: int
     stream_usage: bool
     is_private: bool
+    api_format: str = "openai"  # openai | anthropic: how the upstream is called
     # Built once per load, not per request: parsed URLs and the complete upstream header lines.
     urls: dict[str, URL] = field(default_factory=dict, repr=False)
     head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
@@ -49,21 +54,23 @@ class PoolKey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
-        self.urls.update({e: URL(self.base_url + e) for e in ENDPOINTS})
+        endpoints = ANTHROPIC_ENDPOINTS if self.api_format == "anthropic" else ENDPOINTS
+        self.urls.update({e: URL(self.base_url + e) for e in endpoints})
         for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
-            headers = upstream_headers(self.api_key, accept=accept)
+            headers = upstream_headers(self.api_key, accept=accept, api_format=self.api_format)
             self.head[stream] = header_lines({**headers, "Accept-Encoding": "identity"})
 
 
 @dataclass(slots=True)
 class Snapshot:
     by_id: dict[str, PoolKey]
-    pooled: dict[str, list[PoolKey]]  # model -> shared keys serving it
+    pooled: dict[str, list[PoolKey]]  # model -> shared keys serving it, of either format
+    openai: dict[str, list[PoolKey]]  # model -> the `openai`-format ones (for OpenAI-only endpoints)
     private: dict[str, list[PoolKey]]  # owner id -> their private fallback keys
 
     @classmethod
     def build(cls, keys: list[PoolKey]) -> Snapshot:
-        snap = cls({}, {}, {})
+        snap = cls({}, {}, {}, {})
         for key in keys:
             snap.by_id[key.id] = key
             if key.is_private:
@@ -71,12 +78,14 @@ class Snapshot:
                 continue
             for model in key.models:
                 snap.pooled.setdefault(model, []).append(key)
+                if key.api_format == "openai":
+                    snap.openai.setdefault(model, []).append(key)
         return snap
 
 
 SELECT_SERVING_KEYS = """
 SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.daily_limit,
-       k.stream_usage, k.is_private, u.username, u.anonymous
+       k.stream_usage, k.is_private, k.api_format, u.username, u.anonymous
 FROM shared_keys k JOIN users u ON u.id = k.user_id
 WHERE k.is_active AND k.status <> 'disabled'
 """
@@ -104,6 +113,7 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
                 daily_limit=r["daily_limit"],
                 stream_usage=r["stream_usage"],
                 is_private=r["is_private"],
+                api_format=r["api_format"],
             )
         except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
             log.error("key_unusable", key_id=key_id, reason=str(e))
@@ -116,15 +126,19 @@ class KeyIndex:
     def __init__(self, pool: asyncpg.Pool, keyring: KeyRing) -> None:
         self._pool = pool
         self._keyring = keyring
-        self.snapshot = Snapshot({}, {}, {})
+        self.snapshot = Snapshot({}, {}, {}, {})
         self.loaded = asyncio.Event()
         self._dirty = asyncio.Event()
 
-    def pooled(self, model: str) -> list[PoolKey]:
-        return self.snapshot.pooled.get(model, [])
+    def pooled(self, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
+        """The shared keys that can serve `model` at the client's `endpoint`."""
+        by_model = self.snapshot.pooled if endpoint in EITHER_FORMAT else self.snapshot.openai
+        return by_model.get(model, [])
 
-    def private(self, owner_id: str, model: str) -> list[PoolKey]:
-        return [k for k in self.snapshot.private.get(owner_id, []) if model in k.models]
+    def private(self, owner_id: str, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
+        either = endpoint in EITHER_FORMAT
+        keys = self.snapshot.private.get(owner_id, [])
+        return [k for k in keys if model in k.models and (either or k.api_format == "openai")]
 
     def get(self, key_id: str) -> PoolKey | None:
         return self.snapshot.by_id.get(key_id)

@@ -20,8 +20,10 @@ EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 @dataclass(slots=True)
 class Usage:
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # the whole prompt, cached tokens included
     completion_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
 
 
 class Scanner:
@@ -123,7 +125,13 @@ def usage_of(obj: Any) -> Usage | None:
         return None
     prompt = u.get("prompt_tokens", u.get("input_tokens"))
     completion = u.get("completion_tokens", u.get("output_tokens"))
-    return Usage(prompt if isinstance(prompt, int) else None, completion if isinstance(completion, int) else None)
+    details = u.get("prompt_tokens_details", u.get("input_tokens_details"))
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+        cached if isinstance(cached, int) and cached > 0 else None,
+    )
 
 
 def usage_only_chunk(obj: Any) -> bool:

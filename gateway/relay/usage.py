@@ -71,6 +71,8 @@ class UsageRecord:
     latency_ms: int | None = None
     ttft_ms: int | None = None
     error_message: str | None = None
+    cache_read_tokens: int | None = None  # of prompt_tokens: read from the upstream's prompt cache
+    cache_creation_tokens: int | None = None  # of prompt_tokens: written to it
 
     @property
     def tokens_used(self) -> int | None:
@@ -99,17 +101,18 @@ WITH rows AS (
     SELECT r.*
     FROM unnest($1::text[], $2::int[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::int[],
                 $9::int[], $10::int[], $11::bool[], $12::bool[], $13::bool[], $14::text[], $15::int[], $16::int[],
-                $17::int[], $18::text[], $19::timestamptz[])
+                $17::int[], $18::text[], $19::timestamptz[], $21::int[], $22::int[])
       AS r(request_id, attempt, shared_key_id, user_id, donor_id, api_endpoint, model_used, prompt_tokens,
            completion_tokens, tokens_used, usage_estimated, success, committed, status, http_status, latency_ms,
-           ttft_ms, error_message, created_at)
+           ttft_ms, error_message, created_at, cache_read_tokens, cache_creation_tokens)
 ), ins AS (
     INSERT INTO key_usage_logs (request_id, attempt, shared_key_id, user_id, donor_id, api_endpoint, model_used,
                                 prompt_tokens, completion_tokens, tokens_used, usage_estimated, success, committed,
-                                status, http_status, latency_ms, ttft_ms, error_message, created_at)
+                                status, http_status, latency_ms, ttft_ms, error_message, created_at,
+                                cache_read_tokens, cache_creation_tokens)
     SELECT r.request_id, r.attempt, k.id, u.id, d.id, r.api_endpoint, r.model_used, r.prompt_tokens,
            r.completion_tokens, r.tokens_used, r.usage_estimated, r.success, r.committed, r.status, r.http_status,
-           r.latency_ms, r.ttft_ms, r.error_message, r.created_at
+           r.latency_ms, r.ttft_ms, r.error_message, r.created_at, r.cache_read_tokens, r.cache_creation_tokens
     FROM rows r
     LEFT JOIN shared_keys k ON k.id = r.shared_key_id
     LEFT JOIN users u ON u.id = r.user_id
@@ -181,6 +184,8 @@ async def write(conn: asyncpg.Connection, records: list[UsageRecord]) -> None:
                 [r.error_message for r in rs],
                 [r.created_at for r in rs],
                 day,
+                [r.cache_read_tokens for r in rs],
+                [r.cache_creation_tokens for r in rs],
             )
 
 

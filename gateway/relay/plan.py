@@ -1,0 +1,126 @@
+"""How one call reaches one key, by the client's format and the key's: the URL, the header lines
+and the body to send, and how the answer comes back.
+
+    client      key         mode
+    openai      openai      OPENAI               the body as it came (+ include_usage spliced in)
+    anthropic   anthropic   ANTHROPIC            the body as it came, the caller's anthropic-version/-beta
+    anthropic   openai      ANTHROPIC_ON_OPENAI  translated to /chat/completions and back
+    openai      anthropic   OPENAI_ON_ANTHROPIC  /chat/completions translated to /messages and back
+
+A translated body is built once per call and kept for every key of that format it is tried on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from gateway.net import h1
+from gateway.relay import adapters, sse, translate
+from gateway.relay.call import Call
+from gateway.relay.keyindex import PoolKey
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_VERSION_LINE = h1.header_lines({"anthropic-version": ANTHROPIC_VERSION})
+VERSION = re.compile(r"[0-9A-Za-z._-]{1,40}")
+BETAS = re.compile(r"[0-9A-Za-z._-]{1,100}(\s*,\s*[0-9A-Za-z._-]{1,100}){0,63}")
+
+
+class Mode(StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    ANTHROPIC_ON_OPENAI = "anthropic_on_openai"
+    OPENAI_ON_ANTHROPIC = "openai_on_anthropic"
+
+
+MODES = {
+    ("openai", "openai"): Mode.OPENAI,
+    ("anthropic", "anthropic"): Mode.ANTHROPIC,
+    ("anthropic", "openai"): Mode.ANTHROPIC_ON_OPENAI,
+    ("openai", "anthropic"): Mode.OPENAI_ON_ANTHROPIC,
+}
+
+
+@dataclass(slots=True)
+class Plan:
+    mode: Mode
+    url: URL
+    head: bytes
+    body: bytes
+    strip_usage: bool  # OPENAI: we asked for include_usage and drop that chunk again
+
+
+def anthropic_lines(request: web.Request) -> bytes:
+    """The caller's `anthropic-version` (else 2023-06-01) and `anthropic-beta`, as header lines;
+    a value that is not plainly a version or a list of beta names is left out."""
+    version = request.headers.get("anthropic-version", "").strip()
+    headers = {"anthropic-version": version if VERSION.fullmatch(version) else ANTHROPIC_VERSION}
+    beta = request.headers.get("anthropic-beta", "").strip()
+    if beta and BETAS.fullmatch(beta):
+        headers["anthropic-beta"] = beta
+    return h1.header_lines(headers)
+
+
+def plan(call: Call, key: PoolKey) -> Plan:
+    """Raises `translate.TranslationError` for a body the key's format cannot carry."""
+    mode = MODES[(call.client, key.api_format)]
+    head = key.head[call.stream]
+    if mode is Mode.OPENAI:
+        body, strip = call.payload(key)
+        return Plan(mode, key.urls[call.endpoint], head, body, strip)
+    if mode is Mode.ANTHROPIC:
+        url = key.urls["/messages"]
+        query = call.request.query_string
+        return Plan(mode, url.with_query(query) if query else url, head + call.anthropic_lines, call.raw, False)
+    if mode is Mode.ANTHROPIC_ON_OPENAI:
+        return Plan(mode, key.urls["/chat/completions"], head, _translated(call, mode), False)
+    return Plan(mode, key.urls["/messages"], head + DEFAULT_VERSION_LINE, _translated(call, mode), False)
+
+
+def _translated(call: Call, mode: Mode) -> bytes:
+    if call.translated is None:
+        if mode is Mode.ANTHROPIC_ON_OPENAI:
+            call.translated = orjson.dumps(translate.anthropic_request_to_openai(call.body))
+        else:
+            call.translated = orjson.dumps(translate.openai_request_to_anthropic(call.body))
+    return call.translated
+
+
+def adapter(mode: Mode, call: Call) -> adapters.Adapter | None:
+    """How a stream comes back; None for the fast OpenAI pass-through (`stream.relay_stream`)."""
+    if mode is Mode.OPENAI:
+        return None
+    if mode is Mode.ANTHROPIC:
+        return adapters.AnthropicPassthrough()
+    if mode is Mode.ANTHROPIC_ON_OPENAI:
+        return adapters.OpenAIToAnthropic(model=call.model)
+    return adapters.AnthropicToOpenAI(model=call.model, include_usage=call.client_wants_usage)
+
+
+def answer(mode: Mode, call: Call, raw: bytes) -> tuple[bytes, sse.Usage | None]:
+    """A non-stream answer for the client, and its usage. ValueError when a translated answer is
+    not the JSON object it must be (the attempt then fails: nothing was sent yet)."""
+    if mode is Mode.OPENAI:
+        return raw, (sse.usage_of(sse.parse(raw)) if b'"usage"' in raw else None)
+    obj: Any = orjson.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    if mode is Mode.ANTHROPIC:
+        return raw, _usage(translate.anthropic_usage(obj.get("usage")))
+    if mode is Mode.ANTHROPIC_ON_OPENAI:
+        converted = translate.openai_response_to_anthropic(obj, model=call.model)
+        return orjson.dumps(converted), _usage(translate.openai_usage(obj.get("usage")))
+    converted = translate.anthropic_response_to_openai(obj, model=call.model)
+    return orjson.dumps(converted), _usage(translate.anthropic_usage(obj.get("usage")))
+
+
+def _usage(u: translate.TokenUsage | None) -> sse.Usage | None:
+    if u is None:
+        return None
+    return sse.Usage(u.prompt_tokens, u.output_tokens, u.cache_read_tokens or None, u.cache_creation_tokens or None)
