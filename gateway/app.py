@@ -33,7 +33,7 @@ from gateway.store.crypto import KeyRing
 from gateway.store.tokens import TokenCache, touch_forever
 from gateway.tasks import background
 from gateway.web import health, keys_api, oauth, pages, thanks, tokens_api
-from gateway.web.board import Board
+from gateway.web.boardcache import Board
 from gateway.web.thanks import Visitors
 
 TEMPLATES_DIR = data_dir("templates")

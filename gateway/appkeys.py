@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from gateway.relay.usage import UsageLog
     from gateway.store.crypto import KeyRing
     from gateway.store.tokens import TokenCache
-    from gateway.web.board import Board
+    from gateway.web.boardcache import Board
     from gateway.web.thanks import Visitors
 
 config: web.AppKey[Config] = web.AppKey("config")

@@ -30,7 +30,7 @@ from gateway.relay.balancer import Candidate, UserLimits
 from gateway.relay.usage import UsageRecord
 from gateway.store.sharedkeys import SharedKey
 from gateway.store.users import User
-from gateway.web import board, charts
+from gateway.web import board, boardcache, charts
 from gateway.web.board import ModelCapacity
 
 from .fake_upstream import FakeUpstream
@@ -414,7 +414,7 @@ async def test_a_database_outage_serves_the_last_board(gw: Gateway, monkeypatch:
 
     monkeypatch.setattr(board, "fetch", refused)
     assert ranking(await gw.board()) == [("alice", 2)], "the last snapshot"
-    cold = board.Board(gw.pool, gw.app[appkeys.balancer], gw.app[appkeys.key_index], gw.config.oauth_linuxdo)
+    cold = boardcache.Board(gw.pool, gw.app[appkeys.balancer], gw.app[appkeys.key_index], gw.config.oauth_linuxdo)
     with pytest.raises(board.BoardUnavailable):
         await cold.get()
     with pytest.raises(board.BoardUnavailable):
