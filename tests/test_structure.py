@@ -27,3 +27,11 @@ def test_the_readme_code_map_names_every_module() -> None:
             continue
         name = str(path.relative_to(PACKAGE.parent))
         assert f"`{name}`" in section, f"{name} is missing from the README's code map"
+
+
+def test_a_missing_data_folder_is_a_clear_error() -> None:
+    from gateway.resources import MissingFiles, data_dir
+
+    assert (data_dir("sql") / "0001_init.sql").is_file()
+    with pytest.raises(MissingFiles, match="the gateway's nope/ folder is missing"):
+        data_dir("nope")

@@ -26,6 +26,7 @@ from gateway.ops import cli_keys, server
 from gateway.ops.command import CliError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
+from gateway.resources import MissingFiles
 from gateway.store import db, tokens, users
 from gateway.store.crypto import KeyRing
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sharekey: {e}", file=sys.stderr)
         return 2
-    except (CliError, EmbeddedError, server.ServeError) as e:
+    except (CliError, EmbeddedError, server.ServeError, MissingFiles) as e:
         print(f"sharekey: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
