@@ -1,11 +1,18 @@
 """A small load generator: N concurrent workers on one aiohttp session, loopback only.
 
-    python -m bench.load URL [--token T] [--stream] [--concurrency 16] [--seconds 5] [--requests N]
+    python -m bench.load URL [--api openai|anthropic] [--token T] [--stream] [--concurrency 16]
+                             [--seconds 5] [--requests N]
 
 Each worker sends the same POST again and again until the time or the request budget is spent,
-recording per request its latency (request sent to body fully read) and its time to first byte
-(non-streaming: the response headers; streaming: the first body chunk). A request counts as an
-error unless it answered 200 with a complete body (for a stream: ending in `data: [DONE]`).
+recording per request its latency (request sent to body fully read), its time to first byte
+(non-streaming: the response headers; streaming: the first body chunk) and, for a stream, its
+time to first token (the first chunk holding a content delta). A request counts as an error
+unless it answered 200 with a complete body (for a stream: ending in `data: [DONE]`, or in
+Anthropic's format `event: message_stop`).
+
+Two request formats (`Api`), asking for the same thing: OpenAI's `POST /v1/chat/completions`
+(`OPENAI`) and Anthropic's `POST /v1/messages` (`ANTHROPIC`, the token as `x-api-key`), each
+with the same one-message prompt, `max_tokens` and `stream`.
 
 Bounded: every run stops after `seconds` (and at most `max_requests`), every request after
 `request_timeout`, and the whole run after `seconds + request_timeout` whatever happens.
@@ -29,6 +36,9 @@ import aiohttp
 
 MAX_ERROR_SAMPLES = 5
 DONE = b"data: [DONE]"
+PROMPT = "hi"
+MAX_TOKENS = 64  # above what the fake upstream answers (16 tokens): never the reason it stops
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Result:
     elapsed: float = 0.0  # seconds, first request sent to last one finished
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
     ttfbs: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)  # streams only: time to the first content delta
     statuses: Counter[str] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
 
@@ -50,6 +61,9 @@ class Result:
 
     def ttfb_ms(self, q: float) -> float | None:
         return percentile(self.ttfbs, q)
+
+    def ttft_ms(self, q: float) -> float | None:
+        return percentile(self.ttfts, q)
 
     def error(self, kind: str, detail: str) -> None:
         self.errors += 1
@@ -65,6 +79,59 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1] * 1000
+
+
+def chat_body(stream: bool, model: str = "bench-model") -> bytes:
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS}
+    return json.dumps({**body, "stream": stream}).encode()
+
+
+def messages_body(stream: bool, model: str = "bench-model") -> bytes:
+    body = {"model": model, "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": PROMPT}]}
+    return json.dumps({**body, "stream": stream}).encode()
+
+
+def request_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def anthropic_headers(token: str) -> dict[str, str]:
+    return {"x-api-key": token, "anthropic-version": ANTHROPIC_VERSION, "Content-Type": "application/json"}
+
+
+def _openai_token(data: bytes) -> bool:
+    """A chunk with non-empty `delta.content` (a first chunk `"content":""` is not a token yet)."""
+    at = data.find(b'"content":"')
+    while at >= 0:
+        if data[at + 11 : at + 12] not in (b'"', b""):
+            return True
+        at = data.find(b'"content":"', at + 11)
+    return False
+
+
+def _anthropic_token(data: bytes) -> bool:
+    return b"content_block_delta" in data
+
+
+@dataclass(frozen=True)
+class Api:
+    """One request format: where it goes, what it sends, and what a complete answer looks like."""
+
+    name: str
+    path: str
+    body: Callable[[bool, str], bytes]
+    headers: Callable[[str], dict[str, str]]
+    stream_end: bytes  # in the last bytes of a complete stream
+    answer_mark: bytes  # in a complete non-stream answer
+    has_token: Callable[[bytes], bool]  # a stream chunk that carries content
+
+
+OPENAI = Api("openai", "/v1/chat/completions", chat_body, request_headers, DONE, b'"choices"', _openai_token)
+ANTHROPIC = Api(
+    "anthropic", "/v1/messages", messages_body, anthropic_headers, b"event: message_stop", b'"type":"message"',
+    _anthropic_token,
+)  # fmt: skip
+APIS = {a.name: a for a in (OPENAI, ANTHROPIC)}
 
 
 def check_loopback(url: str) -> None:
@@ -100,14 +167,17 @@ async def run_load(
     seconds: float,
     max_requests: int = 1_000_000,
     request_timeout: float = 30.0,
+    api: Api = OPENAI,
 ) -> Result:
-    """Drive `url` with `concurrency` workers for `seconds` (or `max_requests`); the measurements."""
+    """Drive `url` with `concurrency` workers for `seconds` (or `max_requests`); the measurements.
+    `api` says what a complete answer looks like (the body and headers are the caller's)."""
     check_loopback(url)
     result = Result()
     issued = 0
     perf = time.perf_counter
     deadline = perf() + seconds
-    latencies, ttfbs = result.latencies, result.ttfbs
+    latencies, ttfbs, ttfts = result.latencies, result.ttfbs, result.ttfts
+    stream_end, answer_mark, has_token = api.stream_end, api.answer_mark, api.has_token
 
     async def one() -> None:
         t0 = perf()
@@ -119,6 +189,7 @@ async def run_load(
                     result.requests += 1
                     result.error(f"http_{resp.status}", text)
                     return
+                t_token = None
                 if stream:
                     tail = b""
                     first = True
@@ -129,12 +200,16 @@ async def run_load(
                         if first:
                             t_first = perf()
                             first = False
-                        tail = (tail + chunk)[-64:]
-                    ok = DONE in tail
-                    detail = "stream ended without data: [DONE]: ..." + tail.decode(errors="replace")
+                        if t_token is None and has_token(tail + chunk):
+                            t_token = perf()
+                        tail = (tail + chunk)[-128:]
+                    ok = stream_end in tail and t_token is not None
+                    detail = f"stream without content or {stream_end.decode()} at its end: ..." + tail.decode(
+                        errors="replace"
+                    )
                 else:
                     data = await resp.read()
-                    ok = data.startswith(b"{") and b'"choices"' in data
+                    ok = data.startswith(b"{") and answer_mark in data
                     detail = data[:200].decode(errors="replace")
                 t_end = perf()
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -147,6 +222,8 @@ async def run_load(
             return
         latencies.append(t_end - t0)
         ttfbs.append(t_first - t0)
+        if t_token is not None:
+            ttfts.append(t_token - t0)
 
     async def worker() -> None:
         nonlocal issued
@@ -177,6 +254,7 @@ async def bench(
     request_timeout: float = 30.0,
     before: Callable[[], None] | None = None,
     after: Callable[[], None] | None = None,
+    api: Api = OPENAI,
 ) -> tuple[Result, Result]:
     """A warm-up then the measured run, on the same session (so connections are already open).
 
@@ -185,30 +263,25 @@ async def bench(
     async with open_session(request_timeout) as session:
         warm = await run_load(
             session, url, body, headers, stream=stream, concurrency=concurrency, seconds=warmup,
-            max_requests=max_requests, request_timeout=request_timeout,
+            max_requests=max_requests, request_timeout=request_timeout, api=api,
         )  # fmt: skip
         if before:
             before()
         measured = await run_load(
             session, url, body, headers, stream=stream, concurrency=concurrency, seconds=seconds,
-            max_requests=max_requests, request_timeout=request_timeout,
+            max_requests=max_requests, request_timeout=request_timeout, api=api,
         )  # fmt: skip
         if after:
             after()
     return warm, measured
 
 
-def chat_body(stream: bool, model: str = "bench-model") -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
-
-
-def request_headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
     parser.add_argument("url", help="e.g. http://127.0.0.1:8080/v1/chat/completions (loopback only)")
+    parser.add_argument(
+        "--api", choices=sorted(APIS), default="openai", help="the request format (anthropic: /v1/messages)"
+    )
     parser.add_argument("--token", default="sk-bench")
     parser.add_argument("--model", default="bench-model")
     parser.add_argument("--stream", action="store_true")
@@ -221,11 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         check_loopback(args.url)
     except ValueError as e:
         parser.error(str(e))
+    api = APIS[args.api]
     _, r = asyncio.run(
         bench(
             args.url,
-            chat_body(args.stream, args.model),
-            request_headers(args.token),
+            api.body(args.stream, args.model),
+            api.headers(args.token),
+            api=api,
             stream=args.stream,
             concurrency=args.concurrency,
             seconds=min(args.seconds, 600.0),
@@ -235,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{r.requests} requests in {r.elapsed:.2f}s: {r.rps:.0f}/s, p50 {_fmt(r.latency_ms(50))} ms, "
-        f"p99 {_fmt(r.latency_ms(99))} ms, ttfb p50 {_fmt(r.ttfb_ms(50))} ms, errors {r.errors}"
+        f"p99 {_fmt(r.latency_ms(99))} ms, ttfb p50 {_fmt(r.ttfb_ms(50))} ms, "
+        f"ttft p50 {_fmt(r.ttft_ms(50))} ms, errors {r.errors}"
     )
     for sample in r.error_samples:
         print(f"  error {sample}")

@@ -2,15 +2,24 @@
 
     python -m bench.run [--quick] [--seconds S] [--mode stream] [--concurrency 1] [--output bench/results.json]
 
+Modes: `non-stream` and `stream` send `POST /v1/chat/completions` (passed through to the key);
+`messages` and `messages-stream` send the equivalent Anthropic request (same prompt, max_tokens,
+stream) to `POST /v1/messages`, which the gateway translates for the same `openai`-format keys
+on the same fake upstream, and back. Their "direct" side is the upstream hit directly with the
+OpenAI request (measured once, shared with `non-stream`/`stream` when those run too), and they
+are compared with the direct route (gateway CPU per request, time to first token) in one table.
+
 1. Starts the fake upstream (`bench.upstream`) in its own process on a free loopback port.
 2. Uses the real PostgreSQL and Redis (`DATABASE_URL` / `REDIS_URL`, else embedded servers in a
    temporary directory), in a fresh `bench_<random>` schema and a `bench<random>` Redis key prefix.
 3. Seeds through the real CLI: a user, a token, three keys on the fake upstream.
 4. Starts the real gateway (`python -m gateway serve --workers 1`) and waits for `/readyz`.
-5. For each mode (non-stream, stream) and concurrency (1, 16, 64): a warm-up, then the same load
-   against the upstream directly and through the gateway; the gateway's (and the upstream's) CPU
-   time from `/proc/<pid>/stat` around each measured run.
-6. Prints the table and PASS/MISS against the targets, writes `bench/results.json`.
+5. For each mode and concurrency (1, 16, 64): a warm-up, then the same load against the
+   upstream directly and through the gateway; the gateway's (and the upstream's) CPU time from
+   `/proc/<pid>/stat` around each measured run. Each translated cell runs right after its
+   direct-route cell, so the two see the same machine. After each cell the gateway's usage rows
+   are counted: one per request sent, on the cell's route, `ok`, with the upstream's token counts.
+6. Prints the tables and PASS/MISS against the targets, writes `bench/results.json`.
 7. Stops everything it started (by process id), drops the schema and the Redis keys.
 
 Every load generator, server and client share the machine's cores: the ratios are what count.
@@ -44,15 +53,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from . import load
+from . import load, upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
-MODES = ("non-stream", "stream")
+MODES = ("non-stream", "stream", "messages", "messages-stream")
+# A translated mode (/v1/messages on an openai key) -> the direct-route mode it is compared with.
+TRANSLATED = {"messages": "non-stream", "messages-stream": "stream"}
 CONCURRENCY = (1, 16, 64)
 MODEL = "bench-model"
 KEYS = 3
+CHUNKS = 16  # content chunks per upstream stream; also the completion tokens it reports
+USAGE_SETTLE_TIMEOUT = 5.0  # seconds to wait for a cell's usage rows (the gateway flushes every 0.25 s)
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 60.0
@@ -67,6 +80,17 @@ TARGET_CPU_STREAM_MS = 0.8
 TARGET_ADDED_P50_MS = 0.5
 TARGET_RPS_RATIO_C64 = 0.7
 TARGET_TTFB_MS = 1.0
+TARGET_TRANSLATED_CPU_RATIO = 1.5  # /v1/messages translated vs /v1/chat/completions, gateway CPU per request
+TARGET_TRANSLATED_TTFT_MS = 1.0  # a translated stream's added time to first token over the direct route's
+
+
+def is_stream(mode: str) -> bool:
+    return mode in ("stream", "messages-stream")
+
+
+def api_of(mode: str) -> load.Api:
+    """The format the load generator speaks to the gateway in this mode."""
+    return load.ANTHROPIC if mode in TRANSLATED else load.OPENAI
 
 
 class SetupError(Exception):
@@ -160,8 +184,9 @@ def stop_process(proc: subprocess.Popen[Any], name: str, grace: float) -> None:
 
 
 def start_upstream(delay_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
+    args = ["--host", HOST, "--port", "0", "--chunks", str(CHUNKS), "--delay-ms", str(delay_ms)]
     proc = subprocess.Popen(
-        [PYTHON, "-m", "bench.upstream", "--host", HOST, "--port", "0", "--chunks", "16", "--delay-ms", str(delay_ms)],
+        [PYTHON, "-m", "bench.upstream", *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -191,6 +216,26 @@ def with_search_path(url: str, schema: str) -> str:
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "search_path"]
     return urlunsplit(parts._replace(query=urlencode([*query, ("search_path", schema)])))
+
+
+async def _usage_by_route(url: str, schema: str) -> dict[str, tuple[int, int]]:
+    """{api_endpoint: (rows, rows as a successful call must leave them)} in the bench schema:
+    status ok, not estimated, the fake upstream's token counts."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = await conn.fetch(
+            f"""SELECT api_endpoint, count(*) AS n,
+                       count(*) FILTER (WHERE status = 'ok' AND NOT usage_estimated
+                                        AND prompt_tokens = $1 AND completion_tokens = $2) AS good
+                FROM "{schema}".key_usage_logs GROUP BY api_endpoint""",
+            upstream.PROMPT_TOKENS,
+            CHUNKS,
+        )
+    finally:
+        await conn.close()
+    return {r["api_endpoint"] or "": (int(r["n"]), int(r["good"])) for r in rows}
 
 
 async def _pg(url: str, *statements: str) -> list[Any]:
@@ -328,9 +373,8 @@ class Gateway:
             return "    (no log)"
         return "\n".join("    " + line[:300] for line in text[-lines:]) or "    (empty log)"
 
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1/chat/completions"
+    def url(self, api: load.Api) -> str:
+        return f"http://{HOST}:{self.port}{api.path}"
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -387,11 +431,39 @@ class Side:
 
 
 @dataclass
+class UsageCheck:
+    """The gateway's usage rows for one cell: one per request sent (warm-up included)."""
+
+    route: str
+    sent: int
+    rows: int | None = None  # None: could not be counted
+    good: int | None = None  # ok, not estimated, the upstream's token counts
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rows == self.sent and self.good == self.sent and not self.error
+
+    def shown(self) -> str:
+        if self.rows is None:
+            return "not counted"
+        return "ok" if self.ok else f"MISS {self.good}/{self.rows}/{self.sent}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"route": self.route, "sent": self.sent, "rows": self.rows, "rows_ok": self.good}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
 class Cell:
     mode: str
     concurrency: int
     direct: Side = field(default_factory=Side)
     gateway: Side = field(default_factory=Side)
+    usage: UsageCheck | None = None
+    direct_shared: bool = False  # `direct` is the direct-route cell's own measurement
 
 
 def _round(v: float | None, digits: int = 3) -> float | None:
@@ -402,6 +474,7 @@ def measure(
     url: str,
     headers: dict[str, str],
     *,
+    api: load.Api,
     stream: bool,
     concurrency: int,
     seconds: float,
@@ -432,8 +505,8 @@ def measure(
 
     warm, result = asyncio.run(
         load.bench(
-            url, load.chat_body(stream, MODEL), headers, stream=stream, concurrency=concurrency,
-            seconds=seconds, warmup=warmup, request_timeout=REQUEST_TIMEOUT, before=before, after=after,
+            url, api.body(stream, MODEL), headers, stream=stream, concurrency=concurrency,
+            seconds=seconds, warmup=warmup, request_timeout=REQUEST_TIMEOUT, before=before, after=after, api=api,
         )
     )  # fmt: skip
     side.result = result
@@ -457,14 +530,14 @@ def measure(
     return side, warm.requests + result.requests
 
 
-def smoke(url: str, headers: dict[str, str], stream: bool) -> str:
+def smoke(url: str, headers: dict[str, str], stream: bool, api: load.Api) -> str:
     """One request; '' if it worked, else what went wrong."""
 
     async def go() -> load.Result:
         async with load.open_session(REQUEST_TIMEOUT) as session:
             return await load.run_load(
-                session, url, load.chat_body(stream, MODEL), headers, stream=stream, concurrency=1,
-                seconds=REQUEST_TIMEOUT, max_requests=1, request_timeout=REQUEST_TIMEOUT,
+                session, url, api.body(stream, MODEL), headers, stream=stream, concurrency=1,
+                seconds=REQUEST_TIMEOUT, max_requests=1, request_timeout=REQUEST_TIMEOUT, api=api,
             )  # fmt: skip
 
     result = asyncio.run(go())
@@ -495,12 +568,15 @@ def cell_numbers(cell: Cell) -> dict[str, float | None]:
         "p99_gateway": g.latency_ms(99) if g else None,
         "ttfb_direct": d.ttfb_ms(50) if d else None,
         "ttfb_gateway": g.ttfb_ms(50) if g else None,
+        "ttft_direct": d.ttft_ms(50) if d else None,
+        "ttft_gateway": g.ttft_ms(50) if g else None,
         "gateway_cpu_ms": cell.gateway.per_request_ms(cell.gateway.gateway_cpu_s),
         "upstream_cpu_ms": cell.direct.per_request_ms(cell.direct.upstream_cpu_s),
     }
     n["ratio"] = n["rps_gateway"] / n["rps_direct"] if n["rps_gateway"] and n["rps_direct"] else None
     n["added_p50"] = diff(n["p50_direct"], n["p50_gateway"])
     n["added_ttfb"] = diff(n["ttfb_direct"], n["ttfb_gateway"])
+    n["added_ttft"] = diff(n["ttft_direct"], n["ttft_gateway"])
     redis = cell.gateway.redis
     n["redis_us"] = (
         sum(usec for _, usec in redis.values()) / g.requests if redis is not None and g and g.requests else None
@@ -510,14 +586,14 @@ def cell_numbers(cell: Cell) -> dict[str, float | None]:
 
 def print_table(cells: list[Cell]) -> None:
     header = (
-        f"{'mode':<10} {'conc':>4} | {'rps direct':>10} {'gateway':>8} {'gw/dir':>6} | "
+        f"{'mode':<15} {'conc':>4} | {'rps direct':>10} {'gateway':>8} {'gw/dir':>6} | "
         f"{'p50 dir':>7} {'gw':>7} {'added':>6} | {'p99 dir':>7} {'gw':>7} | "
-        f"{'ttfb dir':>8} {'gw':>7} {'added':>6} | {'gw cpu':>6} {'up cpu':>6} {'redis':>6} | errors"
+        f"{'ttfb dir':>8} {'gw':>7} {'added':>6} | {'gw cpu':>6} {'up cpu':>6} {'redis':>6} | {'usage':>5} | errors"
     )
     units = (
-        f"{'':<10} {'':>4} | {'req/s':>10} {'req/s':>8} {'':>6} | "
+        f"{'':<15} {'':>4} | {'req/s':>10} {'req/s':>8} {'':>6} | "
         f"{'ms':>7} {'ms':>7} {'ms':>6} | {'ms':>7} {'ms':>7} | "
-        f"{'ms':>8} {'ms':>7} {'ms':>6} | {'ms/req':>6} {'ms/req':>6} {'us/req':>6} | dir/gw"
+        f"{'ms':>8} {'ms':>7} {'ms':>6} | {'ms/req':>6} {'ms/req':>6} {'us/req':>6} | {'rows':>5} | dir/gw"
     )
     print(header)
     print(units)
@@ -530,15 +606,19 @@ def print_table(cells: list[Cell]) -> None:
             errors += "  <-- ERRORS"
         if cell.gateway.skipped:
             errors += f"  (gateway not measured: {cell.gateway.skipped[:60]})"
+        usage = cell.usage.shown() if cell.usage else "-"
         print(
-            f"{cell.mode:<10} {cell.concurrency:>4} | {fmt(n['rps_direct'], '.0f'):>10} "
+            f"{cell.mode:<15} {cell.concurrency:>4} | {fmt(n['rps_direct'], '.0f'):>10} "
             f"{fmt(n['rps_gateway'], '.0f'):>8} {fmt(n['ratio']):>6} | "
             f"{fmt(n['p50_direct']):>7} {fmt(n['p50_gateway']):>7} {fmt(n['added_p50'], '+.2f'):>6} | "
             f"{fmt(n['p99_direct']):>7} {fmt(n['p99_gateway']):>7} | "
             f"{fmt(n['ttfb_direct']):>8} {fmt(n['ttfb_gateway']):>7} {fmt(n['added_ttfb'], '+.2f'):>6} | "
             f"{fmt(n['gateway_cpu_ms'], '.3f'):>6} {fmt(n['upstream_cpu_ms'], '.3f'):>6} "
-            f"{fmt(n['redis_us'], '.0f'):>6} | {errors}"
+            f"{fmt(n['redis_us'], '.0f'):>6} | {usage:>5} | {errors}"
         )
+    if any(c.direct_shared for c in cells):
+        print("(messages rows: the direct side is the upstream hit with the equivalent OpenAI request, shared with the")
+        print(" direct-route row of the same concurrency; usage rows ok = one row per request sent, status ok, tokens)")
 
 
 def targets(cells: list[Cell]) -> list[dict[str, Any]]:
@@ -559,13 +639,13 @@ def targets(cells: list[Cell]) -> list[dict[str, Any]]:
             {f"c{c}": by.get((mode, c), {}).get("gateway_cpu_ms") for c in CONCURRENCY},
             lambda v, limit=limit: v <= limit,
         )
-    for mode in MODES:
+    for mode in ("non-stream", "stream"):
         add(
             f"added p50 latency < {TARGET_ADDED_P50_MS} ms at concurrency 1 ({mode})",
             {"c1": by.get((mode, 1), {}).get("added_p50")},
             lambda v: v < TARGET_ADDED_P50_MS,
         )
-    for mode in MODES:
+    for mode in ("non-stream", "stream"):
         add(
             f"gateway >= {TARGET_RPS_RATIO_C64}x direct req/s at concurrency 64 ({mode})",
             {"c64": by.get((mode, 64), {}).get("ratio")},
@@ -577,7 +657,76 @@ def targets(cells: list[Cell]) -> list[dict[str, Any]]:
         {"c1": by.get(("stream", 1), {}).get("added_ttfb")},
         lambda v: v <= TARGET_TTFB_MS,
     )
+    compared = {(t["mode"], t["concurrency"]): t for t in translated(cells)}
+    for mode, base in TRANSLATED.items():
+        if not any(m == mode for m, _ in compared):
+            continue
+        add(
+            f"/v1/messages translated <= {TARGET_TRANSLATED_CPU_RATIO}x the gateway CPU per request of "
+            f"/v1/chat/completions ({mode} vs {base}, every concurrency measured)",
+            {f"c{c}": t["cpu_ratio"] for (m, c), t in compared.items() if m == mode},
+            lambda v: v <= TARGET_TRANSLATED_CPU_RATIO,
+            unit="x",
+        )
+    if ("messages-stream", 1) in compared:
+        add(
+            f"translated stream TTFT p50 within {TARGET_TRANSLATED_TTFT_MS} ms of the untranslated stream "
+            "at concurrency 1",
+            {"c1": compared[("messages-stream", 1)]["added_ttft"]},
+            lambda v: v <= TARGET_TRANSLATED_TTFT_MS,
+        )
     return out
+
+
+def translated(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Each translated cell against its direct-route cell of the same run and concurrency."""
+    by = {(c.mode, c.concurrency): c for c in cells}
+    out = []
+    for cell in cells:
+        base = by.get((TRANSLATED.get(cell.mode, ""), cell.concurrency))
+        if base is None:
+            continue
+        t, b = cell_numbers(cell), cell_numbers(base)
+        out.append(
+            {
+                "mode": cell.mode,
+                "concurrency": cell.concurrency,
+                "base_mode": base.mode,
+                "cpu_ms_base": b["gateway_cpu_ms"],
+                "cpu_ms_translated": t["gateway_cpu_ms"],
+                "cpu_ratio": _ratio(t["gateway_cpu_ms"], b["gateway_cpu_ms"]),
+                "rps_ratio": _ratio(t["rps_gateway"], b["rps_gateway"]),
+                "added_p50": diff(b["p50_gateway"], t["p50_gateway"]),
+                "ttft_base": b["ttft_gateway"],
+                "ttft_translated": t["ttft_gateway"],
+                "added_ttft": diff(b["ttft_gateway"], t["ttft_gateway"]) if is_stream(cell.mode) else None,
+            }
+        )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def print_translated(cells: list[Cell]) -> None:
+    rows = translated(cells)
+    if not rows:
+        return
+    print()
+    print("/v1/messages translated (Anthropic request -> /chat/completions on the same openai keys -> back) vs")
+    print("/v1/chat/completions passed through, same upstream, keys and run (p50s; TTFT = first content delta):")
+    print(
+        f"  {'mode':<15} {'conc':>4} | {'gw cpu chat':>11} {'messages':>8} {'ratio':>6} | {'req/s ratio':>11} | "
+        f"{'p50 added':>9} | {'ttft chat':>9} {'messages':>8} {'added':>6}"
+    )
+    for t in rows:
+        print(
+            f"  {t['mode']:<15} {t['concurrency']:>4} | {fmt(t['cpu_ms_base'], '.3f'):>11} "
+            f"{fmt(t['cpu_ms_translated'], '.3f'):>8} {fmt(t['cpu_ratio'], '.2f') + 'x':>6} | "
+            f"{fmt(t['rps_ratio'], '.2f') + 'x':>11} | {fmt(t['added_p50'], '+.3f'):>9} | "
+            f"{fmt(t['ttft_base'], '.3f'):>9} {fmt(t['ttft_translated'], '.3f'):>8} {fmt(t['added_ttft'], '+.3f'):>6}"
+        )
 
 
 def print_targets(results: list[dict[str, Any]], cells: list[Cell]) -> None:
@@ -701,27 +850,36 @@ def run(args: argparse.Namespace) -> int:
             say(f"\n!!! bench: the gateway could not be set up; measuring the upstream alone.\n!!! {e}\n")
 
         smoke_failures: dict[str, str] = {}
+        settled: dict[str, tuple[int, int]] | str = {}
         if not gateway_down:
-            for mode in MODES:
-                headers = load.request_headers(gw.token)
-                failure = smoke(gw.url, headers, mode == "stream")
+            for mode in dict.fromkeys(c.mode for c in cells):
+                api = api_of(mode)
+                failure = smoke(gw.url(api), api.headers(gw.token), is_stream(mode), api)
                 gw.requests_sent += 1
                 if failure:
                     smoke_failures[mode] = failure
-                    problems.append(f"POST /v1/chat/completions ({mode}) through the gateway fails: {failure}")
-                    say(f"\n!!! bench: POST /v1/chat/completions ({mode}) through the gateway fails:\n!!! {failure}")
+                    problems.append(f"POST {api.path} ({mode}) through the gateway fails: {failure}")
+                    say(f"\n!!! bench: POST {api.path} ({mode}) through the gateway fails:\n!!! {failure}")
                     say(f"!!! gateway log (tail):\n{gw.log_tail()}\n")
+            settled = _settle_usage(stores, schema, gw.requests_sent)  # the smoke requests' rows
 
-        direct_url = f"http://{HOST}:{upstream_port}/v1/chat/completions"
-        direct_headers = load.request_headers("sk-bench-direct")
-        for cell in cells:
-            stream = cell.mode == "stream"
+        direct_url = f"http://{HOST}:{upstream_port}{load.OPENAI.path}"
+        direct_headers = load.OPENAI.headers("sk-bench-direct")
+        measured: dict[tuple[bool, int], Side] = {}  # (stream, concurrency) -> the upstream hit directly
+        # A translated cell right after its direct-route cell: the two see the same machine.
+        for cell in sorted(cells, key=lambda c: (is_stream(c.mode), c.concurrency, c.mode in TRANSLATED)):
+            stream, api = is_stream(cell.mode), api_of(cell.mode)
             label = f"{cell.mode} c{cell.concurrency}"
-            cell.direct, _ = measure(
-                direct_url, direct_headers, stream=stream, concurrency=cell.concurrency, seconds=seconds,
-                warmup=warmup, upstream_pid=upstream.pid,
-            )  # fmt: skip
-            _progress(label, "direct", cell.direct)
+            shared = measured.get((stream, cell.concurrency))
+            if shared is not None:
+                cell.direct, cell.direct_shared = shared, True
+            else:
+                cell.direct, _ = measure(
+                    direct_url, direct_headers, api=load.OPENAI, stream=stream, concurrency=cell.concurrency,
+                    seconds=seconds, warmup=warmup, upstream_pid=upstream.pid,
+                )  # fmt: skip
+                measured[(stream, cell.concurrency)] = cell.direct
+                _progress(label, "direct", cell.direct)
             skip = gateway_down or smoke_failures.get(cell.mode, "")
             if skip:
                 cell.gateway = Side(skipped=skip)
@@ -732,12 +890,22 @@ def run(args: argparse.Namespace) -> int:
                 gateway_down = "the gateway process has exited"
                 continue
             cell.gateway, sent = measure(
-                gw.url, load.request_headers(gw.token), stream=stream, concurrency=cell.concurrency,
+                gw.url(api), api.headers(gw.token), api=api, stream=stream, concurrency=cell.concurrency,
                 seconds=seconds, warmup=warmup, upstream_pid=upstream.pid, gateway_pid=gw.proc.pid,
                 redis_url=stores.redis_url,
             )  # fmt: skip
             gw.requests_sent += sent
             _progress(label, "gateway", cell.gateway)
+            # Its usage rows, before the next cell runs: one per request sent, on its route.
+            after = _settle_usage(stores, schema, gw.requests_sent)
+            cell.usage = _usage_check(api.path, sent, settled, after)
+            settled = after
+            if not cell.usage.ok:
+                why = f" ({cell.usage.error})" if cell.usage.error else ""
+                problems.append(
+                    f"{label}: {sent} requests sent to {api.path}, {cell.usage.rows} usage rows, {cell.usage.good} "
+                    f"of them ok with the upstream's token counts{why}"
+                )
 
         for cell in cells:
             for name, side in (("direct", cell.direct), ("gateway", cell.gateway)):
@@ -756,6 +924,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print()
         print_table(cells)
+        print_translated(cells)
         print()
         print(
             "gw cpu: gateway process CPU (user+sys) per request; up cpu: the fake upstream's, when hit directly; "
@@ -801,8 +970,13 @@ def run(args: argparse.Namespace) -> int:
                     "direct": c.direct.to_json(),
                     "gateway": c.gateway.to_json(),
                     "derived": {k: _round(v) for k, v in cell_numbers(c).items()},
+                    "direct_shared_with": TRANSLATED[c.mode] if c.direct_shared else None,
+                    "usage_rows": c.usage.to_json() if c.usage else None,
                 }
                 for c in cells
+            ],
+            "translated_vs_direct_route": [
+                {k: _round(v) if isinstance(v, float) else v for k, v in t.items()} for t in translated(cells)
             ],
             "targets": [{k: v for k, v in t.items() if k != "shown"} for t in target_results],
             "problems": problems,
@@ -837,7 +1011,7 @@ def _progress(label: str, side_name: str, side: Side) -> None:
 def _print_cpu_breakdown(cells: list[Cell]) -> None:
     """Where the machine's CPU went, per request, in each run (PostgreSQL and Redis: server-wide)."""
     print("\nCPU ms per request by process (direct -> through the gateway), and how busy the machine was:")
-    print(f"  {'mode':<10} {'conc':>4} | {'client':>13} {'upstream':>13} {'gateway':>7} {'redis':>13} "
+    print(f"  {'mode':<15} {'conc':>4} | {'client':>13} {'upstream':>13} {'gateway':>7} {'redis':>13} "
           f"{'postgres':>13} | {'busy %':>9}")  # fmt: skip
     for c in cells:
         d, g = c.direct, c.gateway
@@ -846,7 +1020,7 @@ def _print_cpu_breakdown(cells: list[Cell]) -> None:
             return f"{fmt(get(d), spec):>5} -> {fmt(get(g), spec):<5}"
 
         print(
-            f"  {c.mode:<10} {c.concurrency:>4} | "
+            f"  {c.mode:<15} {c.concurrency:>4} | "
             f"{pair(lambda s: s.per_request_ms(s.client_cpu_s))} "
             f"{pair(lambda s: s.per_request_ms(s.upstream_cpu_s))} "
             f"{fmt(g.per_request_ms(g.gateway_cpu_s), '.3f'):>7} "
@@ -865,10 +1039,39 @@ def _print_redis_breakdown(cells: list[Cell]) -> None:
         n = side.result.requests
         top = sorted(((calls, usec, cmd) for cmd, (calls, usec) in side.redis.items() if calls), reverse=True)[:4]
         parts = ", ".join(f"{cmd} {calls / n:.2f} ({usec / n:.0f}us)" for calls, usec, cmd in top)
-        rows.append(f"  {c.mode:<10} c{c.concurrency:<3} {parts}")
+        rows.append(f"  {c.mode:<15} c{c.concurrency:<3} {parts}")
     if rows:
         print("\nRedis commands per gateway request (calls incl. those inside Lua, Redis-side time), server-wide:")
         print("\n".join(rows))
+
+
+def _settle_usage(stores: Stores, schema: str, expected: int) -> dict[str, tuple[int, int]] | str:
+    """The usage rows by route once there are `expected` of them (or after USAGE_SETTLE_TIMEOUT);
+    a string saying why they could not be counted."""
+    deadline = time.monotonic() + USAGE_SETTLE_TIMEOUT
+    while True:
+        try:
+            counts = asyncio.run(_usage_by_route(stores.database_url, schema))
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        if sum(n for n, _ in counts.values()) >= expected or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
+def _usage_check(
+    route: str, sent: int, before: dict[str, tuple[int, int]] | str, after: dict[str, tuple[int, int]] | str
+) -> UsageCheck:
+    check = UsageCheck(route, sent)
+    if isinstance(before, str) or isinstance(after, str):
+        check.error = before if isinstance(before, str) else str(after)
+        return check
+    other = sum(n for r, (n, _) in after.items() if r != route) - sum(n for r, (n, _) in before.items() if r != route)
+    (n1, g1), (n0, g0) = after.get(route, (0, 0)), before.get(route, (0, 0))
+    check.rows, check.good = n1 - n0, g1 - g0
+    if other:
+        check.error = f"{other} rows on other routes"
+    return check
 
 
 def _usage_rows(stores: Stores, schema: str, gw: Gateway, notes: dict[str, Any]) -> None:
@@ -888,7 +1091,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="~2 s per cell instead of ~5 s")
     parser.add_argument("--seconds", type=float, default=0.0, help="seconds per cell (overrides --quick)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--mode", action="append", choices=MODES, help="only this mode (repeatable)")
+    parser.add_argument(
+        "--mode",
+        action="append",
+        choices=MODES,
+        help="only this mode (repeatable); messages, messages-stream: /v1/messages translated for the openai keys",
+    )
     parser.add_argument(
         "--upstream-delay-ms", type=float, default=0.0, help="the fake upstream waits this long before each answer"
     )
