@@ -23,6 +23,7 @@
       api_key: value(form, "api_key").trim(),
       available_models: list(value(form, "available_models")),
       tags: list(value(form, "tags")),
+      api_format: value(form, "api_format"),
     };
     const daily = limit(value(form, "daily_limit"));
     if (daily !== undefined) body.daily_limit = daily;
@@ -39,6 +40,8 @@
     if (name.trim() !== original.name) body.name = name;
     const base = value(form, "base_url").trim();
     if (base !== original.base_url) body.base_url = base;
+    const format = value(form, "api_format");
+    if (format !== original.api_format) body.api_format = format; // tested live again
     const key = value(form, "api_key").trim();
     if (key) body.api_key = key;
     const models = list(value(form, "available_models"));
@@ -64,7 +67,7 @@
     const output = addForm.querySelector("[data-result]");
     clearErrors(addForm);
     const body = newKey(addForm);
-    const test = { base_url: body.base_url, api_key: body.api_key };
+    const test = { base_url: body.base_url, api_key: body.api_key, api_format: body.api_format };
     if (body.available_models.length) test.model = body.available_models[0];
     setResult(output, msg("testing"));
     busy(event.currentTarget, async () => {
@@ -72,7 +75,7 @@
       if (!result.ok) { setResult(output, ""); showError(addForm, result); return; }
       const text = testText(result.data);
       setResult(output, text, result.data.ok ? "ok" : "bad");
-      lastTest = result.data.ok ? { base_url: test.base_url, api_key: test.api_key, text } : null;
+      lastTest = result.data.ok ? { ...test, text } : null;
     });
   });
 
@@ -85,7 +88,8 @@
     busy(event.submitter, async () => {
       const result = await api("POST", "/api/shared-keys", body);
       if (!result.ok) { setResult(output, ""); showError(addForm, result); return; }
-      const tested = lastTest && lastTest.base_url === body.base_url && lastTest.api_key === body.api_key;
+      const tested = lastTest && lastTest.base_url === body.base_url && lastTest.api_key === body.api_key
+        && lastTest.api_format === body.api_format;
       const text = tested ? lastTest.text : msg("added");
       lastTest = null;
       addForm.reset();
@@ -144,7 +148,7 @@
     clearErrors(form);
     const body = changes(form);
     if (Object.keys(body).length === 0) { setResult(output, msg("saved"), "ok"); return; }
-    setResult(output, body.api_key ? msg("testing") : msg("saving"));
+    setResult(output, body.api_key || body.api_format ? msg("testing") : msg("saving"));
     busy(event.submitter, async () => {
       const result = await api("PUT", "/api/shared-keys", { id: item.dataset.keyId, ...body });
       if (!result.ok) { setResult(output, ""); showError(form, result); return; }

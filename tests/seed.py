@@ -28,6 +28,7 @@ async def add_key(
     daily_limit: int = 150,
     private: bool = False,
     stream_usage: bool = True,
+    api_format: str = "openai",
 ) -> sharedkeys.SharedKey:
     ring = KeyRing(config.security.key_encryption_secret)
     new = sharedkeys.NewKey(
@@ -39,6 +40,7 @@ async def add_key(
         daily_limit=daily_limit,
         is_private=private,
         stream_usage=stream_usage,
+        api_format=api_format,
     )
     async with pool.acquire() as conn:
         return await sharedkeys.insert_key(conn, ring, new, timezone=config.balancer.timezone)

@@ -63,11 +63,23 @@ async def test_users_tokens_keys_round_trip(env: dict[str, str], config: config_
     r = sharekey("keys", "list", env=env)
     assert r.code == 0, r.err
     header, row = r.out.strip().splitlines()
-    assert header.split() == ["OWNER", "NAME", "UPSTREAM", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY"]
+    assert header.split() == [
+        "OWNER",
+        "NAME",
+        "UPSTREAM",
+        "FORMAT",
+        "MODELS",
+        "LIMIT",
+        "TODAY",
+        "TOTAL",
+        "STATUS",
+        "KEY",
+    ]
     assert row.split() == [
         "alice",
         "main",
         "api.example.com",
+        "openai",
         "gpt-4o-mini,gpt-4o",
         "70",
         "0",

@@ -315,3 +315,117 @@ async def test_a_body_over_the_cap_fails_cleanly(
         result = await keytest.test_key(pool, base, KEY, ["model-1"], timeout=TIMEOUT)
     assert (result.ok, result.reason, result.error) == (False, "not_openai_compatible", keytest.NOT_COMPATIBLE)
     assert [e["cause"] for e in logs if e["event"] == "key_tested"] == ["body_too_large"]
+
+
+# --- an `anthropic` key: GET /models and a 1-token message, x-api-key and anthropic-version -------
+
+
+def lower(headers: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+async def test_an_anthropic_key_passes_against_the_fake_upstream(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
+    fake_upstream.models = ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    fake_upstream.valid_keys = {KEY}
+    result = await keytest.test_key(
+        pool, fake_upstream.base_url, KEY, ["claude-haiku-4-5"], timeout=TIMEOUT, api_format="anthropic"
+    )
+    assert result == KeyTestResult(True, result.latency_ms, fake_upstream.models, None, None)
+    assert [r.path for r in fake_upstream.requests] == ["/v1/models", "/v1/messages"]
+    assert fake_upstream.calls("/v1/chat/completions") == []
+    (message,) = fake_upstream.calls("/v1/messages")
+    assert message.body == {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "ping"}],
+    }
+    for sent in fake_upstream.requests:
+        headers = lower(sent.headers)
+        assert (headers["x-api-key"], headers["anthropic-version"]) == (KEY, "2023-06-01")
+        assert "authorization" not in headers, "an anthropic key is never sent as a bearer token"
+
+
+async def test_an_anthropic_key_the_upstream_refuses(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
+    fake_upstream.valid_keys = {"sk-ant-some-other-key-000"}
+    result = await keytest.test_key(
+        pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT, api_format="anthropic"
+    )
+    assert (result.ok, result.reason, result.error) == (False, "invalid_key", "the upstream rejected the key")
+    assert_clean(result)
+    fake_upstream.valid_keys = None
+    fake_upstream.fail_next(Failure(status=429, path="/v1/messages"))
+    result = await keytest.test_key(
+        pool, fake_upstream.base_url, KEY, ["gpt-4o-mini"], timeout=TIMEOUT, api_format="anthropic"
+    )
+    assert (result.ok, result.reason) == (False, "rate_limited")
+
+
+async def test_an_anthropic_key_without_the_model(fake_upstream: FakeUpstream, pool: h1.Pool) -> None:
+    fake_upstream.models = ["claude-sonnet-4-5"]
+    listed = await keytest.test_key(
+        pool, fake_upstream.base_url, KEY, ["claude-opus-9"], timeout=TIMEOUT, api_format="anthropic"
+    )
+    assert (listed.ok, listed.reason, listed.error) == (
+        False,
+        "model_not_offered",
+        "the upstream does not offer: claude-opus-9",
+    )
+    assert fake_upstream.calls("/v1/messages") == [], "the list already says so"
+
+    # No model list: the message's 404 not_found_error says it.
+    fake_upstream.fail_next(Failure(status=404, path="/v1/models"))
+    asked = await keytest.test_key(
+        pool, fake_upstream.base_url, KEY, ["claude-opus-9"], timeout=TIMEOUT, api_format="anthropic"
+    )
+    assert (asked.ok, asked.reason, asked.error) == (
+        False,
+        "model_not_offered",
+        "the upstream does not offer: claude-opus-9",
+    )
+    assert len(fake_upstream.calls("/v1/messages")) == 1
+
+
+async def test_an_anthropic_model_list_with_more_pages(aiohttp_server: Any, pool: h1.Pool) -> None:
+    """Anthropic pages its list: a declared model missing from a page with `has_more` is not
+    refused on the list's word; the message decides. An answer that is no message fails."""
+    seen: list[str] = []
+    answer: dict[str, Any] = {"type": "message", "role": "assistant", "content": [], "model": "claude-z"}
+
+    async def models(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.json_response({"data": [{"type": "model", "id": "claude-a"}], "has_more": True})
+
+    async def messages(request: web.Request) -> web.Response:
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/messages", messages)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("/v1"))
+    result = await keytest.test_key(pool, base, KEY, ["claude-z"], timeout=TIMEOUT, api_format="anthropic")
+    assert (result.ok, result.models) == (True, ["claude-a"])
+    assert seen == ["/v1/models?limit=1000"]
+
+    answer = {"choices": [{"message": {"content": "p"}}]}  # an OpenAI answer at /messages
+    result = await keytest.test_key(pool, base, KEY, ["claude-z"], timeout=TIMEOUT, api_format="anthropic")
+    assert (result.ok, result.reason, result.error) == (
+        False,
+        "not_openai_compatible",
+        "the upstream does not answer like the Anthropic API",
+    )
+
+
+async def test_an_openai_key_at_an_anthropic_only_upstream_fails(aiohttp_server: Any, pool: h1.Pool) -> None:
+    """The format decides the request: the same upstream read as `openai` has no chat endpoint."""
+
+    async def messages(request: web.Request) -> web.Response:
+        return web.json_response({"type": "message"})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("/v1"))
+    assert (await keytest.test_key(pool, base, KEY, ["c"], timeout=TIMEOUT, api_format="anthropic")).ok
+    result = await keytest.test_key(pool, base, KEY, ["c"], timeout=TIMEOUT)
+    assert (result.ok, result.reason) == (False, "not_openai_compatible")

@@ -1,9 +1,11 @@
-"""The live key test: is this key, at this base URL, a working OpenAI-compatible upstream?
+"""The live key test: is this key, at this base URL, a working upstream of its `api_format`?
 
 Used when a key is registered or changed, by `POST /api/shared-keys/test`, `sharekey keys add`
 and the health checks. Two requests: `GET {base}/models` (what the upstream says it offers) and a
-one-token chat completion (whether the key really works). The result speaks in our words only:
-never the key, the base URL or anything the upstream sent, except the model names it lists.
+one-token answer (whether the key really works): a chat completion for an `openai` key, a message
+(`POST {base}/messages`, `x-api-key` and `anthropic-version`) for an `anthropic` one. The result
+speaks in our words only: never the key, the base URL or anything the upstream sent, except the
+model names it lists.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MAX_MISSING_SHOWN = 5
 INVALID_KEY = "the upstream rejected the key"
 RATE_LIMITED = "the upstream is rate-limiting this key or its quota is used up; try again later"
 NOT_COMPATIBLE = "the upstream does not answer like an OpenAI-compatible API"
+NOT_ANTHROPIC = "the upstream does not answer like the Anthropic API"
+ANTHROPIC_PAGE = 1000  # Anthropic lists 20 models a page unless asked; 1000 is its largest page
 NO_MODEL = "the upstream lists no models; name the models this key serves"
 BAD_KEY_TEXT = "the key contains characters that are not allowed"
 
@@ -41,7 +45,8 @@ class KeyTestResult:
     models: list[str]  # what GET /models listed; empty if it listed nothing
     error: str | None  # our words, fit to show to the key's owner
     reason: str | None  # invalid_key | model_not_offered | unreachable | not_openai_compatible
-    #                     | rate_limited | upstream_error
+    #                     | rate_limited | upstream_error  (not_openai_compatible also stands for
+    #                     "not Anthropic-compatible" on an `anthropic` key: one code per failure kind)
 
 
 class _Failed(Exception):
@@ -59,6 +64,7 @@ async def test_key(
     models: list[str] | None,
     *,
     timeout: float,  # noqa: ASYNC109 - part of the contract: the whole test's budget
+    api_format: str = "openai",
 ) -> KeyTestResult:
     """Test a key against its (already checked) base URL, within `timeout` seconds in total."""
     start = time.monotonic()
@@ -70,10 +76,10 @@ async def test_key(
     base = base_url.rstrip("/")
     try:
         async with asyncio.timeout(timeout):
-            listed_or_none = await _list_models(pool, base, api_key)
+            listed_or_none, complete = await _list_models(pool, base, api_key, api_format)
             listed = listed_or_none or []
             declared = [m for m in models or [] if m]
-            if declared and listed_or_none is not None:
+            if declared and listed_or_none is not None and complete:
                 offered = set(listed)
                 missing = [m for m in declared if m not in offered]
                 if missing:
@@ -81,7 +87,7 @@ async def test_key(
             model = declared[0] if declared else (listed[0] if listed else None)
             if model is None:
                 raise _Failed("model_not_offered", NO_MODEL)
-            await _complete(pool, base, api_key, model)
+            await _complete(pool, base, api_key, model, api_format)
     except _Failed as failed:
         return _finish(start, listed, failed)
     except UpstreamError as e:
@@ -111,30 +117,50 @@ def _missing_message(missing: list[str]) -> str:
     return f"the upstream does not offer: {shown}" + (f" (and {more} more)" if more > 0 else "")
 
 
-async def _list_models(pool: h1.Pool, base: str, api_key: str) -> list[str] | None:
-    """The model ids the upstream lists, or None when it has no model list (404/405/501)."""
-    async with upstream.request(pool, "GET", f"{base}/models", api_key=api_key) as resp:
+def models_url(base: str, api_format: str) -> str:
+    return f"{base}/models?limit={ANTHROPIC_PAGE}" if api_format == "anthropic" else f"{base}/models"
+
+
+def _not_compatible(api_format: str, cause: str) -> _Failed:
+    return _Failed("not_openai_compatible", NOT_ANTHROPIC if api_format == "anthropic" else NOT_COMPATIBLE, cause)
+
+
+async def _list_models(pool: h1.Pool, base: str, api_key: str, api_format: str) -> tuple[list[str] | None, bool]:
+    """The model ids the upstream lists, or None when it has no model list (404/405/501); and
+    whether that is the whole list (an Anthropic page with `has_more` is not)."""
+    url = models_url(base, api_format)
+    async with upstream.request(pool, "GET", url, api_key=api_key, api_format=api_format) as resp:
         if resp.status in (404, 405, 501):
-            return None
+            return None, False
         _check_status(resp.status)
-        body = await _read_json(resp)
+        body = await _read_json(resp, api_format=api_format)
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
-        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "models_shape")
-    return [m["id"] for m in data]
+        raise _not_compatible(api_format, "models_shape")
+    return [m["id"] for m in data], body.get("has_more") is not True
 
 
 @asynccontextmanager
-async def one_token_completion(pool: h1.Pool, base: str, api_key: str, model: str) -> AsyncIterator[h1.Response]:
-    """A one-token chat completion; yields the answer whatever its status, its body unread (but
-    for a 400, whose first 64 KiB were read to look for `max_tokens`).
+async def one_token_completion(
+    pool: h1.Pool, base: str, api_key: str, model: str, api_format: str = "openai"
+) -> AsyncIterator[h1.Response]:
+    """A one-token chat completion (an `anthropic` key: a one-token message); yields the answer
+    whatever its status, its body unread (but for a 400, whose first 64 KiB were read to look
+    for `max_tokens`).
 
     Reasoning models refuse `max_tokens` and ask for `max_completion_tokens` instead: a 400 that
     names `max_tokens` is tried once more with it. The key test and the health checks both ask
     through here, so a key that passes one passes the other. No deadline of its own: callers
     bound it (`asyncio.timeout`)."""
-    url = f"{base}/chat/completions"
     messages = [{"role": "user", "content": "ping"}]
+    if api_format == "anthropic":
+        payload = {"model": model, "max_tokens": 1, "messages": messages}
+        async with upstream.request(
+            pool, "POST", f"{base}/messages", api_key=api_key, json=payload, api_format=api_format
+        ) as resp:
+            yield resp
+        return
+    url = f"{base}/chat/completions"
     for field in ("max_tokens", "max_completion_tokens"):
         payload = {"model": model, "messages": messages, field: 1}
         async with upstream.request(pool, "POST", url, api_key=api_key, json=payload) as resp:
@@ -147,20 +173,33 @@ async def one_token_completion(pool: h1.Pool, base: str, api_key: str, model: st
             return
 
 
-async def _complete(pool: h1.Pool, base: str, api_key: str, model: str) -> None:
-    async with one_token_completion(pool, base, api_key, model) as resp:
+async def _complete(pool: h1.Pool, base: str, api_key: str, model: str, api_format: str) -> None:
+    anthropic = api_format == "anthropic"
+    async with one_token_completion(pool, base, api_key, model, api_format) as resp:
         status = resp.status
         if status == 404:
-            # OpenAI answers 404 for an unknown model; anything not shaped like its error is
-            # most likely no chat endpoint at all.
+            # OpenAI and Anthropic answer 404 for an unknown model (Anthropic: a `not_found_error`);
+            # anything not shaped like their error is most likely no such endpoint at all.
             body = await _read_json(resp, strict=False)
-            if isinstance(body, dict) and "error" in body:
+            if _unknown_model(body, anthropic=anthropic):
                 raise _Failed("model_not_offered", f"the upstream does not offer: {model}", "http_404")
-            raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "http_404")
+            raise _not_compatible(api_format, "http_404")
         _check_status(status)
-        body = await _read_json(resp)
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "completion_shape")
+        body = await _read_json(resp, api_format=api_format)
+    if anthropic:
+        if not isinstance(body, dict) or body.get("type") != "message":
+            raise _not_compatible(api_format, "message_shape")
+    elif not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise _not_compatible(api_format, "completion_shape")
+
+
+def _unknown_model(body: Any, *, anthropic: bool) -> bool:
+    if not isinstance(body, dict):
+        return False
+    if not anthropic:
+        return "error" in body
+    error = body.get("error")
+    return body.get("type") == "error" and isinstance(error, dict) and error.get("type") == "not_found_error"
 
 
 def _check_status(status: int) -> None:
@@ -172,7 +211,7 @@ def _check_status(status: int) -> None:
         raise _Failed("upstream_error", f"the upstream answered with an error (HTTP {status})", f"http_{status}")
 
 
-async def _read_json(resp: h1.Response, *, strict: bool = True) -> Any:
+async def _read_json(resp: h1.Response, *, strict: bool = True, api_format: str = "openai") -> Any:
     """The body as JSON, read with a size cap; a non-JSON body fails the test (or is None if not strict).
 
     orjson refuses nesting deeper than 1024 levels with a `JSONDecodeError` (a `ValueError`), so a
@@ -181,13 +220,13 @@ async def _read_json(resp: h1.Response, *, strict: bool = True) -> Any:
         with upstream.map_errors():
             raw = await resp.read(MAX_BODY)
     except h1.AnswerTooLarge:
-        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "body_too_large") from None
+        raise _not_compatible(api_format, "body_too_large") from None
     try:
         return orjson.loads(raw)
     except ValueError:
         if not strict:
             return None
-        raise _Failed("not_openai_compatible", NOT_COMPATIBLE, "not_json") from None
+        raise _not_compatible(api_format, "not_json") from None
 
 
 # --- the health checks' probe: one cheap request, judged by its status -----------------------
@@ -216,18 +255,20 @@ async def probe(
     *,
     method: str,
     timeout: float,  # noqa: ASYNC109 - the whole probe's budget
+    api_format: str = "openai",
 ) -> Probe:
     """One cheap live request: `GET /models`, or a 1-token completion (also when there is no model
-    list), asked like the key test asks it (`keytest.one_token_completion`)."""
+    list), asked like the key test asks it (`keytest.one_token_completion`), in the key's format."""
     base = base_url.rstrip("/")
     try:
         async with asyncio.timeout(timeout):
             if method == "models":
-                async with upstream.request(pool, "GET", f"{base}/models", api_key=api_key) as resp:
+                url = models_url(base, api_format)
+                async with upstream.request(pool, "GET", url, api_key=api_key, api_format=api_format) as resp:
                     found = _judge(resp.status, resp.headers.get("Retry-After", ""))
                 if found.http_status not in (404, 405, 501):
                     return found
-            async with one_token_completion(pool, base, api_key, model) as resp:
+            async with one_token_completion(pool, base, api_key, model, api_format) as resp:
                 return _judge(resp.status, resp.headers.get("Retry-After", ""))
     except upstream.UpstreamError as e:
         return Probe(ProbeResult.FAILED, detail=e.message)

@@ -21,6 +21,9 @@ from gateway.store import keyfields, sharedkeys
 from gateway.store.crypto import KeyRing
 
 API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
+API_FORMAT_HELP = (
+    "how the upstream is called: openai (the default; Bearer, /chat/completions) or anthropic (x-api-key, /messages)"
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser) -> None:
@@ -39,6 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--tags", default="", help="comma-separated")
     p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
     p.add_argument("--no-stream-usage", action="store_true", help="the upstream rejects stream_options")
+    p.add_argument("--api-format", metavar="openai|anthropic", help=API_FORMAT_HELP)
     p.add_argument("--no-test", action="store_true", help="store without the live test")
     p.set_defaults(func=command(run_keys_add))
 
@@ -51,6 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--base-url", required=True)
     p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--model", help="the model to try (default: the first the upstream lists)")
+    p.add_argument("--api-format", metavar="openai|anthropic", help=API_FORMAT_HELP)
     p.set_defaults(func=run_keys_test)
 
     p = keys_p.add_parser("disable", help="take a key out of the pool until its owner resumes it", parents=[verbose])
@@ -93,6 +98,7 @@ KEY_OPTIONS = {
     "tags": "--tags",
     "is_private": "--private",
     "stream_usage": "--no-stream-usage",
+    "api_format": "--api-format",
 }
 
 
@@ -111,12 +117,26 @@ def key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.description is not None:
         body["description"] = args.description
+    if args.api_format is not None:
+        body["api_format"] = args.api_format
     try:
         fields = keyfields.validate(body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
         fields["base_url"] = keyfields.checked_base_url(config, fields["base_url"])
     except ApiError as e:
         raise CliError(_option_error(e)) from None
+    fields.setdefault("api_format", "openai")
     return fields
+
+
+def given_api_format(args: argparse.Namespace) -> str:
+    """`--api-format`, checked by the API's rule; openai when not given."""
+    if args.api_format is None:
+        return "openai"
+    try:
+        checked = keyfields.validate({"api_format": args.api_format}, keyfields.TEST_FIELDS)
+    except ApiError as e:
+        raise CliError(_option_error(e)) from None
+    return str(checked["api_format"])
 
 
 def _comma_list(text: str) -> list[str]:
@@ -134,13 +154,16 @@ def _option_error(e: ApiError) -> str:
 async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     fields = key_fields(config, args)
     base_url, api_key, models = fields["base_url"], fields["api_key"], fields["available_models"]
+    api_format = fields["api_format"]
     user = await find_user(conn, args.user)
     if not args.no_test:
         from gateway.net import h1, keytest  # only this command needs an HTTP client
 
         pool = h1.create_pool(config)
         try:
-            result = await keytest.test_key(pool, base_url, api_key, models, timeout=config.upstream.test_timeout)
+            result = await keytest.test_key(
+                pool, base_url, api_key, models, timeout=config.upstream.test_timeout, api_format=api_format
+            )
         finally:
             await pool.close()
         if not result.ok:
@@ -158,6 +181,7 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         tags=fields["tags"],
         is_private=fields["is_private"],
         stream_usage=fields["stream_usage"],
+        api_format=api_format,
     )
     try:
         key = await sharedkeys.insert_key(conn, keyring, new, timezone=config.balancer.timezone)
@@ -169,12 +193,13 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
 
 async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     keys = await sharedkeys.list_keys(conn, timezone=config.balancer.timezone)
-    header = ("OWNER", "NAME", "UPSTREAM", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY")
+    header = ("OWNER", "NAME", "UPSTREAM", "FORMAT", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY")
     rows = [
         (
             k.owner,
             k.name,
             k.host,
+            k.api_format,
             ",".join(k.available_models),
             str(k.daily_limit),
             str(k.usage_count_today),
@@ -196,13 +221,16 @@ def run_keys_test(config: Config, args: argparse.Namespace) -> int:
     from gateway.net import h1, keytest  # only this command and `keys add` need an HTTP client
 
     base_url = _checked_base_url(config, args.base_url)
+    api_format = given_api_format(args)
     api_key = given_api_key(args)
     models = [args.model.strip()] if args.model and args.model.strip() else None
 
     async def test() -> keytest.KeyTestResult:
         pool = h1.create_pool(config)
         try:
-            return await keytest.test_key(pool, base_url, api_key, models, timeout=config.upstream.test_timeout)
+            return await keytest.test_key(
+                pool, base_url, api_key, models, timeout=config.upstream.test_timeout, api_format=api_format
+            )
         finally:
             await pool.close()
 

@@ -4,7 +4,7 @@ Cooling keys, and keys disabled because the upstream rejected them (`disabled_by
 health, never judged by the reason's words), are tested again with back-off (one interval, then
 2, 4, … up to 6 hours) and come back as soon as they pass. A key paused by its owner or disabled
 by an operator is never touched, whatever its reason says. The probe itself is the live
-key test's (`net.keytest.probe`).
+key test's (`net.keytest.probe`), in the key's `api_format`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ FAILED_CHECK = "failed its health check"
 # Paused keys (is_active = false) are never read; disabled ones only if the upstream rejected
 # them ($1: `sharedkeys.REVIVABLE`), whatever their reason says.
 SELECT_CHECKED = """
-SELECT id::text, user_id::text, base_url, api_key_encrypted, available_models, status, status_reason, disabled_by
+SELECT id::text, user_id::text, base_url, api_key_encrypted, available_models, status, status_reason, disabled_by,
+       api_format
 FROM shared_keys
 WHERE is_active AND (status <> 'disabled' OR disabled_by = ANY($1::text[]))
 """
@@ -112,6 +113,7 @@ class HealthChecks:
             (row["available_models"] or [""])[0],
             method=self._config.health.method,
             timeout=self._config.upstream.test_timeout,
+            api_format=row["api_format"],
         )
         metrics.health_checked(found.result)
         try:

@@ -114,6 +114,15 @@ def _model(field: str, value: Any) -> str:
     return _text(field, value, low=1, high=200)
 
 
+API_FORMATS = ("openai", "anthropic")  # how the upstream is called (`shared_keys.api_format`)
+
+
+def _api_format(field: str, value: Any) -> str:
+    if not isinstance(value, str) or value.strip() not in API_FORMATS:
+        raise invalid(field, f"{field} must be openai or anthropic")
+    return value.strip()
+
+
 Validator = Callable[[str, Any], Any]
 KEY_FIELDS: dict[str, Validator] = {
     "name": _name,
@@ -125,10 +134,16 @@ KEY_FIELDS: dict[str, Validator] = {
     "tags": _tags,
     "is_private": _flag,
     "stream_usage": _flag,
+    "api_format": _api_format,  # default openai
 }
 KEY_REQUIRED = ("name", "base_url", "api_key", "available_models")  # of a new key
 EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}
-TEST_FIELDS: dict[str, Validator] = {"base_url": _base_url, "api_key": _api_key, "model": _model}
+TEST_FIELDS: dict[str, Validator] = {
+    "base_url": _base_url,
+    "api_key": _api_key,
+    "model": _model,
+    "api_format": _api_format,
+}
 
 
 def validate(body: dict[str, Any], fields: dict[str, Validator], required: tuple[str, ...] = ()) -> dict[str, Any]:

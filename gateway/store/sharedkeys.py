@@ -58,6 +58,7 @@ class NewKey:
     tags: list[str] | None = None
     is_private: bool = False
     stream_usage: bool = True
+    api_format: str = "openai"  # openai | anthropic: how the upstream is called
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class SharedKey:
     is_active: bool
     is_private: bool
     stream_usage: bool
+    api_format: str  # openai | anthropic
     status: KeyStatus
     status_reason: str | None
     disabled_by: DisabledBy | None  # set exactly when the stored status is disabled
@@ -110,6 +112,7 @@ class SharedKey:
             is_active=r["is_active"],
             is_private=r["is_private"],
             stream_usage=r["stream_usage"],
+            api_format=r["api_format"],
             status=status,
             status_reason=r["status_reason"],
             disabled_by=DisabledBy(r["disabled_by"]) if r["disabled_by"] else None,
@@ -136,6 +139,7 @@ class SharedKey:
             "is_active": self.is_active,
             "is_private": self.is_private,
             "stream_usage": self.stream_usage,
+            "api_format": self.api_format,
             "status": self.status,
             "status_reason": self.status_reason,
             "disabled_by": self.disabled_by,
@@ -156,8 +160,9 @@ def _iso(value: datetime | None) -> str | None:
 
 INSERT_KEY = """
 INSERT INTO shared_keys (id, user_id, name, base_url, api_key_encrypted, key_version, api_key_hint,
-                         available_models, daily_limit, description, tags, is_private, stream_usage)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                         available_models, daily_limit, description, tags, is_private, stream_usage,
+                         api_format)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
 
@@ -181,6 +186,7 @@ async def insert_key(conn: asyncpg.Connection, keyring: KeyRing, key: NewKey, *,
             key.tags or [],
             key.is_private,
             key.stream_usage,
+            key.api_format,
         )
     except asyncpg.UniqueViolationError:
         raise KeyNameTaken(f"you already have a key named {key.name!r}") from None
@@ -262,6 +268,7 @@ class KeyEdit:
     is_active: bool
     is_private: bool
     stream_usage: bool
+    api_format: str  # openai | anthropic; a change is tested live, like a new key
     api_key: str | None = field(default=None, repr=False)  # None: keep the sealed key as it is
     reactivate: bool = False  # the key just passed a live test: back to `active`, reason cleared
 
@@ -271,7 +278,7 @@ class KeyEdit:
 UPDATE_KEY = """
 UPDATE shared_keys
 SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, description = $7, tags = $8,
-    is_active = $9, is_private = $10, stream_usage = $11,
+    is_active = $9, is_private = $10, stream_usage = $11, api_format = $16,
     api_key_encrypted = coalesce($12, api_key_encrypted),
     key_version = coalesce($13, key_version),
     api_key_hint = coalesce($14, api_key_hint),
@@ -312,6 +319,7 @@ async def update_key(
             kid,
             hint,
             edit.reactivate,
+            edit.api_format,
         )
     except asyncpg.UniqueViolationError:
         raise KeyNameTaken(f"you already have a key named {edit.name!r}") from None

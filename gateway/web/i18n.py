@@ -34,10 +34,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     # /keys
     "keys.title": {"zh-CN": "我的密钥", "en": "My keys"},
     "keys.intro": {
-        "zh-CN": "捐赠一个 OpenAI 兼容的 API 密钥：网关会在每日额度内把社区成员的请求分配给它，"
+        "zh-CN": "捐赠一个 OpenAI 兼容或 Anthropic 的 API 密钥：网关会在每日额度内把社区成员的请求分配给它，"
         "并在感谢榜上记下你的贡献。",
-        "en": "Donate an OpenAI-compatible API key: the gateway shares it among community members "
-        "within its daily limit, and credits you on the thanks board.",
+        "en": "Donate an OpenAI-compatible or Anthropic API key: the gateway shares it among community "
+        "members within its daily limit, and credits you on the thanks board.",
     },
     "keys.add": {"zh-CN": "添加密钥", "en": "Add a key"},
     "keys.list": {"zh-CN": "已捐赠的密钥（{count}）", "en": "Your keys ({count})"},
@@ -49,9 +49,16 @@ MESSAGES: dict[str, dict[str, str]] = {
     "field.name.hint": {"zh-CN": "只有你自己能看到，例如“我的 DeepSeek”。", "en": "For you to tell keys apart."},
     "field.base_url": {"zh-CN": "接口地址（Base URL）", "en": "Base URL"},
     "field.base_url.hint": {
-        "zh-CN": "OpenAI 兼容接口的地址，通常以 /v1 结尾。",
-        "en": "The OpenAI-compatible endpoint, usually ending in /v1.",
+        "zh-CN": "接口地址，通常以 /v1 结尾；Anthropic 填 https://api.anthropic.com 即可。",
+        "en": "The endpoint, usually ending in /v1; for Anthropic, https://api.anthropic.com will do.",
     },
+    "field.api_format": {"zh-CN": "接口格式", "en": "API format"},
+    "field.api_format.hint": {
+        "zh-CN": "上游说哪种接口：OpenAI 兼容（/chat/completions）或 Anthropic（/messages）。",
+        "en": "What the upstream speaks: OpenAI-compatible (/chat/completions) or Anthropic (/messages).",
+    },
+    "format.openai": {"zh-CN": "OpenAI 兼容", "en": "OpenAI-compatible"},
+    "format.anthropic": {"zh-CN": "Anthropic", "en": "Anthropic"},
     "field.api_key": {"zh-CN": "API 密钥", "en": "API key"},
     "field.api_key.hint": {
         "zh-CN": "加密保存，之后不会再显示。",

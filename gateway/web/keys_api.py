@@ -137,10 +137,17 @@ async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
     return key
 
 
-async def live_test(app: web.Application, base_url: str, api_key: str, models: list[str] | None) -> KeyTestResult:
+async def live_test(
+    app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
+) -> KeyTestResult:
     config = app[appkeys.config]
     return await keytest.test_key(
-        app[appkeys.upstream_pool], base_url, api_key, models, timeout=config.upstream.test_timeout
+        app[appkeys.upstream_pool],
+        base_url,
+        api_key,
+        models,
+        timeout=config.upstream.test_timeout,
+        api_format=api_format,
     )
 
 
@@ -183,7 +190,8 @@ async def shared_keys_post(request: web.Request) -> web.Response:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
             raise invalid("name", f"you already have a key named {fields['name']!r}")
     await count_key_test(request, caller)  # a live test like /test's, under the same limit
-    result = await live_test(app, base_url, fields["api_key"], fields["available_models"])
+    api_format = fields.get("api_format", "openai")
+    result = await live_test(app, base_url, fields["api_key"], fields["available_models"], api_format)
     if not result.ok:
         raise failed_test(result)  # nothing stored
     new = sharedkeys.NewKey(
@@ -197,6 +205,7 @@ async def shared_keys_post(request: web.Request) -> web.Response:
         tags=fields.get("tags", []),
         is_private=fields.get("is_private", False),
         stream_usage=fields.get("stream_usage", True),
+        api_format=api_format,
     )
     async with app[appkeys.pg].acquire() as conn:
         try:
@@ -204,15 +213,18 @@ async def shared_keys_post(request: web.Request) -> web.Response:
         except sharedkeys.KeyNameTaken as e:  # a concurrent add with the same name won the race
             raise invalid("name", str(e)) from None
     await announce(app, key.id)
-    log.info("key_added", key_id=key.id, models=len(key.available_models), private=key.is_private)
+    log.info(
+        "key_added", key_id=key.id, models=len(key.available_models), private=key.is_private, api_format=api_format
+    )
     [key] = await with_live_state(app, [key])
     return item(key, 201)
 
 
 @routes.put("/api/shared-keys")
 async def shared_keys_put(request: web.Request) -> web.Response:
-    """A partial update. A new base URL, key or model is tested live; so is resuming a disabled
-    key (with its stored key). A passing test makes the key active again and clears its cooldown."""
+    """A partial update. A new base URL, key, model or api_format is tested live; so is resuming a
+    disabled key (with its stored key). A passing test makes the key active again and clears its
+    cooldown."""
     caller = await owner(request)
     app, config = request.app, request.app[appkeys.config]
     body = await read_object(request)
@@ -230,6 +242,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
         raise invalid("api_key", REBIND)
     name = fields.get("name", current.name)
     models = fields.get("available_models", current.available_models)
+    api_format = fields.get("api_format", current.api_format)
     if name != current.name:
         async with app[appkeys.pg].acquire() as conn:
             if await sharedkeys.name_taken(conn, current.owner_id, name):
@@ -239,11 +252,12 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     # A model the key did not serve before is checked like one on a new key: routed to a key that
     # cannot serve it, every request for it would fail over and cool the key for all its models.
     adds_models = bool(set(models) - set(current.available_models))
-    tested = api_key is not None or resuming or adds_models
+    # Another format is another way of calling the upstream: the stored key is tested in it.
+    tested = api_key is not None or resuming or adds_models or api_format != current.api_format
     if tested:
         await count_key_test(request, caller)
         key_text = api_key if api_key is not None else await stored_key(app, current.id)
-        result = await live_test(app, base_url, key_text, models)
+        result = await live_test(app, base_url, key_text, models, api_format)
         if not result.ok:
             raise failed_test(result)
     edit = sharedkeys.KeyEdit(
@@ -256,6 +270,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
         is_active=fields.get("is_active", current.is_active),
         is_private=fields.get("is_private", current.is_private),
         stream_usage=fields.get("stream_usage", current.stream_usage),
+        api_format=api_format,
         api_key=api_key,
         reactivate=tested,
     )
@@ -337,7 +352,8 @@ async def shared_keys_test(request: web.Request) -> web.Response:
         log.info("key_tested", ok=False, reason="unreachable", cause="refused_address", latency_ms=latency_ms)
         return web.json_response({"ok": False, "latency_ms": latency_ms, "models": [], "error": upstream.UNREACHABLE})
     model = fields.get("model")
-    result = await live_test(app, base_url, fields["api_key"], [model] if model else None)
+    api_format = fields.get("api_format", "openai")
+    result = await live_test(app, base_url, fields["api_key"], [model] if model else None, api_format)
     return web.json_response(
         {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}
     )
