@@ -44,7 +44,7 @@ async def pick(
 
 
 def rkey(prefix: str, name: str) -> str:
-    return f"{prefix}:v1:{{{prefix}}}:{name}"
+    return f"{prefix}:v2:{{{prefix}}}:{name}"
 
 
 async def redis_ms(client: aioredis.Redis) -> int:

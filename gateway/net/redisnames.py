@@ -13,6 +13,8 @@ old and new processes of a rolling deploy then do not misread each other's.
     udaily:<YYYY-MM-DD>                    hash     relay/balancer.lua    BALANCER_VERSION
     urpm:<YYYY-MM-DDTHH:MM>                hash     relay/balancer.lua    BALANCER_VERSION
     ustreams:<user_id>                     zset     relay/balancer.lua    BALANCER_VERSION
+    pool:<pid>, avail:<pid>, resting:<pid>  hash/zset relay/balancer.lua   BALANCER_VERSION
+    revived                                zset     relay/balancer.lua    BALANCER_VERSION
     events                                 pub/sub  net/events.py         VERSION
     usage:spool                            list     relay/usage.py        VERSION
     health                                 hash     ops/keychecks.py      VERSION
@@ -29,7 +31,7 @@ prefix a session is `sk:v1:{sk}:session:<id>`; tests/test_redisnames.py pins eve
 from __future__ import annotations
 
 VERSION = "v1"  # bump to start every family but the balancer's afresh (sessions, leases, …)
-BALANCER_VERSION = "v1"  # bump with any change to balancer.lua's behaviour, key layout or return shape
+BALANCER_VERSION = "v2"  # bump with any change to balancer.lua's behaviour, key layout or return shape
 
 
 def name(prefix: str, *parts: str, version: str = VERSION) -> str:
@@ -66,6 +68,22 @@ def user_rpm(prefix: str, minute: str) -> str:
 
 def user_streams(prefix: str, user_id: str) -> str:
     return name(prefix, "ustreams", user_id, version=BALANCER_VERSION)
+
+
+def pool_meta(prefix: str, pool_id: str) -> str:
+    return name(prefix, "pool", pool_id, version=BALANCER_VERSION)
+
+
+def pool_avail(prefix: str, pool_id: str) -> str:
+    return name(prefix, "avail", pool_id, version=BALANCER_VERSION)
+
+
+def pool_resting(prefix: str, pool_id: str) -> str:
+    return name(prefix, "resting", pool_id, version=BALANCER_VERSION)
+
+
+def revived(prefix: str) -> str:
+    return name(prefix, "revived", version=BALANCER_VERSION)
 
 
 # --- everything else -------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """The atomic key balancer: which donated key serves a request, and the Redis state behind it.
 
-Owns `balancer.lua` and every Redis key it touches (`<prefix>:v1:{<prefix>}:counts:<day>`,
-`cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`; the layout
-is documented in the script's header). `pick()` is one script call: it enforces the caller's
+Owns `balancer.lua` and every Redis key it touches (`<prefix>:v2:{<prefix>}:counts:<day>`,
+`cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`, and per pool
+`pool:<id>`, `avail:<id>`, `resting:<id>`, plus `revived`; the layout and its invariants are
+documented in the script's header). `pick()` is one script call: it enforces the caller's
 fair-use limits, picks the least-used key that is under its daily limit and not cooling, and
-reserves one call on it, atomically, so limits hold across any number of processes.
+reserves one call on it, atomically, so limits hold across any number of processes. Its cost does
+not grow with the pool: a `Pool` (kept per model by the key index) goes to Redis as an id and a
+fingerprint; the full list only in `init`, once per pool per day or change.
 
 "Today" is the calendar day in the configured time zone at Redis' clock. The client names the
 day and minute keys from its own clock and the script checks that guess against `TIME`; a wrong
@@ -13,10 +16,11 @@ guess (only at a boundary, or with a skewed clock) costs one more call, and the 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -36,12 +40,35 @@ log = structlog.get_logger(__name__)
 SCRIPT = resources.files("gateway.relay").joinpath("balancer.lua").read_text(encoding="utf-8")
 TRIAL_LEASE_SECONDS = 30.0
 CLOCK_TRIES = 3  # a second try always has the right keys unless a boundary passed in between
+INIT = "init"  # the script's answer when the pool's structures must be (re)built first
+INIT_TRIES = 2  # a pool rebuilt just before our pick by a process with another candidate list
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     key_id: str
     daily_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A candidate list prepared once (the key index keeps one per model and endpoint family): its
+    id in Redis, its fingerprint, and the `init` arguments. A pick sends only the id and the
+    fingerprint; the list itself goes to Redis once per pool per day, or when it changes."""
+
+    pool_id: str
+    fingerprint: str
+    size: int
+    pairs: tuple[str | int, ...]  # key_id, daily_limit, ... sorted by key_id
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate], name: str | None = None) -> Pool:
+        """`name` (e.g. the model and endpoint family) gives the pool a stable id whatever its keys;
+        without one, the id is the fingerprint (an ad-hoc list is a pool of its own)."""
+        ordered = sorted({c.key_id: int(c.daily_limit) for c in candidates}.items())
+        digest = hashlib.sha1("\n".join(f"{k}:{v}" for k, v in ordered).encode()).hexdigest()[:20]
+        pool_id = "c" + digest if name is None else "m" + hashlib.sha1(name.encode()).hexdigest()[:20]
+        return cls(pool_id, digest, len(ordered), tuple(v for pair in ordered for v in pair))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +160,9 @@ class Balancer:
         self._script: Any = line or redis.register_script(SCRIPT)
         self._prefix = prefix
         self._cooldown, self._probation = redisnames.cooldown(prefix), redisnames.probation(prefix)
-        self._key_state = [self._cooldown, self._probation, redisnames.fails(prefix)]  # KEYS of fail, trial_ok, clear
+        self._revived = redisnames.revived(prefix)
+        # KEYS of fail, trial_ok, clear
+        self._key_state = [self._cooldown, self._probation, redisnames.fails(prefix), self._revived]
         self._tz = ZoneInfo(timezone)
         self._stream_lease_ms = max(1, round(stream_lease_seconds * 1000))
         self._trial_lease_ms = max(1, round(trial_lease_seconds * 1000))
@@ -163,26 +192,28 @@ class Balancer:
 
     async def pick(
         self,
-        candidates: Sequence[Candidate],
+        candidates: Pool | Sequence[Candidate],
         *,
         user_id: str,
         limits: UserLimits,
         request_id: str,
         stream: bool,
         count_user: bool = True,
+        exclude: Collection[str] = (),
     ) -> Pick:
         """Reserve one call on the least-used available key, after the caller's limits.
 
-        `count_user=False` is for a retry of the same request on another key: the request was
-        already counted against the user (and holds its stream slot) on its first pick.
+        `exclude`: keys of the pool not to pick (those a retry already tried). `count_user=False`
+        is for a retry of the same request on another key: the request was already counted
+        against the user (and holds its stream slot) on its first pick. The cost does not depend
+        on the pool's size, but for one `init` call per pool per day (or after a change).
         """
-        if not candidates:
+        pool = candidates if isinstance(candidates, Pool) else Pool.of(candidates)
+        if not pool.size:
             raise ValueError("pick() needs at least one candidate")
-        order = list(candidates)
-        random.shuffle(order)  # the script takes the first of the least-used: ties go at random
-        pairs = [v for c in order for v in (c.key_id, int(c.daily_limit))]
         now = self._guess_now()
-        for _ in range(CLOCK_TRIES):
+        clock_tries = init_tries = 0
+        while clock_tries < CLOCK_TRIES:
             day = self._day_at(now)
             minute_ms = now - now % 60_000
             if minute_ms != self._minute[0]:
@@ -196,6 +227,10 @@ class Balancer:
                     redisnames.user_daily(self._prefix, day.name),
                     redisnames.user_rpm(self._prefix, minute),
                     redisnames.user_streams(self._prefix, user_id),
+                    redisnames.pool_meta(self._prefix, pool.pool_id),
+                    redisnames.pool_avail(self._prefix, pool.pool_id),
+                    redisnames.pool_resting(self._prefix, pool.pool_id),
+                    self._revived,
                 ],
                 args=[
                     "pick",
@@ -212,12 +247,19 @@ class Balancer:
                     request_id,
                     self._stream_lease_ms,
                     self._trial_lease_ms,
-                    *pairs,
+                    day.name,
+                    pool.fingerprint,
+                    random.getrandbits(30),  # the tie-break among equally used keys
+                    *exclude,
                 ],
             )
             answer, key_id = _text(reply[0]), _text(reply[1])
             used, retry_ms, trial, now = (int(v) for v in reply[2:])
-            if answer != CLOCK:
+            if answer == INIT and init_tries < INIT_TRIES:
+                init_tries += 1
+                now = await self._init(pool, day)
+                continue
+            if answer not in (CLOCK, INIT):
                 outcome = PickOutcome(answer)
                 return Pick(
                     outcome=outcome,
@@ -227,12 +269,34 @@ class Balancer:
                     day=day.name,
                     trial=bool(trial),
                 )
+            clock_tries += 1
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day or minute the keys were named for")
 
+    async def _init(self, pool: Pool, day: _Day) -> int:
+        """Build the pool's structures for `day` from its candidate list: the one call whose cost
+        grows with the pool, once per pool per day or change. Returns Redis' now."""
+        answer, now = await self._script(
+            keys=[
+                redisnames.counts(self._prefix, day.name),
+                self._cooldown,
+                redisnames.pool_meta(self._prefix, pool.pool_id),
+                redisnames.pool_avail(self._prefix, pool.pool_id),
+                redisnames.pool_resting(self._prefix, pool.pool_id),
+                self._revived,
+            ],
+            args=["init", self._offset_ms, day.start_ms, day.end_ms, day.name, pool.fingerprint, *pool.pairs],
+        )
+        if _text(answer) == CLOCK:
+            self._learn_clock(int(now))
+        log.debug("balancer_pool_built", pool=pool.pool_id, keys=pool.size, day=day.name)
+        return int(now)
+
     async def release(self, key_id: str, day: str) -> None:
         """Give back the reservation of an attempt that failed before its commit point."""
-        await self._script(keys=[redisnames.counts(self._prefix, day)], args=["release", self._offset_ms, key_id])
+        await self._script(
+            keys=[redisnames.counts(self._prefix, day), self._revived], args=["release", self._offset_ms, key_id]
+        )
 
     async def end_stream(self, user_id: str, request_id: str) -> None:
         await self._script(

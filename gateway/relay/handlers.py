@@ -210,6 +210,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     index = app[appkeys.key_index]
     balancer = app[appkeys.balancer]
     keys = index.pooled(call.model, call.endpoint)
+    pool = index.pool(call.model, call.endpoint)  # prepared once per key-index snapshot
     fields = request_fields(request)
     tried: set[str] = set()
     last_failure: Failure | None = None
@@ -218,12 +219,12 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     limits = user_limits(request, caller)
     try:
         while call.attempts < config.balancer.max_attempts:
-            candidates = [k for k in keys if k.id not in tried]
-            if not candidates:
+            if pool is None or len(tried) >= pool.size:
                 break
             try:
                 pick = await balancer.pick(
-                    [k.candidate for k in candidates],
+                    pool,
+                    exclude=tried,
                     user_id=caller.user_id,
                     limits=limits,
                     request_id=request[appkeys.request_id],

@@ -19,7 +19,7 @@ from yarl import URL
 from gateway.errors import POSTGRES_DOWN
 from gateway.net.h1 import header_lines
 from gateway.net.upstream import upstream_headers
-from gateway.relay.balancer import Candidate
+from gateway.relay.balancer import Candidate, Pool
 from gateway.store.crypto import KeyRing, SealError
 from gateway.store.sharedkeys import open_row
 
@@ -67,6 +67,8 @@ class Snapshot:
     pooled: dict[str, list[PoolKey]]  # model -> shared keys serving it, of either format
     openai: dict[str, list[PoolKey]]  # model -> the `openai`-format ones (for OpenAI-only endpoints)
     private: dict[str, list[PoolKey]]  # owner id -> their private fallback keys
+    # (model, either format?) -> the balancer's pool, built on first use, once per snapshot
+    pools: dict[tuple[str, bool], Pool] = field(default_factory=dict)
 
     @classmethod
     def build(cls, keys: list[PoolKey]) -> Snapshot:
@@ -134,6 +136,20 @@ class KeyIndex:
         """The shared keys that can serve `model` at the client's `endpoint`."""
         by_model = self.snapshot.pooled if endpoint in EITHER_FORMAT else self.snapshot.openai
         return by_model.get(model, [])
+
+    def pool(self, model: str, endpoint: str = "/chat/completions") -> Pool | None:
+        """`pooled(model, endpoint)` as the balancer's pool: its candidate list, fingerprint and
+        Redis id prepared once per snapshot, so a request sends neither the list nor its size."""
+        either = endpoint in EITHER_FORMAT
+        snap = self.snapshot
+        pool = snap.pools.get((model, either))
+        if pool is None:
+            keys = self.pooled(model, endpoint)
+            if not keys:
+                return None
+            family = "any" if either else "openai"
+            pool = snap.pools[(model, either)] = Pool.of([k.candidate for k in keys], f"{family}\0{model}")
+        return pool
 
     def private(self, owner_id: str, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         either = endpoint in EITHER_FORMAT
