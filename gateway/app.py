@@ -32,7 +32,7 @@ from gateway.store import db
 from gateway.store.crypto import KeyRing
 from gateway.store.tokens import TokenCache, touch_forever
 from gateway.tasks import background
-from gateway.web import health, keys_api, oauth, pages, thanks, tokens_api
+from gateway.web import aliases_api, health, keys_api, oauth, pages, thanks, tokens_api
 from gateway.web.boardcache import Board
 from gateway.web.thanks import Visitors
 
@@ -69,6 +69,7 @@ def create_app(config: Config) -> web.Application:
             *handlers.routes,
             *messages.routes,
             *keys_api.routes,
+            *aliases_api.routes,
             *tokens_api.routes,
             *pages.routes,
             *thanks.routes,
@@ -175,9 +176,11 @@ async def token_cache(app: web.Application) -> AsyncIterator[None]:
 
 
 async def key_index(app: web.Application) -> AsyncIterator[None]:
-    index = app[appkeys.key_index] = KeyIndex(app[appkeys.pg], app[appkeys.keyring])
+    aliases = app[appkeys.config].models.aliases
+    index = app[appkeys.key_index] = KeyIndex(app[appkeys.pg], app[appkeys.keyring], aliases)
     bus = app[appkeys.bus]
     bus.on("keys", index.invalidate)
+    bus.on("aliases", index.invalidate)
 
     async def resync() -> None:
         index.invalidate()

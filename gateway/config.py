@@ -115,6 +115,13 @@ class LinuxDo:
 
 
 @dataclass(frozen=True, slots=True)
+class Models:
+    # {"public name" = ["name a key serves", …]}: a request for the alias may be served by any key
+    # that serves the alias or one of its targets. Admins can add more at /api/models/aliases.
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Logging:
     level: str = "info"  # debug | info | warning | error
     format: str = "auto"  # auto | json | console
@@ -133,6 +140,7 @@ class Config:
     health: Health = field(default_factory=Health)
     usage: Usage = field(default_factory=Usage)
     oauth_linuxdo: LinuxDo = field(default_factory=LinuxDo)
+    models: Models = field(default_factory=Models)
     logging: Logging = field(default_factory=Logging)
 
     @property
@@ -161,6 +169,7 @@ SECTIONS: dict[str, str] = {
     "health": "health",
     "usage": "usage",
     "oauth.linuxdo": "oauth_linuxdo",
+    "models": "models",
     "logging": "logging",
 }
 
@@ -259,6 +268,7 @@ _SECTION_TYPES: dict[str, type] = {
     "health": Health,
     "usage": Usage,
     "oauth_linuxdo": LinuxDo,
+    "models": Models,
     "logging": Logging,
 }
 

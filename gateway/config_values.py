@@ -7,6 +7,7 @@ its field's type and checks the whole, raising `ConfigError` with a message that
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 import urllib.parse
 import zoneinfo
@@ -51,6 +52,15 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
             if isinstance(value, str):
                 return value
             raise ValueError
+        if typing.get_origin(kind) is dict:  # [models] aliases: {"public" = ["target", …]}
+            if from_env and isinstance(value, str):
+                value = json.loads(value)
+            if isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) for t in v)
+                for k, v in value.items()
+            ):
+                return {k.strip(): tuple(t.strip() for t in v) for k, v in value.items()}
+            raise ValueError
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
             if from_env and isinstance(value, str):
@@ -62,6 +72,8 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
     except (ValueError, TypeError):
         pass
     expected = _TYPE_WORDS.get(kind, "a list of integers" if "int" in str(kind) else "a list of strings")
+    if typing.get_origin(kind) is dict:
+        expected = 'a table of lists of names ({"public" = ["target", …]}; JSON in the environment)'
     shown = "" if secret else f" {value!r}"
     raise ConfigError(f"configuration key {name}: {where}{shown} is not {expected}")
 

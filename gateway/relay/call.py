@@ -6,6 +6,7 @@ it to the queue exactly once; `Failure` is an attempt that failed before its com
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -53,26 +54,53 @@ class Call:
     translated: bytes | None = None  # the body in the other format, once built (see plan)
     untranslatable: str | None = None  # why the body could not go to a key of the other format
     _with_usage: bytes | None = None
+    _renamed: dict[str, bytes] | None = None
+    translated_obj: dict[str, Any] | None = None
 
-    def payload(self, key: PoolKey) -> tuple[bytes, bool]:
-        """The body for this key, and whether we added include_usage (and must strip its chunk)."""
+    def payload(self, key: PoolKey, model: str) -> tuple[bytes, bool]:
+        """The body for this key, whose upstream calls the model `model`, and whether we added
+        include_usage (and must strip its chunk)."""
+        raw = self.raw if model == self.model else self.renamed(model)
         if not (self.stream and key.stream_usage and self.endpoint in USAGE_OPTION_ENDPOINTS):
-            return self.raw, False
+            return raw, False
         if self.client_wants_usage:
-            return self.raw, False
+            return raw, False
+        if model != self.model:
+            return _with_usage(raw, {**self.body, "model": model}), True
         if self._with_usage is None:
-            if "stream_options" not in self.body:
-                # The common case, spliced in rather than re-serialised: a long conversation is
-                # copied, not encoded again. `raw` parsed as an object with a model, so its first
-                # `{` opens it and a member follows the comma.
-                start = self.raw.index(b"{") + 1
-                self._with_usage = self.raw[:start] + USAGE_OPTION + self.raw[start:]
-            else:
-                options = self.body["stream_options"]
-                options = dict(options) if isinstance(options, dict) else {}
-                options["include_usage"] = True
-                self._with_usage = orjson.dumps({**self.body, "stream_options": options})
+            self._with_usage = _with_usage(self.raw, self.body)
         return self._with_usage, True
+
+    def renamed(self, model: str) -> bytes:
+        """The client's body with `model` instead of the name it asked for (a key serving it under
+        another name, or an alias): the value is spliced in where the name is unambiguous."""
+        if self._renamed is None:
+            self._renamed = {}
+        if model not in self._renamed:
+            self._renamed[model] = rename_model(self.raw, self.body, self.model, model)
+        return self._renamed[model]
+
+
+def rename_model(raw: bytes, body: dict[str, Any], old: str, new: str) -> bytes:
+    pattern = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(old)))
+    found = [m.span() for m in pattern.finditer(raw)]
+    if len(found) != 1:  # written differently, or also further in: encode the body again
+        return orjson.dumps({**body, "model": new})
+    start, end = found[0]
+    return raw[:start] + b'"model":' + orjson.dumps(new) + raw[end:]
+
+
+def _with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
+    if "stream_options" not in body:
+        # The common case, spliced in rather than re-serialised: a long conversation is copied,
+        # not encoded again. `raw` parsed as an object with a model, so its first `{` opens it
+        # and a member follows the comma.
+        start = raw.index(b"{") + 1
+        return raw[:start] + USAGE_OPTION + raw[start:]
+    options = body["stream_options"]
+    options = dict(options) if isinstance(options, dict) else {}
+    options["include_usage"] = True
+    return orjson.dumps({**body, "stream_options": options})
 
 
 class FailureKind(StrEnum):

@@ -41,6 +41,7 @@ from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
 
+EPOCH = "1970-01-01T00:00:00Z"  # Anthropic's list wants a date; the pool's models have none
 BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer <token>'."
 # Fields the gateway decides on. An upstream whose JSON parser keeps the first of two equal keys
 # would run something else than what was routed, limited and credited (we read the last one).
@@ -77,11 +78,14 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
+    """Public names and aliases: OpenAI's list shape, or Anthropic's when asked with anthropic-version."""
     await authenticate(request)
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": "sharekey"}
-        for m in request.app[appkeys.key_index].models()
-    ]
+    names = request.app[appkeys.key_index].models()
+    if "anthropic-version" in request.headers:
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": EPOCH} for m in names]
+        first, last = (names[0], names[-1]) if names else (None, None)
+        return web.json_response({"data": data, "has_more": False, "first_id": first, "last_id": last})
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "sharekey"} for m in names]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -90,7 +94,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def authenticate(request: web.Request) -> Caller:
     # Anthropic's clients send the token as x-api-key (ANTHROPIC_API_KEY) or Bearer (…_AUTH_TOKEN).
-    x_api_key = request.path.startswith("/v1/messages")
+    x_api_key = request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
     return await token_caller(request, refused=_bad_token, unavailable=_tokens_unavailable, x_api_key=x_api_key)
 
 

@@ -10,6 +10,7 @@ in flight and one after it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -20,6 +21,7 @@ from gateway.errors import POSTGRES_DOWN
 from gateway.net.h1 import header_lines
 from gateway.net.upstream import upstream_headers
 from gateway.relay.balancer import Candidate, Pool
+from gateway.store import modelnames
 from gateway.store.crypto import KeyRing, SealError
 from gateway.store.sharedkeys import open_row
 
@@ -47,6 +49,7 @@ class PoolKey:
     stream_usage: bool
     is_private: bool
     api_format: str = "openai"  # openai | anthropic: how the upstream is called
+    upstream_names: dict[str, str] = field(default_factory=dict, repr=False)  # public -> upstream, where they differ
     # Built once per load, not per request: parsed URLs and the complete upstream header lines.
     urls: dict[str, URL] = field(default_factory=dict, repr=False)
     head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
@@ -67,22 +70,38 @@ class Snapshot:
     pooled: dict[str, list[PoolKey]]  # model -> shared keys serving it, of either format
     openai: dict[str, list[PoolKey]]  # model -> the `openai`-format ones (for OpenAI-only endpoints)
     private: dict[str, list[PoolKey]]  # owner id -> their private fallback keys
+    # (name asked for, key id) -> the name that key's upstream gets, where it differs
+    rename: dict[tuple[str, str], str] = field(default_factory=dict)
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # (model, either format?) -> the balancer's pool, built on first use, once per snapshot
     pools: dict[tuple[str, bool], Pool] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, keys: list[PoolKey]) -> Snapshot:
-        snap = cls({}, {}, {}, {})
+    def build(cls, keys: list[PoolKey], aliases: Mapping[str, tuple[str, ...]] | None = None) -> Snapshot:
+        snap = cls({}, {}, {}, {}, {}, dict(aliases or {}))
         for key in keys:
             snap.by_id[key.id] = key
+            for model, upstream in key.upstream_names.items():
+                snap.rename[(model, key.id)] = upstream
             if key.is_private:
                 snap.private.setdefault(key.owner_id, []).append(key)
                 continue
             for model in key.models:
-                snap.pooled.setdefault(model, []).append(key)
-                if key.api_format == "openai":
-                    snap.openai.setdefault(model, []).append(key)
+                snap._add(model, key)
+        for alias, targets in snap.aliases.items():
+            served = {k.id for k in snap.pooled.get(alias, ())}
+            for target in targets:
+                for key in list(snap.pooled.get(target, ())):
+                    if key.id not in served:
+                        served.add(key.id)
+                        snap._add(alias, key)
+                        snap.rename[(alias, key.id)] = key.upstream_names.get(target, target)
         return snap
+
+    def _add(self, model: str, key: PoolKey) -> None:
+        self.pooled.setdefault(model, []).append(key)
+        if key.api_format == "openai":
+            self.openai.setdefault(model, []).append(key)
 
 
 SELECT_SERVING_KEYS = """
@@ -104,6 +123,7 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
         except SealError as e:
             log.error("key_unsealable", key_id=key_id, reason=str(e))
             continue
+        names = [modelnames.split(entry) for entry in r["available_models"]]
         try:
             key = PoolKey(
                 id=key_id,
@@ -111,11 +131,12 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
                 provider="anonymous" if r["anonymous"] else r["username"],
                 base_url=r["base_url"],
                 api_key=api_key,
-                models=tuple(r["available_models"]),
+                models=tuple(public for public, _ in names),
                 daily_limit=r["daily_limit"],
                 stream_usage=r["stream_usage"],
                 is_private=r["is_private"],
                 api_format=r["api_format"],
+                upstream_names={public: upstream for public, upstream in names if public != upstream},
             )
         except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
             log.error("key_unusable", key_id=key_id, reason=str(e))
@@ -124,10 +145,23 @@ async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
     return keys
 
 
+SELECT_ALIASES = "SELECT public_name, targets FROM model_aliases"
+
+
+async def load_aliases(pool: asyncpg.Pool) -> dict[str, tuple[str, ...]]:
+    """The aliases admins set (`/api/models/aliases`); they win over the configured ones."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(SELECT_ALIASES)
+    return {r["public_name"]: tuple(r["targets"]) for r in rows}
+
+
 class KeyIndex:
-    def __init__(self, pool: asyncpg.Pool, keyring: KeyRing) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, keyring: KeyRing, aliases: Mapping[str, tuple[str, ...]] | None = None
+    ) -> None:
         self._pool = pool
         self._keyring = keyring
+        self.configured_aliases = dict(aliases or {})
         self.snapshot = Snapshot({}, {}, {}, {})
         self.loaded = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -153,13 +187,25 @@ class KeyIndex:
 
     def private(self, owner_id: str, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         either = endpoint in EITHER_FORMAT
+        names = {model, *self.snapshot.aliases.get(model, ())}
         keys = self.snapshot.private.get(owner_id, [])
-        return [k for k in keys if model in k.models and (either or k.api_format == "openai")]
+        return [k for k in keys if not names.isdisjoint(k.models) and (either or k.api_format == "openai")]
+
+    def upstream_model(self, model: str, key: PoolKey) -> str:
+        """The name `key`'s upstream gets for a request that asked for `model`."""
+        name = self.snapshot.rename.get((model, key.id))
+        if name is not None:
+            return name
+        for target in self.snapshot.aliases.get(model, ()):  # a private key reached through an alias
+            if target in key.models:
+                return key.upstream_names.get(target, target)
+        return model
 
     def get(self, key_id: str) -> PoolKey | None:
         return self.snapshot.by_id.get(key_id)
 
     def models(self) -> list[str]:
+        """Public names and aliases that some shared key serves."""
         return sorted(self.snapshot.pooled)
 
     def invalidate(self, _: str = "") -> None:
@@ -167,7 +213,8 @@ class KeyIndex:
 
     async def reload(self) -> None:
         keys = await load(self._pool, self._keyring)
-        self.snapshot = Snapshot.build(keys)
+        aliases = {**self.configured_aliases, **await load_aliases(self._pool)}
+        self.snapshot = Snapshot.build(keys, aliases)
         self.loaded.set()
         log.debug("key_index_loaded", keys=len(keys))
 

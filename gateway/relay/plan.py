@@ -8,6 +8,8 @@ and the body to send, and how the answer comes back.
     openai      anthropic   OPENAI_ON_ANTHROPIC  /chat/completions translated to /messages and back
 
 A translated body is built once per call and kept for every key of that format it is tried on.
+A key that serves the model under another name (`public=upstream`, or an alias's target) gets
+that name in the body's `model`, spliced in where it can be.
 """
 
 from __future__ import annotations
@@ -67,29 +69,34 @@ def anthropic_lines(request: web.Request) -> bytes:
     return h1.header_lines(headers)
 
 
-def plan(call: Call, key: PoolKey) -> Plan:
-    """Raises `translate.TranslationError` for a body the key's format cannot carry."""
+def plan(call: Call, key: PoolKey, model: str) -> Plan:
+    """`model`: what the key's upstream calls the model asked for. Raises
+    `translate.TranslationError` for a body the key's format cannot carry."""
     mode = MODES[(call.client, key.api_format)]
     head = key.head[call.stream]
     if mode is Mode.OPENAI:
-        body, strip = call.payload(key)
+        body, strip = call.payload(key, model)
         return Plan(mode, key.urls[call.endpoint], head, body, strip)
     if mode is Mode.ANTHROPIC:
         url = key.urls["/messages"]
         query = call.request.query_string
-        return Plan(mode, url.with_query(query) if query else url, head + call.anthropic_lines, call.raw, False)
+        raw = call.raw if model == call.model else call.renamed(model)
+        return Plan(mode, url.with_query(query) if query else url, head + call.anthropic_lines, raw, False)
     if mode is Mode.ANTHROPIC_ON_OPENAI:
-        return Plan(mode, key.urls["/chat/completions"], head, _translated(call, mode), False)
-    return Plan(mode, key.urls["/messages"], head + DEFAULT_VERSION_LINE, _translated(call, mode), False)
+        return Plan(mode, key.urls["/chat/completions"], head, _translated(call, mode, model), False)
+    return Plan(mode, key.urls["/messages"], head + DEFAULT_VERSION_LINE, _translated(call, mode, model), False)
 
 
-def _translated(call: Call, mode: Mode) -> bytes:
-    if call.translated is None:
+def _translated(call: Call, mode: Mode, model: str) -> bytes:
+    if call.translated_obj is None:
         if mode is Mode.ANTHROPIC_ON_OPENAI:
-            call.translated = orjson.dumps(translate.anthropic_request_to_openai(call.body))
+            call.translated_obj = translate.anthropic_request_to_openai(call.body)
         else:
-            call.translated = orjson.dumps(translate.openai_request_to_anthropic(call.body))
-    return call.translated
+            call.translated_obj = translate.openai_request_to_anthropic(call.body)
+        call.translated = orjson.dumps(call.translated_obj)
+    if model == call.model and call.translated is not None:
+        return call.translated
+    return orjson.dumps({**call.translated_obj, "model": model})
 
 
 def adapter(mode: Mode, call: Call) -> adapters.Adapter | None:
