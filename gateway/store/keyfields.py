@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.errors import ApiError, invalid
 from gateway.net import ssrf
+from gateway.store import modelnames
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
@@ -85,7 +86,19 @@ def _list(field: str, value: Any, *, low: int, high: int, item_max: int) -> list
 
 
 def _models(field: str, value: Any) -> list[str]:
-    return _list(field, value, low=1, high=100, item_max=200)
+    """Names, or `public=upstream` pairs (see `modelnames`); a public name at most once."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for entry in _list(field, value, low=1, high=100, item_max=2 * modelnames.MAX_NAME + 1):
+        why = modelnames.problem(entry)
+        if why:
+            raise invalid(field, f"{field}: {why}")
+        public, upstream = modelnames.split(entry)
+        if public in seen:
+            raise invalid(field, f"{field} names {public!r} more than once")
+        seen.add(public)
+        out.append(modelnames.join(public, upstream))
+    return out
 
 
 def _tags(field: str, value: Any) -> list[str]:
