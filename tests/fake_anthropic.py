@@ -38,7 +38,7 @@ def _reply(up: FakeUpstream, body: dict[str, Any]) -> list[dict[str, Any]]:
     if results:
         said = " ".join(str(r.get("content")) for r in results)
         return [{"type": "text", "text": f"tool said: {said}"}]
-    if body.get("tools") and last.get("role") == "user":
+    if up.call_tools and body.get("tools") and last.get("role") == "user":
         tool = body["tools"][0]
         return [{"type": "tool_use", "id": "toolu_fake1", "name": tool["name"], "input": {"city": "Paris"}}]
     return [{"type": "text", "text": up.reply}]

@@ -51,6 +51,7 @@ class FakeUpstream:
     usage: bool = True  # report usage (JSON, and in streams when stream_options asks)
     reject_stream_options: bool = False  # behave like upstreams that 400 on stream_options
     reject_max_tokens: bool = False  # behave like reasoning models: max_completion_tokens only
+    call_tools: bool = True  # a user turn offering tools gets a call to the first (False: text, no call)
     requests: list[Recorded] = field(default_factory=list)
     disconnects: int = 0  # streams the gateway hung up on before the end
     failures: deque[Failure] = field(default_factory=deque)
@@ -149,7 +150,7 @@ class FakeUpstream:
                 return _error(400, "Unrecognized request argument supplied: stream_options", None)
             return await self._stream_chat(request, body, failure)
         usage = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
-        message = _chat_reply(self.reply, body)
+        message = _chat_reply(self.reply, body, self.call_tools)
         return web.json_response(
             {
                 "id": "chatcmpl-fake",
@@ -182,7 +183,7 @@ class FakeUpstream:
             "created": int(time.time()),
             "model": body["model"],
         }
-        message = _chat_reply(self.reply, body)
+        message = _chat_reply(self.reply, body, self.call_tools)
         words = _split(message["content"] or "-", self.chunks)
         events = [
             {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
@@ -279,7 +280,7 @@ class FakeUpstream:
         )
 
 
-def _chat_reply(reply: str, body: dict[str, Any]) -> dict[str, Any]:
+def _chat_reply(reply: str, body: dict[str, Any], call_tools: bool = True) -> dict[str, Any]:
     """Like a model: tools offered to a user turn get a call; tool results get text repeating them."""
     messages = body.get("messages") or [{}]
     last = messages[-1] if isinstance(messages[-1], dict) else {}
@@ -287,7 +288,7 @@ def _chat_reply(reply: str, body: dict[str, Any]) -> dict[str, Any]:
         said = " ".join(str(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "tool")
         return {"role": "assistant", "content": f"tool said: {said}"}
     tools = body.get("tools")
-    if tools and last.get("role") == "user":
+    if call_tools and tools and last.get("role") == "user":
         name = tools[0]["function"]["name"]
         call = {"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": '{"city": "Paris"}'}}
         return {"role": "assistant", "content": None, "tool_calls": [call]}
