@@ -98,6 +98,7 @@ init: (re)build a pool from its candidate list, for <day>
   KEYS[5] resting:<pid>  KEYS[6] revived
   ARGV[3] day start   ARGV[4] day end   ARGV[5] <day>   ARGV[6] fingerprint
   ARGV[7], ARGV[8], ...  key_id, daily_limit pairs: the candidates
+  A pool already built for this list and day is left as it is (many callers may ask at once).
   Returns {"ok", now}, or {"clock", now} when now is outside the day (nothing written).
 
 release: give back a reservation (an attempt that failed before its commit point)
@@ -369,6 +370,11 @@ elseif op == 'init' then
     return {'clock', now}
   end
   local counts, cooldown, meta, avail, cooling = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  local state = redis.call('HMGET', meta, FP_FIELD, DAY_FIELD, RV_FIELD)
+  local seen, top = tonumber(state[3]) or -1, revived_top(KEYS[6])
+  if state[1] == ARGV[6] and state[2] == ARGV[5] and top >= seen and top - seen < REVIVED_KEEP then
+    return {'ok', now} -- another caller built it just now: picks apply the revivals
+  end
   redis.call('DEL', meta, avail, cooling)
   local ttl = ms(day_end + DAY_MS - now)
   redis.call('HSET', meta, FP_FIELD, ARGV[6], DAY_FIELD, ARGV[5], RV_FIELD, ms(revived_top(KEYS[6])))

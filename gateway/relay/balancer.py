@@ -16,6 +16,7 @@ guess (only at a boundary, or with a skewed clock) costs one more call, and the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
@@ -172,6 +173,7 @@ class Balancer:
         self._skew_ms = 0  # Redis' clock minus ours, learned from "clock" answers
         self._day: _Day | None = None
         self._minute: tuple[int, str] = (-1, "")  # (start ms, key name) of the last minute seen
+        self._inits: dict[tuple[str, str, str], asyncio.Future[int]] = {}  # pool builds in flight
 
     def _guess_now(self) -> int:
         return _wall_ms() + self._offset_ms + self._skew_ms
@@ -257,7 +259,7 @@ class Balancer:
             used, retry_ms, trial, now = (int(v) for v in reply[2:])
             if answer == INIT and init_tries < INIT_TRIES:
                 init_tries += 1
-                now = await self._init(pool, day)
+                now = await self._init_once(pool, day)
                 continue
             if answer not in (CLOCK, INIT):
                 outcome = PickOutcome(answer)
@@ -272,6 +274,15 @@ class Balancer:
             clock_tries += 1
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day or minute the keys were named for")
+
+    async def _init_once(self, pool: Pool, day: _Day) -> int:
+        """`_init`, shared by every pick of this process that asks for the same pool at once."""
+        key = (pool.pool_id, pool.fingerprint, day.name)
+        task = self._inits.get(key)
+        if task is None:
+            task = self._inits[key] = asyncio.ensure_future(self._init(pool, day))
+            task.add_done_callback(lambda _: self._inits.pop(key, None))
+        return await asyncio.shield(task)
 
     async def _init(self, pool: Pool, day: _Day) -> int:
         """Build the pool's structures for `day` from its candidate list: the one call whose cost
