@@ -138,7 +138,7 @@ async def test_bad_input_ends_with_one_line_and_writes_nothing(env: dict[str, st
         ("--name", "red\x1b[31malert", "--name: must not contain control characters"),
         ("--name", "n" * 65, "--name: must be 1 to 64 characters"),
         ("--models", ",".join(f"model-{i}" for i in range(1000)), "--models: must have 1 to 100 entries"),
-        ("--models", "m," + "x" * 201, "--models: every entry must be at most 200 characters"),
+        ("--models", "m," + "x" * 201, "--models: every model name must be at most 200 characters"),
         ("--description", "d" * 501, "--description: is too long"),
         ("--description", "line one\nline two", "--description: must not contain control characters"),
         ("--tags", ",".join(f"t{i}" for i in range(11)), "--tags: has too many entries"),

@@ -144,3 +144,17 @@ def test_the_model_is_spliced_in_where_it_is_unambiguous(raw: bytes, expected: b
     assert json.loads(out) == {**body, "model": "b"}
     if expected is not None:
         assert out == expected
+
+
+async def test_the_live_test_asks_the_upstream_about_its_own_names(gw: Gateway, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.models = ["openai/gpt-4o"]
+    body = {
+        "name": "k",
+        "base_url": fake_upstream.base_url,
+        "api_key": "sk-x-0000000001",
+        "available_models": ["gpt-4o = openai/gpt-4o"],
+    }
+    resp = await gw.client.post("/api/shared-keys", json=body, headers={"Authorization": f"Bearer {gw.token}"})
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["available_models"] == ["gpt-4o=openai/gpt-4o"]
+    assert fake_upstream.calls("/v1/chat/completions")[0].body["model"] == "openai/gpt-4o"

@@ -17,7 +17,7 @@ from gateway.config import Config
 from gateway.errors import ApiError
 from gateway.net import ssrf
 from gateway.ops.command import CliError, announce, command, find_user
-from gateway.store import keyfields, sharedkeys
+from gateway.store import keyfields, modelnames, sharedkeys
 from gateway.store.crypto import KeyRing
 
 API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
@@ -162,7 +162,12 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         pool = h1.create_pool(config)
         try:
             result = await keytest.test_key(
-                pool, base_url, api_key, models, timeout=config.upstream.test_timeout, api_format=api_format
+                pool,
+                base_url,
+                api_key,
+                modelnames.upstream_names(models),
+                timeout=config.upstream.test_timeout,
+                api_format=api_format,
             )
         finally:
             await pool.close()

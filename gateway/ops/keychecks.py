@@ -21,6 +21,7 @@ from gateway import appkeys, metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.net.keytest import Probe, ProbeResult, probe
+from gateway.store import modelnames
 from gateway.store.crypto import SealError
 from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
 
@@ -110,7 +111,7 @@ class HealthChecks:
             app[appkeys.upstream_pool],
             row["base_url"],
             api_key,
-            (row["available_models"] or [""])[0],
+            modelnames.split((row["available_models"] or [""])[0])[1],
             method=self._config.health.method,
             timeout=self._config.upstream.test_timeout,
             api_format=row["api_format"],

@@ -92,7 +92,7 @@ def _models(field: str, value: Any) -> list[str]:
     for entry in _list(field, value, low=1, high=100, item_max=2 * modelnames.MAX_NAME + 1):
         why = modelnames.problem(entry)
         if why:
-            raise invalid(field, f"{field}: {why}")
+            raise invalid(field, why)
         public, upstream = modelnames.split(entry)
         if public in seen:
             raise invalid(field, f"{field} names {public!r} more than once")

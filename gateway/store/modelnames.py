@@ -19,6 +19,11 @@ def split(entry: str) -> tuple[str, str]:
     return (public, upstream.strip()) if sep else (public, public)
 
 
+def upstream_names(entries: list[str] | None) -> list[str] | None:
+    """What a key's upstream calls its models: what the live test asks it about."""
+    return None if entries is None else [split(entry)[1] for entry in entries]
+
+
 def join(public: str, upstream: str) -> str:
     return public if public == upstream else f"{public}={upstream}"
 

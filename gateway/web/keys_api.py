@@ -27,7 +27,7 @@ from gateway.log import request_fields
 from gateway.net import events, keytest, redisnames, upstream
 from gateway.net.keytest import KeyTestResult
 from gateway.relay.auth import token_caller
-from gateway.store import sharedkeys
+from gateway.store import modelnames, sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import (
     EDIT_FIELDS,
@@ -145,7 +145,7 @@ async def live_test(
         app[appkeys.upstream_pool],
         base_url,
         api_key,
-        models,
+        modelnames.upstream_names(models),
         timeout=config.upstream.test_timeout,
         api_format=api_format,
     )
