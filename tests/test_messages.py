@@ -251,9 +251,9 @@ async def test_bad_requests_get_anthropic_errors_and_touch_no_key(
 
 async def test_a_bad_token_is_an_authentication_error(gw: Gateway) -> None:
     with pytest.raises(anthropic.AuthenticationError) as e:
-        await anthropic.AsyncAnthropic(
-            base_url=str(gw.client.make_url("")), api_key="shk_wrong", max_retries=0
-        ).messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+        await claude(gw, api_key="shk_wrong", auth_token=None).messages.create(
+            model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
     assert e.value.status_code == 401 and e.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
 
 
