@@ -26,13 +26,14 @@ from gateway.ops import jobs
 from gateway.relay import balancer, cors, handlers, messages
 from gateway.relay.keyindex import KeyIndex
 from gateway.relay.keystate import KeyStates
+from gateway.relay.prices import Price, Prices
 from gateway.relay.usage import UsageLog
 from gateway.resources import data_dir
 from gateway.store import db
 from gateway.store.crypto import KeyRing
 from gateway.store.tokens import TokenCache, touch_forever
 from gateway.tasks import background
-from gateway.web import aliases_api, health, keys_api, oauth, pages, thanks, tokens_api
+from gateway.web import aliases_api, health, keys_api, oauth, pages, prices_api, thanks, tokens_api
 from gateway.web.boardcache import Board
 from gateway.web.thanks import Visitors
 
@@ -59,6 +60,7 @@ def create_app(config: Config) -> web.Application:
             token_cache,
             key_index,
             balancer_ctx,
+            prices_ctx,
             usage_log,
             cluster_jobs,
             thanks_board,
@@ -70,6 +72,7 @@ def create_app(config: Config) -> web.Application:
             *messages.routes,
             *keys_api.routes,
             *aliases_api.routes,
+            *prices_api.routes,
             *tokens_api.routes,
             *pages.routes,
             *thanks.routes,
@@ -191,9 +194,27 @@ async def key_index(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Prices for the usage flusher's costs: admins' set reloaded on a `prices` event."""
+    config = app[appkeys.config]
+    configured = {model: Price(**p, source="config") for model, p in config.prices.items()}  # type: ignore[arg-type]
+    table = app[appkeys.prices] = Prices(app[appkeys.pg], configured)
+    bus = app[appkeys.bus]
+    bus.on("prices", table.invalidate)
+
+    async def resync() -> None:
+        table.invalidate()
+
+    bus.on_resync(resync)
+    with contextlib.suppress(*POSTGRES_DOWN):
+        await table.reload()
+    async with background(table.run()):
+        yield
+
+
 async def usage_log(app: web.Application) -> AsyncIterator[None]:
     prefix = app[appkeys.config].redis.key_prefix
-    usage = app[appkeys.usage] = UsageLog(app[appkeys.pg], app[appkeys.redis], prefix)
+    usage = app[appkeys.usage] = UsageLog(app[appkeys.pg], app[appkeys.redis], prefix, app[appkeys.prices])
     async with background(usage.run()):
         yield
     await usage.drain()

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.relay.balancer import Balancer
     from gateway.relay.keyindex import KeyIndex
     from gateway.relay.keystate import KeyStates
+    from gateway.relay.prices import Prices
     from gateway.relay.usage import UsageLog
     from gateway.store.crypto import KeyRing
     from gateway.store.tokens import TokenCache
@@ -36,6 +37,7 @@ balancer: web.AppKey[Balancer] = web.AppKey("balancer")
 key_states: web.AppKey[KeyStates] = web.AppKey("key_states")
 board: web.AppKey[Board] = web.AppKey("board")
 visitors: web.AppKey[Visitors] = web.AppKey("visitors")
+prices: web.AppKey[Prices] = web.AppKey("prices")
 
 request_id: web.RequestKey[str] = web.RequestKey("request_id")
 log_fields: web.RequestKey[dict[str, Any]] = web.RequestKey("log_fields")

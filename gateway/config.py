@@ -142,6 +142,9 @@ class Config:
     oauth_linuxdo: LinuxDo = field(default_factory=LinuxDo)
     models: Models = field(default_factory=Models)
     logging: Logging = field(default_factory=Logging)
+    # [prices."<model>"] input, output, cache_read, cache_write: USD per million tokens, overriding
+    # the price library for that model (the name the upstream is asked for). SHAREKEY_PRICES: JSON.
+    prices: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -187,7 +190,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 ENV_PREFIX = "SHAREKEY_"
-ENV_NOT_KEYS = {"SHAREKEY_CONFIG"}
+PRICES_TABLE = "prices"
+PRICES_ENV = "SHAREKEY_PRICES"
+ENV_NOT_KEYS = {"SHAREKEY_CONFIG", PRICES_ENV}
 
 
 def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -197,6 +202,9 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     raw: dict[str, dict[str, Any]] = {}
     if path:
         raw = _read_toml(Path(path))
+    prices = config_values.prices("prices", raw.pop(PRICES_TABLE, {}), from_env=False)
+    if env.get(PRICES_ENV):
+        prices = config_values.prices(PRICES_ENV, env[PRICES_ENV], from_env=True)
     values: dict[str, dict[str, Any]] = {attr: {} for attr in SECTIONS.values()}
     for name, table in raw.items():
         for key, value in table.items():
@@ -211,7 +219,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     for env_name in env:
         if env_name.startswith(ENV_PREFIX) and env_name not in known:
             raise ConfigError(f"unknown configuration variable {env_name}")
-    config = Config(**{attr: _section_class(attr)(**kw) for attr, kw in values.items()})
+    config = Config(**{attr: _section_class(attr)(**kw) for attr, kw in values.items()}, prices=prices)
     _validate(config)
     return config
 
@@ -225,6 +233,8 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     out: dict[str, dict[str, Any]] = {}
+    if PRICES_TABLE in doc:  # a table of tables named by model, not a section of fixed keys
+        out[PRICES_TABLE] = doc.pop(PRICES_TABLE)
     for name, table in _flatten_tables(doc):
         if name not in SECTIONS:
             raise ConfigError(f"unknown configuration section [{name}] in {path}")

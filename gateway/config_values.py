@@ -78,6 +78,36 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
     raise ConfigError(f"configuration key {name}: {where}{shown} is not {expected}")
 
 
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
+
+
+def prices(name: str, value: Any, *, from_env: bool) -> dict[str, dict[str, float | None]]:
+    """[prices."<model>"] input = …, output = …, cache_read = …, cache_write = … (USD per million
+    tokens; the cache prices are optional): {model: {field: number or None}}."""
+    try:
+        if from_env and isinstance(value, str):
+            value = json.loads(value)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration key {name}: is not a table of models' prices (JSON in the environment)")
+    out: dict[str, dict[str, float | None]] = {}
+    for model, table in value.items():
+        where = f"{name}.{json.dumps(model)}" if name == "prices" else f"{name} [{model!r}]"
+        if not isinstance(table, dict) or set(table) - set(PRICE_FIELDS) or not {"input", "output"} <= set(table):
+            raise ConfigError(
+                f"configuration key {where}: needs input and output (and may have cache_read, cache_write), "
+                "in USD per million tokens"
+            )
+        row: dict[str, float | None] = {"cache_read": None, "cache_write": None}
+        for field, v in table.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"configuration key {where}.{field}: {v!r} is not a number of USD, 0 or more")
+            row[field] = float(v)
+        out[model.strip()] = row
+    return out
+
+
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _TYPE_WORDS: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 

@@ -22,6 +22,7 @@ old and new processes of a rolling deploy then do not misread each other's.
     keyrings                               hash     ops/rotation.py       VERSION
     session:<session_id>                   string   web/sessions.py       VERSION
     oauth:<state>                          string   web/oauth.py          VERSION
+    loginlink:<sha256 of the token>        string   web/loginlink.py      VERSION
     keytests:<user_id>:<YYYY-MM-DDTHH:MM>  counter  web/keys_api.py       VERSION
 
 What each balancer hash holds is documented in the header of `balancer.lua`. With the default
@@ -116,6 +117,10 @@ def session(prefix: str, session_id: str) -> str:
 
 def oauth_state(prefix: str, state: str) -> str:
     return name(prefix, "oauth", state)
+
+
+def login_link(prefix: str, token_hash: str) -> str:
+    return name(prefix, "loginlink", token_hash)
 
 
 def key_tests(prefix: str, user_id: str, minute: str) -> str:

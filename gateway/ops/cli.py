@@ -5,8 +5,8 @@ servers when `serve` is running them under the same data_dir, and otherwise star
 length of the command. Errors end with one line on stderr and a non-zero exit: 2 for bad
 configuration or usage, 1 for everything else. Only results go to stdout.
 
-This module parses the command line and runs `serve`, `migrate`, `users`, `tokens`, `reset-daily`
-and `rotate-secret`; the `keys` actions are in `cli_keys`, what commands share in `command`.
+This module parses the command line and runs `serve`, `migrate`, `users`, `tokens`, `login-link`,
+`reset-daily` and `rotate-secret`; the `keys` actions are in `cli_keys`, what commands share in `command`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from gateway.ops.stores import open_stores
 from gateway.resources import MissingFiles
 from gateway.store import db, tokens, users
 from gateway.store.crypto import KeyRing
+from gateway.web import loginlink
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="")
     p.set_defaults(func=command(run_tokens_create))
 
+    p = sub.add_parser(
+        "login-link", help="print a one-time sign-in URL for a user (single use, expires)", parents=[verbose]
+    )
+    p.add_argument("name", help="the user's name")
+    p.add_argument(
+        "--minutes", type=int, default=loginlink.DEFAULT_MINUTES, help="how long the link works (default 10)"
+    )
+    p.set_defaults(func=command(run_login_link))
+
     cli_keys.add_parsers(sub, verbose)
 
     p = sub.add_parser(
@@ -139,19 +149,46 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+FIRST_ADMIN = "admin"
+FIRST_LINK_MINUTES = 60
+
+
 async def _prepare(config: Config) -> None:
     conn = await connect(config)
     try:
         await db.migrate(conn)
+        first = await _first_admin(conn)
     finally:
         await conn.close()
     client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
     try:
         await client.ping()
+        if first is not None:
+            await _print_first_link(config, client, first)
     except REDIS_DOWN as e:
         raise CliError(f"cannot connect to Redis: {reason(e)}") from None
     finally:
         await client.aclose()
+
+
+async def _first_admin(conn: asyncpg.Connection) -> users.User | None:
+    """On a brand-new database (no user at all) an `admin` user, so the pages work right away."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")  # two first starts at once
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
+            return None
+        return await users.add_user(conn, FIRST_ADMIN, admin=True)
+
+
+async def _print_first_link(config: Config, client: redis.asyncio.Redis, user: users.User) -> None:
+    token = await loginlink.issue(client, config.redis.key_prefix, user.id, FIRST_LINK_MINUTES)
+    link = loginlink.url(config.server.public_url, token)
+    print(
+        f"First run: created the administrator {user.username!r}. Sign in within {FIRST_LINK_MINUTES} minutes at\n"
+        f"  {link}\n"
+        f"(a new link any time: sharekey login-link {user.username})",
+        flush=True,
+    )
 
 
 # --- migrate, users, tokens -----------------------------------------------------------------
@@ -180,6 +217,20 @@ async def run_tokens_create(config: Config, args: argparse.Namespace, conn: asyn
     user = await find_user(conn, args.name)
     token, _ = await tokens.create(conn, user.id, args.label)
     print(token)
+
+
+async def run_login_link(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    if not 1 <= args.minutes <= loginlink.MAX_MINUTES:
+        raise CliError(f"--minutes: must be 1 to {loginlink.MAX_MINUTES}")
+    user = await find_user(conn, args.name)
+    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+    try:
+        token = await loginlink.issue(client, config.redis.key_prefix, user.id, args.minutes)
+    except REDIS_DOWN as e:
+        raise CliError(f"cannot connect to Redis: {reason(e)}") from None
+    finally:
+        await client.aclose()
+    print(loginlink.url(config.server.public_url, token))
 
 
 # --- reset-daily, rotate-secret --------------------------------------------------------------

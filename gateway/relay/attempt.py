@@ -49,7 +49,8 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     pool = app[appkeys.upstream_pool]
     record = Recorder(call, key, pick)
     try:
-        route = plan.plan(call, key, app[appkeys.key_index].upstream_model(call.model, key))
+        record.upstream_model = app[appkeys.key_index].upstream_model(call.model, key)
+        route = plan.plan(call, key, record.upstream_model)
     except translate.TranslationError as e:
         call.untranslatable = str(e)
         return record.failed(Failure(FailureKind.UNTRANSLATABLE, detail=str(e)[:200]))

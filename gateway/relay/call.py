@@ -149,10 +149,11 @@ def provider_headers(call: Call, key: PoolKey) -> dict[str, str]:
 class Recorder:
     """Builds the usage record of one attempt and hands it to the queue exactly once."""
 
-    __slots__ = ("call", "key", "pick", "t0", "ttft_ms", "done")
+    __slots__ = ("call", "key", "pick", "t0", "ttft_ms", "done", "upstream_model")
 
     def __init__(self, call: Call, key: PoolKey, pick: Pick | None) -> None:
         self.call, self.key, self.pick = call, key, pick
+        self.upstream_model: str | None = None  # the name this key's upstream is asked for
         self.t0 = time.perf_counter()
         self.ttft_ms: float | None = None
         self.done = False
@@ -222,6 +223,7 @@ class Recorder:
                 error_message=error,
                 cache_read_tokens=usage.cache_read_tokens if usage is not None else None,
                 cache_creation_tokens=usage.cache_creation_tokens if usage is not None else None,
+                upstream_model=self.upstream_model,
             )
         )
 

@@ -3,7 +3,9 @@
 A request appends a `UsageRecord` and never waits. The flusher writes batches to
 `key_usage_logs` and, in the same statement, adds the committed calls and tokens to the key's
 aggregates (`usage_count_today`, `total_usage_count`, `total_tokens`, `last_used_at`) and to the
-donor's day in `donor_usage_daily` (the thanks board's rollup). Rows are
+donor's day in `donor_usage_daily` (the thanks board's rollup). Each row's `cost_estimate` (USD)
+comes from its tokens and `relay.prices`; rows whose tokens were estimated say so in
+`usage_estimated`, and the cost adds to the donor's day as `value_usd`. Rows are
 unique by (request_id, attempt) and aggregates only count rows actually inserted, so writing a
 batch twice (a retry after a lost answer, two processes draining the spool) changes nothing.
 
@@ -29,6 +31,7 @@ import structlog
 from gateway import metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import redisnames
+from gateway.relay.prices import Prices, cost
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +76,7 @@ class UsageRecord:
     error_message: str | None = None
     cache_read_tokens: int | None = None  # of prompt_tokens: read from the upstream's prompt cache
     cache_creation_tokens: int | None = None  # of prompt_tokens: written to it
+    upstream_model: str | None = None  # the name the upstream was asked for (prices match on it)
 
     @property
     def tokens_used(self) -> int | None:
@@ -92,6 +96,7 @@ class UsageRecord:
         d["day"] = date.fromisoformat(d["day"])
         d["created_at"] = datetime.fromisoformat(d["created_at"])
         d["status"] = UsageStatus(d["status"])
+        d.setdefault("upstream_model", None)  # spooled before it existed
         return cls(**d)
 
 
@@ -101,28 +106,30 @@ WITH rows AS (
     SELECT r.*
     FROM unnest($1::text[], $2::int[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::int[],
                 $9::int[], $10::int[], $11::bool[], $12::bool[], $13::bool[], $14::text[], $15::int[], $16::int[],
-                $17::int[], $18::text[], $19::timestamptz[], $21::int[], $22::int[])
+                $17::int[], $18::text[], $19::timestamptz[], $21::int[], $22::int[], $23::float8[])
       AS r(request_id, attempt, shared_key_id, user_id, donor_id, api_endpoint, model_used, prompt_tokens,
            completion_tokens, tokens_used, usage_estimated, success, committed, status, http_status, latency_ms,
-           ttft_ms, error_message, created_at, cache_read_tokens, cache_creation_tokens)
+           ttft_ms, error_message, created_at, cache_read_tokens, cache_creation_tokens, cost_estimate)
 ), ins AS (
     INSERT INTO key_usage_logs (request_id, attempt, shared_key_id, user_id, donor_id, api_endpoint, model_used,
                                 prompt_tokens, completion_tokens, tokens_used, usage_estimated, success, committed,
                                 status, http_status, latency_ms, ttft_ms, error_message, created_at,
-                                cache_read_tokens, cache_creation_tokens)
+                                cache_read_tokens, cache_creation_tokens, cost_estimate)
     SELECT r.request_id, r.attempt, k.id, u.id, d.id, r.api_endpoint, r.model_used, r.prompt_tokens,
            r.completion_tokens, r.tokens_used, r.usage_estimated, r.success, r.committed, r.status, r.http_status,
-           r.latency_ms, r.ttft_ms, r.error_message, r.created_at, r.cache_read_tokens, r.cache_creation_tokens
+           r.latency_ms, r.ttft_ms, r.error_message, r.created_at, r.cache_read_tokens, r.cache_creation_tokens,
+           r.cost_estimate::numeric
     FROM rows r
     LEFT JOIN shared_keys k ON k.id = r.shared_key_id
     LEFT JOIN users u ON u.id = r.user_id
     LEFT JOIN users d ON d.id = r.donor_id
     ON CONFLICT (request_id, attempt) DO NOTHING
-    RETURNING shared_key_id, donor_id, committed, tokens_used, created_at
+    RETURNING shared_key_id, donor_id, committed, tokens_used, created_at, cost_estimate
 ), credit AS (
     -- The thanks board's rollup (sql/0002): only rows inserted just now, never a private key's.
-    INSERT INTO donor_usage_daily AS d (donor_id, day, calls, tokens, last_served_at)
-    SELECT i.donor_id, $20, count(*), coalesce(sum(i.tokens_used), 0), max(i.created_at)
+    INSERT INTO donor_usage_daily AS d (donor_id, day, calls, tokens, last_served_at, value_usd)
+    SELECT i.donor_id, $20, count(*), coalesce(sum(i.tokens_used), 0), max(i.created_at),
+           coalesce(sum(i.cost_estimate), 0)
     FROM ins i LEFT JOIN shared_keys k ON k.id = i.shared_key_id
     WHERE i.committed AND i.donor_id IS NOT NULL AND k.is_private IS NOT TRUE
     GROUP BY i.donor_id
@@ -130,7 +137,8 @@ WITH rows AS (
     ON CONFLICT (donor_id, day) DO UPDATE SET
         calls = d.calls + excluded.calls,
         tokens = d.tokens + excluded.tokens,
-        last_served_at = GREATEST(d.last_served_at, excluded.last_served_at)
+        last_served_at = GREATEST(d.last_served_at, excluded.last_served_at),
+        value_usd = d.value_usd + excluded.value_usd
 ), agg AS (
     SELECT shared_key_id,
            count(*) FILTER (WHERE committed) AS calls,
@@ -152,8 +160,11 @@ FROM agg WHERE k.id = agg.shared_key_id AND agg.calls > 0
 """
 
 
-async def write(conn: asyncpg.Connection, records: list[UsageRecord]) -> None:
+async def write(conn: asyncpg.Connection, records: list[UsageRecord], prices: Prices | None = None) -> None:
     """Write records, one statement per day (aggregates add to the day they count on).
+
+    Each row's cost is its tokens at the price in force now, a flush after it was served
+    (`relay.prices`; one dictionary lookup per row once a model's price is memoised).
 
     Ids go as text: asyncpg encodes a UUID from its string form in C, where building uuid.UUID
     objects first cost ~2.4 ms per 1,000 records, all of it holding up the event loop."""
@@ -186,12 +197,26 @@ async def write(conn: asyncpg.Connection, records: list[UsageRecord]) -> None:
                 day,
                 [r.cache_read_tokens for r in rs],
                 [r.cache_creation_tokens for r in rs],
+                [_cost(prices, r) for r in rs],
             )
 
 
+def _cost(prices: Prices | None, r: UsageRecord) -> float | None:
+    if prices is None or (r.prompt_tokens is None and r.completion_tokens is None):
+        return None
+    return cost(
+        prices.get(r.upstream_model or r.model),
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.cache_read_tokens,
+        r.cache_creation_tokens,
+    )
+
+
 class UsageLog:
-    def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str, prices: Prices | None = None) -> None:
         self._pool = pool
+        self.prices = prices
         self._redis = client
         self.spool_key = redisnames.usage_spool(prefix)
         self._buffer: deque[UsageRecord] = deque()
@@ -248,7 +273,7 @@ class UsageLog:
     async def _write(self, batch: list[UsageRecord]) -> bool:
         try:
             async with self._pool.acquire(timeout=5) as conn:
-                await write(conn, batch)
+                await write(conn, batch, self.prices)
         except POSTGRES_DOWN as e:
             metrics.postgres_error("usage")
             self._backoff = min(MAX_BACKOFF, max(1.0, self._backoff * 2))

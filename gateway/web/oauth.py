@@ -33,10 +33,12 @@ from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
-from gateway.web import pages, sessions
+from gateway.web import loginlink, pages, sessions
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
+# The one-time links of `sharekey login-link` are another way in, served with the sign-in routes.
+routes.get(loginlink.PATH + "{token}", name="login_link")(loginlink.sign_in)
 
 
 STATE_SECONDS = 600

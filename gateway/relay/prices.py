@@ -1,0 +1,179 @@
+"""Model prices, and the cost of a usage record: USD per million tokens, cached in process.
+
+    Prices.get(model) -> Price | None      admins' set > `[prices."<model>"]` > the price library
+    cost(price, prompt, completion, cache_read, cache_write) -> float | None
+
+The default source is `genai-prices` (pydantic's, MIT): a maintained, dated price table for every
+major provider bundled in the wheel, so a lookup works offline and never calls out (we never
+enable its auto-update). It matches names the way providers spell them (`gpt-4o-2024-08-06`,
+`claude-sonnet-4-5`, with or without a `provider/` prefix) and knows cache read and write prices.
+Prices are matched on the name the upstream was asked for (after per-key names and aliases).
+
+Admins' prices live in PostgreSQL (`model_prices`, `PUT /api/prices`); a `prices` event reloads
+them in every process within a second. Lookups are memoised per model until the next reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from gateway.errors import POSTGRES_DOWN
+
+log = structlog.get_logger(__name__)
+
+RELOAD_SECONDS = 60.0  # also without events: a lost event is repaired within a minute
+PER = 1_000_000
+FIELDS = ("input", "output", "cache_read", "cache_write")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens. A cache price of None is charged at the input price."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+    source: str = "library"  # library | config | admin
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cache_read": self.cache_read,
+            "cache_write": self.cache_write,
+            "source": self.source,
+        }
+
+
+def cost(
+    price: Price | None,
+    prompt: int | None,
+    completion: int | None,
+    cache_read: int | None = None,
+    cache_write: int | None = None,
+) -> float | None:
+    """USD for one call. `prompt` includes the cache tokens (read from and written to the cache);
+    the rest of it is charged at the input price. None without a price or without tokens."""
+    if price is None or (prompt is None and completion is None):
+        return None
+    read, write = cache_read or 0, cache_write or 0
+    fresh = max(0, (prompt or 0) - read - write)
+    total = (
+        fresh * price.input
+        + read * (price.input if price.cache_read is None else price.cache_read)
+        + write * (price.input if price.cache_write is None else price.cache_write)
+        + (completion or 0) * price.output
+    )
+    return round(total / PER, 10)
+
+
+def library_price(model: str, when: datetime | None = None) -> Price | None:
+    """The price library's price for `model` (its base tier), or None when it does not know it."""
+    from genai_prices import data_snapshot, types  # ~0.2 s to import: only when first asked
+
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        _, info = snapshot.find_provider_model(model, None, None, None)
+    except LookupError:
+        if "/" not in model:
+            return None
+        try:  # "openai/gpt-4o" as some upstreams (OpenRouter and the like) name models
+            _, info = snapshot.find_provider_model(model.split("/", 1)[1], None, None, None)
+        except LookupError:
+            return None
+    prices = info.get_prices(when or datetime.now(UTC))
+
+    def per_million(name: str) -> float | None:
+        value = getattr(prices, name, None)
+        if isinstance(value, types.TieredPrices):
+            value = value.base
+        return None if value is None else float(value)
+
+    input_, output = per_million("input_mtok"), per_million("output_mtok")
+    if input_ is None and output is None:
+        return None
+    return Price(input_ or 0.0, output or 0.0, per_million("cache_read_mtok"), per_million("cache_write_mtok"))
+
+
+def checked(model: str, value: Any, source: str) -> Price:
+    """A price from the config or the API: {"input": …, "output": …, "cache_read"?: …, "cache_write"?: …}."""
+    if not isinstance(value, Mapping) or set(value) - set(FIELDS) or not {"input", "output"} <= set(value):
+        raise ValueError(f"the price of {model!r} needs input and output (and may have cache_read, cache_write)")
+    out: dict[str, float | None] = {}
+    for name in FIELDS:
+        v = value.get(name)
+        if v is None and name in ("cache_read", "cache_write"):
+            out[name] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e6:
+            raise ValueError(f"{name} of {model!r} must be a number of USD per million tokens, 0 or more")
+        out[name] = float(v)
+    return Price(source=source, **out)  # type: ignore[arg-type]
+
+
+SELECT_PRICES = "SELECT model, input, output, cache_read, cache_write FROM model_prices"
+
+
+async def load(pool: asyncpg.Pool) -> dict[str, Price]:
+    async with pool.acquire(timeout=5) as conn:
+        rows = await conn.fetch(SELECT_PRICES, timeout=10)
+    return {
+        r["model"]: Price(
+            float(r["input"]),
+            float(r["output"]),
+            None if r["cache_read"] is None else float(r["cache_read"]),
+            None if r["cache_write"] is None else float(r["cache_write"]),
+            "admin",
+        )
+        for r in rows
+    }
+
+
+class Prices:
+    """The prices in force in this process."""
+
+    def __init__(self, pool: asyncpg.Pool | None, configured: Mapping[str, Price] | None = None) -> None:
+        self._pool = pool
+        self.configured = dict(configured or {})
+        self.admin: dict[str, Price] = {}
+        self._memo: dict[str, Price | None] = {}
+        self._dirty = asyncio.Event()
+        self.loaded = asyncio.Event()
+
+    def get(self, model: str) -> Price | None:
+        try:
+            return self._memo[model]
+        except KeyError:
+            pass
+        price = self.admin.get(model) or self.configured.get(model) or library_price(model)
+        self._memo[model] = price
+        return price
+
+    def invalidate(self, _: str = "") -> None:
+        self._dirty.set()
+
+    async def reload(self) -> None:
+        if self._pool is not None:
+            self.admin = await load(self._pool)
+        self._memo = {}
+        self.loaded.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), RELOAD_SECONDS)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+            try:
+                await self.reload()
+            except POSTGRES_DOWN as e:
+                log.warning("prices_reload_failed", error=str(e))
