@@ -175,6 +175,8 @@ async def test_ranking_and_totals_for_each_period(gw: Gateway) -> None:
         "tokens": 50,
         "calls_today": 3,
         "calls_total": 15,
+        "value_usd": alice["value_usd"],
+        "value_usd_total": alice["value_usd_total"],
         "share_today": 0.375,
         "last_served_at": alice["last_served_at"],
         "healthy": True,
@@ -191,7 +193,8 @@ async def test_ranking_and_totals_for_each_period(gw: Gateway) -> None:
         )  # fmt: skip
         assert pick.outcome == "ok"
     totals = (await gw.board())["totals"]
-    assert totals == {"donors": 2, "active_keys": 3, "models": 3, "calls_today": 8, "calls_left_today": 100 + 50 + 37}
+    assert totals == {"donors": 2, "active_keys": 3, "models": 3, "calls_today": 8, "calls_left_today": 100 + 50 + 37,
+                      "value_usd_today": totals["value_usd_today"]}  # fmt: skip
 
 
 async def _user(gw: Gateway, name: str) -> User:
@@ -452,8 +455,9 @@ async def test_the_json_is_public_and_cacheable(gw: Gateway) -> None:
     assert await resp.json() == {
         "period": "all",
         "donors": [],
-        "totals": {"donors": 0, "active_keys": 0, "models": 0, "calls_today": 0, "calls_left_today": 0},
-    }
+        "totals": {"donors": 0, "active_keys": 0, "models": 0, "calls_today": 0, "calls_left_today": 0,
+                   "value_usd_today": 0},
+    }  # fmt: skip
 
 
 # --- charts --------------------------------------------------------------------------------------------

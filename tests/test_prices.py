@@ -205,3 +205,38 @@ async def test_flusher_cost_per_row(
         timings[label] = best / n * 1e6
     print(f"\nflusher per row: without cost {timings['without']:.2f} µs, with cost {timings['with']:.2f} µs")
     assert timings["with"] < timings["without"] * 3
+
+
+async def test_the_boards_values_equal_the_sum_of_the_rows(
+    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any
+) -> None:
+    from datetime import timedelta
+
+    from .test_board import Gateway as BoardGateway
+    from .test_board import board_app, board_config, credit, donor
+
+    cfg = board_config(config)
+    app = board_app(cfg)
+    gw = BoardGateway(await aiohttp_client(app), app, pool, cfg)
+    today = gw.today
+    _, alice_key = await donor(gw, "alice")  # type: ignore[arg-type]
+    _, bob_key = await donor(gw, "bob")  # type: ignore[arg-type]
+    for key, days_ago, calls, n_tokens in [(alice_key, 0, 3, 1000), (alice_key, 5, 2, 5000), (bob_key, 0, 4, 300)]:
+        await credit(app, key, today - timedelta(days=days_ago), calls, tokens=n_tokens)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT donor_id::text AS donor, created_at, cost_estimate FROM key_usage_logs WHERE committed"
+        )
+    assert all(r["cost_estimate"] > 0 for r in rows), "gpt-4o-mini is priced by the library"
+    total = {str(k.owner_id): float(sum(r["cost_estimate"] for r in rows if r["donor"] == k.owner_id))
+             for k in (alice_key, bob_key)}  # fmt: skip
+    week = await gw.board("7d")
+    by_name = {d["username"]: d for d in week["donors"]}
+    assert by_name["alice"]["value_usd"] == pytest.approx(total[alice_key.owner_id], abs=1e-6)
+    assert by_name["bob"]["value_usd_total"] == pytest.approx(total[bob_key.owner_id], abs=1e-6)
+    today_board = await gw.board("today")
+    today_alice = next(d for d in today_board["donors"] if d["username"] == "alice")
+    assert today_alice["value_usd"] < today_alice["value_usd_total"]
+    assert today_board["totals"]["value_usd_today"] == pytest.approx(
+        sum(d["value_usd"] for d in today_board["donors"]), abs=1e-6
+    )

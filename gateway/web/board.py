@@ -65,6 +65,8 @@ class Donor:
     calls_total: int
     tokens_total: int
     last_served_at: datetime | None
+    daily_value: tuple[float, ...] = ()  # USD of the calls served (their cost_estimate), per day
+    value_total: float = 0.0
 
     @property
     def calls_today(self) -> int:
@@ -82,6 +84,11 @@ class Donor:
     def tokens(self, period: str) -> int:
         days = PERIODS[period]
         return self.tokens_total if days is None else sum(self.daily_tokens[-days:])
+
+    def value(self, period: str) -> float:
+        """USD of the calls served in the period, at the prices in force when each was served."""
+        days = PERIODS[period]
+        return self.value_total if days is None else sum(self.daily_value[-days:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ class Totals:
     models: int
     calls_today: int
     calls_left_today: int
+    value_usd_today: float = 0.0  # what the pool's calls today are worth
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,7 @@ class Snapshot:
                 "models": self.totals.models,
                 "calls_today": self.totals.calls_today,
                 "calls_left_today": self.totals.calls_left_today,
+                "value_usd_today": round(self.totals.value_usd_today, 6),
             },
         }
 
@@ -170,6 +179,8 @@ class Snapshot:
             "tokens": donor.tokens(period),
             "calls_today": donor.calls_today,
             "calls_total": donor.calls_total,
+            "value_usd": round(donor.value(period), 6),
+            "value_usd_total": round(donor.value_total, 6),
             "share_today": self.share_today(donor),
             "last_served_at": donor.last_served_at.isoformat() if donor.last_served_at else None,
             "healthy": donor.healthy,
@@ -216,7 +227,9 @@ WITH usage AS (
            max(last_served_at) AS last_served_at,
            array_agg(day ORDER BY day) FILTER (WHERE day > $1::date - $2::int) AS days,
            array_agg(calls ORDER BY day) FILTER (WHERE day > $1::date - $2::int) AS day_calls,
-           array_agg(tokens ORDER BY day) FILTER (WHERE day > $1::date - $2::int) AS day_tokens
+           array_agg(tokens ORDER BY day) FILTER (WHERE day > $1::date - $2::int) AS day_tokens,
+           sum(value_usd)::float8 AS value_total,
+           array_agg(value_usd::float8 ORDER BY day) FILTER (WHERE day > $1::date - $2::int) AS day_values
     FROM donor_usage_daily
     GROUP BY donor_id
 ), keys AS (
@@ -230,7 +243,7 @@ WITH usage AS (
 SELECT u.id, u.username, u.display_name, u.avatar_url, u.anonymous,
        coalesce(k.disabled, 0) AS disabled, coalesce(k.paused, 0) AS paused,
        coalesce(s.calls_total, 0) AS calls_total, coalesce(s.tokens_total, 0) AS tokens_total, s.last_served_at,
-       s.days, s.day_calls, s.day_tokens
+       s.days, s.day_calls, s.day_tokens, coalesce(s.value_total, 0) AS value_total, s.day_values
 FROM usage s
 FULL JOIN keys k ON k.user_id = s.donor_id
 JOIN users u ON u.id = coalesce(s.donor_id, k.user_id)
@@ -264,10 +277,13 @@ def build(today: date, rows: list[asyncpg.Record], pooled: list[PoolKey], live: 
     for r in rows:
         user_id = str(r["id"])
         calls, tokens = [0] * HISTORY_DAYS, [0] * HISTORY_DAYS
-        for day, c, t in zip(r["days"] or (), r["day_calls"] or (), r["day_tokens"] or (), strict=True):
+        values = [0.0] * HISTORY_DAYS
+        for day, c, t, v in zip(
+            r["days"] or (), r["day_calls"] or (), r["day_tokens"] or (), r["day_values"] or (), strict=True
+        ):
             i = slot.get(day)
             if i is not None:
-                calls[i], tokens[i] = c, t
+                calls[i], tokens[i], values[i] = c, t, v
         disabled += r["disabled"]
         paused += r["paused"]
         donors.append(
@@ -285,6 +301,8 @@ def build(today: date, rows: list[asyncpg.Record], pooled: list[PoolKey], live: 
                 calls_total=r["calls_total"],
                 tokens_total=r["tokens_total"],
                 last_served_at=r["last_served_at"],
+                daily_value=tuple(values),
+                value_total=r["value_total"],
             )
         )
 
@@ -311,6 +329,7 @@ def build(today: date, rows: list[asyncpg.Record], pooled: list[PoolKey], live: 
             models=len(models),
             calls_today=sum(d.calls_today for d in donors),
             calls_left_today=sum(max(0, k.daily_limit - live.used.get(k.id, 0)) for k in pooled),
+            value_usd_today=sum(d.daily_value[-1] for d in donors if d.daily_value),
         ),
         keys=KeyCounts(active=len(pooled) - cooling_keys, cooling=cooling_keys, disabled=disabled, paused=paused),
         capacity=tuple(capacity),
