@@ -27,7 +27,8 @@ from gateway.store.sharedkeys import open_row
 
 log = structlog.get_logger(__name__)
 
-REFRESH_SECONDS = 30.0
+REFRESH_SECONDS = 30.0  # a full reload at least this often: the safety net for lost events
+MAX_PARTIAL = 100  # more keys announced than this between two reloads: reload them all
 
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -103,6 +104,39 @@ class Snapshot:
         if key.api_format == "openai":
             self.openai.setdefault(model, []).append(key)
 
+    def with_keys(self, changed: Mapping[str, PoolKey | None]) -> Snapshot:
+        """This snapshot with some keys replaced (None: gone). Only the lists of the models they
+        serve before or after are rebuilt, and only those models' balancer pools dropped; the rest
+        is shared with this snapshot. A change under an alias rebuilds the whole index from
+        memory (no database, no decryption)."""
+        olds = [k for k in (self.by_id.get(i) for i in changed) if k is not None]
+        news = [k for k in changed.values() if k is not None]
+        touched = {m for k in (*olds, *news) for m in k.models}
+        by_id = {i: k for i, k in self.by_id.items() if i not in changed}
+        by_id.update((k.id, k) for k in news)
+        if any(a in touched or not touched.isdisjoint(t) for a, t in self.aliases.items()):
+            return Snapshot.build(list(by_id.values()), self.aliases)
+        snap = Snapshot(by_id, dict(self.pooled), dict(self.openai), dict(self.private), aliases=self.aliases)
+        snap.rename = {k: v for k, v in self.rename.items() if k[1] not in changed}
+        snap.pools = {k: v for k, v in self.pools.items() if k[0] not in touched}
+        for model in touched:
+            for lists in (snap.pooled, snap.openai):
+                kept = [k for k in lists.get(model, ()) if k.id not in changed]
+                if kept:
+                    lists[model] = kept
+                else:
+                    lists.pop(model, None)
+        for owner in {k.owner_id for k in (*olds, *news) if k.is_private}:
+            snap.private[owner] = [k for k in snap.private.get(owner, ()) if k.id not in changed]
+        for key in news:
+            snap.rename.update(((m, key.id), u) for m, u in key.upstream_names.items())
+            if key.is_private:
+                snap.private.setdefault(key.owner_id, []).append(key)
+            else:
+                for model in key.models:
+                    snap._add(model, key)
+        return snap
+
 
 SELECT_SERVING_KEYS = """
 SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.daily_limit,
@@ -112,9 +146,13 @@ WHERE k.is_active AND k.status <> 'disabled'
 """
 
 
-async def load(pool: asyncpg.Pool, keyring: KeyRing) -> list[PoolKey]:
+async def load(pool: asyncpg.Pool, keyring: KeyRing, key_ids: list[str] | None = None) -> list[PoolKey]:
+    """Every serving key, or (with `key_ids`) those of them that still serve."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(SELECT_SERVING_KEYS)
+        if key_ids is None:
+            rows = await conn.fetch(SELECT_SERVING_KEYS)
+        else:
+            rows = await conn.fetch(SELECT_SERVING_KEYS + " AND k.id = ANY($1::text[]::uuid[])", key_ids)
     keys = []
     for r in rows:
         key_id, owner_id = str(r["id"]), str(r["user_id"])
@@ -165,6 +203,8 @@ class KeyIndex:
         self.snapshot = Snapshot({}, {}, {}, {})
         self.loaded = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._changed: set[str] = set()  # key ids announced since the last (re)load
+        self._everything = False
 
     def pooled(self, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         """The shared keys that can serve `model` at the client's `endpoint`."""
@@ -208,8 +248,19 @@ class KeyIndex:
         """Public names and aliases that some shared key serves."""
         return sorted(self.snapshot.pooled)
 
-    def invalidate(self, _: str = "") -> None:
+    def invalidate(self, key_id: str = "") -> None:
+        """A `keys <id>` event reloads that key alone; anything else (a resync, aliases) all."""
+        if key_id and len(self._changed) < MAX_PARTIAL:
+            self._changed.add(key_id)
+        else:
+            self._everything = True
         self._dirty.set()
+
+    async def reload_keys(self, key_ids: list[str]) -> None:
+        """Reload some keys: one query for their rows, and only their models' lists rebuilt."""
+        fresh = {k.id: k for k in await load(self._pool, self._keyring, key_ids)}
+        self.snapshot = self.snapshot.with_keys({i: fresh.get(i) for i in key_ids})
+        log.debug("key_index_updated", keys=len(key_ids))
 
     async def reload(self) -> None:
         keys = await load(self._pool, self._keyring)
@@ -226,8 +277,13 @@ class KeyIndex:
             except TimeoutError:
                 pass
             self._dirty.clear()
+            changed, everything = list(self._changed), self._everything or not self._changed
+            self._changed, self._everything = set(), False
             try:
-                await self.reload()
+                if everything:
+                    await self.reload()
+                else:
+                    await self.reload_keys(changed)
             except POSTGRES_DOWN as e:
                 log.warning("key_index_reload_failed", error=str(e))
                 await asyncio.sleep(1.0)
