@@ -63,6 +63,8 @@ class Balancer:
     max_attempts: int = 3
     cooldown_seconds: int = 60
     failures_before_cooldown: int = 3
+    affinity_seconds: int = 300  # a conversation stays on its key this long after its last request; 0: off
+    response_affinity_seconds: int = 86400  # a previous_response_id stays with the key that made it; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,30 @@ class LinuxDo:
 
 
 @dataclass(frozen=True, slots=True)
+class GitHub:
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    authorize_url: str = "https://github.com/login/oauth/authorize"
+    token_url: str = "https://github.com/login/oauth/access_token"
+    user_url: str = "https://api.github.com/user"
+
+
+@dataclass(frozen=True, slots=True)
+class Oidc:
+    """One `[oauth.oidc.<name>]` table: an OpenID Connect provider found by discovery."""
+
+    issuer: str = ""  # discovery at <issuer>/.well-known/openid-configuration
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile")
+    trust_claim: str = ""  # a numeric claim taken as the trust level; empty: limits.user_daily_requests
+
+
+OIDC_SECTION = "oauth.oidc"
+RESERVED_PROVIDER_NAMES = frozenset({"linuxdo", "github", "link", "login", "logout"})
+
+
+@dataclass(frozen=True, slots=True)
 class Models:
     # {"public name" = ["name a key serves", …]}: a request for the alias may be served by any key
     # that serves the alias or one of its targets. Admins can add more at /api/models/aliases.
@@ -140,6 +166,8 @@ class Config:
     health: Health = field(default_factory=Health)
     usage: Usage = field(default_factory=Usage)
     oauth_linuxdo: LinuxDo = field(default_factory=LinuxDo)
+    oauth_github: GitHub = field(default_factory=GitHub)
+    oauth_oidc: dict[str, Oidc] = field(default_factory=dict)  # [oauth.oidc.<name>]; TOML only
     models: Models = field(default_factory=Models)
     logging: Logging = field(default_factory=Logging)
     # [prices."<model>"] input, output, cache_read, cache_write: USD per million tokens, overriding
@@ -172,6 +200,7 @@ SECTIONS: dict[str, str] = {
     "health": "health",
     "usage": "usage",
     "oauth.linuxdo": "oauth_linuxdo",
+    "oauth.github": "oauth_github",
     "models": "models",
     "logging": "logging",
 }
@@ -206,7 +235,11 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     if env.get(PRICES_ENV):
         prices = config_values.prices(PRICES_ENV, env[PRICES_ENV], from_env=True)
     values: dict[str, dict[str, Any]] = {attr: {} for attr in SECTIONS.values()}
+    oidc: dict[str, Oidc] = {}
     for name, table in raw.items():
+        if name.startswith(OIDC_SECTION + "."):
+            oidc[name.removeprefix(OIDC_SECTION + ".")] = _oidc(name, table)
+            continue
         for key, value in table.items():
             values[SECTIONS[name]][key] = _coerce(name, key, value, from_env=False)
     for env_name, (section, key) in SHORT_ENV.items():
@@ -219,7 +252,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     for env_name in env:
         if env_name.startswith(ENV_PREFIX) and env_name not in known:
             raise ConfigError(f"unknown configuration variable {env_name}")
-    config = Config(**{attr: _section_class(attr)(**kw) for attr, kw in values.items()}, prices=prices)
+    config = Config(**{attr: _section_class(attr)(**kw) for attr, kw in values.items()}, prices=prices, oauth_oidc=oidc)
     _validate(config)
     return config
 
@@ -236,6 +269,9 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
     if PRICES_TABLE in doc:  # a table of tables named by model, not a section of fixed keys
         out[PRICES_TABLE] = doc.pop(PRICES_TABLE)
     for name, table in _flatten_tables(doc):
+        if name.startswith(OIDC_SECTION + "."):
+            out[name] = table
+            continue
         if name not in SECTIONS:
             raise ConfigError(f"unknown configuration section [{name}] in {path}")
         known = {f.name for f in dataclasses.fields(_section_class(SECTIONS[name]))}
@@ -255,11 +291,49 @@ def _flatten_tables(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, di
             raise ConfigError(f"unknown configuration key {full}: keys belong in a [section]")
         if full in SECTIONS:
             tables.append((full, value))
+        elif full == OIDC_SECTION:
+            tables.extend((f"{full}.{provider}", table) for provider, table in _oidc_tables(value))
         elif any(s.startswith(full + ".") for s in SECTIONS):
             tables.extend(_flatten_tables(value, full + "."))
         else:
             raise ConfigError(f"unknown configuration section [{full}]")
     return tables
+
+
+def _oidc_tables(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """[oauth.oidc.<name>] tables: one per provider, named by the operator."""
+    out = []
+    for provider, table in doc.items():
+        full = f"{OIDC_SECTION}.{provider}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{full} must be a table: [{full}]")
+        ok = provider.isascii() and provider.replace("-", "").replace("_", "").isalnum() and len(provider) <= 32
+        if not ok or provider != provider.lower() or provider in RESERVED_PROVIDER_NAMES:
+            raise ConfigError(
+                f"[{full}]: a provider name is 1 to 32 lower-case letters, digits, '-' or '_', "
+                f"and not one of {', '.join(sorted(RESERVED_PROVIDER_NAMES))}"
+            )
+        out.append((provider, table))
+    return out
+
+
+def _oidc(name: str, table: dict[str, Any]) -> Oidc:
+    hints = typing.get_type_hints(Oidc)
+    known = {f.name: f for f in dataclasses.fields(Oidc)}
+    kw = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown configuration key {name}.{key}")
+        kw[key] = config_values.typed(f"{name}.{key}", hints[key], value, from_env=False, secret=not known[key].repr)
+    provider = Oidc(**kw)
+    for key in ("issuer", "client_id", "client_secret"):
+        if not getattr(provider, key):
+            raise ConfigError(f"configuration key {name}.{key}: required")
+    if not provider.issuer.startswith(("https://", "http://")):
+        raise ConfigError(f"configuration key {name}.issuer: must be an http(s) URL")
+    if "openid" not in provider.scopes:
+        raise ConfigError(f'configuration key {name}.scopes: must include "openid"')
+    return provider
 
 
 def _section_class(attr: str) -> type:
@@ -278,6 +352,7 @@ _SECTION_TYPES: dict[str, type] = {
     "health": Health,
     "usage": Usage,
     "oauth_linuxdo": LinuxDo,
+    "oauth_github": GitHub,
     "models": Models,
     "logging": Logging,
 }

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.relay import balancer as balancer_mod
+from gateway.relay import days
 from gateway.relay.balancer import Balancer, Candidate, Pick, UserLimits
 
 DAY_MS = 86_400_000
@@ -44,7 +45,7 @@ async def pick(
 
 
 def rkey(prefix: str, name: str) -> str:
-    return f"{prefix}:v2:{{{prefix}}}:{name}"
+    return f"{prefix}:v3:{{{prefix}}}:{name}"
 
 
 async def redis_ms(client: aioredis.Redis) -> int:
@@ -416,8 +417,8 @@ def test_days_never_overlap_where_dst_skips_midnight() -> None:
     # Santiago springs forward at midnight: 2026-09-06 00:00 never happens, the day starts at 01:00.
     tz = ZoneInfo("America/Santiago")
     starts = int(datetime(2026, 9, 6, 1, 0, tzinfo=tz).timestamp() * 1000)
-    before = balancer_mod._day_bounds(starts - 1, tz)
-    after = balancer_mod._day_bounds(starts, tz)
+    before = days.day_bounds(starts - 1, tz)
+    after = days.day_bounds(starts, tz)
     assert (before.name, before.end_ms) == ("2026-09-05", starts)
     assert (after.name, after.start_ms) == ("2026-09-06", starts)
     assert after.end_ms - after.start_ms == 23 * 3600 * 1000
@@ -457,8 +458,8 @@ async def test_a_wrong_local_clock_costs_one_more_call_once(
     b = make(redis, redis_prefix)
     await pick(b, [Candidate("k1", 100)])
     real_day = b.today()
-    real_wall = balancer_mod._wall_ms
-    monkeypatch.setattr(balancer_mod, "_wall_ms", lambda: real_wall() - 2 * DAY_MS)
+    real_wall = balancer_mod.wall_ms
+    monkeypatch.setattr(balancer_mod, "wall_ms", lambda: real_wall() - 2 * DAY_MS)
     skewed = make(redis, redis_prefix)
     assert skewed.today() != real_day  # its own clock says two days ago
     sent = count_commands(redis)

@@ -32,7 +32,7 @@ prefix a session is `sk:v1:{sk}:session:<id>`; tests/test_redisnames.py pins eve
 from __future__ import annotations
 
 VERSION = "v1"  # bump to start every family but the balancer's afresh (sessions, leases, …)
-BALANCER_VERSION = "v2"  # bump with any change to balancer.lua's behaviour, key layout or return shape
+BALANCER_VERSION = "v3"  # bump with any change to balancer.lua's behaviour, key layout or return shape
 
 
 def name(prefix: str, *parts: str, version: str = VERSION) -> str:
@@ -85,6 +85,16 @@ def pool_resting(prefix: str, pool_id: str) -> str:
 
 def revived(prefix: str) -> str:
     return name(prefix, "revived", version=BALANCER_VERSION)
+
+
+def conversation(prefix: str, digest: str) -> str:
+    """The key that last served a conversation (per model asked for), for affinity."""
+    return name(prefix, "aff", digest, version=BALANCER_VERSION)
+
+
+def response(prefix: str, digest: str) -> str:
+    """The key that produced a Responses API response (`previous_response_id`)."""
+    return name(prefix, "resp", digest, version=BALANCER_VERSION)
 
 
 # --- everything else -------------------------------------------------------------------------------

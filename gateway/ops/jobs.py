@@ -41,7 +41,7 @@ from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import redisnames
 from gateway.ops import rotation
 from gateway.ops.keychecks import HealthChecks, redis_now_ms
-from gateway.relay.balancer import _day_bounds
+from gateway.relay.days import day_bounds
 
 log = structlog.get_logger(__name__)
 
@@ -242,14 +242,14 @@ def cluster_job_list(app: web.Application) -> list[Job]:
     jobs = []
 
     async def rollover() -> None:
-        day = _day_bounds(await redis_now_ms(client), tz)
+        day = day_bounds(await redis_now_ms(client), tz)
         async with pool.acquire(timeout=5) as conn:
             reset = await roll_over(conn, date.fromisoformat(day.name))
         if reset:
             log.info("daily_rollover", day=day.name, keys=reset)
 
     # A lease until the next local midnight (by the same clock), at least a second.
-    jobs.append(Job("rollover", lambda now: max(1000, _day_bounds(now, tz).end_ms - now), rollover))
+    jobs.append(Job("rollover", lambda now: max(1000, day_bounds(now, tz).end_ms - now), rollover))
     days = config.usage.retention_days
     if days:
 

@@ -69,6 +69,8 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
                 return await relay_stream(call, key, resp, record, first, deadline, route.strip_usage, t0)
             return await relay_events(call, key, resp, record, first, deadline, events, t0)
         body, usage = plan.answer(route.mode, call, await resp.read(cfg.max_response_bytes, first))
+        if call.endpoint == "/responses":
+            call.response_id = sse.response_id(sse.parse(body))
     except TimeoutError:
         return record.failed(Failure(FailureKind.TIMEOUT, detail="timed out"))
     except h1.AnswerTooLarge as e:

@@ -1,5 +1,5 @@
 --[[
-balancer.lua: sharekey's atomic key balancer (key schema v2).
+balancer.lua: sharekey's atomic key balancer (key schema v3).
 
 PURPOSE
   Pick the donated key that serves a request and reserve one of its calls for today, enforcing the
@@ -9,30 +9,30 @@ PURPOSE
   all of them use the same clock: Redis TIME plus ARGV[2].
 
   IMPORTANT: if you change behaviour, the key layout or a return shape, bump the schema version in
-  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v2" -> "v3"). During a rolling deploy, old and new
+  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v3" -> "v4"). During a rolling deploy, old and new
   processes then keep separate state instead of misreading each other's.
 
 KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis Cluster slot)
-  p:v2:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included);
+  p:v3:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included);
                                    expires one day after the day ends
-  p:v2:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
-  p:v2:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
+  p:v3:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
+  p:v3:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
                                    >0: a trial is in flight, its lease ends then (epoch ms)
-  p:v2:{p}:fails                   hash key_id -> failures in the current window,
+  p:v3:{p}:fails                   hash key_id -> failures in the current window,
                                    key_id..":since" -> window start (epoch ms)
-  p:v2:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends
-  p:v2:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min
-  p:v2:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)
+  p:v3:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends
+  p:v3:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min
+  p:v3:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)
   A POOL is one candidate list (the keys serving one model for one endpoint family), named by the
   caller: <pid>. Its three keys are a cache of counts, cooldown and the list, rebuilt by `init`:
-  p:v2:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
+  p:v3:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
                                    "~fp" -> the list's fingerprint, "~day" -> the day it was built
                                    for, "~rv" -> the last entry of `revived` applied
-  p:v2:{p}:avail:<pid>             zset key_id -> count (the score): candidates under their limit
+  p:v3:{p}:avail:<pid>             zset key_id -> count (the score): candidates under their limit
                                    that were not cooling when last looked at
-  p:v2:{p}:resting:<pid>           zset key_id -> cooldown end as filed: candidates under their limit
+  p:v3:{p}:resting:<pid>           zset key_id -> cooldown end as filed: candidates under their limit
                                    that were cooling when last looked at
-  p:v2:{p}:revived                 zset key_id -> sequence number: keys that may be usable again (a
+  p:v3:{p}:revived                 zset key_id -> sequence number: keys that may be usable again (a
                                    reservation given back, a cooldown cleared, a trial passed); the
                                    latest 65,536, expires after two idle days
   Pool keys expire one day after the day they were built for ends.
@@ -40,7 +40,7 @@ KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
 
 COMMON ARGUMENTS (every operation)
-  ARGV[1]  operation: pick | init | release | cool | fail | trial_ok | clear | read | end_stream
+  ARGV[1]  operation: pick | init | release | cool | fail | trial_ok | clear | read | end_stream | remember
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
   All times below are epoch milliseconds on that clock ("now").
 
@@ -78,7 +78,13 @@ pick: reserve a call on the least-used available key, after the caller's limits
   ARGV[13] stream lease ms        ARGV[14] trial lease ms
   ARGV[15] <day> (the name)        ARGV[16] the candidate list's fingerprint
   ARGV[17] a random integer: the tie-break among the equally used keys at the head of avail
-  ARGV[18], ...  key ids not to pick (the ones a retry already tried)
+  ARGV[18] conversation affinity ms: how long KEYS[11] keeps the key picked now (0: not written)
+  ARGV[19], ...  key ids not to pick (the ones a retry already tried)
+  KEYS[11] aff:<conversation digest> (optional)   KEYS[12] resp:<response id digest> (optional):
+    string -> key_id. The key named there is taken first (KEYS[12] before KEYS[11]) when it is a
+    member of this pool, not excluded, under its limit, not cooling and not on probation; else
+    the usual least-used pick. KEYS[11] is then set to the key picked, for ARGV[18] ms. Both are
+    in the one hash slot; pass a name that is never set to leave one out.
   Returns {outcome, key_id or "", used_today, retry_after_ms, trial (0|1), now}
     outcome: ok | exhausted | cooling | user_daily | user_rpm | user_streams | clock | init
     ok: the key with the fewest reservations among those under their limit and not cooling;
@@ -264,14 +270,27 @@ if op == 'pick' then
   end
 
   local exclude, excluded = {}, 0
-  for i = 18, #ARGV do
+  for i = 19, #ARGV do
     exclude[ARGV[i]] = true
     excluded = excluded + 1
   end
   local seed = tonumber(ARGV[17])
   local repairs = 0
   local key_id = nil
-  while true do
+  -- Affinity: the key that produced the response this request continues (KEYS[12]), else the one
+  -- that last served this conversation (KEYS[11]), when it is in this pool and can serve now.
+  for k = 12, 11, -1 do
+    local id = KEYS[k] and not key_id and redis.call('GET', KEYS[k])
+    if id and not exclude[id] then
+      local limit = tonumber(redis.call('HGET', meta, id))
+      if limit and (tonumber(redis.call('HGET', counts, id)) or 0) < limit
+          and (tonumber(redis.call('HGET', cooldown, id)) or 0) <= now
+          and redis.call('HEXISTS', probation, id) == 0 then
+        key_id = id
+      end
+    end
+  end
+  while not key_id do
     local moved = come_back(counts, cooldown, avail, cooling, meta)
     local batch = redis.call('ZRANGE', avail, 0, BATCH + excluded - 1, 'WITHSCORES')
     local n = #batch / 2
@@ -350,6 +369,10 @@ if op == 'pick' then
     trial = 1
   else
     redis.call('ZADD', avail, used, key_id)
+  end
+  local affinity_ms = tonumber(ARGV[18])
+  if KEYS[11] and affinity_ms > 0 then
+    redis.call('SET', KEYS[11], key_id, 'PX', ms(affinity_ms)) -- the conversation's key from now on
   end
   if count_user then
     redis.call('HINCRBY', KEYS[4], user, 1)
@@ -477,6 +500,12 @@ elseif op == 'read' then
     return {now, redis.call('HMGET', KEYS[1], unpack(ARGV, 3))}
   end
   return {now, redis.call('HGETALL', KEYS[1])}
+
+elseif op == 'remember' then
+  -- A response and the key that produced it (previous_response_id only exists on that account).
+  -- KEYS[1] resp:<response id digest>    ARGV[3] key_id    ARGV[4] ms.  Returns 1.
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  return 1
 
 elseif op == 'end_stream' then
   return redis.call('ZREM', KEYS[1], ARGV[3])

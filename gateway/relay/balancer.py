@@ -23,8 +23,6 @@ import random
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
 from enum import StrEnum
 from importlib import resources
 from typing import Any
@@ -35,6 +33,7 @@ import structlog
 
 from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
+from gateway.relay.days import Day, day_bounds, wall_ms
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +94,26 @@ USER_OUTCOMES = frozenset({PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOut
 CLOCK = "clock"  # the script's answer when the client named the wrong day or minute
 
 
+def digest(text: str) -> str:
+    """A short, fixed-size name for a conversation or response id the caller chose (any length)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    """What a request continues: a conversation (per model asked for) and/or a response."""
+
+    conversation: str | None  # the caller's conversation id + model, as given
+    response: str | None  # previous_response_id
+    conversation_ms: int  # how long the conversation keeps its key
+
+    def keys(self, prefix: str) -> tuple[str, str]:
+        unused = redisnames.conversation(prefix, "-")  # never set: GET finds nothing
+        conv = redisnames.conversation(prefix, digest(self.conversation)) if self.conversation else unused
+        resp = redisnames.response(prefix, digest(self.response)) if self.response else unused
+        return conv, resp
+
+
 @dataclass(frozen=True, slots=True)
 class Pick:
     outcome: PickOutcome
@@ -105,39 +124,12 @@ class Pick:
     trial: bool  # the single trial request of a key coming out of failure cooldown
 
 
-@dataclass(frozen=True, slots=True)
-class _Day:
-    name: str
-    start_ms: int
-    end_ms: int  # exclusive
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _seconds(ms: int) -> int:
     return max(1, math.ceil(ms / 1000))
-
-
-def _day_start_ms(day: date, tz: ZoneInfo) -> int:
-    """The first instant whose local date is `day`. Local midnight is usually it; where DST skips
-    midnight, of its two readings (PEP 495 folds) the one that really falls on `day` is."""
-    stamps = sorted({datetime.combine(day, dtime(), tzinfo=tz).replace(fold=fold).timestamp() for fold in (0, 1)})
-    # A date that never happened (Samoa skipped 2011-12-30) has no first instant: take the later reading.
-    start = next((s for s in stamps if datetime.fromtimestamp(s, tz).date() == day), stamps[-1])
-    return int(start * 1000)
-
-
-def _day_bounds(now_ms: int, tz: ZoneInfo) -> _Day:
-    """The local day holding `now_ms`, with its bounds; days never overlap, so every process
-    that asks about the same instant names the same day."""
-    local = datetime.fromtimestamp(now_ms // 1000, tz).date()
-    return _Day(local.isoformat(), _day_start_ms(local, tz), _day_start_ms(local + timedelta(days=1), tz))
 
 
 class Balancer:
@@ -171,22 +163,22 @@ class Balancer:
         self._window_ms = max(1, round(failure_window_seconds * 1000))
         self._offset_ms = clock_offset_ms
         self._skew_ms = 0  # Redis' clock minus ours, learned from "clock" answers
-        self._day: _Day | None = None
+        self._day: Day | None = None
         self._minute: tuple[int, str] = (-1, "")  # (start ms, key name) of the last minute seen
         self._inits: dict[tuple[str, str, str], asyncio.Future[int]] = {}  # pool builds in flight
 
     def _guess_now(self) -> int:
-        return _wall_ms() + self._offset_ms + self._skew_ms
+        return wall_ms() + self._offset_ms + self._skew_ms
 
-    def _day_at(self, now_ms: int) -> _Day:
+    def _day_at(self, now_ms: int) -> Day:
         day = self._day
         if day is not None and day.start_ms <= now_ms < day.end_ms:
             return day
-        day = self._day = _day_bounds(now_ms, self._tz)
+        day = self._day = day_bounds(now_ms, self._tz)
         return day
 
     def _learn_clock(self, redis_now_ms: int) -> None:
-        self._skew_ms = redis_now_ms - (_wall_ms() + self._offset_ms)
+        self._skew_ms = redis_now_ms - (wall_ms() + self._offset_ms)
 
     def today(self) -> str:
         """The day by this process' clock: a guess for display; picks count on Redis' day."""
@@ -202,6 +194,7 @@ class Balancer:
         stream: bool,
         count_user: bool = True,
         exclude: Collection[str] = (),
+        affinity: Affinity | None = None,
     ) -> Pick:
         """Reserve one call on the least-used available key, after the caller's limits.
 
@@ -209,6 +202,8 @@ class Balancer:
         is for a retry of the same request on another key: the request was already counted
         against the user (and holds its stream slot) on its first pick. The cost does not depend
         on the pool's size, but for one `init` call per pool per day (or after a change).
+        `affinity`: the conversation and response this request continues (see `Affinity`),
+        decided in the same call.
         """
         pool = candidates if isinstance(candidates, Pool) else Pool.of(candidates)
         if not pool.size:
@@ -233,6 +228,7 @@ class Balancer:
                     redisnames.pool_avail(self._prefix, pool.pool_id),
                     redisnames.pool_resting(self._prefix, pool.pool_id),
                     self._revived,
+                    *(affinity.keys(self._prefix) if affinity is not None else ()),
                 ],
                 args=[
                     "pick",
@@ -252,6 +248,7 @@ class Balancer:
                     day.name,
                     pool.fingerprint,
                     random.getrandbits(30),  # the tie-break among equally used keys
+                    affinity.conversation_ms if affinity is not None and affinity.conversation else 0,
                     *exclude,
                 ],
             )
@@ -275,7 +272,12 @@ class Balancer:
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day or minute the keys were named for")
 
-    async def _init_once(self, pool: Pool, day: _Day) -> int:
+    async def remember(self, response_id: str, key_id: str, seconds: float) -> None:
+        """The key that produced a response: a request continuing it goes there while it can."""
+        key = redisnames.response(self._prefix, digest(response_id))
+        await self._script(keys=[key], args=["remember", self._offset_ms, key_id, max(1, round(seconds * 1000))])
+
+    async def _init_once(self, pool: Pool, day: Day) -> int:
         """`_init`, shared by every pick of this process that asks for the same pool at once."""
         key = (pool.pool_id, pool.fingerprint, day.name)
         task = self._inits.get(key)
@@ -284,7 +286,7 @@ class Balancer:
             task.add_done_callback(lambda _: self._inits.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _init(self, pool: Pool, day: _Day) -> int:
+    async def _init(self, pool: Pool, day: Day) -> int:
         """Build the pool's structures for `day` from its candidate list: the one call whose cost
         grows with the pool, once per pool per day or change. Returns Redis' now."""
         answer, now = await self._script(

@@ -53,6 +53,7 @@ class Call:
     anthropic_lines: bytes = b""  # the caller's anthropic-version/-beta, for an anthropic key
     translated: bytes | None = None  # the body in the other format, once built (see plan)
     untranslatable: str | None = None  # why the body could not go to a key of the other format
+    response_id: str | None = None  # a Responses API answer's id, remembered with its key
     _with_usage: bytes | None = None
     _renamed: dict[str, bytes] | None = None
     translated_obj: dict[str, Any] | None = None

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.config import Balancer as BalancerConfig
 from gateway.errors import (
     REDIS_DOWN,
     BadRequest,
@@ -35,7 +36,7 @@ from gateway.log import request_fields
 from gateway.relay import anthropic_body, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
-from gateway.relay.balancer import USER_OUTCOMES, Balancer, Pick, PickOutcome, UserLimits
+from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, UserLimits
 from gateway.relay.call import TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.store.tokens import Caller
 
@@ -182,7 +183,7 @@ def user_limits(request: web.Request, caller: Caller) -> UserLimits:
     limits = request.app[appkeys.config].limits
     daily = limits.user_daily_requests
     by_level = limits.user_daily_requests_by_trust_level
-    if by_level:
+    if by_level and caller.trust_level >= 0:  # -1: signed in elsewhere, no trust claim
         daily = by_level[min(max(caller.trust_level, 0), len(by_level) - 1)]
     return UserLimits(daily=daily, per_minute=limits.user_requests_per_minute, streams=limits.user_concurrent_streams)
 
@@ -221,6 +222,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     refusal: GatewayError | None = None
     stream_slot = False
     limits = user_limits(request, caller)
+    affinity = affinity_of(call, config.balancer)
     try:
         while call.attempts < config.balancer.max_attempts:
             if pool is None or len(tried) >= pool.size:
@@ -234,6 +236,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                     request_id=request[appkeys.request_id],
                     stream=call.stream,
                     count_user=call.attempts == 0,
+                    affinity=affinity,
                 )
             except REDIS_DOWN as e:
                 metrics.redis_error("balancer")
@@ -259,6 +262,9 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             if isinstance(result, web.StreamResponse):
                 if pick.trial:
                     await _quietly(balancer.trial_passed(key.id))
+                if call.response_id and config.balancer.response_affinity_seconds:
+                    seconds = config.balancer.response_affinity_seconds
+                    after_response(balancer.remember(call.response_id, key.id, seconds))
                 return result
             last_failure = result
             await _release(balancer, pick)
@@ -289,9 +295,31 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         fields["upstream_ms"] = round(call.upstream_ms, 1)
         if stream_slot:
             # After the response: the client is not kept waiting for this second round trip.
-            task = asyncio.create_task(_quietly(balancer.end_stream(caller.user_id, request[appkeys.request_id])))
-            _after_response.add(task)  # a strong reference until it is done
-            task.add_done_callback(_after_response.discard)
+            after_response(balancer.end_stream(caller.user_id, request[appkeys.request_id]))
+
+
+def after_response(awaitable: Any) -> None:
+    """A Redis call whose answer the client need not wait for, run after the response."""
+    task = asyncio.create_task(_quietly(awaitable))
+    _after_response.add(task)  # a strong reference until it is done
+    task.add_done_callback(_after_response.discard)
+
+
+def affinity_of(call: Call, config: BalancerConfig) -> Affinity | None:
+    """The conversation a request names (prompt_cache_key, X-Claude-Code-Session-Id, Anthropic's
+    metadata.user_id), per model asked for, and the response it continues (previous_response_id)."""
+    body = call.body
+    conversation = body.get("prompt_cache_key") or call.request.headers.get("X-Claude-Code-Session-Id")
+    metadata = body.get("metadata")
+    if not conversation and call.client == "anthropic" and isinstance(metadata, dict):
+        conversation = metadata.get("user_id")
+    previous = body.get("previous_response_id") if config.response_affinity_seconds else None
+    conversation = conversation if isinstance(conversation, str) and config.affinity_seconds else None
+    previous = previous if isinstance(previous, str) and previous else None
+    if not conversation and not previous:
+        return None
+    named = f"{conversation[:512]}\0{call.model}" if conversation else None
+    return Affinity(named, previous, config.affinity_seconds * 1000)
 
 
 def refusal_for(pick: Pick, model: str) -> GatewayError:

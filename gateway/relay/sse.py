@@ -134,6 +134,14 @@ def usage_of(obj: Any) -> Usage | None:
     )
 
 
+def response_id(obj: Any) -> str | None:
+    """The id of a Responses API object, or of the response a stream event (response.created …) carries."""
+    if isinstance(obj, dict) and isinstance(obj.get("response"), dict):
+        obj = obj["response"]
+    value = obj.get("id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def usage_only_chunk(obj: Any) -> bool:
     """The extra chunk `stream_options.include_usage` adds: usage and no choices."""
     return isinstance(obj, dict) and obj.get("usage") is not None and obj.get("choices") == []

@@ -83,6 +83,9 @@ async def relay_stream(
         if not committed and (scanner.size > max_event or held_size > max_event):
             raise h1.AnswerTooLarge(f"a stream event is larger than {max_event} bytes")
 
+    if call.endpoint == "/responses":  # response.created, the first event, names the response
+        first_data = next((d for e in sse.events(b"".join(held)) if (d := sse.data_of(e)) is not None), None)
+        call.response_id = sse.response_id(sse.parse(first_data)) if first_data else None
     ttft = (time.perf_counter() - t0) * 1000
     out = web.StreamResponse(
         status=200,
