@@ -70,7 +70,7 @@
 
   /** Fetches this page again and swaps in the element with the given id: one renderer per list. */
   async function refresh(id) {
-    const response = await fetch(location.pathname, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    const response = await fetch(location.pathname + location.search, { credentials: "same-origin", headers: { Accept: "text/html" } });
     if (response.redirected || !response.ok) { location.reload(); return; }
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
     const fresh = doc.getElementById(id);

@@ -376,8 +376,15 @@ class Balancer:
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day the keys were named for")
 
-    async def cooling(self) -> dict[str, float]:
-        """key_id -> seconds of cooldown left, for keys still cooling (disabled ones included)."""
-        now, values = await self._read(self._cooldown)
-        ends = {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
+    async def cooling(self, key_ids: Sequence[str] | None = None) -> dict[str, float]:
+        """key_id -> seconds of cooldown left, for keys still cooling (disabled ones included).
+        With `key_ids`, only those are read (HMGET): a page of keys costs its size, not the pool's."""
+        if key_ids is not None:
+            if not key_ids:
+                return {}
+            now, values = await self._read(self._cooldown, key_ids)
+            ends = {k: int(v) for k, v in zip(key_ids, values, strict=True) if v is not None}
+        else:
+            now, values = await self._read(self._cooldown)
+            ends = {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
         return {k: (end - now) / 1000 for k, end in ends.items() if end > now}

@@ -41,6 +41,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "keys.add": {"zh-CN": "添加密钥", "en": "Add a key"},
     "keys.list": {"zh-CN": "已捐赠的密钥（{count}）", "en": "Your keys ({count})"},
+    "keys.list_page": {"zh-CN": "已捐赠的密钥（本页 {count} 个）", "en": "Your keys ({count} on this page)"},
+    "keys.more": {"zh-CN": "更多密钥 →", "en": "More keys →"},
+    "keys.first": {"zh-CN": "← 回到第一页", "en": "← Back to the first page"},
     "keys.empty": {
         "zh-CN": "你还没有捐赠密钥。填写上面的表单即可添加第一个。",
         "en": "You have not donated a key yet. Use the form above to add your first.",

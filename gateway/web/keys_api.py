@@ -95,8 +95,9 @@ async def with_live_state(app: web.Application, keys: list[SharedKey]) -> list[S
         return keys
     balancer = app[appkeys.balancer]
     try:
-        used = await balancer.usage_today([k.id for k in keys])
-        cooling = await balancer.cooling()
+        ids = [k.id for k in keys]  # only these keys: a page costs its size, not the pool's
+        used = await balancer.usage_today(ids)
+        cooling = await balancer.cooling(ids)
     except REDIS_DOWN as e:
         log.warning("key_live_state_unavailable", error=str(e))
         return keys
@@ -163,21 +164,40 @@ def item(key: SharedKey, status: int = 200) -> web.Response:
 # --- handlers ------------------------------------------------------------------------------------
 
 
+def page_limit(raw: str | None) -> int:
+    """`?limit=`: a whole number from 1 to 500; 100 without it."""
+    if raw is None:
+        return sharedkeys.PAGE_DEFAULT
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= sharedkeys.PAGE_MAX:
+        raise invalid("limit", f"limit must be a whole number from 1 to {sharedkeys.PAGE_MAX}")
+    return int(raw)
+
+
 @routes.get("/api/shared-keys")
 async def shared_keys_get(request: web.Request) -> web.Response:
-    """The caller's keys; `?all=1` lists every key for an admin; `?id=` one key (or 404)."""
+    """The caller's keys, a page at a time: `{"keys": [...], "next": cursor | null}`, oldest first
+    ((created_at, id) order); `?limit=` (default 100, at most 500), `?after=<next>` for the next
+    page; `?all=1` pages through every key for an admin; `?id=` one key (or 404)."""
     caller = await owner(request)
     config = request.app[appkeys.config]
     if "id" in request.query:
-        keys = [await find(request, caller, request.query["id"])]
-    else:
-        everyone = caller.is_admin and request.query.get("all") in ("1", "true")
+        keys = await with_live_state(request.app, [await find(request, caller, request.query["id"])])
+        return web.json_response({"keys": [k.to_json() for k in keys]})
+    limit = page_limit(request.query.get("limit"))
+    everyone = caller.is_admin and request.query.get("all") in ("1", "true")
+    try:
         async with request.app[appkeys.pg].acquire() as conn:
-            keys = await sharedkeys.list_keys(
-                conn, timezone=config.balancer.timezone, owner_id=None if everyone else caller.user_id
+            keys, after = await sharedkeys.page_keys(
+                conn,
+                timezone=config.balancer.timezone,
+                owner_id=None if everyone else caller.user_id,
+                after=request.query.get("after") or None,
+                limit=limit,
             )
+    except sharedkeys.BadCursor:
+        raise invalid("after", "after must be the 'next' value of a previous page") from None
     keys = await with_live_state(request.app, keys)
-    return web.json_response({"keys": [k.to_json() for k in keys]})
+    return web.json_response({"keys": [k.to_json() for k in keys], "next": after})
 
 
 @routes.post("/api/shared-keys")

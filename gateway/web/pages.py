@@ -179,13 +179,22 @@ async def keys_page(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     config = request.app[appkeys.config]
+    after = request.query.get("after") or None  # a page at a time, `next` of GET /api/shared-keys
     try:
         async with request.app[appkeys.pg].acquire() as conn:
-            keys = await sharedkeys.list_keys(conn, timezone=config.balancer.timezone, owner_id=signed.user.id)
+            try:
+                keys, next_page = await sharedkeys.page_keys(
+                    conn, timezone=config.balancer.timezone, owner_id=signed.user.id, after=after
+                )
+            except sharedkeys.BadCursor:  # a mangled link: the first page
+                after = None
+                keys, next_page = await sharedkeys.page_keys(
+                    conn, timezone=config.balancer.timezone, owner_id=signed.user.id
+                )
     except POSTGRES_DOWN:
         return await error_page(request, 503, "error.title", "error.unavailable", retry=False)
     keys = await keys_api.with_live_state(request.app, keys)
-    return render(request, "keys.html", signed, {"keys": keys})
+    return render(request, "keys.html", signed, {"keys": keys, "next_page": next_page, "paged": after is not None})
 
 
 @routes.get("/tokens", name="tokens_page")
