@@ -145,7 +145,7 @@ async def test_the_wheel_migrates_serves_pages_and_answers_v1(
         # Signed out, /keys leads to the sign-in page, which says (rendered from the templates) that
         # no sign-in provider is configured on this gateway.
         status, page = await asyncio.to_thread(get, base + "/keys")
-        assert status == 503 and b"<html" in page.lower() and b"Linux.do" in page
+        assert status == 503 and b"<html" in page.lower() and b"sharekey login-link" in page
         status, css = await asyncio.to_thread(get, base + "/static/app.css")
         assert status == 200 and css
         chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

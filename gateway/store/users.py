@@ -145,3 +145,66 @@ async def set_linuxdo_trust_level(conn: asyncpg.Connection, linux_do_id: str, tr
     """Record a trust level seen at a refused sign-in (limits follow it); the user's id, if known."""
     user_id = await conn.fetchval(SET_TRUST_LEVEL, linux_do_id, trust_level)
     return str(user_id) if user_id is not None else None
+
+
+# --- other sign-in providers (OpenID Connect, GitHub) ----------------------------------------------
+
+NO_TRUST_LEVEL = -1  # signed in elsewhere than Linux.do, no trust claim: limits.user_daily_requests
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityProfile:
+    """What a sign-in at another provider keeps: the account's key and how to show it."""
+
+    provider: str
+    subject: str
+    username: str  # the name wished for; taken names get a suffix, never someone else's account
+    display_name: str
+    avatar_url: str | None
+    trust_level: int
+
+
+FIND_IDENTITY = "SELECT user_id FROM user_identities WHERE provider = $1 AND subject = $2"
+UPDATE_IDENTITY_USER = f"""
+UPDATE users SET display_name = $2, avatar_url = $3, trust_level = $4, updated_at = now()
+WHERE id = $1
+RETURNING {USER_COLUMNS}
+"""
+INSERT_IDENTITY_USER = f"""
+INSERT INTO users (username, display_name, avatar_url, trust_level)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (username) DO NOTHING
+RETURNING {USER_COLUMNS}
+"""
+INSERT_IDENTITY = "INSERT INTO user_identities (provider, subject, user_id) VALUES ($1, $2, $3)"
+
+
+def _names(p: IdentityProfile) -> list[str]:
+    base = p.username[:40] or p.provider
+    return [base, f"{base}~{p.provider}"[:64], f"{base}~{p.provider}-{p.subject}"[:64]] + [
+        f"{base}~{p.provider}-{i}"[:64] for i in range(2, 50)
+    ]
+
+
+async def upsert_identity_user(conn: asyncpg.Connection, profile: IdentityProfile) -> User:
+    """The user of (provider, subject), created on first sign-in, its name, avatar and trust
+    level brought up to date. A new account never takes over an existing user with the same name:
+    it gets the first free of `name`, `name~provider`, `name~provider-subject`, …"""
+    try:
+        return await _upsert_identity_user(conn, profile)
+    except asyncpg.UniqueViolationError:  # a concurrent first sign-in of the same account won
+        return await _upsert_identity_user(conn, profile)
+
+
+async def _upsert_identity_user(conn: asyncpg.Connection, p: IdentityProfile) -> User:
+    async with conn.transaction():
+        user_id = await conn.fetchval(FIND_IDENTITY, p.provider, p.subject)
+        if user_id is not None:
+            row = await conn.fetchrow(UPDATE_IDENTITY_USER, user_id, p.display_name, p.avatar_url, p.trust_level)
+            return User.from_record(row)
+        for name in _names(p):
+            row = await conn.fetchrow(INSERT_IDENTITY_USER, name, p.display_name, p.avatar_url, p.trust_level)
+            if row is not None:
+                await conn.execute(INSERT_IDENTITY, p.provider, p.subject, row["id"])
+                return User.from_record(row)
+    raise UserExists(f"no free user name for {p.username!r}")

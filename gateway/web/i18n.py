@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.web import i18n_signin
+
 LANGUAGES = ("zh-CN", "en")
 DEFAULT = "zh-CN"
 COOKIE = "lang"
@@ -293,19 +295,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh-CN": "本网关要求 Linux.do 信任等级至少为 {required}，你当前的等级是 {level}。",
         "en": "This gateway requires Linux.do trust level {required} or higher; yours is {level}.",
     },
-    "link.unknown": {
-        "zh-CN": "这个登录链接无效（从未签发，或已被替换）。请向管理员索取新的链接（sharekey login-link）。",
-        "en": "This sign-in link is not valid (never issued, or mistyped). "
-        "Ask the operator for a new one (sharekey login-link).",
-    },
-    "link.used": {
-        "zh-CN": "这个登录链接已经用过了：每个链接只能使用一次。请向管理员索取新的链接。",
-        "en": "This sign-in link has already been used: each link works once. Ask the operator for a new one.",
-    },
-    "link.expired": {
-        "zh-CN": "这个登录链接已过期。请向管理员索取新的链接（sharekey login-link）。",
-        "en": "This sign-in link has expired. Ask the operator for a new one (sharekey login-link).",
-    },
     # messages for the scripts
     "js.testing": {"zh-CN": "正在测试…", "en": "Testing…"},
     "js.saving": {"zh-CN": "正在保存…", "en": "Saving…"},
@@ -329,6 +318,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Your session ended; reload to sign in again.",
     },
 }
+MESSAGES.update(i18n_signin.MESSAGES)
 
 
 def language(request: web.Request) -> str:

@@ -33,7 +33,7 @@ from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
-from gateway.web import loginlink, pages, sessions
+from gateway.web import loginlink, pages, providers, sessions
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -289,6 +289,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if session is not None:
         log.info("logout", user_id=session.user_id)
     return response
+
+
+# The other providers (web/providers.py), after Linux.do's own routes so that those match first.
+routes.get("/auth/login", name="sign_in_page")(providers.sign_in_page)
+routes.get("/auth/{provider}/login", name="provider_login")(providers.login)
+routes.get("/auth/{provider}/callback", name="provider_callback")(providers.callback)
 
 
 def create_session() -> aiohttp.ClientSession:

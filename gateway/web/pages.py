@@ -24,7 +24,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.config import LinuxDo
+from gateway.config import Config, LinuxDo
 from gateway.errors import POSTGRES_DOWN
 from gateway.resources import data_dir
 from gateway.store import sharedkeys
@@ -106,6 +106,15 @@ def _when(timezone: str, lang: str) -> Any:
     return when
 
 
+def sign_in_path(config: Config, next_path: str) -> str:
+    """Where signing in starts: Linux.do directly when it is the only provider, else the sign-in
+    page listing every provider (or, with none, saying how to get a sign-in link)."""
+    only_linuxdo = not config.oauth_oidc and not (config.oauth_github.client_id and config.oauth_github.client_secret)
+    if only_linuxdo and config.oauth_linuxdo.client_id:
+        return f"/auth/linuxdo/login?next={next_path}"
+    return f"/auth/login?next={next_path}"
+
+
 def page_context(request: web.Request, signed: sessions.SignedIn | None) -> dict[str, Any]:
     config = request.app[appkeys.config]
     lang = i18n.language(request)
@@ -120,6 +129,7 @@ def page_context(request: web.Request, signed: sessions.SignedIn | None) -> dict
         "csrf_token": signed.session.csrf_token if signed else None,
         # Where the language switch and the sign-in link return to (a sign-in step is not a place).
         "path": DEFAULT_NEXT if request.path.startswith("/auth/") else request.path,
+        "sign_in_base": sign_in_path(config, "").removesuffix("?next="),
         "asset": asset,
         "when": _when(config.balancer.timezone, lang),
         "number": lambda n: f"{n:,}",
@@ -166,7 +176,7 @@ async def _signed_in_or_redirect(request: web.Request) -> sessions.SignedIn | we
     except sessions.StoreUnavailable:
         return await error_page(request, 503, "error.title", "error.unavailable", retry=False)
     if signed is None:
-        return redirect(f"/auth/linuxdo/login?next={request.path}", 302)
+        return redirect(sign_in_path(request.app[appkeys.config], request.path), 302)
     return signed
 
 

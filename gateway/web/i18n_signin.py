@@ -1,0 +1,54 @@
+"""The sign-in page's messages and those of sign-in links and OpenID Connect / GitHub sign-ins, in
+Chinese (zh-CN) and English: part of web/i18n.py's one catalogue, which merges them in."""
+
+from __future__ import annotations
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "signin.title": {"zh-CN": "登录", "en": "Sign in"},
+    "signin.with": {"zh-CN": "使用 {provider} 登录", "en": "Sign in with {provider}"},
+    "signin.none": {
+        "zh-CN": "本网关未配置登录方式。请向管理员索取一次性登录链接（sharekey login-link）。",
+        "en": "No sign-in provider is configured. Ask the operator for a sign-in link (sharekey login-link).",
+    },
+    "login.cancelled_at": {
+        "zh-CN": "登录已在 {provider} 取消或被拒绝授权。",
+        "en": "The sign-in was cancelled at {provider}.",
+    },
+    "login.provider_down": {
+        "zh-CN": "{provider} 未能确认这次登录，请稍后重试。",
+        "en": "{provider} could not confirm the sign-in. Please try again shortly.",
+    },
+    "login.token_signature": {
+        "zh-CN": "{provider} 的身份令牌签名无效，登录被拒绝。",
+        "en": "The identity token from {provider} has no valid signature; the sign-in was refused.",
+    },
+    "login.token_issuer": {
+        "zh-CN": "身份令牌不是由 {provider} 签发的（iss 不符），登录被拒绝。",
+        "en": "The identity token was not issued by {provider} (wrong issuer); the sign-in was refused.",
+    },
+    "login.token_audience": {
+        "zh-CN": "{provider} 的身份令牌不是签发给本网关的（aud 不符），登录被拒绝。",
+        "en": "The identity token from {provider} is for someone else (wrong audience); the sign-in was refused.",
+    },
+    "login.token_expired": {
+        "zh-CN": "{provider} 的身份令牌已过期，请重新登录。",
+        "en": "The identity token from {provider} has expired. Please sign in again.",
+    },
+    "login.token_nonce": {
+        "zh-CN": "{provider} 的身份令牌不属于这次登录（nonce 不符），登录被拒绝。",
+        "en": "The identity token from {provider} belongs to another sign-in (wrong nonce); it was refused.",
+    },
+    "link.unknown": {
+        "zh-CN": "这个登录链接无效（从未签发或不完整）。请向管理员索取新的链接（sharekey login-link）。",
+        "en": "This sign-in link is not valid (never issued, or cut short). "
+        "Ask the operator for a new one (sharekey login-link).",
+    },
+    "link.used": {
+        "zh-CN": "这个登录链接已经用过了：每个链接只能使用一次。请向管理员索取新的链接。",
+        "en": "This sign-in link has already been used: each link works once. Ask the operator for a new one.",
+    },
+    "link.expired": {
+        "zh-CN": "这个登录链接已过期。请向管理员索取新的链接（sharekey login-link）。",
+        "en": "This sign-in link has expired. Ask the operator for a new one (sharekey login-link).",
+    },
+}
