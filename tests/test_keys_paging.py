@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 
 from gateway import appkeys
-from gateway.store import sharedkeys, users
+from gateway.store import keypages, users
 
 from . import test_keys_api, test_pages
 from .fake_linuxdo import Site
@@ -21,7 +21,7 @@ from .test_pages import alice
 api, make_api, people = test_keys_api.api, test_keys_api.make_api, test_keys_api.people  # fixtures
 provider, site = test_pages.provider, test_pages.site  # fixtures
 
-START = (sharedkeys._START[0], sharedkeys._START[1])
+START = (keypages._START[0], keypages._START[1])
 
 # A listing never opens a key: a stand-in ciphertext is enough (like test_db's rows). Every row of
 # one statement shares now() as created_at, so the order rests on the id tie-break too.
@@ -157,8 +157,8 @@ async def test_a_page_costs_the_same_at_5000_keys_as_at_50(api: Api, pool: async
     everyone = await timed_page(api, token=api.people.admin_token, all="1")
     async with pool.acquire() as conn:
         owner = uuid.UUID(api.people.alice.id)
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sharedkeys.PAGE_OWNER, "UTC", owner, *START, 101))
-        plan_all = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sharedkeys.PAGE_ALL, "UTC", *START, 101))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + keypages.PAGE_OWNER, "UTC", owner, *START, 101))
+        plan_all = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + keypages.PAGE_ALL, "UTC", *START, 101))
     print(
         f"\nGET /api/shared-keys?limit=50, best of 30: {small:.1f} ms at 50 keys; at 5,000 (10,000 in the table):"
         f" first page {large:.1f} ms, a later page {middle:.1f} ms, ?all=1 {everyone:.1f} ms"

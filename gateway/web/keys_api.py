@@ -27,7 +27,7 @@ from gateway.log import request_fields
 from gateway.net import events, keytest, redisnames, upstream
 from gateway.net.keytest import KeyTestResult
 from gateway.relay.auth import token_caller
-from gateway.store import modelnames, sharedkeys
+from gateway.store import keypages, modelnames, sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import (
     EDIT_FIELDS,
@@ -165,11 +165,10 @@ def item(key: SharedKey, status: int = 200) -> web.Response:
 
 
 def page_limit(raw: str | None) -> int:
-    """`?limit=`: a whole number from 1 to 500; 100 without it."""
-    if raw is None:
-        return sharedkeys.PAGE_DEFAULT
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= sharedkeys.PAGE_MAX:
-        raise invalid("limit", f"limit must be a whole number from 1 to {sharedkeys.PAGE_MAX}")
+    if raw is None:  # `?limit=`: a whole number from 1 to 500; 100 without it
+        return keypages.PAGE_DEFAULT
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= keypages.PAGE_MAX:
+        raise invalid("limit", f"limit must be a whole number from 1 to {keypages.PAGE_MAX}")
     return int(raw)
 
 
@@ -187,14 +186,14 @@ async def shared_keys_get(request: web.Request) -> web.Response:
     everyone = caller.is_admin and request.query.get("all") in ("1", "true")
     try:
         async with request.app[appkeys.pg].acquire() as conn:
-            keys, after = await sharedkeys.page_keys(
+            keys, after = await keypages.page_keys(
                 conn,
                 timezone=config.balancer.timezone,
                 owner_id=None if everyone else caller.user_id,
                 after=request.query.get("after") or None,
                 limit=limit,
             )
-    except sharedkeys.BadCursor:
+    except keypages.BadCursor:
         raise invalid("after", "after must be the 'next' value of a previous page") from None
     keys = await with_live_state(request.app, keys)
     return web.json_response({"keys": [k.to_json() for k in keys], "next": after})

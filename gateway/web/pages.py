@@ -27,7 +27,7 @@ from gateway import appkeys
 from gateway.config import Config, LinuxDo
 from gateway.errors import POSTGRES_DOWN
 from gateway.resources import data_dir
-from gateway.store import sharedkeys
+from gateway.store import keypages
 from gateway.web import i18n, keys_api, sessions, tokens_api
 
 routes = web.RouteTableDef()
@@ -193,12 +193,12 @@ async def keys_page(request: web.Request) -> web.Response:
     try:
         async with request.app[appkeys.pg].acquire() as conn:
             try:
-                keys, next_page = await sharedkeys.page_keys(
+                keys, next_page = await keypages.page_keys(
                     conn, timezone=config.balancer.timezone, owner_id=signed.user.id, after=after
                 )
-            except sharedkeys.BadCursor:  # a mangled link: the first page
+            except keypages.BadCursor:  # a mangled link: the first page
                 after = None
-                keys, next_page = await sharedkeys.page_keys(
+                keys, next_page = await keypages.page_keys(
                     conn, timezone=config.balancer.timezone, owner_id=signed.user.id
                 )
     except POSTGRES_DOWN:
