@@ -6,7 +6,8 @@ length of the command. Errors end with one line on stderr and a non-zero exit: 2
 configuration or usage, 1 for everything else. Only results go to stdout.
 
 This module parses the command line and runs `serve`, `migrate`, `users`, `tokens`, `login-link`,
-`reset-daily` and `rotate-secret`; the `keys` actions are in `cli_keys`, what commands share in `command`.
+`reset-daily` and `rotate-secret`; the `keys` actions are in `cli_keys`, `report` in `report`, what commands
+share in `command`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis.asyncio
 from gateway import log
 from gateway.config import Config, ConfigError, load
 from gateway.errors import REDIS_DOWN
-from gateway.ops import cli_keys, server
+from gateway.ops import cli_keys, report, server
 from gateway.ops.command import CliError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=command(run_login_link))
 
     cli_keys.add_parsers(sub, verbose)
+    report.add_parser(sub, verbose)
 
     p = sub.add_parser(
         "reset-daily",
