@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.config_values import ConfigError
@@ -194,11 +195,11 @@ async def test_trust_claim_sets_the_level(make: Any, oidc: FakeOidc) -> None:
 def test_no_trust_level_gets_the_plain_daily_limit(config: config_mod.Config) -> None:
     cfg = config.replace("limits", user_daily_requests=500, user_daily_requests_by_trust_level=(10, 20, 30))
 
-    class Req(dict):  # what user_limits reads: request.app[appkeys.config]
-        app: Any
+    @dataclass
+    class Req:  # what user_limits reads: request.app[appkeys.config]
+        app: dict[Any, Any]
 
-    request = Req()
-    request.app = create_app(cfg)
+    request = Req({appkeys.config: cfg})
 
     def daily(level: int) -> int:
         caller = Caller(token_id="", user_id="u", username="u", trust_level=level, is_admin=False)
@@ -229,7 +230,9 @@ def test_oidc_config_tables(tmp_path: Path) -> None:
     assert dataclasses.fields(config_mod.Oidc)
 
 
-async def test_no_provider_at_all_points_to_the_sign_in_link(config: config_mod.Config, aiohttp_client: Any) -> None:
+async def test_no_provider_at_all_points_to_the_sign_in_link(
+    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any
+) -> None:
     client = await aiohttp_client(create_app(config), headers=ENGLISH)
     resp = await client.get("/keys", allow_redirects=False)
     assert (resp.status, resp.headers["Location"]) == (302, "/auth/login?next=/keys")
