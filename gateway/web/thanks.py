@@ -135,6 +135,11 @@ def _percent(fraction: float) -> str:
     return f"{percent:.0f}" if percent >= 10 or percent == 0 else f"{percent:.1f}"
 
 
+def usd(value: float) -> str:
+    """Dollars as the pages show them: "$41.20" (cents, rounded; thousands separated)."""
+    return f"${value:,.2f}"
+
+
 def row(snapshot: Snapshot, donor: Donor, rank: int, period: str, t: Any) -> dict[str, Any]:
     """What a page shows of a donor (the same fields as the JSON, plus its charts)."""
     share = snapshot.share_today(donor)
@@ -181,6 +186,8 @@ def live_fragment(request: web.Request, snapshot: Snapshot, template: str, perio
             more=max(0, len(ranked) - len(shown)),
             period_calls=sum(d.calls(period) for d in snapshot.donors),
             period_tokens=sum(d.tokens(period) for d in snapshot.donors),
+            period_value=sum(d.value(period) for d in snapshot.donors),
+            usd=usd,
             now_serving=row(snapshot, now, 0, period, t) if now else None,
             pool_chart=pool_chart(snapshot, t),
             capacity_chart=charts.capacity(snapshot.capacity, t("chart.capacity"), t("chart.capacity.row")),
