@@ -21,6 +21,7 @@ from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.config_values import ConfigError
 from gateway.relay import handlers
+from gateway.store import users
 from gateway.store.tokens import Caller
 from gateway.web import sessions
 
@@ -238,3 +239,18 @@ async def test_no_provider_at_all_points_to_the_sign_in_link(
     assert (resp.status, resp.headers["Location"]) == (302, "/auth/login?next=/keys")
     page = await client.get("/auth/login")
     assert page.status == 503 and "sharekey login-link" in await page.text()
+
+
+async def test_linuxdo_never_claims_another_providers_account_or_the_first_admin(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        admin = await users.add_local_user(conn, "admin", admin=True)
+        olga = await users.upsert_identity_user(conn, users.IdentityProfile("corp", "s1", "olga", "Olga", None, -1))
+        as_admin = users.LinuxDoProfile("77", "admin", "Not The Admin", None, 2)
+        ld_admin = await users.upsert_linuxdo_user(conn, as_admin)
+        assert (ld_admin.id, ld_admin.username, ld_admin.is_admin) != (admin.id, "admin", True)
+        assert ld_admin.username == "admin~linuxdo" and not ld_admin.is_admin
+        assert (await users.upsert_linuxdo_user(conn, as_admin)).id == ld_admin.id  # the same account again
+        ld_olga = await users.upsert_linuxdo_user(conn, users.LinuxDoProfile("78", "olga", "Olga", None, 2))
+        assert ld_olga.id != olga.id and ld_olga.username == "olga~linuxdo"
+        still = await users.get_by_username(conn, "admin")
+        assert still is not None and still.id == admin.id and still.is_admin

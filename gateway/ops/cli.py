@@ -179,7 +179,7 @@ async def _first_admin(conn: asyncpg.Connection) -> users.User | None:
         await conn.execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")  # two first starts at once
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
             return None
-        return await users.add_user(conn, FIRST_ADMIN, admin=True)
+        return await users.add_local_user(conn, FIRST_ADMIN, admin=True)
 
 
 async def _print_first_link(config: Config, client: redis.asyncio.Redis, user: users.User) -> None:

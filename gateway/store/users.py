@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -110,7 +111,9 @@ async def upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile)
     A user created by `sharekey users add NAME` (no Linux.do id yet) is claimed by the first
     Linux.do sign-in with that username: that is how an operator makes someone an admin before
     their first sign-in. If another Linux.do account still holds the name (renamed on Linux.do
-    since), that account steps aside under a suffixed name."""
+    since), that account steps aside under a suffixed name. An account of another provider, or one
+    made by `add_local_user` (the first-run admin), is never claimed nor renamed: the Linux.do
+    account gets `<name>~linuxdo` instead."""
     try:
         return await _upsert_linuxdo_user(conn, profile)
     except asyncpg.UniqueViolationError:  # a concurrent first sign-in of the same account won; update it
@@ -121,21 +124,36 @@ async def _upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile
     async with conn.transaction():
         mine = await conn.fetchval(LOCK_BY_LINUXDO_ID, profile.linux_do_id)
         holder = await conn.fetchrow(LOCK_BY_USERNAME, profile.username)
+        name = profile.username
         if holder is not None and holder["id"] != mine:
-            if mine is None and holder["linux_do_id"] is None:
+            if holder["linux_do_id"] is None and await conn.fetchval(HAS_IDENTITY, holder["id"]):
+                # Another provider's account (or the first-run admin): never claimed, never renamed.
+                name = await _free_name(conn, f"{profile.username}~linuxdo", mine)
+            elif mine is None and holder["linux_do_id"] is None:
                 mine = holder["id"]
             else:
                 await conn.execute(YIELD_USERNAME, holder["id"])
         p = profile
         if mine is not None:
             row = await conn.fetchrow(
-                UPDATE_LINUXDO_USER, mine, p.linux_do_id, p.username, p.display_name, p.avatar_url, p.trust_level
+                UPDATE_LINUXDO_USER, mine, p.linux_do_id, name, p.display_name, p.avatar_url, p.trust_level
             )
         else:
             row = await conn.fetchrow(
-                INSERT_LINUXDO_USER, p.linux_do_id, p.username, p.display_name, p.avatar_url, p.trust_level
+                INSERT_LINUXDO_USER, p.linux_do_id, name, p.display_name, p.avatar_url, p.trust_level
             )
     return User.from_record(row)
+
+
+HAS_IDENTITY = "SELECT EXISTS (SELECT 1 FROM user_identities WHERE user_id = $1)"
+NAME_TAKEN = "SELECT EXISTS (SELECT 1 FROM users WHERE username = $1 AND id IS DISTINCT FROM $2)"
+
+
+async def _free_name(conn: asyncpg.Connection, base: str, mine: Any) -> str:
+    for name in (base, *(f"{base}-{i}" for i in range(2, 100))):
+        if not await conn.fetchval(NAME_TAKEN, name, mine):
+            return name
+    raise UserExists(f"no free user name for {base!r}")
 
 
 SET_TRUST_LEVEL = "UPDATE users SET trust_level = $2, updated_at = now() WHERE linux_do_id = $1 RETURNING id"
@@ -177,6 +195,16 @@ ON CONFLICT (username) DO NOTHING
 RETURNING {USER_COLUMNS}
 """
 INSERT_IDENTITY = "INSERT INTO user_identities (provider, subject, user_id) VALUES ($1, $2, $3)"
+LOCAL = "local:cli"  # the identity of accounts made on the command line that no provider may claim
+
+
+async def add_local_user(conn: asyncpg.Connection, username: str, *, admin: bool = False) -> User:
+    """A user that only `sharekey login-link` signs in: no provider's sign-in claims it by name
+    (unlike `add_user`, which a Linux.do sign-in of that name claims). The first-run admin."""
+    async with conn.transaction():
+        user = await add_user(conn, username, admin=admin)
+        await conn.execute(INSERT_IDENTITY, LOCAL, user.id, uuid.UUID(user.id))
+    return user
 
 
 def _names(p: IdentityProfile) -> list[str]:
