@@ -47,7 +47,7 @@ async def test_a_good_token_opens_both_surfaces(site: tuple[Any, str], scheme: s
     v1 = await client.get("/v1/models", headers=auth)
     assert v1.status == 200 and (await v1.json())["object"] == "list"
     api = await client.get("/api/shared-keys", headers=auth)
-    assert (api.status, await api.json()) == (200, {"keys": []})
+    assert (api.status, await api.json()) == (200, {"keys": [], "next": None})
 
 
 async def test_postgresql_down_is_each_surface_s_503_and_counted(site: tuple[Any, str], pool: asyncpg.Pool) -> None:
