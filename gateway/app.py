@@ -180,7 +180,8 @@ async def token_cache(app: web.Application) -> AsyncIterator[None]:
 
 async def key_index(app: web.Application) -> AsyncIterator[None]:
     aliases = app[appkeys.config].models.aliases
-    index = app[appkeys.key_index] = KeyIndex(app[appkeys.pg], app[appkeys.keyring], aliases)
+    timezone = app[appkeys.config].balancer.timezone
+    index = app[appkeys.key_index] = KeyIndex(app[appkeys.pg], app[appkeys.keyring], aliases, timezone)
     bus = app[appkeys.bus]
     bus.on("keys", index.invalidate)
     bus.on("aliases", index.invalidate)

@@ -15,6 +15,11 @@
     return Number.isInteger(n) ? n : text; // not a whole number: the API names the field
   }
 
+  function dollars(text) {
+    const n = Number(text);
+    return Number.isFinite(n) ? n : text; // not a number: the API names the field
+  }
+
   /** Every field of the add form, as /api/shared-keys takes them. */
   function newKey(form) {
     const body = {
@@ -27,6 +32,8 @@
     };
     const daily = limit(value(form, "daily_limit"));
     if (daily !== undefined) body.daily_limit = daily;
+    const budget = value(form, "daily_budget_usd").trim();
+    if (budget) body.daily_budget_usd = dollars(budget);
     const description = value(form, "description").trim();
     if (description) body.description = description;
     return body;
@@ -48,6 +55,8 @@
     if (models.join("\n") !== original.available_models.join("\n")) body.available_models = models;
     const daily = limit(value(form, "daily_limit"));
     if (daily !== undefined && daily !== original.daily_limit) body.daily_limit = daily;
+    const budget = value(form, "daily_budget_usd").trim();
+    if (budget !== (original.daily_budget_usd || "")) body.daily_budget_usd = budget ? dollars(budget) : null;
     const description = value(form, "description").trim();
     if (description !== (original.description || "")) body.description = description || null;
     const tags = list(value(form, "tags"));

@@ -38,6 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--models", required=True, help="comma-separated model names")
     p.add_argument("--daily-limit", type=int, default=150)
+    p.add_argument(
+        "--daily-budget-usd", help="USD a day at most (estimated from the models' prices); reached, the key rests"
+    )
     p.add_argument("--description")
     p.add_argument("--tags", default="", help="comma-separated")
     p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
@@ -94,6 +97,7 @@ KEY_OPTIONS = {
     "api_key": "--api-key",
     "available_models": "--models",
     "daily_limit": "--daily-limit",
+    "daily_budget_usd": "--daily-budget-usd",
     "description": "--description",
     "tags": "--tags",
     "is_private": "--private",
@@ -119,6 +123,8 @@ def key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
         body["description"] = args.description
     if args.api_format is not None:
         body["api_format"] = args.api_format
+    if args.daily_budget_usd is not None:
+        body["daily_budget_usd"] = args.daily_budget_usd
     try:
         fields = keyfields.validate(body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
         fields["base_url"] = keyfields.checked_base_url(config, fields["base_url"])
@@ -182,6 +188,7 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         api_key=api_key,
         available_models=models,
         daily_limit=fields["daily_limit"],
+        daily_budget_usd=fields.get("daily_budget_usd"),
         description=fields.get("description"),
         tags=fields["tags"],
         is_private=fields["is_private"],

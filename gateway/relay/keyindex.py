@@ -143,16 +143,22 @@ SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.d
        k.stream_usage, k.is_private, k.api_format, u.username, u.anonymous
 FROM shared_keys k JOIN users u ON u.id = k.user_id
 WHERE k.is_active AND k.status <> 'disabled'
+  AND (k.daily_budget_usd IS NULL OR k.spend_today_usd < k.daily_budget_usd
+       OR k.spend_day IS DISTINCT FROM (now() AT TIME ZONE $1)::date)
 """
 
 
-async def load(pool: asyncpg.Pool, keyring: KeyRing, key_ids: list[str] | None = None) -> list[PoolKey]:
-    """Every serving key, or (with `key_ids`) those of them that still serve."""
+async def load(
+    pool: asyncpg.Pool, keyring: KeyRing, key_ids: list[str] | None = None, *, timezone: str = "UTC"
+) -> list[PoolKey]:
+    """Every serving key, or (with `key_ids`) those of them that still serve. A key whose flushed
+    spend today (in `timezone`, the balancer's day) reached its `daily_budget_usd` does not serve
+    until tomorrow: the flusher announces it when it gets there, the periodic reload brings it back."""
     async with pool.acquire() as conn:
         if key_ids is None:
-            rows = await conn.fetch(SELECT_SERVING_KEYS)
+            rows = await conn.fetch(SELECT_SERVING_KEYS, timezone)
         else:
-            rows = await conn.fetch(SELECT_SERVING_KEYS + " AND k.id = ANY($1::text[]::uuid[])", key_ids)
+            rows = await conn.fetch(SELECT_SERVING_KEYS + " AND k.id = ANY($2::text[]::uuid[])", timezone, key_ids)
     keys = []
     for r in rows:
         key_id, owner_id = str(r["id"]), str(r["user_id"])
@@ -195,10 +201,15 @@ async def load_aliases(pool: asyncpg.Pool) -> dict[str, tuple[str, ...]]:
 
 class KeyIndex:
     def __init__(
-        self, pool: asyncpg.Pool, keyring: KeyRing, aliases: Mapping[str, tuple[str, ...]] | None = None
+        self,
+        pool: asyncpg.Pool,
+        keyring: KeyRing,
+        aliases: Mapping[str, tuple[str, ...]] | None = None,
+        timezone: str = "UTC",  # the balancer's: the day a key's budget is counted on
     ) -> None:
         self._pool = pool
         self._keyring = keyring
+        self._timezone = timezone
         self.configured_aliases = dict(aliases or {})
         self.snapshot = Snapshot({}, {}, {}, {})
         self.loaded = asyncio.Event()
@@ -258,12 +269,12 @@ class KeyIndex:
 
     async def reload_keys(self, key_ids: list[str]) -> None:
         """Reload some keys: one query for their rows, and only their models' lists rebuilt."""
-        fresh = {k.id: k for k in await load(self._pool, self._keyring, key_ids)}
+        fresh = {k.id: k for k in await load(self._pool, self._keyring, key_ids, timezone=self._timezone)}
         self.snapshot = self.snapshot.with_keys({i: fresh.get(i) for i in key_ids})
         log.debug("key_index_updated", keys=len(key_ids))
 
     async def reload(self) -> None:
-        keys = await load(self._pool, self._keyring)
+        keys = await load(self._pool, self._keyring, timezone=self._timezone)
         aliases = {**self.configured_aliases, **await load_aliases(self._pool)}
         self.snapshot = Snapshot.build(keys, aliases)
         self.loaded.set()

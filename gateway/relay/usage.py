@@ -5,7 +5,9 @@ A request appends a `UsageRecord` and never waits. The flusher writes batches to
 aggregates (`usage_count_today`, `total_usage_count`, `total_tokens`, `last_used_at`) and to the
 donor's day in `donor_usage_daily` (the thanks board's rollup). Each row's `cost_estimate` (USD)
 comes from its tokens and `relay.prices`; rows whose tokens were estimated say so in
-`usage_estimated`, and the cost adds to the donor's day as `value_usd`. Rows are
+`usage_estimated`, and the cost adds to the donor's day as `value_usd` and to the key's spend
+today (`spend_today_usd`); a key that reaches its `daily_budget_usd` is announced (`keys <id>`),
+and the key index leaves it out until tomorrow. Rows are
 unique by (request_id, attempt) and aggregates only count rows actually inserted, so writing a
 batch twice (a retry after a lost answer, two processes draining the spool) changes nothing.
 
@@ -30,7 +32,7 @@ import structlog
 
 from gateway import metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
-from gateway.net import redisnames
+from gateway.net import events, redisnames
 from gateway.relay.prices import Prices, cost
 
 log = structlog.get_logger(__name__)
@@ -143,7 +145,8 @@ WITH rows AS (
     SELECT shared_key_id,
            count(*) FILTER (WHERE committed) AS calls,
            coalesce(sum(tokens_used) FILTER (WHERE committed), 0) AS tokens,
-           max(created_at) FILTER (WHERE committed) AS last
+           max(created_at) FILTER (WHERE committed) AS last,
+           coalesce(sum(cost_estimate) FILTER (WHERE committed), 0) AS cost
     FROM ins WHERE shared_key_id IS NOT NULL
     GROUP BY shared_key_id
 )
@@ -153,15 +156,23 @@ UPDATE shared_keys k SET
         WHEN k.usage_day = $20 THEN k.usage_count_today + agg.calls
         ELSE k.usage_count_today END,
     usage_day = GREATEST(k.usage_day, $20),
+    spend_today_usd = CASE
+        WHEN k.spend_day IS NULL OR k.spend_day < $20 THEN agg.cost
+        WHEN k.spend_day = $20 THEN k.spend_today_usd + agg.cost
+        ELSE k.spend_today_usd END,
+    spend_day = GREATEST(k.spend_day, $20),
     total_usage_count = k.total_usage_count + agg.calls,
     total_tokens = k.total_tokens + agg.tokens,
     last_used_at = GREATEST(k.last_used_at, agg.last)
 FROM agg WHERE k.id = agg.shared_key_id AND agg.calls > 0
+RETURNING k.id::text, k.daily_budget_usd IS NOT NULL AND k.spend_day = $20
+                      AND k.spend_today_usd >= k.daily_budget_usd AS spent
 """
 
 
-async def write(conn: asyncpg.Connection, records: list[UsageRecord], prices: Prices | None = None) -> None:
-    """Write records, one statement per day (aggregates add to the day they count on).
+async def write(conn: asyncpg.Connection, records: list[UsageRecord], prices: Prices | None = None) -> set[str]:
+    """Write records, one statement per day (aggregates add to the day they count on); the ids of
+    the keys this batch credited whose spend on that day has reached their `daily_budget_usd`.
 
     Each row's cost is its tokens at the price in force now, a flush after it was served
     (`relay.prices`; one dictionary lookup per row once a model's price is memoised).
@@ -171,9 +182,10 @@ async def write(conn: asyncpg.Connection, records: list[UsageRecord], prices: Pr
     by_day: dict[date, list[UsageRecord]] = {}
     for r in records:
         by_day.setdefault(r.day, []).append(r)
+    spent: set[str] = set()
     async with conn.transaction():
         for day, rs in sorted(by_day.items()):
-            await conn.execute(
+            rows = await conn.fetch(
                 WRITE_BATCH,
                 [r.request_id for r in rs],
                 [r.attempt for r in rs],
@@ -199,6 +211,8 @@ async def write(conn: asyncpg.Connection, records: list[UsageRecord], prices: Pr
                 [r.cache_creation_tokens for r in rs],
                 [_cost(prices, r) for r in rs],
             )
+            spent.update(r["id"] for r in rows if r["spent"])
+    return spent
 
 
 def _cost(prices: Prices | None, r: UsageRecord) -> float | None:
@@ -218,6 +232,7 @@ class UsageLog:
         self._pool = pool
         self.prices = prices
         self._redis = client
+        self._prefix = prefix
         self.spool_key = redisnames.usage_spool(prefix)
         self._buffer: deque[UsageRecord] = deque()
         self._wake = asyncio.Event()
@@ -273,14 +288,27 @@ class UsageLog:
     async def _write(self, batch: list[UsageRecord]) -> bool:
         try:
             async with self._pool.acquire(timeout=5) as conn:
-                await write(conn, batch, self.prices)
+                spent = await write(conn, batch, self.prices)
         except POSTGRES_DOWN as e:
             metrics.postgres_error("usage")
             self._backoff = min(MAX_BACKOFF, max(1.0, self._backoff * 2))
             log.warning("usage_write_failed", records=len(batch), error=str(e), retry_in=self._backoff)
             return False
         self._backoff = 0.0
+        await self._announce_spent(spent)
         return True
+
+    async def _announce_spent(self, key_ids: set[str]) -> None:
+        """Keys at their daily budget: every process reloads them, and its key index leaves them
+        out until tomorrow (`keyindex.load`). A lost event is caught by the index's periodic reload."""
+        for key_id in sorted(key_ids):
+            try:
+                await events.publish(self._redis, self._prefix, "keys", key_id)
+            except REDIS_DOWN as e:
+                log.warning("budget_event_failed", key_id=key_id, error=str(e))
+                return
+        if key_ids:
+            log.info("keys_at_budget", keys=len(key_ids))
 
     async def _spool(self, count: int) -> None:
         """Move the oldest `count` records to Redis, to bound memory while PostgreSQL is away."""

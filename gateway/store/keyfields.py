@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
@@ -117,6 +118,23 @@ def _daily_limit(field: str, value: Any) -> int:
     return value
 
 
+def _budget(field: str, value: Any) -> Decimal | None:
+    """USD a day, or null for none: more than 0, at most 1,000,000, whole cents."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise invalid(field, f"{field} must be a number of dollars, or null for none")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise invalid(field, f"{field} must be a number of dollars, or null for none") from None
+    if not amount.is_finite() or not 0 < amount <= 1_000_000:
+        raise invalid(field, f"{field} must be more than 0 and at most 1000000")
+    if amount != amount.quantize(Decimal("0.01")):
+        raise invalid(field, f"{field} must have at most 2 decimals")
+    return amount.quantize(Decimal("0.01"))
+
+
 def _flag(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise invalid(field, f"{field} must be true or false")
@@ -143,6 +161,7 @@ KEY_FIELDS: dict[str, Validator] = {
     "api_key": _api_key,
     "available_models": _models,
     "daily_limit": _daily_limit,
+    "daily_budget_usd": _budget,  # null: none
     "description": _description,
     "tags": _tags,
     "is_private": _flag,

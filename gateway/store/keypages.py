@@ -22,7 +22,8 @@ from gateway.store.sharedkeys import SharedKey
 # scan of its index (`sql/0008`) that stops after the page, whatever the number of keys.
 _PAGE_COLUMNS = """
 SELECT k.*, u.username,
-       CASE WHEN k.usage_day = (now() AT TIME ZONE $1)::date THEN k.usage_count_today ELSE 0 END AS used_today
+       CASE WHEN k.usage_day = (now() AT TIME ZONE $1)::date THEN k.usage_count_today ELSE 0 END AS used_today,
+       CASE WHEN k.spend_day = (now() AT TIME ZONE $1)::date THEN k.spend_today_usd ELSE 0 END AS spend_today
 FROM shared_keys k JOIN users u ON u.id = k.user_id
 """
 # Ordered by user_id first (one value here) to match the owner index: the planner then reads that

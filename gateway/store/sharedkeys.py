@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,6 +56,7 @@ class NewKey:
     available_models: list[str]
     daily_limit: int = 150
     description: str | None = None
+    daily_budget_usd: Decimal | None = None
     tags: list[str] | None = None
     is_private: bool = False
     stream_usage: bool = True
@@ -89,6 +91,8 @@ class SharedKey:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    daily_budget_usd: Decimal | None = None  # USD a day; reached, the key rests until tomorrow
+    spend_today_usd: Decimal = Decimal(0)  # the estimated cost of its flushed calls today
 
     @property
     def host(self) -> str:
@@ -124,6 +128,8 @@ class SharedKey:
             last_error=r["last_error"],
             created_at=r["created_at"],
             updated_at=r["updated_at"],
+            daily_budget_usd=r["daily_budget_usd"],
+            spend_today_usd=r["spend_today"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +140,8 @@ class SharedKey:
             "base_url": self.base_url,
             "available_models": self.available_models,
             "daily_limit": self.daily_limit,
+            "daily_budget_usd": float(self.daily_budget_usd) if self.daily_budget_usd is not None else None,
+            "spend_today_usd": round(float(self.spend_today_usd), 6),
             "description": self.description,
             "tags": self.tags,
             "is_active": self.is_active,
@@ -161,8 +169,8 @@ def _iso(value: datetime | None) -> str | None:
 INSERT_KEY = """
 INSERT INTO shared_keys (id, user_id, name, base_url, api_key_encrypted, key_version, api_key_hint,
                          available_models, daily_limit, description, tags, is_private, stream_usage,
-                         api_format)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                         api_format, daily_budget_usd)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
 
@@ -187,6 +195,7 @@ async def insert_key(conn: asyncpg.Connection, keyring: KeyRing, key: NewKey, *,
             key.is_private,
             key.stream_usage,
             key.api_format,
+            key.daily_budget_usd,
         )
     except asyncpg.UniqueViolationError:
         raise KeyNameTaken(f"you already have a key named {key.name!r}") from None
@@ -196,7 +205,8 @@ async def insert_key(conn: asyncpg.Connection, keyring: KeyRing, key: NewKey, *,
 
 SELECT_KEYS = """
 SELECT k.*, u.username,
-       CASE WHEN k.usage_day = (now() AT TIME ZONE $1)::date THEN k.usage_count_today ELSE 0 END AS used_today
+       CASE WHEN k.usage_day = (now() AT TIME ZONE $1)::date THEN k.usage_count_today ELSE 0 END AS used_today,
+       CASE WHEN k.spend_day = (now() AT TIME ZONE $1)::date THEN k.spend_today_usd ELSE 0 END AS spend_today
 FROM shared_keys k JOIN users u ON u.id = k.user_id
 WHERE ($2::uuid IS NULL OR k.user_id = $2) AND ($3::uuid IS NULL OR k.id = $3)
 ORDER BY u.username, k.created_at
@@ -269,6 +279,7 @@ class KeyEdit:
     is_private: bool
     stream_usage: bool
     api_format: str  # openai | anthropic; a change is tested live, like a new key
+    daily_budget_usd: Decimal | None = None
     api_key: str | None = field(default=None, repr=False)  # None: keep the sealed key as it is
     reactivate: bool = False  # the key just passed a live test: back to `active`, reason cleared
 
@@ -278,7 +289,7 @@ class KeyEdit:
 UPDATE_KEY = """
 UPDATE shared_keys
 SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, description = $7, tags = $8,
-    is_active = $9, is_private = $10, stream_usage = $11, api_format = $16,
+    is_active = $9, is_private = $10, stream_usage = $11, api_format = $16, daily_budget_usd = $17,
     api_key_encrypted = coalesce($12, api_key_encrypted),
     key_version = coalesce($13, key_version),
     api_key_hint = coalesce($14, api_key_hint),
@@ -320,6 +331,7 @@ async def update_key(
             hint,
             edit.reactivate,
             edit.api_format,
+            edit.daily_budget_usd,
         )
     except asyncpg.UniqueViolationError:
         raise KeyNameTaken(f"you already have a key named {edit.name!r}") from None

@@ -80,6 +80,11 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "field.daily_limit": {"zh-CN": "每日调用上限", "en": "Daily limit"},
     "field.daily_limit.hint": {"zh-CN": "每天最多被调用的次数。", "en": "Calls per day at most."},
+    "field.daily_budget_usd": {"zh-CN": "每日预算（美元）", "en": "Daily budget (USD)"},
+    "field.daily_budget_usd.hint": {
+        "zh-CN": "可选。按模型价格估算的当日花费达到后，密钥休息到明天。",
+        "en": "Optional. Once the day's estimated spend reaches it, the key rests until tomorrow.",
+    },
     "field.description": {"zh-CN": "说明", "en": "Description"},
     "field.description.hint": {
         "zh-CN": "可选，例如来源或注意事项。",

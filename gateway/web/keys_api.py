@@ -4,12 +4,11 @@ delete their keys.
     owner(request) -> read and validate the body -> SSRF check -> live test -> seal, store
     -> publish `keys` (every process reloads its index within a second) -> the item, key masked
 
-Owns the owner check (another user's key answers 404,
-exactly like a missing one), the live state shown with each key (today's count and cooldowns
-come from the balancer's Redis state, the authority, not from the PostgreSQL columns), and the
-per-user rate limit of `POST /api/shared-keys/test`. The key itself never leaves this module
-except sealed (`sharedkeys`) or on its way to its own upstream (`keytest`): no response, error
-or log line carries it.
+Owns the owner check (another user's key answers 404, exactly like a missing one), the live state
+shown with each key (today's count and cooldowns come from the balancer's Redis state, the
+authority, not from the PostgreSQL columns), and the per-user rate limit of `POST
+/api/shared-keys/test`. The key never leaves this module except sealed (`sharedkeys`) or on its
+way to its own upstream (`keytest`): no response, error or log line carries it.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from gateway.web import sessions
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
-
 
 NOT_SIGNED_IN = "Sign in, or pass a gateway token as 'Authorization: Bearer <token>'."
 NOT_FOUND = "No such key."
@@ -220,6 +218,7 @@ async def shared_keys_post(request: web.Request) -> web.Response:
         api_key=fields["api_key"],
         available_models=fields["available_models"],
         daily_limit=fields.get("daily_limit", 150),
+        daily_budget_usd=fields.get("daily_budget_usd"),
         description=fields.get("description"),
         tags=fields.get("tags", []),
         is_private=fields.get("is_private", False),
@@ -284,6 +283,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
         base_url=base_url,
         available_models=models,
         daily_limit=fields.get("daily_limit", current.daily_limit),
+        daily_budget_usd=fields.get("daily_budget_usd", current.daily_budget_usd),
         description=fields["description"] if "description" in fields else current.description,
         tags=fields.get("tags", current.tags),
         is_active=fields.get("is_active", current.is_active),
