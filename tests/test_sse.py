@@ -61,3 +61,29 @@ def test_split_at_the_event_that_mentions_usage() -> None:
     assert sse.split_at(STREAM, b'"nowhere"') == (STREAM, b"")
     first = b'data: {"usage": {}}\n\ndata: [DONE]\n\n'
     assert sse.split_at(first, b'"usage"') == (b"", first)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"a":1}\n\n',
+        b'data:{"a":1}\r\n\r\n',
+        b"event: x\ndata: 1\n\n",
+        b"data: a\ndata: b\n\n",
+        b": ping\n\n",
+        b"data: [DONE]\n\n",
+        b"data: x",
+        b"data:  y \n\n",
+        b"data: z\r\n",
+    ],
+)
+def test_the_fast_data_path_reads_what_the_general_one_reads(event: bytes) -> None:
+    lines = [line for line in event.splitlines() if line.startswith(b"data:")]
+    general = b"\n".join(line[5:].lstrip(b" ") for line in lines) if lines else None
+    assert sse.data_of(event) == general
+
+
+def test_events_split_alike_with_and_without_carriage_returns() -> None:
+    blob = b"data: 1\n\ndata: 2\n\n: c\n\n"
+    assert list(sse.events(blob)) == [b"data: 1\n\n", b"data: 2\n\n", b": c\n\n"]
+    assert [e.replace(b"\r", b"") for e in sse.events(blob.replace(b"\n", b"\r\n"))] == list(sse.events(blob))

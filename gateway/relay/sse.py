@@ -70,6 +70,12 @@ class Scanner:
 def events(complete: bytes) -> Iterator[bytes]:
     """Split whole events apart, each keeping its terminating blank line; lazily, so a caller
     that stops at the first event it wants does not split the rest."""
+    if b"\r" not in complete:  # the common case: plain \n\n boundaries, no regex needed
+        start = 0
+        while (end := complete.find(b"\n\n", start)) >= 0:
+            yield complete[start : end + 2]
+            start = end + 2
+        return
     start = 0
     for m in EVENT_END.finditer(complete):
         yield complete[start : m.end()]
@@ -94,6 +100,11 @@ def end_of_events(data: bytes, stop: int) -> int:
 
 def data_of(event: bytes) -> bytes | None:
     """The `data:` payload of an event (multi-line data joined), or None if it has none."""
+    if event.startswith(b"data:"):  # the common case: one data line and the blank line after it
+        end = event.find(b"\n")
+        if end < 0 or not event[end:].strip():
+            payload = event[5 : end if end >= 0 else None].lstrip(b" ")
+            return payload[:-1] if payload.endswith(b"\r") else payload
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]
     if not lines:
         return None
