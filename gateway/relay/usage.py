@@ -3,7 +3,8 @@
 A request appends a `UsageRecord` and never waits. The flusher writes batches to
 `key_usage_logs` and, in the same statement, adds the committed calls and tokens to the key's
 aggregates (`usage_count_today`, `total_usage_count`, `total_tokens`, `last_used_at`) and to the
-donor's day in `donor_usage_daily` (the thanks board's rollup). Each row's `cost_estimate` (USD)
+donor's day in `donor_usage_daily` (the thanks board's rollup) and the key's in `key_usage_daily`
+(the /keys page's). Each row's `cost_estimate` (USD)
 comes from its tokens and `relay.prices`; rows whose tokens were estimated say so in
 `usage_estimated`, and the cost adds to the donor's day as `value_usd` and to the key's spend
 today (`spend_today_usd`); a key that reaches its `daily_budget_usd` is announced (`keys <id>`),
@@ -141,6 +142,17 @@ WITH rows AS (
         tokens = d.tokens + excluded.tokens,
         last_served_at = GREATEST(d.last_served_at, excluded.last_served_at),
         value_usd = d.value_usd + excluded.value_usd
+), key_days AS (
+    -- The /keys page's rollup (sql/0010): each key's committed rows inserted just now.
+    INSERT INTO key_usage_daily AS kd (shared_key_id, day, calls, value_usd)
+    SELECT i.shared_key_id, $20, count(*), coalesce(sum(i.cost_estimate), 0)
+    FROM ins i
+    WHERE i.committed AND i.shared_key_id IS NOT NULL
+    GROUP BY i.shared_key_id
+    ORDER BY i.shared_key_id  -- one lock order for concurrent flushers
+    ON CONFLICT (shared_key_id, day) DO UPDATE SET
+        calls = kd.calls + excluded.calls,
+        value_usd = kd.value_usd + excluded.value_usd
 ), agg AS (
     SELECT shared_key_id,
            count(*) FILTER (WHERE committed) AS calls,

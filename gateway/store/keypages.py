@@ -1,6 +1,7 @@
 """Keyset paging of donated keys (issue #15): `GET /api/shared-keys?limit=&after=` and `/keys`.
 
     page_keys(conn, owner_id=…|None, after=cursor|None, limit=100) -> (keys, next cursor | None)
+    spend_days(conn, key_ids, today) -> {key id: [USD per day, oldest first, today last]}
 
 Pages follow (created_at, id), each query a range scan of its index (`sql/0008`) that stops after
 the page, so a page costs the same at 5,000 keys as at 50. A cursor is the last key's (created_at,
@@ -12,7 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 
@@ -44,6 +46,14 @@ ORDER BY k.created_at, k.id LIMIT $4
 _START = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
 PAGE_MAX = 500
 PAGE_DEFAULT = 100
+
+
+SPEND_DAYS = 30
+# The page's keys only, from the daily rollup (`sql/0010`): a range of its primary key per key.
+_SPEND = """
+SELECT shared_key_id::text AS id, day, value_usd FROM key_usage_daily
+WHERE shared_key_id = ANY($1::uuid[]) AND day >= $2
+"""
 
 
 class BadCursor(ValueError):
@@ -88,3 +98,17 @@ async def page_keys(
         rows = await conn.fetch(PAGE_OWNER, timezone, uuid.UUID(owner_id), at, last_id, limit + 1)
     keys = [SharedKey.from_record(r) for r in rows[:limit]]
     return keys, cursor(keys[-1]) if len(rows) > limit else None
+
+
+async def spend_days(
+    conn: asyncpg.Connection, key_ids: list[str], today: date, days: int = SPEND_DAYS
+) -> dict[str, list[Decimal]]:
+    """Each key's estimated spend (USD) on each of the `days` days up to `today`, oldest first,
+    0 for a day without calls; one query however many keys and log rows."""
+    first = today - timedelta(days=days - 1)
+    spend = {key_id: [Decimal(0)] * days for key_id in key_ids}
+    for r in await conn.fetch(_SPEND, key_ids, first):
+        i = (r["day"] - first).days
+        if 0 <= i < days:  # a day after `today` (another zone's clock) is left out
+            spend[r["id"]][i] = r["value_usd"]
+    return spend

@@ -1,6 +1,6 @@
 """Charts as inline SVG, rendered on the server: no chart library, no script, no CDN.
 
-    sparkline(values, label)                    a small line with its area, for table rows
+    sparkline(values, label, data=…)            a small line with its area, for table rows
     day_bars(days, values, label, titles)       calls per day, with a light axis and one tooltip per bar
     capacity(rows, label, ...)                  per model: calls used vs left today, as stacked bars
     share_bar(fraction, label)                  a thin bar, e.g. a donor's share of today's calls
@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import date
+from typing import TYPE_CHECKING
 
 from markupsafe import Markup, escape
 
-from gateway.web.board import ModelCapacity
+if TYPE_CHECKING:  # board imports pages, which draws with this module
+    from gateway.web.board import ModelCapacity
 
 
 def _n(value: float) -> str:
@@ -39,26 +41,31 @@ def nice_ceiling(value: int) -> int:
     return 10 * power  # pragma: no cover - the loop always returns
 
 
-def _open(kind: str, width: int, height: int, label: str) -> str:
+def _open(kind: str, width: int, height: int, label: str, extra: str = "") -> str:
     return (
         f'<svg class="chart {kind}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(label)}</title>'
+        f'role="img" aria-label="{escape(label)}"{extra} xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{escape(label)}</title>"
     )
 
 
-def sparkline(values: Sequence[int], label: str, *, width: int = 120, height: int = 30) -> Markup:
+def sparkline(
+    values: Sequence[float], label: str, *, width: int = 120, height: int = 30, data: Sequence[str] = ()
+) -> Markup:
+    """`data`, when given, goes in `data-values` (space-separated): the numbers the line draws."""
     pad = 3.0
     top = max(values, default=0)
     n = len(values)
     step = (width - 2 * pad) / max(1, n - 1)
 
-    def y(v: int) -> float:
+    def y(v: float) -> float:
         return height - pad - (v / top * (height - 2 * pad) if top else 0)
 
     points = [(pad + i * step, y(v)) for i, v in enumerate(values)]
     line = " ".join(f"{_n(x)},{_n(yy)}" for x, yy in points)
     base = _n(height - pad)
-    parts = [_open("spark", width, height, label)]
+    extra = f' data-values="{escape(" ".join(data))}"' if data else ""
+    parts = [_open("spark", width, height, label, extra)]
     if points:
         first, last = points[0], points[-1]
         parts.append(f'<path class="spark-area" d="M{_n(first[0])},{base} L{line} L{_n(last[0])},{base} Z"/>')

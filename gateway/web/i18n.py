@@ -106,6 +106,11 @@ MESSAGES: dict[str, dict[str, str]] = {
     "key.masked": {"zh-CN": "密钥", "en": "Key"},
     "key.models": {"zh-CN": "模型", "en": "Models"},
     "key.today": {"zh-CN": "今日", "en": "Today"},
+    "key.spend_today": {"zh-CN": "今日花费", "en": "Spent today"},
+    "key.spend_chart": {
+        "zh-CN": "近 {days} 天每日花费（美元），共 ${total}",
+        "en": "Spend per day (USD), last {days} days: ${total} in total",
+    },
     "key.total": {"zh-CN": "累计调用", "en": "Total calls"},
     "key.tokens": {"zh-CN": "累计 tokens", "en": "Total tokens"},
     "key.last_used": {"zh-CN": "最近使用", "en": "Last used"},

@@ -16,19 +16,21 @@ from __future__ import annotations
 import functools
 import hashlib
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp_jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from gateway import appkeys
 from gateway.config import Config, LinuxDo
 from gateway.errors import POSTGRES_DOWN
 from gateway.resources import data_dir
 from gateway.store import keypages
-from gateway.web import i18n, keys_api, sessions, tokens_api
+from gateway.web import charts, i18n, keys_api, sessions, tokens_api
 
 routes = web.RouteTableDef()
 
@@ -201,10 +203,27 @@ async def keys_page(request: web.Request) -> web.Response:
                 keys, next_page = await keypages.page_keys(
                     conn, timezone=config.balancer.timezone, owner_id=signed.user.id
                 )
+            today = datetime.now(ZoneInfo(config.balancer.timezone)).date()
+            spend = await keypages.spend_days(conn, [k.id for k in keys], today)
     except POSTGRES_DOWN:
         return await error_page(request, 503, "error.title", "error.unavailable", retry=False)
     keys = await keys_api.with_live_state(request.app, keys)
-    return render(request, "keys.html", signed, {"keys": keys, "next_page": next_page, "paged": after is not None})
+    context = {"keys": keys, "next_page": next_page, "paged": after is not None}
+    return render(request, "keys.html", signed, {**context, "spend_charts": _spend_charts(request, spend)})
+
+
+def _spend_charts(request: web.Request, spend: dict[str, list[Decimal]]) -> dict[str, Markup]:
+    """Per key, a sparkline of its spend per day over the last 30 days (today last); the day's
+    amounts (USD) are in its `data-values`."""
+    t = i18n.translator(i18n.language(request))
+    return {
+        key_id: charts.sparkline(
+            [float(v) for v in days],
+            t("key.spend_chart", days=len(days), total=f"{sum(days, Decimal(0)):.2f}"),
+            data=[f"{v:.6f}" for v in days],
+        )
+        for key_id, days in spend.items()
+    }
 
 
 @routes.get("/tokens", name="tokens_page")
