@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import asyncpg
+import pytest
 
 from gateway import config as config_mod
+from gateway.relay import keyindex
 from gateway.relay.keyindex import KeyIndex
 from gateway.store.crypto import KeyRing
 
@@ -47,3 +52,28 @@ async def test_a_change_under_an_alias_rebuilds_the_aliases(pool: asyncpg.Pool, 
     await index.reload_keys([b.id])
     assert sorted(k.id for k in index.pooled("alias")) == sorted([a.id, b.id])
     assert index.upstream_model("alias", index.get(b.id)) == "up-2"  # type: ignore[arg-type]
+
+
+async def test_a_reload_that_started_earlier_never_overwrites_a_newer_one(
+    pool: asyncpg.Pool, config: config_mod.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    donor, _ = await user_with_token(pool, "donor")
+    index = KeyIndex(pool, KeyRing(config.security.key_encryption_secret))
+    real_load = keyindex.load
+    hold = asyncio.Event()
+
+    async def slow_then_real(*args: Any, **kw: Any) -> Any:
+        keys = await real_load(*args, **kw)
+        if not hold.is_set():
+            hold.set()
+            await asyncio.sleep(0.2)  # read before the key existed, answers after the newer reload
+        return keys
+
+    monkeypatch.setattr(keyindex, "load", slow_then_real)
+    stale = asyncio.create_task(index.reload())
+    await hold.wait()
+    key = await add_key(pool, config, donor, "https://a.example.com/v1", name="a", models=["m"])
+    await index.reload()
+    await stale
+    assert [k.id for k in index.pooled("m")] == [key.id], "the older reload's snapshot was not applied"
+    assert index._dirty.is_set() and index._everything, "and it is asked for again"

@@ -216,6 +216,8 @@ class KeyIndex:
         self._dirty = asyncio.Event()
         self._changed: set[str] = set()  # key ids announced since the last (re)load
         self._everything = False
+        self._started = 0  # reloads started, numbered
+        self._applied = 0  # the number of the newest reload whose result is the snapshot
 
     def pooled(self, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         """The shared keys that can serve `model` at the client's `endpoint`."""
@@ -269,16 +271,38 @@ class KeyIndex:
 
     async def reload_keys(self, key_ids: list[str]) -> None:
         """Reload some keys: one query for their rows, and only their models' lists rebuilt."""
+        number = self._start()
         fresh = {k.id: k for k in await load(self._pool, self._keyring, key_ids, timezone=self._timezone)}
+        if not self._current(number, key_ids):
+            return
         self.snapshot = self.snapshot.with_keys({i: fresh.get(i) for i in key_ids})
         log.debug("key_index_updated", keys=len(key_ids))
 
     async def reload(self) -> None:
+        number = self._start()
         keys = await load(self._pool, self._keyring, timezone=self._timezone)
         aliases = {**self.configured_aliases, **await load_aliases(self._pool)}
+        if not self._current(number):
+            return
         self.snapshot = Snapshot.build(keys, aliases)
         self.loaded.set()
         log.debug("key_index_loaded", keys=len(keys))
+
+    def _start(self) -> int:
+        self._started += 1
+        return self._started
+
+    def _current(self, number: int, key_ids: list[str] | None = None) -> bool:
+        """Whether a reload's result may become the snapshot: not when a reload that started after
+        it (and so read newer rows) was applied first. Then it is simply asked for again."""
+        if number < self._applied:
+            for key_id in key_ids or ():
+                self.invalidate(key_id)
+            if key_ids is None:
+                self.invalidate()
+            return False
+        self._applied = number
+        return True
 
     async def run(self) -> None:
         """Reload on demand (coalesced) and periodically; a failed reload keeps the last snapshot."""
