@@ -1,10 +1,12 @@
-"""How a stream looks event by event, for the streams the fast OpenAI pass-through does not cover:
-an Anthropic stream passed on as it is, and streams translated between the two formats.
+"""How a stream looks to the relay (`stream.relay`), one adapter per pair of formats: the OpenAI
+pass-through (the hot path: whole chunks forwarded, only the event carrying usage parsed), an
+Anthropic stream passed on as it is, and streams translated between the two formats (event by
+event).
 
-An adapter takes each whole SSE event of the upstream and returns what the client gets for it
-(possibly nothing yet), and keeps what the relay decides on: whether a content event has been
-seen (`committed`, the commit point), whether the upstream said it failed (`failed` before the
-commit point, `broken` after it), and the usage it reported.
+An adapter takes each run of whole SSE events of the upstream and returns what the client gets
+for it (possibly nothing yet), and keeps what the relay decides on: whether a content event has
+been seen (`committed`, the commit point), whether the upstream said it failed (`failed` before
+the commit point, `broken` after it), how many events it relayed, and the usage reported.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from gateway.relay import sse, translate
 from gateway.relay.translate_base import TokenUsage
 
 STREAM_ONLY_ERROR = "stream carried only an error"
+ENDED_EARLY = "stream ended before any content"
 BROKE = "The upstream stream broke off (the upstream reported an error)."
 
 
@@ -22,11 +25,60 @@ class Adapter(Protocol):
     committed: bool
     failed: str | None
     broken: bool
-    usage: TokenUsage | None
+    chunks: int  # content events relayed (the usage estimate when the upstream reports none)
 
-    def take(self, event: bytes) -> bytes: ...
-    def close(self) -> bytes: ...
+    def take(self, complete: bytes) -> bytes: ...
+    def close(self, pending: bytes) -> bytes: ...
     def error(self, message: str) -> bytes: ...
+    def recorded_usage(self) -> sse.Usage | None: ...
+
+
+class OpenAIPassthrough:
+    """An `openai` key's stream to an OpenAI client: chunks are forwarded as they came; only the
+    event that carries usage is parsed, and the usage-only chunk we asked for is dropped again."""
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.committed = False
+        self.failed: str | None = None
+        self.broken = False  # an error after the commit point is the upstream's to tell
+        self.chunks = 0
+        self.usage: sse.Usage | None = None
+
+    def take(self, complete: bytes) -> bytes:
+        if not self.committed:
+            for event in sse.events(complete):
+                data = sse.data_of(event)
+                if data is None:
+                    continue
+                if data == b"[DONE]" or sse.is_error(data):
+                    self.failed = STREAM_ONLY_ERROR if data != b"[DONE]" else ENDED_EARLY
+                    return b""
+                self.committed = True
+                break
+        self.chunks += complete.count(b"data:") - complete.count(b"data: [DONE]")
+        before, rest = sse.split_at(complete, b'"usage"')
+        if not rest:
+            return complete  # the common case: forwarded as it came, nothing parsed
+        out = [before]
+        for event in sse.events(rest):
+            data = sse.data_of(event)
+            if data is not None and b'"usage"' in data:
+                obj = sse.parse(data)
+                self.usage = sse.usage_of(obj) or self.usage
+                if self.strip_usage and sse.usage_only_chunk(obj):
+                    continue
+            out.append(event)
+        return b"".join(out)
+
+    def close(self, pending: bytes) -> bytes:
+        return pending  # an unterminated last event goes out as it came
+
+    def error(self, message: str) -> bytes:
+        return sse.error_event(message)
+
+    def recorded_usage(self) -> sse.Usage | None:
+        return self.usage
 
 
 def _type_of(event: bytes) -> bytes:
@@ -38,11 +90,40 @@ def _type_of(event: bytes) -> bytes:
 
 
 class _Base:
+    """Adapters that look at every event: `event()` for each, until one fails or breaks."""
+
     def __init__(self) -> None:
         self.committed = False
         self.failed: str | None = None
         self.broken = False
+        self.chunks = 0
         self.usage: TokenUsage | None = None
+
+    def take(self, complete: bytes) -> bytes:
+        out = []
+        for event in sse.events(complete):
+            self.chunks += 1
+            converted = self.event(event)
+            if converted:
+                out.append(converted)
+            if self.failed or self.broken:
+                break
+        return b"".join(out)
+
+    def event(self, event: bytes) -> bytes:
+        raise NotImplementedError
+
+    def close(self, pending: bytes) -> bytes:
+        return b""  # an unterminated last event is not an event
+
+    def error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def recorded_usage(self) -> sse.Usage | None:
+        u = self.usage
+        if u is None:
+            return None
+        return sse.Usage(u.prompt_tokens, u.output_tokens, u.cache_read_tokens, u.cache_creation_tokens)
 
     def _upstream_error(self) -> bytes:
         if not self.committed:
@@ -56,7 +137,7 @@ class AnthropicPassthrough(_Base):
     """An `anthropic` key's stream to an Anthropic client: events pass as they are; only the
     ones carrying usage are parsed (`message_start`, `message_delta`)."""
 
-    def take(self, event: bytes) -> bytes:
+    def event(self, event: bytes) -> bytes:
         kind = _type_of(event)
         if kind in (b"content_block_start", b"content_block_delta"):
             self.committed = True
@@ -81,9 +162,6 @@ class AnthropicPassthrough(_Base):
         for name in ("input_tokens", "cache_read_tokens", "cache_creation_tokens"):
             setattr(self.usage, name, getattr(new, name) or getattr(self.usage, name))
 
-    def close(self) -> bytes:
-        return b""
-
     def error(self, message: str) -> bytes:
         return translate.anthropic_error_event(message)
 
@@ -95,12 +173,12 @@ class OpenAIToAnthropic(_Base):
         super().__init__()
         self._stream = translate.OpenAIToAnthropicStream(model=model)
 
-    def take(self, event: bytes) -> bytes:
+    def event(self, event: bytes) -> bytes:
         data = sse.data_of(event)
         if data is None:
             return b""
         if data == b"[DONE]":
-            return self.close()
+            return self._finish()
         chunk = sse.parse(data)
         if not isinstance(chunk, dict):
             return b""
@@ -115,7 +193,10 @@ class OpenAIToAnthropic(_Base):
         self.usage = self._stream.usage or self.usage
         return out
 
-    def close(self) -> bytes:
+    def close(self, pending: bytes) -> bytes:
+        return self._finish()
+
+    def _finish(self) -> bytes:
         out = self._stream.close()
         self.usage = self._stream.usage or self.usage
         return out
@@ -131,7 +212,7 @@ class AnthropicToOpenAI(_Base):
         super().__init__()
         self._stream = translate.AnthropicToOpenAIStream(include_usage=include_usage, model=model)
 
-    def take(self, event: bytes) -> bytes:
+    def event(self, event: bytes) -> bytes:
         data = sse.data_of(event)
         if data is None:
             return b""
@@ -147,7 +228,7 @@ class AnthropicToOpenAI(_Base):
         self.usage = self._stream.usage
         return out
 
-    def close(self) -> bytes:
+    def close(self, pending: bytes) -> bytes:
         out = self._stream.close()
         self.usage = self._stream.usage
         return out

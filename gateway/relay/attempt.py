@@ -24,8 +24,7 @@ from gateway.relay import plan, sse, translate
 from gateway.relay.balancer import Pick
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
 from gateway.relay.keyindex import PoolKey
-from gateway.relay.stream import relay_stream
-from gateway.relay.stream_events import relay_events
+from gateway.relay.stream import relay
 from gateway.relay.usage import UsageStatus
 from gateway.store.sharedkeys import DisabledBy
 
@@ -64,10 +63,7 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         if resp.status < 200 or resp.status >= 300:
             return await failed_status(call, key, resp, record, first)
         if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
-            events = plan.adapter(route.mode, call)
-            if events is None:
-                return await relay_stream(call, key, resp, record, first, deadline, route.strip_usage, t0)
-            return await relay_events(call, key, resp, record, first, deadline, events, t0)
+            return await relay(call, key, resp, record, first, deadline, plan.adapter(route, call), t0)
         body, usage = plan.answer(route.mode, call, await resp.read(cfg.max_response_bytes, first))
         if call.endpoint == "/responses":
             call.response_id = sse.response_id(sse.parse(body))

@@ -99,10 +99,11 @@ def _translated(call: Call, mode: Mode, model: str) -> bytes:
     return orjson.dumps({**call.translated_obj, "model": model})
 
 
-def adapter(mode: Mode, call: Call) -> adapters.Adapter | None:
-    """How a stream comes back; None for the fast OpenAI pass-through (`stream.relay_stream`)."""
+def adapter(route: Plan, call: Call) -> adapters.Adapter:
+    """How a stream comes back (see `stream.relay`)."""
+    mode = route.mode
     if mode is Mode.OPENAI:
-        return None
+        return adapters.OpenAIPassthrough(strip_usage=route.strip_usage)
     if mode is Mode.ANTHROPIC:
         return adapters.AnthropicPassthrough()
     if mode is Mode.ANTHROPIC_ON_OPENAI:

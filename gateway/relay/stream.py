@@ -1,5 +1,8 @@
-"""Relaying a stream: hold events until the first one with content (the commit point), then pass
-them on as they arrive, parsing only the event that carries usage.
+"""Relaying a stream, whatever its formats (`adapters`): hold what comes until the first content
+event (the commit point; an error or an early end before it is a failed attempt), then pass it on
+as it arrives, converted where the formats differ, never buffered to the end. After the commit
+nothing propagates but the client's cancellation: an upstream that breaks, stalls or floods ends
+the stream with one error event in the client's format.
 """
 
 from __future__ import annotations
@@ -9,78 +12,45 @@ import contextlib
 import time
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from gateway import appkeys
 from gateway.net import h1
 from gateway.relay import sse
+from gateway.relay.adapters import ENDED_EARLY, Adapter
 from gateway.relay.call import Call, Failure, FailureKind, Recorder, provider_headers
 from gateway.relay.keyindex import PoolKey
 from gateway.relay.usage import UsageStatus
 
-log = structlog.get_logger(__name__)
 
-
-async def relay_stream(
+async def relay(
     call: Call,
     key: PoolKey,
     resp: h1.Response,
     record: Recorder,
     first: float,
     deadline: float,
-    strip_usage: bool,
+    adapter: Adapter,
     t0: float,
 ) -> web.StreamResponse | Failure:
-    """Hold events until the first one with content (errors before it propagate: a failed
-    attempt), then commit and relay. After the commit nothing propagates but the client's
-    cancellation: an upstream that breaks, stalls or floods ends the stream with one error event."""
     loop = asyncio.get_running_loop()
     cfg = call.request.app[appkeys.config].upstream
     idle, max_event = cfg.idle_timeout, cfg.max_event_bytes
     scanner = sse.Scanner()
-    held: list[bytes] = []  # whole events received before the commit point
+    held: list[bytes] = []
     held_size = 0
-    usage: sse.Usage | None = None
-    chunks = 0
 
-    def take(complete: bytes) -> bytes:
-        """Count content events, note usage, drop the usage-only chunk we asked for."""
-        nonlocal usage, chunks
-        chunks += complete.count(b"data:") - complete.count(b"data: [DONE]")
-        before, rest = sse.split_at(complete, b'"usage"')
-        if not rest:
-            return complete  # the common case: forwarded as it came, nothing parsed
-        out = [before]
-        for event in sse.events(rest):
-            data = sse.data_of(event)
-            if data is not None and b'"usage"' in data:
-                obj = sse.parse(data)
-                usage = sse.usage_of(obj) or usage
-                if strip_usage and sse.usage_only_chunk(obj):
-                    continue
-            out.append(event)
-        return b"".join(out)
-
-    committed = False
-    while not committed:
+    while not adapter.committed:
         chunk = await resp.readany(first)
         if not chunk:
-            return record.failed(Failure(FailureKind.BAD_STREAM, resp.status, detail="stream ended before any content"))
-        complete = scanner.feed(chunk)
-        if complete:
-            held.append(complete)
-            held_size += len(complete)
-        for event in sse.events(complete):
-            data = sse.data_of(event)
-            if data is None:
-                continue
-            if data == b"[DONE]" or sse.is_error(data):
-                detail = "stream carried only an error" if data != b"[DONE]" else "stream ended before any content"
-                return record.failed(Failure(FailureKind.BAD_STREAM, resp.status, detail=detail))
-            committed = True
-            break
-        if not committed and (scanner.size > max_event or held_size > max_event):
+            return record.failed(Failure(FailureKind.BAD_STREAM, resp.status, detail=ENDED_EARLY))
+        converted = adapter.take(scanner.feed(chunk))
+        if adapter.failed:
+            return record.failed(Failure(FailureKind.BAD_STREAM, resp.status, detail=adapter.failed))
+        if converted:
+            held.append(converted)
+            held_size += len(converted)
+        if not adapter.committed and (scanner.size > max_event or held_size > max_event):
             raise h1.AnswerTooLarge(f"a stream event is larger than {max_event} bytes")
 
     if call.endpoint == "/responses":  # response.created, the first event, names the response
@@ -100,20 +70,28 @@ async def relay_stream(
     record.committed(ttft)
     broke: str | None = None
     try:
-        data = take(b"".join(held))
+        data = b"".join(held)
         while True:
             if data:
                 await out.write(data)
+            if adapter.broken:
+                broke = "the upstream reported an error"
+                break
             if scanner.size > max_event:
                 broke = "an event was too large"
                 break
             chunk = await resp.readany(min(deadline, loop.time() + idle))
             if not chunk:
                 break
-            data = take(scanner.feed(chunk))
+            data = adapter.take(scanner.feed(chunk))
     except (ConnectionError, RuntimeError):  # the client went away (before anything upstream broke)
         record.finished(
-            UsageStatus.CANCELLED, success=False, committed=True, http_status=200, usage=usage, chunks=chunks
+            UsageStatus.CANCELLED,
+            success=False,
+            committed=True,
+            http_status=200,
+            usage=adapter.recorded_usage(),
+            chunks=adapter.chunks,
         )
         call.upstream_ms += (time.perf_counter() - t0) * 1000
         return out
@@ -123,7 +101,12 @@ async def relay_stream(
         broke = "connection lost"
     except asyncio.CancelledError:
         record.finished(
-            UsageStatus.CANCELLED, success=False, committed=True, http_status=200, usage=usage, chunks=chunks
+            UsageStatus.CANCELLED,
+            success=False,
+            committed=True,
+            http_status=200,
+            usage=adapter.recorded_usage(),
+            chunks=adapter.chunks,
         )
         raise
     call.upstream_ms += (time.perf_counter() - t0) * 1000
@@ -133,20 +116,29 @@ async def relay_stream(
             success=False,
             committed=True,
             http_status=200,
-            usage=usage,
-            chunks=chunks,
+            usage=adapter.recorded_usage(),
+            chunks=adapter.chunks,
             error=broke,
         )
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await out.write(sse.error_event(f"The upstream stream broke off ({broke})."))
+            if not adapter.broken:  # a reported error already went out as the adapter's error event
+                await out.write(adapter.error(f"The upstream stream broke off ({broke})."))
             await out.write_eof()
         return out
     try:
-        if scanner.pending:
-            await out.write(scanner.pending)
+        tail = adapter.close(scanner.pending)
+        if tail:
+            await out.write(tail)
         await out.write_eof()
     except (ConnectionError, RuntimeError):
         pass  # every event reached the client's connection but the last: the call was served
     finally:
-        record.finished(UsageStatus.OK, success=True, committed=True, http_status=200, usage=usage, chunks=chunks)
+        record.finished(
+            UsageStatus.OK,
+            success=True,
+            committed=True,
+            http_status=200,
+            usage=adapter.recorded_usage(),
+            chunks=adapter.chunks,
+        )
     return out
