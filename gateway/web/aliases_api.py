@@ -17,12 +17,11 @@ import asyncpg
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError, invalid
-from gateway.net import events
+from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.relay.keyindex import load_aliases
 from gateway.store import modelnames
 from gateway.store.keyfields import CONTROL, read_object
-from gateway.web.keys_api import owner
+from gateway.web.admin_tables import replace_table, require_admin
 
 routes = web.RouteTableDef()
 
@@ -33,31 +32,27 @@ ADMINS_ONLY = "Only administrators can change model aliases."
 
 @routes.get("/api/models/aliases")
 async def get_aliases(request: web.Request) -> web.Response:
-    await _admin(request)
+    await require_admin(request, ADMINS_ONLY)
     return web.json_response(await _current(request.app))
 
 
 @routes.put("/api/models/aliases")
 async def put_aliases(request: web.Request) -> web.Response:
-    await _admin(request)
+    await require_admin(request, ADMINS_ONLY)
     body = await read_object(request)
     if set(body) != {"aliases"}:
         raise invalid("aliases", 'the body is {"aliases": {"public name": ["target", …]}}')
     aliases = checked(body["aliases"])
     app = request.app
-    try:
-        async with app[appkeys.pg].acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM model_aliases")
-            await conn.executemany(
-                "INSERT INTO model_aliases (public_name, targets) VALUES ($1, $2)", list(aliases.items())
-            )
-    except POSTGRES_DOWN:
-        raise ApiError(503, "unavailable", "The gateway cannot store aliases right now; try again shortly.") from None
-    await app[appkeys.key_index].reload()  # this process at once; the others on the event
-    try:
-        await events.publish(app[appkeys.redis], app[appkeys.config].redis.key_prefix, "aliases")
-    except REDIS_DOWN:
-        pass  # the other processes pick it up at their next periodic reload
+    await replace_table(
+        app,
+        table="model_aliases",
+        insert="INSERT INTO model_aliases (public_name, targets) VALUES ($1, $2)",
+        rows=aliases.items(),
+        reload=app[appkeys.key_index].reload,
+        event="aliases",
+        what="aliases",
+    )
     return web.json_response(await _current(app))
 
 
@@ -99,9 +94,3 @@ async def _current(app: web.Application) -> dict[str, Any]:
         "aliases": {k: list(v) for k, v in sorted(admins.items())},
         "configured": {k: list(v) for k, v in sorted(configured.items())},
     }
-
-
-async def _admin(request: web.Request) -> None:
-    caller = await owner(request)
-    if not caller.is_admin:
-        raise ApiError(403, "forbidden", ADMINS_ONLY)

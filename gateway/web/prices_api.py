@@ -20,12 +20,11 @@ import asyncpg
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError, invalid
-from gateway.net import events
+from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.relay import prices
 from gateway.store import modelnames
 from gateway.store.keyfields import CONTROL, read_object
-from gateway.web.keys_api import owner
+from gateway.web.admin_tables import replace_table, require_admin
 
 routes = web.RouteTableDef()
 
@@ -35,33 +34,28 @@ ADMINS_ONLY = "Only administrators can read or change prices."
 
 @routes.get("/api/prices")
 async def get_prices(request: web.Request) -> web.Response:
-    await _admin(request)
+    await require_admin(request, ADMINS_ONLY)
     asked = [m.strip() for m in request.query.get("model", "").split(",") if m.strip()][:100]
     return web.json_response(await _current(request.app, asked))
 
 
 @routes.put("/api/prices")
 async def put_prices(request: web.Request) -> web.Response:
-    await _admin(request)
+    await require_admin(request, ADMINS_ONLY)
     body = await read_object(request)
     if set(body) != {"prices"}:
         raise invalid("prices", 'the body is {"prices": {"model": {"input": …, "output": …}}}')
     table = checked(body["prices"])
     app = request.app
-    try:
-        async with app[appkeys.pg].acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM model_prices")
-            await conn.executemany(
-                "INSERT INTO model_prices (model, input, output, cache_read, cache_write) VALUES ($1, $2, $3, $4, $5)",
-                [(m, p.input, p.output, p.cache_read, p.cache_write) for m, p in table.items()],
-            )
-    except POSTGRES_DOWN:
-        raise ApiError(503, "unavailable", "The gateway cannot store prices right now; try again shortly.") from None
-    await app[appkeys.prices].reload()  # this process at once; the others on the event
-    try:
-        await events.publish(app[appkeys.redis], app[appkeys.config].redis.key_prefix, "prices")
-    except REDIS_DOWN:
-        pass  # the other processes pick it up at their next periodic reload
+    await replace_table(
+        app,
+        table="model_prices",
+        insert="INSERT INTO model_prices (model, input, output, cache_read, cache_write) VALUES ($1, $2, $3, $4, $5)",
+        rows=[(m, p.input, p.output, p.cache_read, p.cache_write) for m, p in table.items()],
+        reload=app[appkeys.prices].reload,
+        event="prices",
+        what="prices",
+    )
     return web.json_response(await _current(app, []))
 
 
@@ -100,9 +94,3 @@ async def _current(app: web.Application, asked: list[str]) -> dict[str, Any]:
         "configured": {m: _shown(p) for m, p in sorted(table.configured.items())},
         "effective": {m: (p.as_dict() if (p := table.get(m)) else None) for m in models},
     }
-
-
-async def _admin(request: web.Request) -> None:
-    caller = await owner(request)
-    if not caller.is_admin:
-        raise ApiError(403, "forbidden", ADMINS_ONLY)
