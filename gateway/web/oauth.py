@@ -34,6 +34,7 @@ from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
 from gateway.web import loginlink, pages, providers, sessions
+from gateway.web.provider_calls import ProviderError, provider_json
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -45,13 +46,8 @@ STATE_SECONDS = 600
 LOGIN_COOKIE = "sharekey_login"
 LOGIN_COOKIE_PATH = "/auth/linuxdo/"
 PROVIDER_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
-MAX_PROVIDER_BODY = 256 * 1024
 NONCE = re.compile(r"[A-Za-z0-9_-]{43}")
 AVATAR_SIZE = "120"
-
-
-class ProviderError(Exception):
-    """The provider did not complete the exchange; the message is for the log only."""
 
 
 def _state_key(app: web.Application, state: str) -> str:
@@ -175,34 +171,19 @@ async def fetch_profile(client: aiohttp.ClientSession, settings: LinuxDo, code: 
     headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
     try:
         async with client.post(settings.token_url, data=form, headers=headers, allow_redirects=False) as resp:
-            grant = await _json(resp, "token")
+            grant = await provider_json(resp, "token endpoint")
         access_token = grant.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise ProviderError("token endpoint returned no access_token")
         headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
         async with client.get(settings.userinfo_url, headers=headers, allow_redirects=False) as resp:
-            profile = await _json(resp, "user")
+            profile = await provider_json(resp, "user endpoint")
     except (aiohttp.ClientError, TimeoutError) as e:
         raise ProviderError(f"{type(e).__name__}") from None
     profile.pop("api_key", None)
     if not _valid_profile(profile):
         raise ProviderError("user endpoint returned an incomplete profile")
     return profile
-
-
-async def _json(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
-    if resp.status != 200:
-        raise ProviderError(f"{what} endpoint answered {resp.status}")
-    body = await resp.content.read(MAX_PROVIDER_BODY + 1)
-    if len(body) > MAX_PROVIDER_BODY:
-        raise ProviderError(f"{what} endpoint answered too much")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise ProviderError(f"{what} endpoint answered something other than JSON") from None
-    if not isinstance(data, dict):
-        raise ProviderError(f"{what} endpoint answered something other than a JSON object")
-    return data
 
 
 def _valid_profile(p: dict[str, Any]) -> bool:

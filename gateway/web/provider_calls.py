@@ -7,7 +7,6 @@ token endpoint and /user. Returns an `IdentityProfile`; provider tokens go no fu
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import time
@@ -15,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -48,14 +48,16 @@ def redirect_uri(config: Config, provider: str) -> str:
     return f"{config.server.public_url.rstrip('/')}/auth/{provider}/callback"
 
 
-async def _json(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
+async def provider_json(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
+    """A sign-in provider's answer as a JSON object, read with a size cap (Linux.do's too);
+    ProviderError otherwise. orjson refuses hostile nesting instead of recursing."""
     if resp.status != 200:
         raise ProviderError(f"{what} answered {resp.status}")
     body = await resp.content.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         raise ProviderError(f"{what} answered too much")
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)
     except ValueError:
         raise ProviderError(f"{what} answered something other than JSON") from None
     if not isinstance(data, dict):
@@ -66,7 +68,7 @@ async def _json(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
 async def _get(client: aiohttp.ClientSession, url: str, what: str, headers: dict[str, str] | None = None) -> Any:
     try:
         async with client.get(url, headers=headers or {"Accept": "application/json"}, allow_redirects=False) as resp:
-            return await _json(resp, what)
+            return await provider_json(resp, what)
     except (aiohttp.ClientError, TimeoutError) as e:
         raise ProviderError(f"{what}: {type(e).__name__}") from None
 
@@ -74,7 +76,7 @@ async def _get(client: aiohttp.ClientSession, url: str, what: str, headers: dict
 async def _post(client: aiohttp.ClientSession, url: str, form: dict[str, str], headers: dict[str, str]) -> Any:
     try:
         async with client.post(url, data=form, headers=headers, allow_redirects=False) as resp:
-            return await _json(resp, "token endpoint")
+            return await provider_json(resp, "token endpoint")
     except (aiohttp.ClientError, TimeoutError) as e:
         raise ProviderError(f"token endpoint: {type(e).__name__}") from None
 
