@@ -18,11 +18,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import config as config_mod
+from gateway.app import create_app
 from gateway.ops import embedded
 from gateway.store import db
 
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway, gateway_config
 from .rawserver import Handler, Server
+from .seed import user_with_token
 
 TEST_SECRET = "test-secret-" + "x" * 32
 
@@ -172,3 +175,16 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+async def gw(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    config = gateway_config(config, max_output_tokens=4096)
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    donor, _ = await user_with_token(pool, "donor")
+    _, token = await user_with_token(pool, "caller")
+    gateway = Gateway(client, app, token, donor, pool, config)
+    yield gateway
+    for sdk in gateway.clients:
+        await sdk.close()

@@ -13,8 +13,8 @@ from gateway import config as config_mod
 from gateway.app import create_app
 
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway, gateway_config
 from .seed import user_with_token
-from .test_proxy import Gateway, gateway_config
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -42,10 +42,10 @@ from pathlib import Path
 import pytest
 
 from .fake_upstream import FakeUpstream
-from .test_messages import MODEL, add, gw, upstream
-from .test_proxy import DONOR_KEY, Gateway
+from .gateways import DONOR_KEY, Gateway
+from .test_messages import MODEL, add, upstream
 
-__all__ = ["gw", "upstream"]  # the fixtures, shared with test_messages
+__all__ = ["upstream"]  # the fixture, shared with test_messages (`gw` is in conftest.py)
 
 VERSION = "2.1.332"
 PACKAGE = f"@anthropic-ai/claude-code@{VERSION}"

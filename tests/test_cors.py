@@ -19,8 +19,8 @@ from gateway.relay import cors
 
 from . import test_browser
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway, gateway_config
 from .seed import user_with_token
-from .test_proxy import Gateway, gateway_config
 
 EXPOSE = "X-Request-Id, X-Sharekey-Provider, Retry-After, x-should-retry"
 ORIGIN = "https://chat.example.org"

@@ -5,37 +5,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 
 from gateway import appkeys
-from gateway import config as config_mod
-from gateway.app import create_app
 
 from .fake_upstream import Failure, FakeUpstream
-from .seed import user_with_token
-from .test_proxy import DONOR_KEY, Gateway, gateway_config
+from .gateways import DONOR_KEY, Gateway
 
 MODEL = "claude-fake-1"
 TOOLS = [{"name": "weather", "description": "The weather in a city", "input_schema": {"type": "object"}}]
-
-
-@pytest.fixture
-async def gw(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
-    config = gateway_config(config, max_output_tokens=4096)
-    app = create_app(config)
-    client: TestClient = await aiohttp_client(app)
-    donor, _ = await user_with_token(pool, "donor")
-    _, token = await user_with_token(pool, "caller")
-    gateway = Gateway(client, app, token, donor, pool, config)
-    yield gateway
-    for sdk in gateway.clients:
-        await sdk.close()
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from gateway.app import create_app
 from gateway.relay.call import rename_model
 
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway, gateway_config
 from .seed import user_with_token
-from .test_proxy import Gateway, gateway_config
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 

@@ -23,9 +23,9 @@ from gateway.app import create_app
 from gateway.net import h1, redisnames
 
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway
 from .rawserver import Server, read_request
 from .seed import user_with_token
-from .test_proxy import Gateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CONTENT = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'

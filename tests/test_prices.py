@@ -22,8 +22,8 @@ from gateway.relay.usage import UsageRecord, UsageStatus
 from gateway.store import tokens, users
 
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway, gateway_config
 from .seed import add_key, user_with_token
-from .test_proxy import Gateway, gateway_config
 
 DAY = date(2026, 3, 1)
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import openai
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from gateway import appkeys
@@ -23,71 +19,8 @@ from gateway.relay.balancer import Candidate, UserLimits
 from gateway.store.users import User
 
 from .fake_upstream import Failure, FakeUpstream
+from .gateways import DONOR_KEY, Gateway, gateway_config
 from .seed import add_key, user_with_token
-
-DONOR_KEY = "sk-donor-SECRET-key-000111"
-
-
-@dataclass
-class Gateway:
-    client: TestClient
-    app: web.Application
-    token: str
-    donor: User
-    pool: asyncpg.Pool
-    config: config_mod.Config
-    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return str(self.client.make_url("/v1"))
-
-    def sdk(self, **kw: Any) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=kw.pop("api_key", self.token), max_retries=0, **kw)
-        self.clients.append(client)
-        return client
-
-    async def post(self, path: str, body: Any, token: str | None = None, **kw: Any) -> Any:
-        headers = {"Authorization": f"Bearer {token or self.token}"}
-        data = body if isinstance(body, bytes | str | io.BytesIO) else json.dumps(body)
-        return await self.client.post(path, data=data, headers=headers, **kw)
-
-    async def add_key(self, upstream: FakeUpstream, **kw: Any) -> str:
-        key = await add_key(self.pool, self.config, self.donor, upstream.base_url, **kw)
-        await self.app[appkeys.key_index].reload()
-        return key.id
-
-    async def flush(self) -> None:
-        await self.app[appkeys.key_states].wait()
-        assert await self.app[appkeys.usage].flush_once()
-
-    async def logs(self) -> list[asyncpg.Record]:
-        await self.flush()
-        async with self.pool.acquire() as conn:
-            return await conn.fetch("SELECT * FROM key_usage_logs ORDER BY created_at, attempt")
-
-    async def key_row(self, key_id: str) -> asyncpg.Record:
-        async with self.pool.acquire() as conn:
-            return await conn.fetchrow("SELECT * FROM shared_keys WHERE id = $1::uuid", key_id)
-
-
-def gateway_config(config: config_mod.Config, **limits: Any) -> config_mod.Config:
-    config = config.replace("limits", **{"user_daily_requests": 0, "user_requests_per_minute": 0, **limits})
-    return config.replace("upstream", first_token_timeout=0.8, idle_timeout=1.0, connect_timeout=2.0)
-
-
-@pytest.fixture
-async def gw(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
-    config = gateway_config(config, max_output_tokens=4096)
-    app = create_app(config)
-    client = await aiohttp_client(app)
-    donor, _ = await user_with_token(pool, "donor")
-    _, token = await user_with_token(pool, "caller")
-    gateway = Gateway(client, app, token, donor, pool, config)
-    yield gateway
-    for sdk in gateway.clients:
-        await sdk.close()
-
 
 # --- the SDK sees what it would see from OpenAI --------------------------------------------------
 
