@@ -136,14 +136,31 @@ async def test_admins_set_aliases_for_every_process(
         (b'{"model":"a","messages":[]}', b'{"model":"b","messages":[]}'),
         (b'{"messages": [], "model" : "a"}', b'{"messages": [], "model":"b"}'),
         (b'{"model":"a","tools":[{"model":"a"}]}', None),  # ambiguous: encoded again
+        (b'{"model":"\\u0061","metadata":{"model":"a"}}', None),  # the top-level one written otherwise
+        (b'{"mod\\u0065l":"a","metadata":{"model":"a"}}', None),
+        (b'{"model":"\\/a","metadata":{"model":"/a"}}', None),
     ],
 )
 def test_the_model_is_spliced_in_where_it_is_unambiguous(raw: bytes, expected: bytes | None) -> None:
     body = json.loads(raw)
-    out = rename_model(raw, body, "a", "b")
+    out = rename_model(raw, body, body["model"], "b")
     assert json.loads(out) == {**body, "model": "b"}
     if expected is not None:
         assert out == expected
+
+
+async def test_only_the_top_level_model_is_renamed_however_it_is_written(
+    gw: Gateway, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.models = ["up-model"]
+    await gw.add_key(fake_upstream, models=["pub-model=up-model"])
+    raw = b'{"model":"pub-mod\\u0065l","messages":[{"role":"user","content":"hi"}],"metadata":{"model":"pub-model"}}'
+    resp = await gw.post("/v1/chat/completions", raw)
+    assert resp.status == 200, await resp.text()
+    [sent] = fake_upstream.calls("/v1/chat/completions")
+    assert (sent.body["model"], sent.body["metadata"]) == ("up-model", {"model": "pub-model"})
+    [row] = await gw.logs()
+    assert (row["model_used"], row["status"]) == ("pub-model", "ok")
 
 
 async def test_the_live_test_asks_the_upstream_about_its_own_names(gw: Gateway, fake_upstream: FakeUpstream) -> None:

@@ -32,6 +32,8 @@ TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose streams understand `stream_options.include_usage`.
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+MODEL_MEMBER = re.compile(rb'"model"\s*:\s*')
+ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")  # "mod\u0065l": encoders never escape ASCII letters
 
 
 @dataclass(slots=True)
@@ -83,12 +85,16 @@ class Call:
 
 
 def rename_model(raw: bytes, body: dict[str, Any], old: str, new: str) -> bytes:
-    pattern = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(old)))
-    found = [m.span() for m in pattern.finditer(raw)]
-    if len(found) != 1:  # written differently, or also further in: encode the body again
-        return orjson.dumps({**body, "model": new})
-    start, end = found[0]
-    return raw[:start] + b'"model":' + orjson.dumps(new) + raw[end:]
+    """`raw` with the top-level `model` (`old`) replaced by `new`, never a nested one. Spliced in
+    when `"model":` appears once and no ASCII letter is written as an escape (the top-level name
+    is then that one member) and its value is written as `old` encodes; else encoded again."""
+    members = list(MODEL_MEMBER.finditer(raw))
+    if len(members) == 1 and (raw.find(b"\\") < 0 or ESCAPED_LETTER.search(raw) is None):
+        start, end = members[0].span()
+        value = orjson.dumps(old)
+        if raw.startswith(value, end):
+            return raw[:start] + b'"model":' + orjson.dumps(new) + raw[end + len(value) :]
+    return orjson.dumps({**body, "model": new})
 
 
 def _with_usage(raw: bytes, body: dict[str, Any]) -> bytes:

@@ -37,7 +37,7 @@ from gateway.relay import anthropic_body, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, UserLimits
-from gateway.relay.call import TOKEN_FIELDS, Call, Failure, FailureKind
+from gateway.relay.call import ESCAPED_LETTER, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -48,7 +48,6 @@ BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer
 # would run something else than what was routed, limited and credited (we read the last one).
 DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options")
 DECISION_KEY = re.compile(rb'"(?:' + b"|".join(f.encode() for f in DECISION_FIELDS) + rb')"')
-ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")  # "mod\u0065l": encoders never escape ASCII letters
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 ROUTES = {e: "/v1" + e for e in ENDPOINTS}  # metric labels
 _after_response: set[asyncio.Task[None]] = set()

@@ -9,7 +9,7 @@ and the body to send, and how the answer comes back.
 
 A translated body is built once per call and kept for every key of that format it is tried on.
 A key that serves the model under another name (`public=upstream`, or an alias's target) gets
-that name in the body's `model`, spliced in where it can be.
+that name in the body's top-level `model` (never a nested one), spliced in where it can be.
 """
 
 from __future__ import annotations
