@@ -39,6 +39,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    query: str = ""  # the query string as it arrived
 
 
 @dataclass
@@ -91,7 +92,7 @@ class FakeUpstream:
                 body = json.loads(raw)
             except ValueError:
                 body = raw.decode(errors="replace")
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body, request.query_string))
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else request.headers.get("x-api-key")
         anthropic = request.path.startswith("/v1/messages") or "anthropic-version" in request.headers

@@ -83,7 +83,7 @@ async def test_a_stream_on_an_anthropic_key_and_the_beta_query(gw: Gateway, upst
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
     kinds = [line[7:] for line in body.splitlines() if line.startswith("event: ")]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
-    assert upstream.calls("/v1/messages")[0].path == "/v1/messages"
+    assert upstream.calls("/v1/messages")[0].query == "beta=true"
     [row] = await rows(gw)
     assert (row["status"], row["prompt_tokens"], row["cache_read_tokens"]) == ("ok", 14, 3)
 
@@ -98,6 +98,21 @@ async def test_an_error_event_before_content_fails_over(gw: Gateway, upstream: F
     assert text == upstream.reply
     statuses = sorted(r["status"] for r in await rows(gw))
     assert statuses == ["ok", "upstream_error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [("beta=true&api_key=x&foo=bar", "beta=true"), ("foo=bar&beta=true", "beta=true"), ("foo=bar", ""),
+     ("beta=false", ""), ("beta=true&beta=yes", "beta=true")],
+)  # fmt: skip
+async def test_only_beta_true_of_the_callers_query_reaches_an_anthropic_key(
+    gw: Gateway, upstream: FakeUpstream, query: str, sent: str
+) -> None:
+    await add(gw, upstream, "anthropic")
+    headers = {"x-api-key": gw.token}
+    chat = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert (await gw.client.post(f"/v1/messages?{query}", json=chat, headers=headers)).status == 200
+    assert [r.query for r in upstream.requests] == [sent]
 
 
 # --- an openai key: translated there and back -----------------------------------------------------

@@ -4,6 +4,7 @@ and the body to send, and how the answer comes back.
     client      key         mode
     openai      openai      OPENAI               the body as it came (+ include_usage spliced in)
     anthropic   anthropic   ANTHROPIC            the body as it came, the caller's anthropic-version/-beta
+                                                 and `?beta=true` (nothing else of the query)
     anthropic   openai      ANTHROPIC_ON_OPENAI  translated to /chat/completions and back
     openai      anthropic   OPENAI_ON_ANTHROPIC  /chat/completions translated to /messages and back
 
@@ -31,6 +32,7 @@ from gateway.relay.keyindex import PoolKey
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_VERSION_LINE = h1.header_lines({"anthropic-version": ANTHROPIC_VERSION})
 VERSION = re.compile(r"[0-9A-Za-z._-]{1,40}")
+BETA_QUERY = {"beta": "true"}  # what Claude Code sends; nothing else of a caller's query goes upstream
 BETAS = re.compile(r"[0-9A-Za-z._-]{1,100}(\s*,\s*[0-9A-Za-z._-]{1,100}){0,63}")
 
 
@@ -69,6 +71,11 @@ def anthropic_lines(request: web.Request) -> bytes:
     return h1.header_lines(headers)
 
 
+def anthropic_url(url: URL, request: web.Request) -> URL:
+    """An `anthropic` key's URL with the one part of the caller's query it may get: `beta=true`."""
+    return url.with_query(BETA_QUERY) if request.query.get("beta") == "true" else url
+
+
 def plan(call: Call, key: PoolKey, model: str) -> Plan:
     """`model`: what the key's upstream calls the model asked for. Raises
     `translate.TranslationError` for a body the key's format cannot carry."""
@@ -78,10 +85,8 @@ def plan(call: Call, key: PoolKey, model: str) -> Plan:
         body, strip = call.payload(key, model)
         return Plan(mode, key.urls[call.endpoint], head, body, strip)
     if mode is Mode.ANTHROPIC:
-        url = key.urls["/messages"]
-        query = call.request.query_string
         raw = call.raw if model == call.model else call.renamed(model)
-        return Plan(mode, url.with_query(query) if query else url, head + call.anthropic_lines, raw, False)
+        return Plan(mode, anthropic_url(key.urls["/messages"], call.request), head + call.anthropic_lines, raw, False)
     if mode is Mode.ANTHROPIC_ON_OPENAI:
         return Plan(mode, key.urls["/chat/completions"], head, _translated(call, mode, model), False)
     return Plan(mode, key.urls["/messages"], head + DEFAULT_VERSION_LINE, _translated(call, mode, model), False)
