@@ -4,6 +4,7 @@
     ├── BadRequest            400  invalid_request_error
     ├── InvalidToken          401  invalid_api_key
     ├── NoKeyForModel         404  model_not_found
+    ├── NotFound              404  not_found  (e.g. response_not_found)
     ├── PayloadTooLarge       413  request_too_large
     ├── LimitReached          429  rate_limit_exceeded  (retry_after; x-should-retry: false)
     ├── UpstreamFailed        502  upstream_error
@@ -74,6 +75,10 @@ class InvalidToken(GatewayError):
 
 class NoKeyForModel(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "not_found"
 
 
 class PayloadTooLarge(GatewayError):

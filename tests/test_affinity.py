@@ -7,8 +7,10 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import openai
 import pytest
 
+from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
 
@@ -106,3 +108,59 @@ async def test_affinity_off(
     for _ in range(6):
         assert (await gw.post("/v1/chat/completions", {**CHAT, "prompt_cache_key": "conv-1"})).status == 200
     assert served(fake_upstream, second_upstream) == (3, 3)
+
+
+async def test_another_users_response_id_is_not_found_and_reaches_no_key(
+    config: config_mod.Config,
+    pool: asyncpg.Pool,
+    aiohttp_client: Any,
+    fake_upstream: FakeUpstream,
+    second_upstream: FakeUpstream,
+) -> None:
+    gw = await make(config, pool, aiohttp_client, affinity_seconds=0)
+    a, b = await gw.add_key(fake_upstream, name="a"), await gw.add_key(second_upstream, name="b")
+    _, other_token = await user_with_token(pool, "other")
+    owner, other = gw.sdk(), gw.sdk(api_key=other_token)
+    made = await owner.responses.create(model="gpt-4o-mini", input="hi")
+    assert made.id == "resp_fake"
+    await asyncio.sleep(0.2)  # remembered after the response
+    balancer = gw.app[appkeys.balancer]
+    before = await balancer.usage_today([a, b])
+
+    with pytest.raises(openai.NotFoundError) as refused:
+        await other.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_fake")
+    assert refused.value.status_code == 404
+    assert refused.value.body == {
+        "message": "Response with id 'resp_fake' not found.",
+        "type": "invalid_request_error",
+        "code": "response_not_found",
+    }
+    assert served(fake_upstream, second_upstream, "/v1/responses") in ((1, 0), (0, 1)), "no upstream call"
+    assert await balancer.usage_today([a, b]) == before, "nothing reserved"
+    assert len(await gw.logs()) == 1, "no usage row: no key was tried"
+
+    await owner.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_fake")
+    assert sorted(served(fake_upstream, second_upstream, "/v1/responses")) == [0, 2], "its owner continues it"
+    # An id the gateway never saw (expired, or older than this version) goes to the least-used key.
+    await other.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_unknown")
+    assert sorted(served(fake_upstream, second_upstream, "/v1/responses")) == [1, 2]
+
+
+async def test_two_users_naming_the_same_conversation_do_not_steer_each_other(
+    config: config_mod.Config,
+    pool: asyncpg.Pool,
+    aiohttp_client: Any,
+    fake_upstream: FakeUpstream,
+    second_upstream: FakeUpstream,
+) -> None:
+    gw = await make(config, pool, aiohttp_client)
+    await gw.add_key(fake_upstream, name="a")
+    await gw.add_key(second_upstream, name="b")
+    _, other_token = await user_with_token(pool, "other")
+    for turn in range(4):
+        for token in (gw.token, other_token):
+            resp = await gw.post("/v1/chat/completions", {**CHAT, "prompt_cache_key": "conv-1"}, token=token)
+            assert resp.status == 200
+        assert served(fake_upstream, second_upstream) == (turn + 1, turn + 1), (
+            "each user's conversation keeps its own key; the second one's first turn went to the least-used key"
+        )

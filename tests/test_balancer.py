@@ -45,7 +45,7 @@ async def pick(
 
 
 def rkey(prefix: str, name: str) -> str:
-    return f"{prefix}:v3:{{{prefix}}}:{name}"
+    return f"{prefix}:v4:{{{prefix}}}:{name}"
 
 
 async def redis_ms(client: aioredis.Redis) -> int:

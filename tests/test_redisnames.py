@@ -7,19 +7,19 @@ import pytest
 from gateway.net import redisnames
 
 EXPECTED = [
-    (redisnames.counts("sk", "2026-03-01"), "sk:v3:{sk}:counts:2026-03-01"),
-    (redisnames.conversation("sk", "ab12"), "sk:v3:{sk}:aff:ab12"),
-    (redisnames.response("sk", "cd34"), "sk:v3:{sk}:resp:cd34"),
-    (redisnames.cooldown("sk"), "sk:v3:{sk}:cooldown"),
-    (redisnames.probation("sk"), "sk:v3:{sk}:probation"),
-    (redisnames.fails("sk"), "sk:v3:{sk}:fails"),
-    (redisnames.user_daily("sk", "2026-03-01"), "sk:v3:{sk}:udaily:2026-03-01"),
-    (redisnames.user_rpm("sk", "2026-03-01T12:34"), "sk:v3:{sk}:urpm:2026-03-01T12:34"),
-    (redisnames.user_streams("sk", "u-1"), "sk:v3:{sk}:ustreams:u-1"),
-    (redisnames.pool_meta("sk", "m0a1b"), "sk:v3:{sk}:pool:m0a1b"),
-    (redisnames.pool_avail("sk", "m0a1b"), "sk:v3:{sk}:avail:m0a1b"),
-    (redisnames.pool_resting("sk", "m0a1b"), "sk:v3:{sk}:resting:m0a1b"),
-    (redisnames.revived("sk"), "sk:v3:{sk}:revived"),
+    (redisnames.counts("sk", "2026-03-01"), "sk:v4:{sk}:counts:2026-03-01"),
+    (redisnames.conversation("sk", "ab12"), "sk:v4:{sk}:aff:ab12"),
+    (redisnames.response("sk", "cd34"), "sk:v4:{sk}:resp:cd34"),
+    (redisnames.cooldown("sk"), "sk:v4:{sk}:cooldown"),
+    (redisnames.probation("sk"), "sk:v4:{sk}:probation"),
+    (redisnames.fails("sk"), "sk:v4:{sk}:fails"),
+    (redisnames.user_daily("sk", "2026-03-01"), "sk:v4:{sk}:udaily:2026-03-01"),
+    (redisnames.user_rpm("sk", "2026-03-01T12:34"), "sk:v4:{sk}:urpm:2026-03-01T12:34"),
+    (redisnames.user_streams("sk", "u-1"), "sk:v4:{sk}:ustreams:u-1"),
+    (redisnames.pool_meta("sk", "m0a1b"), "sk:v4:{sk}:pool:m0a1b"),
+    (redisnames.pool_avail("sk", "m0a1b"), "sk:v4:{sk}:avail:m0a1b"),
+    (redisnames.pool_resting("sk", "m0a1b"), "sk:v4:{sk}:resting:m0a1b"),
+    (redisnames.revived("sk"), "sk:v4:{sk}:revived"),
     (redisnames.events("sk"), "sk:v1:{sk}:events"),
     (redisnames.usage_spool("sk"), "sk:v1:{sk}:usage:spool"),
     (redisnames.health_backoff("sk"), "sk:v1:{sk}:health"),
@@ -39,6 +39,6 @@ def test_every_key_name_is_what_it_has_always_been(built: str, expected: str) ->
 def test_the_prefix_is_the_hash_tag_of_every_name() -> None:
     """One hash tag, so every key of a gateway is in one Redis Cluster slot."""
     for built, _ in EXPECTED:
-        assert built.startswith(("sk:v1:{sk}:", "sk:v3:{sk}:"))
+        assert built.startswith(("sk:v1:{sk}:", "sk:v4:{sk}:"))
         assert built.count("{") == 1 and built.count("}") == 1
     assert redisnames.session("gw-2", "x") == "gw-2:v1:{gw-2}:session:x"

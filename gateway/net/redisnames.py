@@ -15,6 +15,7 @@ old and new processes of a rolling deploy then do not misread each other's.
     ustreams:<user_id>                     zset     relay/balancer.lua    BALANCER_VERSION
     pool:<pid>, avail:<pid>, resting:<pid>  hash/zset relay/balancer.lua   BALANCER_VERSION
     revived                                zset     relay/balancer.lua    BALANCER_VERSION
+    aff:<digest>, resp:<digest>            string   relay/balancer.lua    BALANCER_VERSION
     events                                 pub/sub  net/events.py         VERSION
     usage:spool                            list     relay/usage.py        VERSION
     health                                 hash     ops/keychecks.py      VERSION
@@ -32,7 +33,7 @@ prefix a session is `sk:v1:{sk}:session:<id>`; tests/test_redisnames.py pins eve
 from __future__ import annotations
 
 VERSION = "v1"  # bump to start every family but the balancer's afresh (sessions, leases, …)
-BALANCER_VERSION = "v3"  # bump with any change to balancer.lua's behaviour, key layout or return shape
+BALANCER_VERSION = "v4"  # bump with any change to balancer.lua's behaviour, key layout or return shape
 
 
 def name(prefix: str, *parts: str, version: str = VERSION) -> str:
@@ -88,12 +89,13 @@ def revived(prefix: str) -> str:
 
 
 def conversation(prefix: str, digest: str) -> str:
-    """The key that last served a conversation (per model asked for), for affinity."""
+    """The key that last served a conversation (per user and model asked for), for affinity."""
     return name(prefix, "aff", digest, version=BALANCER_VERSION)
 
 
 def response(prefix: str, digest: str) -> str:
-    """The key that produced a Responses API response (`previous_response_id`)."""
+    """The user a Responses API response was made for and the key that produced it
+    (`previous_response_id`)."""
     return name(prefix, "resp", digest, version=BALANCER_VERSION)
 
 

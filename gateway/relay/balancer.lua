@@ -1,5 +1,5 @@
 --[[
-balancer.lua: sharekey's atomic key balancer (key schema v3).
+balancer.lua: sharekey's atomic key balancer (key schema v4).
 
 PURPOSE
   Pick the donated key that serves a request and reserve one of its calls for today, enforcing the
@@ -9,32 +9,35 @@ PURPOSE
   all of them use the same clock: Redis TIME plus ARGV[2].
 
   IMPORTANT: if you change behaviour, the key layout or a return shape, bump the schema version in
-  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v3" -> "v4"). During a rolling deploy, old and new
+  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v4" -> "v5"). During a rolling deploy, old and new
   processes then keep separate state instead of misreading each other's.
 
 KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis Cluster slot)
-  p:v3:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included);
+  p:v4:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included);
                                    expires one day after the day ends
-  p:v3:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
-  p:v3:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
+  p:v4:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
+  p:v4:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
                                    >0: a trial is in flight, its lease ends then (epoch ms)
-  p:v3:{p}:fails                   hash key_id -> failures in the current window,
+  p:v4:{p}:fails                   hash key_id -> failures in the current window,
                                    key_id..":since" -> window start (epoch ms)
-  p:v3:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends
-  p:v3:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min
-  p:v3:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)
+  p:v4:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends
+  p:v4:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min
+  p:v4:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)
   A POOL is one candidate list (the keys serving one model for one endpoint family), named by the
   caller: <pid>. Its three keys are a cache of counts, cooldown and the list, rebuilt by `init`:
-  p:v3:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
+  p:v4:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
                                    "~fp" -> the list's fingerprint, "~day" -> the day it was built
                                    for, "~rv" -> the last entry of `revived` applied
-  p:v3:{p}:avail:<pid>             zset key_id -> count (the score): candidates under their limit
+  p:v4:{p}:avail:<pid>             zset key_id -> count (the score): candidates under their limit
                                    that were not cooling when last looked at
-  p:v3:{p}:resting:<pid>           zset key_id -> cooldown end as filed: candidates under their limit
+  p:v4:{p}:resting:<pid>           zset key_id -> cooldown end as filed: candidates under their limit
                                    that were cooling when last looked at
-  p:v3:{p}:revived                 zset key_id -> sequence number: keys that may be usable again (a
+  p:v4:{p}:revived                 zset key_id -> sequence number: keys that may be usable again (a
                                    reservation given back, a cooldown cleared, a trial passed); the
                                    latest 65,536, expires after two idle days
+  p:v4:{p}:aff:<digest of user, conversation, model>   string key_id: the conversation's key
+  p:v4:{p}:resp:<digest of the response id>           string "<user_id> <key_id>": who the response
+                                   was made for and the key that made it (see remember)
   Pool keys expire one day after the day they were built for ends.
   <YYYY-MM-DD> is the calendar day in the configured time zone. The caller names the day and minute
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
@@ -79,20 +82,29 @@ pick: reserve a call on the least-used available key, after the caller's limits
   ARGV[15] <day> (the name)        ARGV[16] the candidate list's fingerprint
   ARGV[17] a random integer: the tie-break among the equally used keys at the head of avail
   ARGV[18] conversation affinity ms: how long KEYS[11] keeps the key picked now (0: not written)
-  ARGV[19], ...  key ids not to pick (the ones a retry already tried)
-  KEYS[11] aff:<conversation digest> (optional)   KEYS[12] resp:<response id digest> (optional):
-    string -> key_id. The key named there is taken first (KEYS[12] before KEYS[11]) when it is a
-    member of this pool, not excluded, under its limit, not cooling and not on probation; else
-    the usual least-used pick. KEYS[11] is then set to the key picked, for ARGV[18] ms. Both are
-    in the one hash slot; pass a name that is never set to leave one out.
+  ARGV[19] reserve: 1 = reserve a call on the key picked; 0 = only choose it (count_tokens): the
+           key's count and the user's day and streams are left as they are, only the user's
+           minute counts (and is enforced)
+  ARGV[20], ...  key ids not to pick (the ones a retry already tried)
+  KEYS[11] aff:<conversation digest> (optional): string -> key_id.
+  KEYS[12] resp:<response id digest> (optional): string -> "<user_id> <key_id>" (see remember).
+    One made for another user than ARGV[11]: the answer is response_not_found. Else the key named
+    there is taken first (KEYS[12] before KEYS[11]) when it is a member of this pool, not
+    excluded, under its limit, not cooling and not on probation; else the usual least-used pick.
+    KEYS[11] is then set to the key picked, for ARGV[18] ms. Both are in the one hash slot; pass
+    a name that is never set to leave one out.
   Returns {outcome, key_id or "", used_today, retry_after_ms, trial (0|1), now}
-    outcome: ok | exhausted | cooling | user_daily | user_rpm | user_streams | clock | init
+    outcome: ok | exhausted | cooling | user_daily | user_rpm | user_streams | response_not_found
+      | clock | init
     ok: the key with the fewest reservations among those under their limit and not cooling;
-      its count was incremented (and then the user's counters, and the stream lease added).
+      its count was incremented (and then the user's counters, and the stream lease added), or
+      with reserve = 0 only the user's minute; used_today is the key's count after it.
       A key on probation whose cooldown has ended is handed out as a trial (trial = 1): its
       cooldown and probation become now + trial lease, so no second request reaches it.
     cooling: none available, and at least one key under its limit is cooling (retry: its end).
     exhausted: every candidate is at its daily limit, cooling or not (retry: the day's end).
+    response_not_found: KEYS[12] names a response made for another user (checked after the
+      user's limits): nothing was counted or reserved.
     "clock": now is outside the given day or minute: nothing was read or written; the caller
     names the keys again from the returned now and calls again.
     "init": the pool must be (re)built first (see INVARIANTS 5): the caller calls `init`, then
@@ -138,6 +150,10 @@ read: a hash and the time it was read at (usage today, cooldowns left)
 end_stream: a stream ended: drop its lease from the user's concurrent streams
   KEYS[1] ustreams:<user_id>    ARGV[3] request_id
   Returns 1 when the lease was there, else 0.
+
+remember: a Responses API response, the user it was made for and the key that made it
+  KEYS[1] resp:<response id digest>    ARGV[3] key_id    ARGV[4] ms    ARGV[5] user_id (no spaces)
+  Sets KEYS[1] to "<user_id> <key_id>" for ARGV[4] ms. Returns 1.
 ]]
 
 local DAY_MS = 86400000
@@ -218,9 +234,10 @@ if op == 'pick' then
   local day_start, day_end = tonumber(ARGV[3]), tonumber(ARGV[4])
   local minute_end = tonumber(ARGV[5]) + MINUTE_MS
   local count_user = ARGV[6] == '1'
+  local reserve = ARGV[19] == '1'
   local user, request_id = ARGV[11], ARGV[12]
   local streams_limit = tonumber(ARGV[10])
-  local track_stream = count_user and ARGV[9] == '1' and streams_limit > 0
+  local track_stream = count_user and reserve and ARGV[9] == '1' and streams_limit > 0
   local counts, cooldown, probation = KEYS[1], KEYS[2], KEYS[3]
   local meta, avail, cooling, revived = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
@@ -231,7 +248,7 @@ if op == 'pick' then
 
   if count_user then
     local daily, per_minute = tonumber(ARGV[7]), tonumber(ARGV[8])
-    if daily > 0 and (tonumber(redis.call('HGET', KEYS[4], user)) or 0) >= daily then
+    if reserve and daily > 0 and (tonumber(redis.call('HGET', KEYS[4], user)) or 0) >= daily then
       return {'user_daily', '', 0, day_end - now, 0, now}
     end
     if per_minute > 0 and (tonumber(redis.call('HGET', KEYS[5], user)) or 0) >= per_minute then
@@ -245,6 +262,17 @@ if op == 'pick' then
         return {'user_streams', '', 0, 1000, 0, now}
       end
     end
+  end
+
+  -- A response belongs to the user it was made for: another user's id is not found, here or upstream.
+  local made_by = nil
+  local made = KEYS[12] and redis.call('GET', KEYS[12])
+  if made then
+    local owner, id = string.match(made, '^(%S+) (.+)$')
+    if owner ~= user then
+      return {'response_not_found', '', 0, 0, 0, now}
+    end
+    made_by = id
   end
 
   -- The pool's structures must be today's, built from the caller's candidate list, and must not
@@ -270,7 +298,7 @@ if op == 'pick' then
   end
 
   local exclude, excluded = {}, 0
-  for i = 19, #ARGV do
+  for i = 20, #ARGV do
     exclude[ARGV[i]] = true
     excluded = excluded + 1
   end
@@ -279,15 +307,18 @@ if op == 'pick' then
   local key_id = nil
   -- Affinity: the key that produced the response this request continues (KEYS[12]), else the one
   -- that last served this conversation (KEYS[11]), when it is in this pool and can serve now.
-  for k = 12, 11, -1 do
-    local id = KEYS[k] and not key_id and redis.call('GET', KEYS[k])
-    if id and not exclude[id] then
-      local limit = tonumber(redis.call('HGET', meta, id))
-      if limit and (tonumber(redis.call('HGET', counts, id)) or 0) < limit
-          and (tonumber(redis.call('HGET', cooldown, id)) or 0) <= now
-          and redis.call('HEXISTS', probation, id) == 0 then
-        key_id = id
-      end
+  local function can_serve(id)
+    local limit = id and not exclude[id] and tonumber(redis.call('HGET', meta, id))
+    return limit and (tonumber(redis.call('HGET', counts, id)) or 0) < limit
+        and (tonumber(redis.call('HGET', cooldown, id)) or 0) <= now
+        and redis.call('HEXISTS', probation, id) == 0
+  end
+  if can_serve(made_by) then
+    key_id = made_by
+  elseif KEYS[11] then
+    local id = redis.call('GET', KEYS[11])
+    if can_serve(id) then
+      key_id = id
     end
   end
   while not key_id do
@@ -355,8 +386,13 @@ if op == 'pick' then
     return {'exhausted', '', 0, day_end - now, 0, now}
   end
 
-  local used = redis.call('HINCRBY', counts, key_id, 1)
-  redis.call('PEXPIRE', counts, ms(day_end + DAY_MS - now))
+  local used
+  if reserve then
+    used = redis.call('HINCRBY', counts, key_id, 1)
+    redis.call('PEXPIRE', counts, ms(day_end + DAY_MS - now))
+  else
+    used = tonumber(redis.call('HGET', counts, key_id)) or 0
+  end
   local trial = 0
   if redis.call('HEXISTS', probation, key_id) == 1 then
     -- Back from a failure cooldown: this request is its one trial. The lease keeps every other
@@ -375,8 +411,10 @@ if op == 'pick' then
     redis.call('SET', KEYS[11], key_id, 'PX', ms(affinity_ms)) -- the conversation's key from now on
   end
   if count_user then
-    redis.call('HINCRBY', KEYS[4], user, 1)
-    redis.call('PEXPIRE', KEYS[4], ms(day_end + DAY_MS - now))
+    if reserve then
+      redis.call('HINCRBY', KEYS[4], user, 1)
+      redis.call('PEXPIRE', KEYS[4], ms(day_end + DAY_MS - now))
+    end
     redis.call('HINCRBY', KEYS[5], user, 1)
     redis.call('PEXPIRE', KEYS[5], ms(minute_end + MINUTE_MS - now))
     if track_stream then
@@ -502,9 +540,8 @@ elseif op == 'read' then
   return {now, redis.call('HGETALL', KEYS[1])}
 
 elseif op == 'remember' then
-  -- A response and the key that produced it (previous_response_id only exists on that account).
-  -- KEYS[1] resp:<response id digest>    ARGV[3] key_id    ARGV[4] ms.  Returns 1.
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  -- A response: who it was made for, and the key that made it (it only exists on that account).
+  redis.call('SET', KEYS[1], ARGV[5] .. ' ' .. ARGV[3], 'PX', ARGV[4])
   return 1
 
 elseif op == 'end_stream' then

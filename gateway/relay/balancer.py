@@ -1,13 +1,14 @@
 """The atomic key balancer: which donated key serves a request, and the Redis state behind it.
 
-Owns `balancer.lua` and every Redis key it touches (`<prefix>:v2:{<prefix>}:counts:<day>`,
-`cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`, and per pool
-`pool:<id>`, `avail:<id>`, `resting:<id>`, plus `revived`; the layout and its invariants are
-documented in the script's header). `pick()` is one script call: it enforces the caller's
-fair-use limits, picks the least-used key that is under its daily limit and not cooling, and
-reserves one call on it, atomically, so limits hold across any number of processes. Its cost does
-not grow with the pool: a `Pool` (kept per model by the key index) goes to Redis as an id and a
-fingerprint; the full list only in `init`, once per pool per day or change.
+Owns `balancer.lua` and every Redis key it touches (`<prefix>:v4:{<prefix>}:counts:<day>`,
+`cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`, per pool
+`pool:<id>`, `avail:<id>`, `resting:<id>`, plus `revived`, `aff:` and `resp:`; the layout and its
+invariants are documented in the script's header). `pick()` is one script call: it enforces the
+caller's fair-use limits, picks the least-used key that is under its daily limit and not cooling,
+and reserves one call on it (`reserve=False`: only chooses it), atomically, so limits hold across
+any number of processes. Affinity is the caller's (see `Affinity`). Its cost does not grow with
+the pool: a `Pool` (kept per model by the key index) goes to Redis as an id and a fingerprint;
+the full list only in `init`, once per pool per day or change.
 
 "Today" is the calendar day in the configured time zone at Redis' clock. The client names the
 day and minute keys from its own clock and the script checks that guess against `TIME`; a wrong
@@ -87,10 +88,13 @@ class PickOutcome(StrEnum):
     USER_DAILY = "user_daily"  # the caller's own limits, before any key is looked at
     USER_RPM = "user_rpm"
     USER_STREAMS = "user_streams"
+    RESPONSE_NOT_FOUND = "response_not_found"  # previous_response_id names another user's response
 
 
-# The caller's limits: no other key (nor the caller's private fallback) changes the answer.
-USER_OUTCOMES = frozenset({PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOutcome.USER_STREAMS})
+# About the caller (its limits, another user's response): no key nor private fallback changes it.
+USER_OUTCOMES = frozenset(
+    {PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOutcome.USER_STREAMS, PickOutcome.RESPONSE_NOT_FOUND}
+)
 CLOCK = "clock"  # the script's answer when the client named the wrong day or minute
 
 
@@ -101,15 +105,17 @@ def digest(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Affinity:
-    """What a request continues: a conversation (per model asked for) and/or a response."""
+    """What a request continues: a conversation (per user and model asked for) and/or a response
+    (refused when it was made for another user: see `remember`)."""
 
     conversation: str | None  # the caller's conversation id + model, as given
     response: str | None  # previous_response_id
     conversation_ms: int  # how long the conversation keeps its key
 
-    def keys(self, prefix: str) -> tuple[str, str]:
+    def keys(self, prefix: str, user_id: str) -> tuple[str, str]:
         unused = redisnames.conversation(prefix, "-")  # never set: GET finds nothing
-        conv = redisnames.conversation(prefix, digest(self.conversation)) if self.conversation else unused
+        named = f"{user_id}\0{self.conversation}"
+        conv = redisnames.conversation(prefix, digest(named)) if self.conversation else unused
         resp = redisnames.response(prefix, digest(self.response)) if self.response else unused
         return conv, resp
 
@@ -118,7 +124,7 @@ class Affinity:
 class Pick:
     outcome: PickOutcome
     key_id: str | None
-    used_today: int  # the picked key's count after this reservation
+    used_today: int  # the picked key's count after this reservation (with reserve=False: as it is)
     retry_after: int  # seconds; 0 when outcome is "ok"
     day: str  # YYYY-MM-DD in the configured time zone, by Redis time
     trial: bool  # the single trial request of a key coming out of failure cooldown
@@ -195,6 +201,7 @@ class Balancer:
         count_user: bool = True,
         exclude: Collection[str] = (),
         affinity: Affinity | None = None,
+        reserve: bool = True,
     ) -> Pick:
         """Reserve one call on the least-used available key, after the caller's limits.
 
@@ -203,7 +210,8 @@ class Balancer:
         against the user (and holds its stream slot) on its first pick. The cost does not depend
         on the pool's size, but for one `init` call per pool per day (or after a change).
         `affinity`: the conversation and response this request continues (see `Affinity`),
-        decided in the same call.
+        decided in the same call. `reserve=False` (count_tokens) only chooses the key: neither its
+        count today nor the user's day or streams change; the user's minute counts, and limits.
         """
         pool = candidates if isinstance(candidates, Pool) else Pool.of(candidates)
         if not pool.size:
@@ -228,7 +236,7 @@ class Balancer:
                     redisnames.pool_avail(self._prefix, pool.pool_id),
                     redisnames.pool_resting(self._prefix, pool.pool_id),
                     self._revived,
-                    *(affinity.keys(self._prefix) if affinity is not None else ()),
+                    *(affinity.keys(self._prefix, user_id) if affinity is not None else ()),
                 ],
                 args=[
                     "pick",
@@ -249,6 +257,7 @@ class Balancer:
                     pool.fingerprint,
                     random.getrandbits(30),  # the tie-break among equally used keys
                     affinity.conversation_ms if affinity is not None and affinity.conversation else 0,
+                    int(reserve),
                     *exclude,
                 ],
             )
@@ -272,10 +281,11 @@ class Balancer:
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day or minute the keys were named for")
 
-    async def remember(self, response_id: str, key_id: str, seconds: float) -> None:
-        """The key that produced a response: a request continuing it goes there while it can."""
-        key = redisnames.response(self._prefix, digest(response_id))
-        await self._script(keys=[key], args=["remember", self._offset_ms, key_id, max(1, round(seconds * 1000))])
+    async def remember(self, response_id: str, key_id: str, seconds: float, *, user_id: str) -> None:
+        """The user a response was made for and the key that produced it: that user's request
+        continuing it goes there while it can; another user's is refused."""
+        key, ms = redisnames.response(self._prefix, digest(response_id)), max(1, round(seconds * 1000))
+        await self._script(keys=[key], args=["remember", self._offset_ms, key_id, ms, user_id])
 
     async def _init_once(self, pool: Pool, day: Day) -> int:
         """`_init`, shared by every pick of this process that asks for the same pool at once."""

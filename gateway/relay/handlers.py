@@ -30,6 +30,7 @@ from gateway.errors import (
     LimitReached,
     NoKeyForModel,
     NotConfigured,
+    NotFound,
     UpstreamFailed,
 )
 from gateway.log import request_fields
@@ -244,7 +245,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                     "The gateway cannot reach its state store; try again shortly.", retry_after=5
                 ) from None
             if pick.outcome != PickOutcome.OK:
-                refusal = refusal_for(pick, call.model)
+                refusal = refusal_for(pick, call.model, affinity.response if affinity else None)
                 if pick.outcome in USER_OUTCOMES:
                     raise refusal
                 break
@@ -263,7 +264,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                     await _quietly(balancer.trial_passed(key.id))
                 if call.response_id and config.balancer.response_affinity_seconds:
                     seconds = config.balancer.response_affinity_seconds
-                    after_response(balancer.remember(call.response_id, key.id, seconds))
+                    after_response(balancer.remember(call.response_id, key.id, seconds, user_id=caller.user_id))
                 return result
             last_failure = result
             await _release(balancer, pick)
@@ -321,7 +322,9 @@ def affinity_of(call: Call, config: BalancerConfig) -> Affinity | None:
     return Affinity(named, previous, config.affinity_seconds * 1000)
 
 
-def refusal_for(pick: Pick, model: str) -> GatewayError:
+def refusal_for(pick: Pick, model: str, response_id: str | None = None) -> GatewayError:
+    if pick.outcome == PickOutcome.RESPONSE_NOT_FOUND:
+        return NotFound(f"Response with id '{(response_id or '')[:256]}' not found.", code="response_not_found")
     if pick.outcome == PickOutcome.USER_DAILY:
         return LimitReached(
             "You have used your requests for today.", code="user_daily_limit", retry_after=pick.retry_after
