@@ -127,7 +127,9 @@ async def _stream(
     return resp
 
 
-def count_tokens(body: Any) -> web.Response:
+def count_tokens(up: FakeUpstream, body: Any) -> web.Response:
     if not isinstance(body, dict) or "messages" not in body:
         return error(400, "invalid_request_error", "messages: Field required")
+    if body.get("model") not in up.models:
+        return error(404, "not_found_error", f"model: {body.get('model')}")
     return web.json_response({"input_tokens": 42})

@@ -123,7 +123,7 @@ class FakeUpstream:
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
         body, _, early = await self._begin(request)
-        return early or fake_anthropic.count_tokens(body)
+        return early or fake_anthropic.count_tokens(self, body)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, _, early = await self._begin(request)

@@ -112,7 +112,9 @@ async def test_only_beta_true_of_the_callers_query_reaches_an_anthropic_key(
     headers = {"x-api-key": gw.token}
     chat = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     assert (await gw.client.post(f"/v1/messages?{query}", json=chat, headers=headers)).status == 200
-    assert [r.query for r in upstream.requests] == [sent]
+    count = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert (await gw.client.post(f"/v1/messages/count_tokens?{query}", json=count, headers=headers)).status == 200
+    assert [r.query for r in upstream.requests] == [sent, sent]
 
 
 # --- an openai key: translated there and back -----------------------------------------------------
@@ -214,7 +216,10 @@ async def test_count_tokens_asks_an_anthropic_key_else_estimates(gw: Gateway, up
     await gw.app[appkeys.key_index].reload()
     asked = await claude(gw).messages.count_tokens(**body)
     assert asked.input_tokens == 42 and len(upstream.calls("/v1/messages/count_tokens")) == 1
-    assert await rows(gw) == [], "count_tokens is no call against a key's daily limit"
+    [row] = await rows(gw)
+    assert (row["api_endpoint"], row["status"], row["committed"]) == ("/v1/messages/count_tokens", "ok", False)
+    assert (await gw.key_row(str(row["shared_key_id"])))["usage_count_today"] == 0, "not against the daily limit"
+    # (more in test_count_tokens.py)
 
 
 # --- bad input and errors, in Anthropic's shape ---------------------------------------------------

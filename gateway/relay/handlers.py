@@ -37,7 +37,7 @@ from gateway.log import request_fields
 from gateway.relay import anthropic_body, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
-from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, UserLimits
+from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
 from gateway.relay.call import ESCAPED_LETTER, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.store.tokens import Caller
 
@@ -227,23 +227,17 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         while call.attempts < config.balancer.max_attempts:
             if pool is None or len(tried) >= pool.size:
                 break
-            try:
-                pick = await balancer.pick(
-                    pool,
-                    exclude=tried,
-                    user_id=caller.user_id,
-                    limits=limits,
-                    request_id=request[appkeys.request_id],
-                    stream=call.stream,
-                    count_user=call.attempts == 0,
-                    affinity=affinity,
-                )
-            except REDIS_DOWN as e:
-                metrics.redis_error("balancer")
-                log.error("balancer_unreachable", error=str(e))
-                raise NotConfigured(
-                    "The gateway cannot reach its state store; try again shortly.", retry_after=5
-                ) from None
+            pick = await pick_key(
+                balancer,
+                pool,
+                exclude=tried,
+                user_id=caller.user_id,
+                limits=limits,
+                request_id=request[appkeys.request_id],
+                stream=call.stream,
+                count_user=call.attempts == 0,
+                affinity=affinity,
+            )
             if pick.outcome != PickOutcome.OK:
                 refusal = refusal_for(pick, call.model, affinity.response if affinity else None)
                 if pick.outcome in USER_OUTCOMES:
@@ -296,6 +290,16 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         if stream_slot:
             # After the response: the client is not kept waiting for this second round trip.
             after_response(balancer.end_stream(caller.user_id, request[appkeys.request_id]))
+
+
+async def pick_key(balancer: Balancer, pool: Pool, **kw: Any) -> Pick:
+    """`balancer.pick`, failing closed (503) when Redis cannot be reached: never unlimited."""
+    try:
+        return await balancer.pick(pool, **kw)
+    except REDIS_DOWN as e:
+        metrics.redis_error("balancer")
+        log.error("balancer_unreachable", error=str(e))
+        raise NotConfigured("The gateway cannot reach its state store; try again shortly.", retry_after=5) from None
 
 
 def after_response(awaitable: Any) -> None:

@@ -33,9 +33,17 @@ MAX_PARTIAL = 100  # more keys announced than this between two reloads: reload t
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 ANTHROPIC_ENDPOINTS = ("/messages", "/messages/count_tokens")
-# What a client asks for that a key of either format can serve (the relay translates the rest);
-# every other endpoint is OpenAI's alone.
+# What a client asks for that a key of either format can serve (the relay translates the rest),
+# what only an `anthropic` key answers; every other endpoint is OpenAI's alone.
 EITHER_FORMAT = frozenset({"/chat/completions", "/messages"})
+ANTHROPIC_ONLY = frozenset({"/messages/count_tokens"})
+
+
+def family(endpoint: str) -> str:
+    """Which keys serve a client's endpoint: `any` format, `openai` or `anthropic` ones only."""
+    if endpoint in EITHER_FORMAT:
+        return "any"
+    return "anthropic" if endpoint in ANTHROPIC_ONLY else "openai"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -74,8 +82,9 @@ class Snapshot:
     # (name asked for, key id) -> the name that key's upstream gets, where it differs
     rename: dict[tuple[str, str], str] = field(default_factory=dict)
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # (model, either format?) -> the balancer's pool, built on first use, once per snapshot
-    pools: dict[tuple[str, bool], Pool] = field(default_factory=dict)
+    # (model, family) -> the balancer's pool (None: a model served, but by no key of the family),
+    # built on first use, once per snapshot
+    pools: dict[tuple[str, str], Pool | None] = field(default_factory=dict)
 
     @classmethod
     def build(cls, keys: list[PoolKey], aliases: Mapping[str, tuple[str, ...]] | None = None) -> Snapshot:
@@ -221,28 +230,31 @@ class KeyIndex:
 
     def pooled(self, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         """The shared keys that can serve `model` at the client's `endpoint`."""
-        by_model = self.snapshot.pooled if endpoint in EITHER_FORMAT else self.snapshot.openai
-        return by_model.get(model, [])
+        kind = family(endpoint)
+        if kind == "anthropic":
+            return [k for k in self.snapshot.pooled.get(model, ()) if k.api_format == "anthropic"]
+        return (self.snapshot.pooled if kind == "any" else self.snapshot.openai).get(model, [])
 
     def pool(self, model: str, endpoint: str = "/chat/completions") -> Pool | None:
         """`pooled(model, endpoint)` as the balancer's pool: its candidate list, fingerprint and
         Redis id prepared once per snapshot, so a request sends neither the list nor its size."""
-        either = endpoint in EITHER_FORMAT
+        kind = family(endpoint)
         snap = self.snapshot
-        pool = snap.pools.get((model, either))
-        if pool is None:
-            keys = self.pooled(model, endpoint)
-            if not keys:
-                return None
-            family = "any" if either else "openai"
-            pool = snap.pools[(model, either)] = Pool.of([k.candidate for k in keys], f"{family}\0{model}")
+        try:
+            return snap.pools[(model, kind)]
+        except KeyError:
+            pass
+        keys = self.pooled(model, endpoint)
+        pool = Pool.of([k.candidate for k in keys], f"{kind}\0{model}") if keys else None
+        if pool is not None or model in snap.pooled:  # a name no key serves is not kept
+            snap.pools[(model, kind)] = pool
         return pool
 
     def private(self, owner_id: str, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
-        either = endpoint in EITHER_FORMAT
+        kind = family(endpoint)
         names = {model, *self.snapshot.aliases.get(model, ())}
         keys = self.snapshot.private.get(owner_id, [])
-        return [k for k in keys if not names.isdisjoint(k.models) and (either or k.api_format == "openai")]
+        return [k for k in keys if not names.isdisjoint(k.models) and kind in ("any", k.api_format)]
 
     def upstream_model(self, model: str, key: PoolKey) -> str:
         """The name `key`'s upstream gets for a request that asked for `model`."""

@@ -5,28 +5,39 @@ OpenAI one (`handlers.proxy`): token, checks, one pick, failover, accounting. An
 gets the body as it came; an `openai` key gets it translated (`translate`). Errors answer in
 Anthropic's shape (`errors.anthropic_error`), with `request-id`.
 
+`count_tokens` goes through the same pick without a reservation (`reserve=False`): it counts
+toward the caller's requests per minute, never toward a key's daily limit; only `anthropic` keys
+that could serve now are asked, each under its own name for the model; every attempt leaves a
+usage row that is never committed and bills no tokens.
+
 The body is checked before any key is chosen (`anthropic_body`), naming the field Anthropic would name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.log import request_fields
-from gateway.net import h1
+from gateway.log import request_fields, scrub
+from gateway.net import h1, upstream
 from gateway.relay import handlers, plan, translate
 from gateway.relay.anthropic_body import check
+from gateway.relay.attempt import _quietly, failed_status, note_failure
+from gateway.relay.balancer import USER_OUTCOMES, Pick, PickOutcome, Pool
+from gateway.relay.call import Call, Failure, FailureKind, Recorder, key_secrets
+from gateway.relay.keyindex import PoolKey
+from gateway.relay.usage import UsageStatus
 
 routes = web.RouteTableDef()
 
+COUNT = "/messages/count_tokens"
 COUNT_TIMEOUT = 10.0
+MAX_COUNT_ANSWER = 64 * 1024
 
 
 @routes.post("/v1/messages")
@@ -36,36 +47,103 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/v1/messages/count_tokens")
 async def count_tokens(request: web.Request) -> web.Response:
-    """Asked of an `anthropic` key serving the model when there is one (not counted against its
-    daily limit: no pick, a key chosen at random), else estimated locally."""
-    await handlers.authenticate(request)
-    _, body = await handlers.read_json(request)
+    """Asked of the least-used `anthropic` key serving the model that could serve now, failed over
+    like a call; estimated locally when none can (or every one failed)."""
+    caller = await handlers.authenticate(request)
+    raw, body = await handlers.read_json(request)
     check(body, counting=True)
-    index = request.app[appkeys.key_index]
-    keys = [k for k in index.pooled(body["model"], "/messages") if k.api_format == "anthropic"]
-    if keys:
-        counted = await _ask(request, random.choice(keys), body)
-        if counted is not None:
-            return web.json_response({"input_tokens": counted})
-    return web.json_response({"input_tokens": translate.estimate_input_tokens(body)})
-
-
-async def _ask(request: web.Request, key: Any, body: dict[str, Any]) -> int | None:
-    pool = request.app[appkeys.upstream_pool]
-    deadline = asyncio.get_running_loop().time() + COUNT_TIMEOUT
-    head = key.head[False] + plan.anthropic_lines(request)
-    started = time.perf_counter()
+    model = body["model"]
+    fields = request_fields(request)
+    fields["model"] = model
+    call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
+    call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
+    pool = request.app[appkeys.key_index].pool(model, COUNT)
     try:
-        resp = await pool.request(key.urls["/messages/count_tokens"], head, orjson.dumps(body), deadline=deadline)
-        try:
-            if resp.status != 200:
-                return None
-            answer = orjson.loads(await resp.read(64 * 1024, deadline))
-        finally:
-            resp.release()
-    except (OSError, ValueError, h1.UpstreamClosed, h1.AnswerTooLarge):
-        return None
+        counted = await _count(call, pool) if pool is not None else None
     finally:
-        request_fields(request)["upstream_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        fields["attempts"] = call.attempts
+        fields["upstream_ms"] = round(call.upstream_ms, 1)
+    if isinstance(counted, web.Response):
+        return counted
+    return web.json_response({"input_tokens": translate.estimate_input_tokens(body) if counted is None else counted})
+
+
+async def _count(call: Call, pool: Pool) -> int | web.Response | None:
+    """The count of the first key that answers, the upstream's refusal of the request itself, or
+    None when no key could serve or every attempt failed."""
+    request = call.request
+    app = request.app
+    balancer, index = app[appkeys.balancer], app[appkeys.key_index]
+    limits = handlers.user_limits(request, call.caller)
+    tried: set[str] = set()
+    while call.attempts < app[appkeys.config].balancer.max_attempts and len(tried) < pool.size:
+        pick = await handlers.pick_key(
+            balancer,
+            pool,
+            exclude=tried,
+            user_id=call.caller.user_id,
+            limits=limits,
+            request_id=request[appkeys.request_id],
+            stream=False,
+            count_user=call.attempts == 0,
+            reserve=False,
+        )
+        if pick.outcome in USER_OUTCOMES:
+            raise handlers.refusal_for(pick, call.model)
+        if pick.outcome != PickOutcome.OK:
+            return None
+        key = index.get(pick.key_id or "")
+        call.attempts += 1
+        if key is None:  # removed from the index since the pick
+            continue
+        tried.add(key.id)
+        request_fields(request)["key_id"] = key.id
+        result = await _ask(call, key, pick)
+        if not isinstance(result, Failure):
+            if pick.trial:
+                await _quietly(balancer.trial_passed(key.id))
+            return result
+        await note_failure(app, key, result)
+    return None
+
+
+async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Failure:
+    """One count on one key, under the key's own name for the model: the count, the upstream's
+    refusal of the request itself (relayed), or a Failure. Its usage row is not committed."""
+    app = call.request.app
+    record = Recorder(call, key, pick)
+    name = record.upstream_model = app[appkeys.key_index].upstream_model(call.model, key)
+    body = call.raw if name == call.model else call.renamed(name)
+    url = plan.anthropic_url(key.urls[COUNT], call.request)
+    deadline = asyncio.get_running_loop().time() + COUNT_TIMEOUT
+    t0 = time.perf_counter()
+    resp: h1.Response | None = None
+    try:
+        head = key.head[False] + call.anthropic_lines
+        resp = await app[appkeys.upstream_pool].request(url, head, body, deadline=deadline)
+        if resp.status != 200:
+            return await failed_status(call, key, resp, record, deadline)
+        answer = orjson.loads(await resp.read(MAX_COUNT_ANSWER, deadline))
+    except TimeoutError:
+        return record.failed(Failure(FailureKind.TIMEOUT, detail="timed out"))
+    except (h1.AnswerTooLarge, ValueError):  # not JSON, or far larger than a count
+        return record.failed(Failure(FailureKind.UPSTREAM_ERROR, 200, detail="the answer is not a count"))
+    except h1.UnsupportedEncoding as e:
+        return record.failed(Failure(FailureKind.UNSUPPORTED_ENCODING, detail=str(e)))
+    except upstream.RefusedAddress:
+        return record.failed(Failure(FailureKind.UNREACHABLE, detail="refused_address"))
+    except (aiohttp.ClientError, OSError) as e:
+        detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
+        return record.failed(Failure(FailureKind.UNREACHABLE, detail=detail))
+    except asyncio.CancelledError:
+        record.cancelled()
+        raise
+    finally:
+        if resp is not None:
+            resp.release()
+        call.upstream_ms += (time.perf_counter() - t0) * 1000
     tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
-    return tokens if isinstance(tokens, int) and tokens >= 0 else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        return record.failed(Failure(FailureKind.UPSTREAM_ERROR, 200, detail="the answer is not a count"))
+    record.finished(UsageStatus.OK, success=True, committed=False, http_status=200)
+    return tokens
