@@ -120,30 +120,30 @@ async def test_another_users_response_id_is_not_found_and_reaches_no_key(
     gw = await make(config, pool, aiohttp_client, affinity_seconds=0)
     a, b = await gw.add_key(fake_upstream, name="a"), await gw.add_key(second_upstream, name="b")
     _, other_token = await user_with_token(pool, "other")
-    owner, other = gw.sdk(), gw.sdk(api_key=other_token)
-    made = await owner.responses.create(model="gpt-4o-mini", input="hi")
-    assert made.id == "resp_fake"
-    await asyncio.sleep(0.2)  # remembered after the response
-    balancer = gw.app[appkeys.balancer]
-    before = await balancer.usage_today([a, b])
+    async with gw.sdk() as owner, gw.sdk(api_key=other_token) as other:
+        made = await owner.responses.create(model="gpt-4o-mini", input="hi")
+        assert made.id == "resp_fake"
+        await asyncio.sleep(0.2)  # remembered after the response
+        balancer = gw.app[appkeys.balancer]
+        before = await balancer.usage_today([a, b])
 
-    with pytest.raises(openai.NotFoundError) as refused:
-        await other.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_fake")
-    assert refused.value.status_code == 404
-    assert refused.value.body == {
-        "message": "Response with id 'resp_fake' not found.",
-        "type": "invalid_request_error",
-        "code": "response_not_found",
-    }
-    assert served(fake_upstream, second_upstream, "/v1/responses") in ((1, 0), (0, 1)), "no upstream call"
-    assert await balancer.usage_today([a, b]) == before, "nothing reserved"
-    assert len(await gw.logs()) == 1, "no usage row: no key was tried"
+        with pytest.raises(openai.NotFoundError) as refused:
+            await other.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_fake")
+        assert refused.value.status_code == 404
+        assert refused.value.body == {
+            "message": "Response with id 'resp_fake' not found.",
+            "type": "invalid_request_error",
+            "code": "response_not_found",
+        }
+        assert served(fake_upstream, second_upstream, "/v1/responses") in ((1, 0), (0, 1)), "no upstream call"
+        assert await balancer.usage_today([a, b]) == before, "nothing reserved"
+        assert len(await gw.logs()) == 1, "no usage row: no key was tried"
 
-    await owner.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_fake")
-    assert sorted(served(fake_upstream, second_upstream, "/v1/responses")) == [0, 2], "its owner continues it"
-    # An id the gateway never saw (expired, or older than this version) goes to the least-used key.
-    await other.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_unknown")
-    assert sorted(served(fake_upstream, second_upstream, "/v1/responses")) == [1, 2]
+        await owner.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_fake")
+        assert sorted(served(fake_upstream, second_upstream, "/v1/responses")) == [0, 2], "its owner continues it"
+        # An id the gateway never saw (expired, or older than this version) goes to the least-used key.
+        await other.responses.create(model="gpt-4o-mini", input="more", previous_response_id="resp_unknown")
+        assert sorted(served(fake_upstream, second_upstream, "/v1/responses")) == [1, 2]
 
 
 async def test_two_users_naming_the_same_conversation_do_not_steer_each_other(

@@ -5,6 +5,7 @@ SDK against real PostgreSQL and Redis; the fake upstream answers count_tokens li
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anthropic
@@ -29,13 +30,26 @@ ESTIMATE = 100 + 4  # the local estimate of BODY (about 4 bytes a token)
 COUNT = "/v1/messages/count_tokens"
 
 
-async def make(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any, **limits: Any) -> Gateway:
-    config = gateway_config(config, **limits)
-    app = create_app(config)
-    client = await aiohttp_client(app)
-    donor, _ = await user_with_token(pool, "donor")
-    _, token = await user_with_token(pool, "caller")
-    return Gateway(client, app, token, donor, pool, config)
+Make = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any) -> AsyncIterator[Make]:
+    """A gateway with these `limits`; its SDK clients are closed after the test."""
+    made: list[Gateway] = []
+
+    async def build(**limits: Any) -> Gateway:
+        app = create_app(gateway_config(config, **limits))
+        client = await aiohttp_client(app)
+        donor, _ = await user_with_token(pool, "donor")
+        _, token = await user_with_token(pool, "caller")
+        made.append(Gateway(client, app, token, donor, pool, app[appkeys.config]))
+        return made[-1]
+
+    yield build
+    for gw in made:
+        for sdk in gw.clients:
+            await sdk.close()
 
 
 @pytest.fixture
@@ -63,10 +77,8 @@ async def counted_today(gw: Gateway, *key_ids: str) -> dict[str, int]:
     return await gw.app[appkeys.balancer].usage_today(list(key_ids))
 
 
-async def test_count_tokens_counts_toward_the_callers_requests_per_minute(
-    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any, upstream: FakeUpstream
-) -> None:
-    gw = await make(config, pool, aiohttp_client, user_requests_per_minute=2)
+async def test_count_tokens_counts_toward_the_callers_requests_per_minute(make: Make, upstream: FakeUpstream) -> None:
+    gw = await make(user_requests_per_minute=2)
     key_id = await add(gw, upstream, "a")
     sdk = claude(gw)
     for _ in range(2):
@@ -87,9 +99,9 @@ async def test_count_tokens_counts_toward_the_callers_requests_per_minute(
 
 
 async def test_count_tokens_asks_only_a_key_that_could_serve_now_under_its_own_name(
-    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any, upstream: FakeUpstream
+    make: Make, upstream: FakeUpstream
 ) -> None:
-    gw = await make(config, pool, aiohttp_client)
+    gw = await make()
     spent = await add(gw, upstream, "spent", daily_limit=1)
     cooling = await add(gw, upstream, "cooling")
     ready = await add(gw, upstream, "ready", daily_limit=3)
@@ -118,9 +130,9 @@ async def test_count_tokens_asks_only_a_key_that_could_serve_now_under_its_own_n
 
 
 async def test_count_tokens_is_estimated_locally_when_no_anthropic_key_can_serve(
-    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any, upstream: FakeUpstream
+    make: Make, upstream: FakeUpstream
 ) -> None:
-    gw = await make(config, pool, aiohttp_client)
+    gw = await make()
     await add(gw, upstream, "openai-format", api_format="openai")
     assert (await claude(gw).messages.count_tokens(**BODY)).input_tokens == ESTIMATE
     cooling = await add(gw, upstream, "cooling")
@@ -130,9 +142,9 @@ async def test_count_tokens_is_estimated_locally_when_no_anthropic_key_can_serve
 
 
 async def test_a_failed_count_is_recorded_and_cools_the_key_and_the_next_key_answers(
-    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any, upstream: FakeUpstream
+    make: Make, upstream: FakeUpstream
 ) -> None:
-    gw = await make(config, pool, aiohttp_client)
+    gw = await make()
     first, second = await add(gw, upstream, "a"), await add(gw, upstream, "b")
     upstream.fail_next(Failure(status=429, retry_after="120", path=COUNT))
     assert (await claude(gw).messages.count_tokens(**BODY)).input_tokens == 42
