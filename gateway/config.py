@@ -63,8 +63,8 @@ class Balancer:
     max_attempts: int = 3
     cooldown_seconds: int = 60
     failures_before_cooldown: int = 3
-    affinity_seconds: int = 300  # a conversation stays on its key this long after its last request; 0: off
-    response_affinity_seconds: int = 86400  # a previous_response_id stays with the key that made it; 0: off
+    affinity_seconds: int = 300  # a user's conversation stays on its key this long after its last request; 0: off
+    response_affinity_seconds: int = 86400  # a user's previous_response_id stays with its key; 0: off
 
 
 @dataclass(frozen=True, slots=True)
