@@ -295,12 +295,14 @@ class Gateway:
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
     requests_sent: int = 0  # everything we sent it, warm-ups included
+    root: Path = ROOT  # the checkout it runs from (bench.ab runs another build beside this one)
+    python: str = PYTHON
 
     def cli(self, *args: str) -> str:
         try:
             done = subprocess.run(
-                [PYTHON, "-m", "gateway", *args],
-                cwd=ROOT,
+                [self.python, "-m", "gateway", *args],
+                cwd=self.root,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
@@ -333,8 +335,8 @@ class Gateway:
         log = self.log_path.open("wb")
         try:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "gateway", "serve", "--host", HOST, "--port", str(self.port), "--workers", "1"],
-                cwd=ROOT,
+                [self.python, "-m", "gateway", "serve", "--host", HOST, "--port", str(self.port), "--workers", "1"],
+                cwd=self.root,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
