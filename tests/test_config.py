@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_mod
-from gateway.config import ConfigError, load
+from gateway.config import ConfigError, load, loading
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def test_every_key_is_documented_in_the_example() -> None:
     assert example == load(env={}), "config.example.toml must show the defaults"
     with (ROOT / "config.example.toml").open("rb") as f:
         doc = tomllib.load(f)
-    documented = {f"{section}.{key}" for section, table in config_mod._flatten_tables(doc) for key in table}
+    documented = {f"{section}.{key}" for section, table in loading._flatten_tables(doc) for key in table}
     assert documented == set(config_mod.to_toml_names())
 
 

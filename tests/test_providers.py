@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.config_values import ConfigError
+from gateway.config import ConfigError
 from gateway.relay import handlers
 from gateway.store import users
 from gateway.store.tokens import Caller

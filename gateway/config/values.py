@@ -1,7 +1,7 @@
 """Configuration values: typing what TOML and the environment give, and the checks across keys.
 
-`config.py` owns the sections and where values come from; this module turns each value into
-its field's type and checks the whole, raising `ConfigError` with a message that names the key.
+`sections` owns the sections and `loading` where values come from; this module turns each value
+into its field's type and checks the whole, raising `ConfigError` with a message that names the key.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import json
 import typing
 import urllib.parse
 import zoneinfo
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.config import Config
+from redis.asyncio.connection import parse_url
+
+from gateway.config.sections import Config
 
 
 class ConfigError(Exception):
@@ -81,7 +82,7 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
 
 
-def prices(name: str, value: Any, *, from_env: bool) -> dict[str, dict[str, float | None]]:
+def prices_table(name: str, value: Any, *, from_env: bool) -> dict[str, dict[str, float | None]]:
     """[prices."<model>"] input = …, output = …, cache_read = …, cache_write = … (USD per million
     tokens; the cache prices are optional): {model: {field: number or None}}."""
     try:
@@ -151,6 +152,7 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
         schemes = ("postgres://", "postgresql://") if section == "database" else ("redis://", "rediss://", "unix://")
         if url and not url.startswith(schemes):
             raise bad(f"{section}.url", f"must start with {' or '.join(schemes)}")
+    _redis_topology(config, bad)
     prefix = config.redis.key_prefix
     if not prefix or any(c in prefix for c in "{}: "):
         raise bad("redis.key_prefix", "must be non-empty, without braces, colons or spaces")
@@ -163,6 +165,29 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
     if proxy and not _proxy_url_ok(proxy):
         # The URL may carry credentials: never repeat it.
         raise bad("upstream.proxy_url", "must be http://, https:// or socks5://host:port (user:password@ allowed)")
+
+
+def _redis_topology(config: Config, bad: Any) -> None:
+    """The URL parses as redis-py reads it, and cluster and sentinels are asked for with their keys."""
+    r = config.redis
+    if r.url:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(r.url).query)
+        if "cluster" in query:
+            raise bad("redis.url", "takes no cluster= option: set redis.cluster = true instead")
+        try:
+            parse_url(r.url)
+        except (ValueError, TypeError) as e:  # a node list, a bad port: the URL is never repeated
+            raise bad(
+                "redis.url", f"is not a Redis URL redis-py can read ({type(e).__name__}); one node per URL"
+            ) from None
+    if r.cluster and r.sentinels:
+        raise bad("redis.sentinels", "cannot be used with redis.cluster = true")
+    if r.sentinels and not r.sentinel_service:
+        raise bad("redis.sentinel_service", "must name the master when redis.sentinels is set")
+    for address in r.sentinels:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad("redis.sentinels", f"{address!r} is not host:port")
 
 
 def _proxy_url_ok(url: str) -> bool:
