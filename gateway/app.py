@@ -13,15 +13,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp_jinja2
 import jinja2
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import Config
 from gateway.errors import POSTGRES_DOWN, error_middleware
 from gateway.log import request_context
-from gateway.net import events, h1
-from gateway.net.redisline import ScriptLine
+from gateway.net import events, h1, redisclient
 from gateway.ops import jobs
 from gateway.relay import balancer, cors, handlers, messages
 from gateway.relay.keyindex import KeyIndex
@@ -93,7 +91,7 @@ async def server_header(request: web.Request, response: web.StreamResponse) -> N
 
 async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.config]
-    line = ScriptLine(config.redis.url, balancer.SCRIPT, timeout=config.redis.timeout)
+    line = redisclient.line(config.redis, balancer.SCRIPT)
     app[appkeys.balancer] = balancer.Balancer(
         app[appkeys.redis],
         prefix=config.redis.key_prefix,
@@ -109,27 +107,9 @@ async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    config = app[appkeys.config]
-    client = create_redis(config.redis.url, timeout=config.redis.timeout)
-    app[appkeys.redis] = client
+    client = app[appkeys.redis] = redisclient.client(app[appkeys.config].redis)
     yield
-    await client.aclose(close_connection_pool=True)  # a pool passed in is not closed by default
-
-
-def create_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
-    """Short timeouts (`redis.timeout`): Redis is on the hot path, and an outage must fail fast
-    (503), not hang. A blocking pool makes a burst wait briefly for a connection instead of failing
-    past the cap. The URL's TLS options (`rediss://…?ssl_cert_reqs=…&ssl_ca_certs=…`) reach the
-    connections through `from_url`, as they reach the script line (see redisline)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=512,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-    )
-    return aioredis.Redis(connection_pool=pool)
+    await redisclient.close(client)
 
 
 async def pg_pool(app: web.Application) -> AsyncIterator[None]:

@@ -41,12 +41,24 @@ def make_certs(directory: Path) -> Certs:
 class RedisServer:
     """One redis-server on 127.0.0.1: plain, or TLS only (`certs`), with an optional password."""
 
-    def __init__(self, directory: Path, *, password: str = "", certs: Certs | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        password: str = "",
+        certs: Certs | None = None,
+        port: int = 0,
+        extra: tuple[str, ...] = (),
+        conf: Path | None = None,
+    ) -> None:
+        """`extra`: more redis-server options (cluster mode, replicaof, …); `conf`: a config file
+        given first (a sentinel's, with `extra` = ("--sentinel",))."""
         self.dir = directory
         self.password = password
         self.certs = certs
-        self.port = free_port()
-        args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+        self.port = port or free_port()
+        args = [str(conf)] if conf is not None else []
+        args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory), *extra]
         if certs is None:
             args += ["--port", str(self.port)]
         else:
@@ -55,10 +67,12 @@ class RedisServer:
             args += ["--tls-ca-cert-file", str(certs.ca)]
         if password:
             args += ["--requirepass", password]
-        self.proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = directory / f"redis-{self.port}.log"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([REDIS_SERVER, *args], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not self._answers():
-            assert self.proc.poll() is None, "redis-server exited at start"
+            assert self.proc.poll() is None, "redis-server exited at start: " + log.read_text(errors="replace")[-300:]
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.02)
 
@@ -79,7 +93,7 @@ class RedisServer:
                 sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")  # takes raw's descriptor over
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
-            return reply.startswith((b"+PONG", b"-NOAUTH"))
+            return reply.startswith((b"+PONG", b"-NOAUTH", b"-LOADING"))
         except OSError:
             return False
         finally:

@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 import redis.exceptions as rexc
 
-import gateway.app
 from gateway import appkeys
 from gateway import config as config_mod
-from gateway.app import create_app, create_redis
+from gateway.app import create_app
+from gateway.net import redisclient
 from gateway.net.redisline import ScriptLine
 from gateway.relay import balancer
 from gateway.relay.balancer import Balancer, Candidate, UserLimits
@@ -40,7 +40,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
 async def pick_over(url: str, redis_prefix: str) -> str:
     """One balancer pick through a ScriptLine on `url` (redis-py, for the rest, on the same URL)."""
     line = ScriptLine(url, balancer.SCRIPT, timeout=2.0)
-    client = create_redis(url, timeout=2.0)
+    client = redisclient.client(config_mod.Redis(url=url, timeout=2.0))
     try:
         b = Balancer(client, prefix=redis_prefix, timezone="UTC", line=line)
         p = await b.pick([Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r1", stream=False)
@@ -99,7 +99,7 @@ async def test_readyz_follows_the_line_the_requests_use(
     def line_without_options(url: str, script: str, **kw: Any) -> ScriptLine:
         return ScriptLine(url.split("?")[0], script, **kw)
 
-    monkeypatch.setattr(gateway.app, "ScriptLine", line_without_options)
+    monkeypatch.setattr(redisclient, "ScriptLine", line_without_options)
     client = await aiohttp_client(create_app(tls_config))
     assert await client.app[appkeys.redis].ping() is True
     start = time.monotonic()

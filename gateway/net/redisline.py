@@ -15,6 +15,13 @@ task that every waiting call joins with its own deadline, so an outage costs eac
 `timeout`, never one reconnect after another. A line that has sent nothing for `idle` seconds
 sends a PING, so a dead connection is found before a request meets it.
 
+Where the script runs follows the deployment. With `cluster`, the URL may name any node: a `MOVED`
+reply moves the line to the node it names (the balancer's keys share one hash tag, so one node
+serves them all), `ASK` is answered on a one-off connection, and `TRYAGAIN`/`CLUSTERDOWN` during a
+reshard are retried, all within the call's `timeout`. With `sentinels`, the master is asked of the
+sentinels at every connect and checked with `ROLE`; a `READONLY` reply (a master demoted under us)
+or a lost connection asks them again. In-flight calls on a connection that is left finish on it.
+
 The URL means what it means to redis-py: `parse_url` reads it, and TLS options
 (`ssl_cert_reqs`, `ssl_ca_certs`, ...) become an SSL context through redis-py's own
 `SSLConnection`/`RedisSSLContext`, so the line and the redis-py client never disagree.
@@ -26,60 +33,23 @@ import asyncio
 import hashlib
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions
 from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
 
-CRLF = b"\r\n"
-PING = b"*1\r\n$4\r\nPING\r\n"
+from gateway.net.resp import PING, Incomplete, Redirect, encode, parse
+
 IDLE_SECONDS = 5.0  # a line quiet this long pings Redis
-
-
-class _Incomplete(Exception):
-    pass
-
-
-def encode(args: list[bytes | str | int]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
-    """One RESP2 value from buf at pos; raises _Incomplete when more bytes are needed."""
-    end = buf.find(CRLF, pos)
-    if end < 0:
-        raise _Incomplete
-    kind, line = buf[pos : pos + 1], buf[pos + 1 : end]
-    pos = end + 2
-    if kind == b":":
-        return int(line), pos
-    if kind == b"$":
-        n = int(line)
-        if n < 0:
-            return None, pos
-        if len(buf) < pos + n + 2:
-            raise _Incomplete
-        return buf[pos : pos + n], pos + n + 2
-    if kind == b"*":
-        n = int(line)
-        if n < 0:
-            return None, pos
-        items = []
-        for _ in range(n):
-            item, pos = _parse(buf, pos)
-            items.append(item)
-        return items, pos
-    if kind == b"+":
-        return line, pos
-    if kind == b"-":
-        text = line.decode(errors="replace")
-        cls = redis.exceptions.NoScriptError if text.startswith("NOSCRIPT") else redis.exceptions.ResponseError
-        return cls(text), pos
-    raise redis.exceptions.InvalidResponse(f"unexpected reply type {kind!r}")
+RETRY_PAUSE = 0.05  # between tries while a cluster reshards (TRYAGAIN, CLUSTERDOWN)
+# Replies that say the script must run elsewhere, or a little later (see ScriptLine._reroute).
+REROUTES = (
+    Redirect,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
 
 
 class _Protocol(asyncio.Protocol):
@@ -90,6 +60,7 @@ class _Protocol(asyncio.Protocol):
         self.timeout = timeout
         self.idle = idle
         self.lost = False
+        self.retired = False  # left for another node: closes once its calls in flight are answered
         self.last_write = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._watch: asyncio.TimerHandle | None = None
@@ -139,19 +110,31 @@ class _Protocol(asyncio.Protocol):
         pos = 0
         try:
             while pos < len(buf):
-                value, pos = _parse(buf, pos)
+                value, pos = parse(buf, pos)
                 fut, _ = self.pending.popleft()
                 if not fut.done():
                     if isinstance(value, Exception):
                         fut.set_exception(value)
                     else:
                         fut.set_result(value)
-        except _Incomplete:
+        except Incomplete:
             pass
         except IndexError:  # a reply nobody asked for: the stream is out of step
             self.abort(redis.exceptions.InvalidResponse("unexpected reply from Redis"))
             return
         self.buf = buf[pos:]
+        if self.retired and not self.pending:
+            self.close()
+
+    def retire(self) -> None:
+        self.retired = True
+        if not self.pending:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.fail(redis.exceptions.ConnectionError("the Redis line moved on"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(redis.exceptions.ConnectionError("connection to Redis lost"))
@@ -191,13 +174,29 @@ def _ssl_context(params: dict[str, Any]) -> RedisSSLContext | None:
 class ScriptLine:
     """`await line(keys=[...], args=[...])` runs the script, like redis-py's registered script."""
 
-    def __init__(self, url: str, script: str, *, timeout: float = 2.0, idle: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        url: str,
+        script: str,
+        *,
+        timeout: float = 2.0,
+        idle: float = IDLE_SECONDS,
+        cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] = (),
+        service: str = "",
+        sentinel_password: str = "",
+    ) -> None:
         self._params: dict[str, Any] = dict(parse_url(url))
         self._ssl = _ssl_context(self._params)
         self._script = script.encode()
         self._sha = hashlib.sha1(self._script).hexdigest().encode()
         self._timeout = timeout
         self._idle = idle
+        self._cluster = cluster
+        self._sentinels = tuple(sentinels)
+        self._service = service.encode()
+        self._sentinel_password = sentinel_password
+        self._node: tuple[str, int] | None = None  # where MOVED sent us (cluster)
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._closed = False
@@ -211,22 +210,73 @@ class ScriptLine:
                 return await proto.send(payload)  # the connection's watchdog bounds this
             except redis.exceptions.NoScriptError:
                 pass
+            except REROUTES as e:
+                self._reroute(proto, e)
         return await self._within(start, self._slow(payload))
 
     async def _slow(self, payload: bytes) -> Any:
-        proto = await self._connected()
+        while True:
+            proto = await self._connected()
+            try:
+                return await self._run(proto, payload)
+            except Redirect as e:
+                if e.ask and self._cluster and e.address is not None:
+                    return await self._asking(e.address, payload)
+                self._reroute(proto, e)
+            except REROUTES as e:
+                self._reroute(proto, e)
+                await asyncio.sleep(RETRY_PAUSE)
+
+    async def _run(self, proto: _Protocol, payload: bytes, asking: bool = False) -> Any:
         try:
+            if asking:
+                proto.send(encode([b"ASKING"])).add_done_callback(_ignore)
             return await proto.send(payload)
         except redis.exceptions.NoScriptError:
             await proto.send(encode([b"SCRIPT", b"LOAD", self._script]))
+            if asking:
+                proto.send(encode([b"ASKING"])).add_done_callback(_ignore)
             return await proto.send(payload)
 
+    def _reroute(self, proto: _Protocol, error: Exception) -> None:
+        """After a reply that says the script must run elsewhere (or not yet): MOVED moves the
+        line; READONLY asks the sentinels again; TRYAGAIN and CLUSTERDOWN keep the connection.
+        Without the topology that explains it, the error is the caller's."""
+        if isinstance(error, Redirect) and self._cluster and error.address is not None and not error.ask:
+            self._node = error.address
+        elif isinstance(error, redis.exceptions.ReadOnlyError) and self._sentinels:
+            pass
+        elif isinstance(error, redis.exceptions.TryAgainError | redis.exceptions.ClusterDownError) and self._cluster:
+            return
+        elif isinstance(error, Redirect) and error.ask and self._cluster:
+            return
+        else:
+            raise error
+        if self._proto is proto:
+            self._proto = None
+        proto.retire()
+
+    async def _asking(self, address: tuple[str, int], payload: bytes) -> Any:
+        """One call on the node a slot is migrating to, on a connection of its own."""
+        proto = await self._dial(*address)
+        try:
+            return await self._run(proto, payload, asking=True)
+        finally:
+            proto.retire()
+
     async def ping(self) -> None:
-        """One PING over the line (connecting if need be), within `timeout`: is the line usable?"""
+        """`ROLE` over the line (connecting if need be), within `timeout`: is the line usable, on a
+        master (a replica would refuse every pick)? Where the keys live is for a script call to
+        say (MOVED); see `Balancer.ping`."""
         await self._within(time.monotonic(), self._ping())
 
     async def _ping(self) -> None:
-        await (await self._connected()).send(PING)
+        proto = await self._connected()
+        role = await proto.send(encode([b"ROLE"]))
+        if not (isinstance(role, list) and role and role[0] == b"master"):
+            if self._sentinels:
+                self._reroute(proto, redis.exceptions.ReadOnlyError("a replica"))
+            raise redis.exceptions.ConnectionError("the script line is on a replica, not a master")
 
     async def _within(self, start: float, work: Any) -> Any:
         try:
@@ -261,36 +311,71 @@ class ScriptLine:
             self._proto = proto
 
     async def _open(self) -> _Protocol:
+        """A connection where the script must run: the URL's node, the node MOVED named, or the
+        master the sentinels name (and that says so itself)."""
+        if self._sentinels:
+            host, port = await self._master()
+            return await self._dial(host, port, master=True)
+        if self._node is not None:
+            return await self._dial(*self._node)
+        return await self._dial(self._params.get("host", "localhost"), self._params.get("port", 6379))
+
+    async def _master(self) -> tuple[str, int]:
+        """The master's address, from the first sentinel that knows it."""
+        errors = []
+        for host, port in self._sentinels:
+            proto: _Protocol | None = None
+            try:
+                proto = await self._dial(host, port, sentinel=True)
+                reply = await proto.send(encode([b"SENTINEL", b"get-master-addr-by-name", self._service]))
+                if isinstance(reply, list) and len(reply) == 2:
+                    return reply[0].decode(), int(reply[1])
+                errors.append(f"{host}:{port} does not know the master")
+            except (redis.exceptions.RedisError, ValueError) as e:
+                errors.append(f"{host}:{port}: {e}")
+            finally:
+                if proto is not None:
+                    proto.retire()
+        raise redis.exceptions.ConnectionError("no sentinel named the master: " + "; ".join(errors))
+
+    async def _dial(self, host: str, port: int, *, sentinel: bool = False, master: bool = False) -> _Protocol:
+        """A connection to one server with the URL's TLS, AUTH and SELECT (a sentinel: its own
+        password, no TLS options, no SELECT), within `timeout`; `master` checks ROLE too."""
         p = self._params
+        host = host or p.get("host", "localhost")  # MOVED may leave the host out: the one we asked
         loop = asyncio.get_running_loop()
         timeout, idle = self._timeout, self._idle
         transport: asyncio.BaseTransport | None = None
         try:
             async with asyncio.timeout(timeout):
-                if p.get("path"):
+                if p.get("path") and not sentinel:
                     transport, proto = await loop.create_unix_connection(lambda: _Protocol(timeout, idle), p["path"])
                 else:
+                    ssl = self._ssl.get() if self._ssl is not None and not sentinel else None
                     transport, proto = await loop.create_connection(
-                        lambda: _Protocol(timeout, idle),
-                        p.get("host", "localhost"),
-                        p.get("port", 6379),
-                        ssl=self._ssl.get() if self._ssl is not None else None,
+                        lambda: _Protocol(timeout, 0 if sentinel else idle), host, port, ssl=ssl
                     )
                 setup = []
-                if p.get("password"):
-                    auth = [b"AUTH", p["username"], p["password"]] if p.get("username") else [b"AUTH", p["password"]]
+                password = self._sentinel_password if sentinel else p.get("password")
+                username = None if sentinel else p.get("username")
+                if password:
+                    auth = [b"AUTH", username, password] if username else [b"AUTH", password]
                     setup.append((b"AUTH", proto.send(encode(auth))))
-                if p.get("db"):
+                if p.get("db") and not sentinel:
                     setup.append((b"SELECT", proto.send(encode([b"SELECT", p["db"]]))))
+                if master:
+                    setup.append((b"ROLE", proto.send(encode([b"ROLE"]))))
                 for _, reply in setup:
                     reply.add_done_callback(_ignore)  # after a refused AUTH, nobody awaits SELECT's reply
                 for command, reply in setup:
                     try:
-                        await reply
+                        answer = await reply
                     except redis.exceptions.ResponseError as e:
                         if command == b"AUTH":
                             raise redis.exceptions.AuthenticationError(f"Redis refused AUTH: {e}") from None
-                        raise redis.exceptions.ConnectionError(f"Redis refused SELECT: {e}") from None
+                        raise redis.exceptions.ConnectionError(f"Redis refused {command.decode()}: {e}") from None
+                    if command == b"ROLE" and not (isinstance(answer, list) and answer and answer[0] == b"master"):
+                        raise redis.exceptions.ConnectionError("the server the sentinels named is not a master")
         except BaseException as e:
             # Whatever failed after the connect (AUTH, SELECT, the deadline, a cancel), the socket goes.
             if transport is not None:

@@ -18,11 +18,11 @@ import sys
 from typing import Any
 
 import asyncpg
-import redis.asyncio
 
 from gateway import log
 from gateway.config import Config, ConfigError, load
 from gateway.errors import REDIS_DOWN
+from gateway.net import redisclient
 from gateway.ops import cli_keys, report, server
 from gateway.ops.command import CliError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
@@ -162,7 +162,7 @@ async def _prepare(config: Config) -> None:
         first = await _first_admin(conn)
     finally:
         await conn.close()
-    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+    client = redisclient.client(config.redis, timeout=5)
     try:
         await client.ping()
         if first is not None:
@@ -170,7 +170,7 @@ async def _prepare(config: Config) -> None:
     except REDIS_DOWN as e:
         raise CliError(f"cannot connect to Redis: {reason(e)}") from None
     finally:
-        await client.aclose()
+        await redisclient.close(client)
 
 
 async def _first_admin(conn: asyncpg.Connection) -> users.User | None:
@@ -182,7 +182,7 @@ async def _first_admin(conn: asyncpg.Connection) -> users.User | None:
         return await users.add_local_user(conn, FIRST_ADMIN, admin=True)
 
 
-async def _print_first_link(config: Config, client: redis.asyncio.Redis, user: users.User) -> None:
+async def _print_first_link(config: Config, client: Any, user: users.User) -> None:
     token = await loginlink.issue(client, config.redis.key_prefix, user.id, FIRST_LINK_MINUTES)
     link = loginlink.url(config.server.public_url, token)
     print(
@@ -225,13 +225,13 @@ async def run_login_link(config: Config, args: argparse.Namespace, conn: asyncpg
     if not 1 <= args.minutes <= loginlink.MAX_MINUTES:
         raise CliError(f"--minutes: must be 1 to {loginlink.MAX_MINUTES}")
     user = await find_user(conn, args.name)
-    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+    client = redisclient.client(config.redis, timeout=5)
     try:
         token = await loginlink.issue(client, config.redis.key_prefix, user.id, args.minutes)
     except REDIS_DOWN as e:
         raise CliError(f"cannot connect to Redis: {reason(e)}") from None
     finally:
-        await client.aclose()
+        await redisclient.close(client)
     print(loginlink.url(config.server.public_url, token))
 
 
@@ -255,13 +255,13 @@ async def run_rotate_secret(config: Config, args: argparse.Namespace, conn: asyn
         raise CliError("--batch-size: must be at least 1")
     keyring = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     if not args.force:
-        client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+        client = redisclient.client(config.redis, timeout=5)
         try:
             behind = await rotation.gateways_without(client, config.redis.key_prefix, keyring.current_kid)
         except REDIS_DOWN as e:
             raise CliError(f"cannot check the gateways' secrets (Redis: {reason(e)}); --force skips it") from None
         finally:
-            await client.aclose()
+            await redisclient.close(client)
         if behind:
             raise CliError(
                 f"{len(behind)} running gateway process(es) do not have the new secret yet ({', '.join(behind[:3])}): "

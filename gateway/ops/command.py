@@ -12,12 +12,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-import redis.asyncio
 import structlog
 
 from gateway.config import Config
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
-from gateway.net import events
+from gateway.net import events, redisclient
 from gateway.ops.stores import open_stores
 from gateway.store import db, users
 
@@ -75,10 +74,10 @@ async def find_user(conn: asyncpg.Connection, name: str) -> users.User:
 
 async def announce(config: Config, kind: str, arg: str = "") -> None:
     """Tell running gateways to reload what changed; they also reload on their own every 30 s."""
-    client = redis.asyncio.from_url(config.redis.url, socket_connect_timeout=5)
+    client = redisclient.client(config.redis, timeout=5)
     try:
         await events.publish(client, config.redis.key_prefix, kind, arg)
     except REDIS_DOWN as e:
         logger.warning("announce_failed", kind=kind, error=reason(e))
     finally:
-        await client.aclose()
+        await redisclient.close(client)

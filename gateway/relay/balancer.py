@@ -327,11 +327,9 @@ class Balancer:
         )
 
     async def ping(self) -> None:
-        """Can the balancer reach Redis the way requests do (over the line when there is one)?"""
-        if self._line is not None:
-            await self._line.ping()
-        else:
-            await self._redis.ping()
+        """Can the script run where its keys live, as requests run it (on a master: the line's ROLE)?"""
+        await (self._line or self._redis).ping()
+        await self._read(self._cooldown, ["~ready"])
 
     async def cool_down(self, key_id: str, seconds: float) -> None:
         """Keep the key out of picks for `seconds` (a 429's Retry-After, or years for a disabled
