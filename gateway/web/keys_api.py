@@ -25,7 +25,7 @@ from gateway.errors import REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
 from gateway.net import events, keytest, redisnames, upstream
 from gateway.net.keytest import KeyTestResult
-from gateway.relay.auth import token_caller
+from gateway.relay.auth import api_limited, token_caller
 from gateway.store import keypages, modelnames, sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import (
@@ -69,7 +69,7 @@ async def owner(request: web.Request) -> Caller:
             raise _not_signed_in()
         request_fields(request)["user_id"] = caller.user_id
         return caller
-    return await token_caller(request, refused=_not_signed_in, unavailable=_sign_ins_unavailable)
+    return await token_caller(request, refused=_not_signed_in, unavailable=_sign_ins_unavailable, limited=api_limited)
 
 
 def _not_signed_in() -> ApiError:
