@@ -139,15 +139,13 @@ async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
 async def live_test(
     app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
 ) -> KeyTestResult:
-    config = app[appkeys.config]
-    return await keytest.test_key(
-        app[appkeys.upstream_pool],
-        base_url,
-        api_key,
-        modelnames.upstream_names(models),
-        timeout=config.upstream.test_timeout,
-        api_format=api_format,
-    )
+    """A test the egress proxy failed judged nothing: 503 `proxy_unavailable`, the key unjudged."""
+    pool, timeout = app[appkeys.upstream_pool], app[appkeys.config].upstream.test_timeout
+    names = modelnames.upstream_names(models)
+    result = await keytest.test_key(pool, base_url, api_key, names, timeout=timeout, api_format=api_format)
+    if result.reason == "proxy_unavailable":
+        raise ApiError(503, "proxy_unavailable", f"the key was not tested: {result.error}", retry_after=5)
+    return result
 
 
 def failed_test(result: KeyTestResult) -> ApiError:
