@@ -144,7 +144,8 @@ async def event_bus(app: web.Application) -> AsyncIterator[None]:
 
 
 async def token_cache(app: web.Application) -> AsyncIterator[None]:
-    cache = app[appkeys.token_cache] = TokenCache(app[appkeys.pg])
+    per_minute = app[appkeys.config].limits.unknown_token_lookups_per_minute
+    cache = app[appkeys.token_cache] = TokenCache(app[appkeys.pg], lookups_per_minute=per_minute)
     bus = app[appkeys.bus]
     bus.on("token", cache.drop_token)
     bus.on("user", cache.drop_user)

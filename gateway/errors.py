@@ -40,6 +40,7 @@ POSTGRES_DOWN: tuple[type[Exception], ...] = (
     TimeoutError,  # connect, pool acquire or a query past its timeout (an OSError too; named for the reader)
     asyncpg.PostgresError,  # the server answered with an error: shutting down, too many connections, …
     asyncpg.InterfaceError,  # the client side gave up: connection closed mid-call, pool closing
+    asyncpg.InternalClientError,  # a call on a connection the server has just terminated (a restart)
 )
 
 # "Redis is down" (or unreachable, loading, a read-only replica after a failover).

@@ -166,9 +166,11 @@ def test_enums_are_todays_strings() -> None:
         "too_large",
         "unsupported_encoding",
         "untranslatable",
+        "proxy_unreachable",
+        "proxy_refused",
     ]
     assert [str(s) for s in KeyStatus] == ["active", "paused", "cooling", "disabled"]
-    assert [str(r) for r in ProbeResult] == ["ok", "rejected", "rate_limited", "failed"]
+    assert [str(r) for r in ProbeResult] == ["ok", "rejected", "rate_limited", "failed", "proxy_unavailable"]
     assert USER_OUTCOMES == {"user_daily", "user_rpm", "user_streams", "response_not_found"}
     assert f"{FailureKind.KEY_REJECTED}: x" == "key_rejected: x"
     assert sharedkeys.REVIVABLE == {DisabledBy.UPSTREAM, DisabledBy.HEALTH}

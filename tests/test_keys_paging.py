@@ -111,6 +111,34 @@ async def test_limit_and_after_are_checked(api: Api, pool: asyncpg.Pool) -> None
         assert reply.body["error"]["field"] == "after", reply.body
 
 
+def _cursor(when: str) -> str:
+    return base64.urlsafe_b64encode(f"{when}|{uuid.uuid4()}".encode()).decode().rstrip("=")
+
+
+# Times a datetime holds only with their offset: in UTC (as PostgreSQL gets them) they fall
+# before year 1 or after year 9999. Before: 500 on /api/shared-keys, a 503 page on /keys.
+OUT_OF_RANGE = ("0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "0001-01-01T03:00:00+23:59")
+
+
+async def test_a_cursor_dated_out_of_range_is_a_422_naming_after(api: Api, pool: asyncpg.Pool) -> None:
+    await bulk_keys(pool, api.people.alice.id, 3)
+    for when in OUT_OF_RANGE:
+        reply = await api.call("GET", "/api/shared-keys", params={"after": _cursor(when)})
+        assert reply.status == 422, (when, reply)
+        assert reply.body["error"] == {
+            "message": "after must be the 'next' value of a previous page",
+            "code": "invalid_field",
+            "field": "after",
+        }
+        reply = await api.call("GET", "/api/shared-keys", params={"after": _cursor(when), "all": "1"})
+        assert reply.status == 422 and reply.body["error"]["field"] == "after", reply
+    # The edges themselves, in UTC, are well-formed cursors: before every key, after every key.
+    reply = await api.call("GET", "/api/shared-keys", params={"after": _cursor("0001-01-01T00:00:00+00:00")})
+    assert reply.status == 200 and len(reply.body["keys"]) == 3
+    reply = await api.call("GET", "/api/shared-keys", params={"after": _cursor("9999-12-31T23:59:59.999999+00:00")})
+    assert (reply.status, reply.body) == (200, {"keys": [], "next": None})
+
+
 async def test_admins_page_through_every_key(api: Api, pool: asyncpg.Pool) -> None:
     await bulk_keys(pool, api.people.alice.id, 250)
     await bulk_keys(pool, api.people.bob.id, 250, "bobs")
@@ -195,10 +223,28 @@ async def test_keys_page_shows_the_first_page_and_links_the_next(site: Site) -> 
         pages += 1
         next_link = html.split('rel="next"')[0].rsplit('href="', 1)[1].split('"')[0] if 'rel="next"' in html else ""
     assert (len(seen), pages) == (1200, 12)
-    # Chinese too; and a mangled cursor shows the first page.
-    resp = await site.client.get("/keys?after=garbage", headers={"Accept-Language": "zh-CN"})
+    # Chinese too.
+    resp = await site.client.get("/keys", headers={"Accept-Language": "zh-CN"})
     html = await resp.text()
     assert resp.status == 200 and "更多密钥 →" in html and "本页 100 个" in html
+
+
+async def test_keys_page_answers_a_mangled_or_out_of_range_cursor_with_a_422_page(site: Site) -> None:
+    await alice(site)
+    async with site.pool.acquire() as conn:
+        me = await users.get_by_username(conn, "alice")
+    assert me is not None
+    await bulk_keys(site.pool, me.id, 3)
+    for after in ("garbage", *(_cursor(when) for when in OUT_OF_RANGE)):
+        resp = await site.client.get(f"/keys?after={after}", headers={"Accept-Language": "en"})
+        html = await resp.text()
+        assert resp.status == 422, (after, resp.status)
+        assert "This page link is not valid" in html and "data-key-id" not in html
+        assert resp.content_type == "text/html"
+    resp = await site.client.get(f"/keys?after={_cursor(OUT_OF_RANGE[0])}", headers={"Accept-Language": "zh-CN"})
+    assert resp.status == 422 and "这个分页链接无效" in await resp.text()
+    resp = await site.client.get("/keys", headers={"Accept-Language": "en"})
+    assert resp.status == 200 and (await resp.text()).count('data-key-id="') == 3
 
 
 def _ids(html: str) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from gateway.net.tunnel import Proxy, ProxyError, open_tunnel
+from gateway.net.tunnel import Proxy, ProxyError, ProxyUnreachable, open_tunnel
 
 from .certs import TestCA
 
@@ -392,9 +392,12 @@ def test_https_proxy_tls_in_tls(pproxy: PP, certs: Certs, loop_factory) -> None:
             # The https proxy with a plain upstream: one TLS layer, to the proxy.
         async with upstream() as port:
             ok(await get(proxy, port, proxy_tls=certs.client()), False)
-            # Without the test CA the proxy's certificate does not verify.
-            with pytest.raises(ssl.SSLCertVerificationError):
+            # Without the test CA the proxy's certificate does not verify: the proxy's failure.
+            with pytest.raises(
+                ProxyUnreachable, match=r"^could not connect to the proxy \(TLS: certificate_verify_failed\)$"
+            ) as e:
                 await get(proxy, port)
+            assert isinstance(e.value.__cause__, ssl.SSLCertVerificationError)
 
     run(loop_factory, main())
 
@@ -421,7 +424,7 @@ def test_upstream_certificate_checked_through_the_tunnel(pproxy: PP, certs: Cert
 def test_closed_proxy_port(loop_factory) -> None:
     async def main() -> None:
         start = time.monotonic()
-        with pytest.raises(OSError):
+        with pytest.raises(ProxyUnreachable, match=r"^could not connect to the proxy \(connection refused\)$"):
             await open_tunnel(Proxy("http", "127.0.0.1", free_port()), "127.0.0.1", 80, Client)
         assert time.monotonic() - start < 2
 

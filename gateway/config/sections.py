@@ -83,6 +83,7 @@ class Limits:
     max_n: int = 1
     max_output_tokens: int = 0  # 0: no cap
     key_tests_per_minute: int = 10
+    unknown_token_lookups_per_minute: int = 60  # per client address; 0: unlimited
 
 
 @dataclass(frozen=True, slots=True)

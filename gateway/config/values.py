@@ -133,6 +133,8 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
         raise bad("balancer.timezone", f"{config.balancer.timezone!r} is not a known time zone") from None
     if any(n < 0 for n in config.limits.user_daily_requests_by_trust_level):
         raise bad("limits.user_daily_requests_by_trust_level", "limits must be 0 (unlimited) or more")
+    if config.limits.unknown_token_lookups_per_minute < 0:
+        raise bad("limits.unknown_token_lookups_per_minute", "must be 0 (unlimited) or more")
     if config.health.interval_seconds < 0:
         raise bad("health.interval_seconds", "must be 0 (no health checks) or more")
     if config.usage.retention_days < 0:

@@ -25,8 +25,9 @@ one client, one SSRF guard and one egress proxy serve every upstream call.
 Timeouts are deadlines on the loop's clock (`loop.time()`), passed with each wait: the answer's
 head, and each read of its body. A wait past its deadline raises `UpstreamTimeout`. Connecting is
 bounded by `connect_timeout` (and the deadline). Errors: `OSError` (`RefusedAddress` among them)
-while connecting, `UpstreamClosed` (an `aiohttp.ClientError`) when the connection breaks or the
-answer is not HTTP, `AnswerTooLarge` past a read's limit.
+while connecting (`tunnel.ProxyError` when the egress proxy failed, a timeout at it included),
+`UpstreamClosed` (an `aiohttp.ClientError`) when the connection breaks or the answer is not HTTP,
+`AnswerTooLarge` past a read's limit.
 """
 
 from __future__ import annotations
@@ -147,11 +148,12 @@ class Pool:
         if deadline is not None and deadline < when:
             when = deadline
         tls = self._tls_context() if scheme == "https" else None
+        progress = tunnel.Progress()
         try:
             async with asyncio.timeout_at(when):
                 addresses = await self._addresses(host, port)
                 if self.proxy is not None:
-                    transport, conn = await self._through_proxy(origin, addresses, tls)
+                    transport, conn = await self._through_proxy(origin, addresses, tls, progress)
                 else:
                     sock = await aiohappyeyeballs.start_connection(
                         addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, socket_factory=self.guard.socket
@@ -165,15 +167,24 @@ class Pool:
                         sock.close()
                         raise
         except TimeoutError:
+            if progress.step == "proxy":  # the proxy's failure, not the upstream's (see `tunnel`)
+                raise tunnel.ProxyUnreachable("timed out connecting to the proxy") from None
+            if progress.step == "handshake":
+                raise tunnel.ProxyError("the proxy did not open the tunnel in time") from None
             raise UpstreamTimeout("timed out connecting to the upstream") from None
         self._all.add(conn)
         metrics.upstream_connected()
         return conn
 
     async def _through_proxy(
-        self, origin: tuple[str, str, int], addresses: list[tuple[Any, ...]], tls: ssl.SSLContext | None
+        self,
+        origin: tuple[str, str, int],
+        addresses: list[tuple[Any, ...]],
+        tls: ssl.SSLContext | None,
+        progress: tunnel.Progress,
     ) -> tuple[asyncio.Transport, Connection]:
-        """A tunnel to the first address the guard allows that the proxy reaches."""
+        """A tunnel to the first address the guard allows that the proxy reaches. The proxy out of
+        reach is not tried again for the next address."""
         assert self.proxy is not None
         _, host, port = origin
         last: OSError = RefusedAddress()
@@ -189,7 +200,10 @@ class Pool:
                     lambda: Connection(self, origin),
                     tls=tls,
                     server_hostname=host if tls else None,
+                    progress=progress,
                 )
+            except tunnel.ProxyUnreachable:
+                raise
             except OSError as e:
                 last = e
                 continue

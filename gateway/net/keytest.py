@@ -47,6 +47,7 @@ class KeyTestResult:
     reason: str | None  # invalid_key | model_not_offered | unreachable | not_openai_compatible
     #                     | rate_limited | upstream_error  (not_openai_compatible also stands for
     #                     "not Anthropic-compatible" on an `anthropic` key: one code per failure kind)
+    #                     | proxy_unavailable: the gateway's egress proxy failed, the key is not judged
 
 
 class _Failed(Exception):
@@ -91,7 +92,7 @@ async def test_key(
     except _Failed as failed:
         return _finish(start, listed, failed)
     except UpstreamError as e:
-        reason = "upstream_error" if e.kind == "redirect" else "unreachable"
+        reason = {"redirect": "upstream_error", "proxy": "proxy_unavailable"}.get(e.kind, "unreachable")
         return _finish(start, listed, _Failed(reason, e.message, e.cause))
     except TimeoutError:
         return _finish(start, listed, _Failed("unreachable", upstream.UNREACHABLE, "test_timeout"))
@@ -237,6 +238,7 @@ class ProbeResult(StrEnum):
     REJECTED = "rejected"  # 401/403: the upstream refuses the key
     RATE_LIMITED = "rate_limited"  # 429
     FAILED = "failed"  # anything else: unreachable, timed out, another status
+    PROXY_UNAVAILABLE = "proxy_unavailable"  # the gateway's egress proxy failed: nothing known of the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +273,7 @@ async def probe(
             async with one_token_completion(pool, base, api_key, model, api_format) as resp:
                 return _judge(resp.status, resp.headers.get("Retry-After", ""))
     except upstream.UpstreamError as e:
-        return Probe(ProbeResult.FAILED, detail=e.message)
+        return Probe(ProbeResult.PROXY_UNAVAILABLE if e.kind == "proxy" else ProbeResult.FAILED, detail=e.message)
     except TimeoutError:
         return Probe(ProbeResult.FAILED, detail=upstream.UNREACHABLE)
 

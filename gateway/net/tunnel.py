@@ -16,6 +16,12 @@ The proxy itself is not subject to the SSRF guard: the operator configured it, a
 a private network. Its credentials never appear in a repr, a log line or an exception message.
 Timeouts belong to the caller (`async with asyncio.timeout(...)` around `open_tunnel`); on any
 failure or cancellation everything opened here is closed.
+
+Whose failure: everything until the tunnel is open is the proxy's, and so the gateway's, never the
+upstream key's: `ProxyUnreachable` when the proxy cannot be reached at all (refused, DNS, TLS to
+it), `ProxyError` when it answered with a refusal or nonsense (a 403 or 502 to CONNECT). The
+caller's `Progress` says where a timeout struck. The TLS handshake with the upstream through an
+open tunnel is the upstream's.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Proxy", "ProxyError", "open_tunnel"]
+__all__ = ["Progress", "Proxy", "ProxyError", "ProxyUnreachable", "open_tunnel"]
 
 MAX_HEAD = 16 * 1024  # the CONNECT answer's status line and headers
 
@@ -55,6 +61,19 @@ class ProxyError(OSError):
     """The proxy refused the tunnel (its status or reply code is in the message) or spoke nonsense.
 
     Never carries the proxy's credentials."""
+
+
+class ProxyUnreachable(ProxyError):
+    """The proxy could not be reached: connection refused, its name not found, TLS to it failed, or
+    (said by the caller, from `Progress`) no connection to it in time."""
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far `open_tunnel` got, for a caller whose timeout cut it short: "proxy" while connecting
+    to the proxy, "handshake" while asking it for the tunnel, "open" once the tunnel is open."""
+
+    step: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +224,15 @@ async def open_tunnel(
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     proxy_tls: ssl.SSLContext | None = None,
+    progress: Progress | None = None,
 ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
     """Connect to the proxy, open a tunnel to ip:port, then hand the connection to protocol_factory()'s
     protocol (after a TLS handshake with the upstream through the tunnel when `tls` is given, with
     `server_hostname` for SNI and the certificate check). Timeouts belong to the caller (it wraps this
-    in asyncio.timeout). `proxy_tls` verifies an https:// proxy (default: the system's trust store)."""
+    in asyncio.timeout; `progress` tells it where one struck). `proxy_tls` verifies an https:// proxy
+    (default: the system's trust store)."""
+    progress = progress if progress is not None else Progress()
+    progress.step = "proxy"
     addr = _address(ip, port)
     loop = asyncio.get_running_loop()
     outer_tls: ssl.SSLContext | None = None
@@ -222,18 +245,23 @@ async def open_tunnel(
     transport: asyncio.Transport | None = None
     inner: asyncio.Transport | None = None
     try:
-        transport, buffer = await loop.create_connection(
-            lambda: _Buffer(loop),
-            proxy.host,
-            proxy.port,
-            ssl=outer_tls,
-            server_hostname=proxy.host if outer_tls is not None else None,
-        )
+        try:
+            transport, buffer = await loop.create_connection(
+                lambda: _Buffer(loop),
+                proxy.host,
+                proxy.port,
+                ssl=outer_tls,
+                server_hostname=proxy.host if outer_tls is not None else None,
+            )
+        except OSError as e:
+            raise ProxyUnreachable(f"could not connect to the proxy ({_reason(e)})") from e
         _set_nodelay(transport)
+        progress.step = "handshake"
         if proxy.scheme == "socks5":
             await _socks5_connect(proxy, transport, buffer, addr, port)
         else:
             await _http_connect(proxy, transport, buffer, addr, port)
+        progress.step = "open"
 
         if tls is None:
             protocol = protocol_factory()
@@ -257,6 +285,17 @@ async def open_tunnel(
         if transport is not None:
             transport.abort()
         raise
+
+
+def _reason(exc: OSError) -> str:
+    """A short reason without addresses or names (the proxy's host is the operator's business)."""
+    if isinstance(exc, socket.gaierror):
+        return "its name did not resolve"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS: " + (exc.reason or type(exc).__name__).lower()
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return exc.strerror.lower() if exc.strerror else type(exc).__name__
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:

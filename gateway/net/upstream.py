@@ -39,7 +39,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from gateway.net import ssrf
+from gateway.net import ssrf, tunnel
 
 if TYPE_CHECKING:
     from gateway.net.h1 import Pool, Response
@@ -52,6 +52,9 @@ USER_AGENT = f"sharekey/{VERSION}"
 
 ANTHROPIC_VERSION = "2023-06-01"  # sent to an `anthropic` key when the caller names no version
 UNREACHABLE = "could not reach the upstream"
+PROXY_UNAVAILABLE = (
+    "the gateway's egress proxy failed, so the upstream was not reached; this says nothing about the key"
+)
 REDIRECTED = "the upstream answered with a redirect, which the gateway does not follow"
 # Printable ASCII only: anything else in a header is an injection attempt or a copy-paste accident.
 SENDABLE_KEY = re.compile(r"[\x21-\x7e]+")
@@ -61,7 +64,8 @@ class UpstreamError(Exception):
     """A request to an upstream failed below HTTP (or was redirected).
 
     `kind` drives the gateway's decisions: "unreachable" (refused by policy, DNS, connect, TLS),
-    "timeout", "broken" (the connection failed mid-exchange), "redirect". `message` is the only
+    "timeout", "broken" (the connection failed mid-exchange), "redirect", "proxy" (the egress
+    proxy failed: the gateway's failure, never the key's). `message` is the only
     thing a caller may see. `cause` is a short code for the log ("refused_address", "dns" …).
     """
 
@@ -147,6 +151,12 @@ def map_errors() -> Iterator[None]:
         yield
     except (UpstreamError, AnswerTooLarge):
         raise
+    except tunnel.ProxyError as e:  # before TimeoutError and OSError: a timeout at the proxy included
+        raise UpstreamError(
+            "proxy",
+            "proxy_unreachable" if isinstance(e, tunnel.ProxyUnreachable) else "proxy_refused",
+            PROXY_UNAVAILABLE,
+        ) from e
     except TimeoutError as e:  # h1.UpstreamTimeout: past a deadline or connect_timeout
         raise UpstreamError("timeout", "timeout") from e
     except OSError as e:  # while connecting: the guard, DNS, TCP, TLS, the egress proxy

@@ -4,7 +4,8 @@ Cooling keys, and keys disabled because the upstream rejected them (`disabled_by
 health, never judged by the reason's words), are tested again with back-off (one interval, then
 2, 4, … up to 6 hours) and come back as soon as they pass. A key paused by its owner or disabled
 by an operator is never touched, whatever its reason says. The probe itself is the live
-key test's (`net.keytest.probe`), in the key's `api_format`.
+key test's (`net.keytest.probe`), in the key's `api_format`. A probe the egress proxy failed says
+nothing about the key: its state, error and back-off stay as they were.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class HealthChecks:
         results = await asyncio.gather(*(one(r) for r in due))
         counts = {r: results.count(r) for r in set(results)}
         log.info("keys_checked", keys=len(rows), checked=len(due), **counts)
+        if counts.get(ProbeResult.PROXY_UNAVAILABLE):
+            log.warning("key_checks_proxy_unavailable", keys=counts[ProbeResult.PROXY_UNAVAILABLE])
         return counts
 
     def _due(self, row: asyncpg.Record, cooling: dict[str, float], backoff: dict[str, str], now_ms: int) -> bool:
@@ -117,6 +120,8 @@ class HealthChecks:
             api_format=row["api_format"],
         )
         metrics.health_checked(found.result)
+        if found.result == ProbeResult.PROXY_UNAVAILABLE:  # the gateway's failure: the key keeps its state
+            return found.result
         try:
             await self._apply(row, found, fails, now_ms)
         except (*REDIS_DOWN, *POSTGRES_DOWN) as e:

@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway import appkeys, metrics
 from gateway.errors import REDIS_DOWN, anthropic_body
 from gateway.log import scrub, send
-from gateway.net import h1, upstream
+from gateway.net import h1, tunnel, upstream
 from gateway.relay import plan, sse, translate
 from gateway.relay.balancer import Pick
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
@@ -75,11 +75,8 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         return record.failed(Failure(FailureKind.UNSUPPORTED_ENCODING, detail=str(e)))
     except ValueError:  # a translated answer that is not what its format promises
         return record.failed(Failure(FailureKind.UPSTREAM_ERROR, detail="the answer could not be translated"))
-    except upstream.RefusedAddress:
-        return record.failed(Failure(FailureKind.UNREACHABLE, detail="refused_address"))
     except (aiohttp.ClientError, OSError) as e:
-        detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
-        return record.failed(Failure(FailureKind.UNREACHABLE, detail=detail))
+        return record.failed(connect_failure(e, key))
     except asyncio.CancelledError:
         record.cancelled()
         raise
@@ -89,6 +86,18 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         call.upstream_ms += 0 if record.done else (time.perf_counter() - t0) * 1000
     # Sent outside the error mapping: a slow or vanished client is not the key's fault.
     return await finish_json(call, key, resp, body, usage, record)
+
+
+def connect_failure(e: aiohttp.ClientError | OSError, key: PoolKey) -> Failure:
+    """The Failure of an attempt that got no answer: the egress proxy's (the gateway's, see
+    `tunnel`), an address the guard refused, or the upstream out of reach."""
+    if isinstance(e, tunnel.ProxyUnreachable):
+        return Failure(FailureKind.PROXY_UNREACHABLE, detail=str(e))
+    if isinstance(e, tunnel.ProxyError):
+        return Failure(FailureKind.PROXY_REFUSED, detail=str(e))
+    if isinstance(e, upstream.RefusedAddress):
+        return Failure(FailureKind.UNREACHABLE, detail="refused_address")
+    return Failure(FailureKind.UNREACHABLE, detail=scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key)))
 
 
 async def failed_status(

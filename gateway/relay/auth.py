@@ -5,20 +5,26 @@
 One check for both surfaces; each passes the errors it renders, so `/v1` answers in the OpenAI
 shape (`InvalidToken` 401, `NotConfigured` 503) and `/api` with its `ApiError`s. A missing,
 malformed, unknown or revoked token is `refused`; a token the cache cannot check because
-PostgreSQL is down is `unavailable` (a token it already knew keeps working: see TokenCache).
+PostgreSQL is down is `unavailable` (a token it already knew keeps working: see TokenCache); an
+address that has had too many unknown tokens looked up is `limited` (429 with Retry-After, no
+query). The address is the connection's peer (`request.remote`): there are no trusted proxies to
+take a forwarded address from.
 The browser session of `/api` is `web.sessions`' business, not this module's.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from aiohttp import web
 
 from gateway import appkeys, metrics
-from gateway.errors import POSTGRES_DOWN
+from gateway.errors import POSTGRES_DOWN, ApiError, LimitReached
 from gateway.log import request_fields
-from gateway.store.tokens import Caller
+from gateway.store.tokens import Caller, TooManyLookups
+
+TOO_MANY_LOOKUPS = "Too many unknown tokens from this address; check the token and try again later."
 
 
 def bearer_token(request: web.Request, *, x_api_key: bool = False) -> str | None:
@@ -38,14 +44,19 @@ async def token_caller(
     *,
     refused: Callable[[], Exception],
     unavailable: Callable[[], Exception],
+    limited: Callable[[int], Exception] | None = None,
     x_api_key: bool = False,
 ) -> Caller:
-    """The owner of the request's gateway token; raises `refused()` or `unavailable()`."""
+    """The owner of the request's gateway token; raises `refused()`, `unavailable()` or
+    `limited(retry_after)` (by default a `LimitReached`, rendered in the route's shape)."""
     token = bearer_token(request, x_api_key=x_api_key)
     if token is None:
         raise refused()
     try:
-        caller = await request.app[appkeys.token_cache].lookup(token)
+        caller = await request.app[appkeys.token_cache].lookup(token, request.remote)
+    except TooManyLookups as e:
+        retry_after = max(1, math.ceil(e.retry_after))
+        raise (limited or _limited)(retry_after) from None
     except POSTGRES_DOWN:
         metrics.postgres_error("tokens")
         raise unavailable() from None
@@ -53,3 +64,12 @@ async def token_caller(
         raise refused()
     request_fields(request)["user_id"] = caller.user_id
     return caller
+
+
+def _limited(retry_after: int) -> Exception:
+    return LimitReached(TOO_MANY_LOOKUPS, code="too_many_token_lookups", retry_after=retry_after)
+
+
+def api_limited(retry_after: int) -> Exception:
+    """`limited` for `/api`: its JSON error shape, with Retry-After."""
+    return ApiError(429, "too_many_token_lookups", TOO_MANY_LOOKUPS, retry_after=retry_after)

@@ -123,11 +123,17 @@ class FailureKind(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     UNTRANSLATABLE = "untranslatable"  # the body cannot be carried in this key's format
+    PROXY_UNREACHABLE = "proxy_unreachable"  # the egress proxy cannot be reached: no key can be tried
+    PROXY_REFUSED = "proxy_refused"  # the egress proxy refused this tunnel (403, 502, …): another key may pass
 
 
 # An answer too large for our caps (a caller can ask for a huge one) or in an encoding we do not
-# decode fails the attempt, but says nothing about the key's health.
-NOT_THE_KEYS_FAULT = frozenset({FailureKind.TOO_LARGE, FailureKind.UNSUPPORTED_ENCODING, FailureKind.UNTRANSLATABLE})
+# decode fails the attempt, but says nothing about the key's health; nor does the egress proxy's
+# failure, which is the gateway's (503 proxy_unavailable).
+PROXY_FAILED = frozenset({FailureKind.PROXY_UNREACHABLE, FailureKind.PROXY_REFUSED})
+NOT_THE_KEYS_FAULT = frozenset(
+    {FailureKind.TOO_LARGE, FailureKind.UNSUPPORTED_ENCODING, FailureKind.UNTRANSLATABLE, *PROXY_FAILED}
+)
 
 
 @dataclass(slots=True)

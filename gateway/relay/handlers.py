@@ -38,13 +38,14 @@ from gateway.relay import anthropic_body, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
-from gateway.relay.call import ESCAPED_LETTER, TOKEN_FIELDS, Call, Failure, FailureKind
+from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
 
 EPOCH = "1970-01-01T00:00:00Z"  # Anthropic's list wants a date; the pool's models have none
 BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer <token>'."
+PROXY_DOWN = "The gateway cannot reach the upstreams through its egress proxy right now; try again shortly."
 # Fields the gateway decides on. An upstream whose JSON parser keeps the first of two equal keys
 # would run something else than what was routed, limited and credited (we read the last one).
 DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options")
@@ -263,8 +264,12 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             last_failure = result
             await _release(balancer, pick)
             await note_failure(app, key, result)
+            if result.kind == FailureKind.PROXY_UNREACHABLE:
+                break  # the egress proxy is down: no other key can be reached either
 
         fallback = [k for k in index.private(caller.user_id, call.model, call.endpoint) if k.id not in tried]
+        if last_failure is not None and last_failure.kind == FailureKind.PROXY_UNREACHABLE:
+            fallback = []
         if fallback:
             key = fallback[0]
             call.attempts += 1
@@ -275,6 +280,8 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             last_failure = result
         if last_failure is not None and last_failure.kind == FailureKind.UNTRANSLATABLE and call.untranslatable:
             raise BadRequest(f"The request cannot be served by this gateway's keys: {call.untranslatable}")
+        if last_failure is not None and last_failure.kind in PROXY_FAILED:
+            raise NotConfigured(PROXY_DOWN, code="proxy_unavailable", retry_after=5)
         if last_failure is not None:
             raise UpstreamFailed(
                 f"The upstream failed on all {call.attempts} attempt(s); try again.", code="upstream_failed"

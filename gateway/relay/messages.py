@@ -23,13 +23,13 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.log import request_fields, scrub
-from gateway.net import h1, upstream
+from gateway.log import request_fields
+from gateway.net import h1
 from gateway.relay import handlers, plan, translate
 from gateway.relay.anthropic_body import check
-from gateway.relay.attempt import _quietly, failed_status, note_failure
+from gateway.relay.attempt import _quietly, connect_failure, failed_status, note_failure
 from gateway.relay.balancer import USER_OUTCOMES, Pick, PickOutcome, Pool
-from gateway.relay.call import Call, Failure, FailureKind, Recorder, key_secrets
+from gateway.relay.call import Call, Failure, FailureKind, Recorder
 from gateway.relay.keyindex import PoolKey
 from gateway.relay.usage import UsageStatus
 
@@ -104,6 +104,8 @@ async def _count(call: Call, pool: Pool) -> int | web.Response | None:
                 await _quietly(balancer.trial_passed(key.id))
             return result
         await note_failure(app, key, result)
+        if result.kind == FailureKind.PROXY_UNREACHABLE:
+            return None  # no key can be reached: estimated locally
     return None
 
 
@@ -130,11 +132,8 @@ async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Fai
         return record.failed(Failure(FailureKind.UPSTREAM_ERROR, 200, detail="the answer is not a count"))
     except h1.UnsupportedEncoding as e:
         return record.failed(Failure(FailureKind.UNSUPPORTED_ENCODING, detail=str(e)))
-    except upstream.RefusedAddress:
-        return record.failed(Failure(FailureKind.UNREACHABLE, detail="refused_address"))
-    except (aiohttp.ClientError, OSError) as e:
-        detail = scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key))
-        return record.failed(Failure(FailureKind.UNREACHABLE, detail=detail))
+    except (aiohttp.ClientError, OSError) as e:  # the proxy's failure among them: not the key's
+        return record.failed(connect_failure(e, key))
     except asyncio.CancelledError:
         record.cancelled()
         raise

@@ -74,8 +74,10 @@ def read_cursor(text: str) -> tuple[datetime, uuid.UUID]:
         at = datetime.fromisoformat(when)
         if at.tzinfo is None:
             raise ValueError("no time zone")
-        return at, uuid.UUID(key_id)
-    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error) as e:
+        # In UTC, as PostgreSQL gets it: a year-1 or year-9999 time with an offset falls outside
+        # what a datetime can hold, which asyncpg would only find when sending it.
+        return at.astimezone(UTC), uuid.UUID(key_id)
+    except (ValueError, TypeError, OverflowError, UnicodeDecodeError, binascii.Error) as e:
         raise BadCursor(str(e)) from None
 
 

@@ -13,12 +13,14 @@ import secrets
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
 from gateway.errors import POSTGRES_DOWN
+from gateway.store.lookuplimit import LookupLimit
 
 log = structlog.get_logger(__name__)
 
@@ -100,71 +102,121 @@ WHERE t.token_hash = $1 AND t.revoked_at IS NULL
 TOUCH_TOKENS = "UPDATE api_tokens SET last_used_at = now() WHERE id = ANY($1::uuid[])"
 
 
+class TooManyLookups(Exception):
+    """This client address has had too many unknown tokens looked up; `retry_after` in seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many look-ups of unknown tokens from this address")
+        self.retry_after = retry_after
+
+
 class TokenCache:
-    """SHA-256 of the token -> Caller, with expiry; misses (unknown tokens) are cached briefly too.
+    """SHA-256 of the token -> Caller, with expiry; misses (unknown tokens) are cached briefly apart.
 
     Steady state costs no database round trip. Revocation and user changes arrive as `token` /
     `user` events and drop entries at once; the TTL is only a safety net. `last_used_at` is
     written in batches, not per request. While PostgreSQL is down an expired entry for a known
     token keeps serving; an unknown token cannot be checked and the caller gets 503.
+
+    Known tokens and misses live in two LRUs: however many unknown tokens arrive, they only push
+    out other misses, never a known token (which is then still known during an outage). A token in
+    neither costs a query, so those look-ups are rate-limited per client address (`LookupLimit`):
+    past it `lookup` raises `TooManyLookups` without asking PostgreSQL.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, ttl: float = 300.0, miss_ttl: float = 10.0, max_entries: int = 100_000):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        ttl: float = 300.0,
+        miss_ttl: float = 10.0,
+        max_entries: int = 100_000,
+        max_misses: int = 10_000,
+        lookups_per_minute: int = 60,
+    ):
         self._pool = pool
-        self._ttl, self._miss_ttl, self._max = ttl, miss_ttl, max_entries
-        self._entries: dict[bytes, tuple[float, Caller | None]] = {}
+        self._ttl, self._miss_ttl, self._max, self._max_misses = ttl, miss_ttl, max_entries, max_misses
+        self._known: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()  # least recently used first
+        self._misses: OrderedDict[bytes, float] = OrderedDict()  # digest -> expiry, oldest first
+        self._limit = LookupLimit(lookups_per_minute)
         self._used: set[str] = set()
 
-    async def lookup(self, token: str) -> Caller | None:
+    async def lookup(self, token: str, client: str | None = None) -> Caller | None:
+        """The token's owner, or None; `client` is the caller's address, for the look-up limit.
+        Raises `TooManyLookups`, or one of `POSTGRES_DOWN` for a token it cannot check."""
         digest = token_hash(token)
         now = time.monotonic()
-        entry = self._entries.get(digest)
-        if entry is None or entry[0] < now:
+        entry = self._known.get(digest)
+        if entry is not None:
+            self._known.move_to_end(digest)
+            caller: Caller | None = entry[1]
+            if entry[0] < now:
+                caller = await self._refresh(digest, now, entry[1])
+        else:
+            expiry = self._misses.get(digest)
+            if expiry is not None and expiry >= now:
+                return None
             if not well_formed(token):  # checked on a miss only: a cached token was well formed
                 return None
-            entry = await self._refresh(digest, now, entry)
-        caller = entry[1]
+            wait = self._limit.take(client, now)
+            if wait > 0:
+                raise TooManyLookups(wait)
+            caller = self._store(digest, now, await self._query(digest))
+            if caller is not None:
+                self._limit.give_back(client)  # a real token: the look-up was not a forger's
         if caller is not None:
             self._used.add(caller.token_id)
         return caller
 
-    async def _refresh(
-        self, digest: bytes, now: float, stale: tuple[float, Caller | None] | None
-    ) -> tuple[float, Caller | None]:
+    async def _query(self, digest: bytes) -> Caller | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(LOOKUP_TOKEN, digest)
+        if row is None:
+            return None
+        return Caller(str(row["token_id"]), str(row["user_id"]), row["username"], row["trust_level"], row["is_admin"])
+
+    async def _refresh(self, digest: bytes, now: float, stale: Caller) -> Caller | None:
         try:
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(LOOKUP_TOKEN, digest)
+            caller = await self._query(digest)
         except POSTGRES_DOWN:
-            if stale is None or stale[1] is None:
-                raise
             # PostgreSQL is away: a token it knew keeps working (revoking one needs PostgreSQL
             # too) and is asked about again a little later, not on every request.
-            log.warning("token_served_from_stale_cache", token_id=stale[1].token_id)
-            entry = self._entries[digest] = (now + self._miss_ttl, stale[1])
-            return entry
-        caller = (
-            Caller(str(row["token_id"]), str(row["user_id"]), row["username"], row["trust_level"], row["is_admin"])
-            if row
-            else None
-        )
-        if len(self._entries) >= self._max:
-            self._entries.clear()  # crude but bounded; a refill costs one query per active token
-        entry = self._entries[digest] = (now + (self._ttl if caller else self._miss_ttl), caller)
-        return entry
+            log.warning("token_served_from_stale_cache", token_id=stale.token_id)
+            self._known[digest] = (now + self._miss_ttl, stale)
+            return stale
+        return self._store(digest, now, caller)
+
+    def _store(self, digest: bytes, now: float, caller: Caller | None) -> Caller | None:
+        if caller is None:
+            self._known.pop(digest, None)
+            self._misses.pop(digest, None)
+            self._misses[digest] = now + self._miss_ttl
+            while len(self._misses) > self._max_misses:
+                self._misses.popitem(last=False)
+        else:
+            self._misses.pop(digest, None)
+            self._known[digest] = (now + self._ttl, caller)
+            self._known.move_to_end(digest)
+            while len(self._known) > self._max:
+                self._known.popitem(last=False)  # the least recently used: one query if it comes back
+        return caller
 
     def drop_token(self, digest_hex: str) -> None:
         try:
-            self._entries.pop(bytes.fromhex(digest_hex), None)
+            digest = bytes.fromhex(digest_hex)
         except ValueError:
-            pass
+            return
+        self._known.pop(digest, None)
+        self._misses.pop(digest, None)
 
     def drop_user(self, user_id: str) -> None:
-        for digest, (_, caller) in list(self._entries.items()):
-            if caller is not None and caller.user_id == user_id:
-                del self._entries[digest]
+        for digest, (_, caller) in list(self._known.items()):
+            if caller.user_id == user_id:
+                del self._known[digest]
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._known.clear()
+        self._misses.clear()
 
     async def touch(self) -> None:
         """Write last_used_at for the tokens used since the last call."""

@@ -243,6 +243,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh-CN": "时间段只能是 today、7d、30d 或 all。",
         "en": "The period must be today, 7d, 30d or all.",
     },
+    "error.bad_after": {
+        "zh-CN": "这个分页链接无效（after= 参数不是上一页给出的值）。请从第一页重新打开“我的密钥”。",
+        "en": "This page link is not valid (its after= value is not one a previous page gave). "
+        "Open your keys again from the first page.",
+    },
     "error.board_unavailable": {
         "zh-CN": "暂时无法读取感谢榜，请稍后再试。",
         "en": "The thanks board cannot be read right now; please try again shortly.",

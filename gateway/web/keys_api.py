@@ -25,7 +25,7 @@ from gateway.errors import REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
 from gateway.net import events, keytest, redisnames, upstream
 from gateway.net.keytest import KeyTestResult
-from gateway.relay.auth import token_caller
+from gateway.relay.auth import api_limited, token_caller
 from gateway.store import keypages, modelnames, sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import (
@@ -69,7 +69,7 @@ async def owner(request: web.Request) -> Caller:
             raise _not_signed_in()
         request_fields(request)["user_id"] = caller.user_id
         return caller
-    return await token_caller(request, refused=_not_signed_in, unavailable=_sign_ins_unavailable)
+    return await token_caller(request, refused=_not_signed_in, unavailable=_sign_ins_unavailable, limited=api_limited)
 
 
 def _not_signed_in() -> ApiError:
@@ -139,15 +139,13 @@ async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
 async def live_test(
     app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
 ) -> KeyTestResult:
-    config = app[appkeys.config]
-    return await keytest.test_key(
-        app[appkeys.upstream_pool],
-        base_url,
-        api_key,
-        modelnames.upstream_names(models),
-        timeout=config.upstream.test_timeout,
-        api_format=api_format,
-    )
+    """A test the egress proxy failed judged nothing: 503 `proxy_unavailable`, the key unjudged."""
+    pool, timeout = app[appkeys.upstream_pool], app[appkeys.config].upstream.test_timeout
+    names = modelnames.upstream_names(models)
+    result = await keytest.test_key(pool, base_url, api_key, names, timeout=timeout, api_format=api_format)
+    if result.reason == "proxy_unavailable":
+        raise ApiError(503, "proxy_unavailable", f"the key was not tested: {result.error}", retry_after=5)
+    return result
 
 
 def failed_test(result: KeyTestResult) -> ApiError:

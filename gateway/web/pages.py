@@ -194,17 +194,14 @@ async def keys_page(request: web.Request) -> web.Response:
     after = request.query.get("after") or None  # a page at a time, `next` of GET /api/shared-keys
     try:
         async with request.app[appkeys.pg].acquire() as conn:
-            try:
-                keys, next_page = await keypages.page_keys(
-                    conn, timezone=config.balancer.timezone, owner_id=signed.user.id, after=after
-                )
-            except keypages.BadCursor:  # a mangled link: the first page
-                after = None
-                keys, next_page = await keypages.page_keys(
-                    conn, timezone=config.balancer.timezone, owner_id=signed.user.id
-                )
+            keys, next_page = await keypages.page_keys(
+                conn, timezone=config.balancer.timezone, owner_id=signed.user.id, after=after
+            )
             today = datetime.now(ZoneInfo(config.balancer.timezone)).date()
             spend = await keypages.spend_days(conn, [k.id for k in keys], today)
+    except keypages.BadCursor:  # a mangled or made-up link (a date out of range too): said so, in 422
+        context = {"title_key": "error.title", "message_key": "error.bad_after", "values": {}, "retry": False}
+        return render(request, "error.html", signed, context, status=422)
     except POSTGRES_DOWN:
         return await error_page(request, 503, "error.title", "error.unavailable", retry=False)
     keys = await keys_api.with_live_state(request.app, keys)
