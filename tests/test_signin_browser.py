@@ -45,3 +45,30 @@ async def test_sign_in_through_oidc_from_the_sign_in_page(page: Any, make: Any) 
     await page.wait_for_url(base + "/keys")
     assert await page.locator("header").get_by_text("olga").count() == 1
     await shot(page, "signin-oidc.png")
+
+
+def _elsewhere(site: Site) -> str:
+    """`next=` values that old checks let through and browsers read as another origin (the fake
+    provider's, a server that would answer): a TAB, a newline, a backslash."""
+    host = site.provider.url("").removeprefix("http://").rstrip("/")
+    return host + "/user_avatar/elsewhere"
+
+
+async def test_language_switch_never_leaves_the_site(page: Any, site: Site) -> None:
+    site.provider.sign_in_as("alice")
+    for trick in ("/%09/", "/%0A/", "/%0D%0A/", "/%5C", "%09//", "/%0B/", "/%2F/"):
+        response = await page.goto(f"{site.origin}/lang/en?next={trick}{_elsewhere(site)}")
+        assert response is not None and response.status < 500, trick
+        # /keys, which sends a browser that is not signed in through the fake Linux.do and back
+        assert page.url == site.origin + "/keys", (trick, page.url)
+
+
+async def test_sign_in_with_a_foreign_next_ends_here(page: Any, site: Site) -> None:
+    for n, trick in enumerate(("/%09/", "/%5C", "/%0B/")):
+        site.provider.sign_in_as("alice")
+        await page.goto(f"{site.origin}/auth/linuxdo/login?next={trick}{_elsewhere(site)}")
+        assert page.url == site.origin + "/keys", (trick, page.url)
+        assert await page.locator("header").get_by_text("alice").count() == 1, trick
+        cookies = await page.context.cookies(site.origin)
+        assert [c["name"] for c in cookies if c["name"].endswith("sharekey_session")], trick
+        await page.context.clear_cookies()
