@@ -23,7 +23,7 @@ from gateway.config import Config, GitHub, Oidc
 from gateway.store import users
 
 CACHE_SECONDS = 3600
-MAX_BODY = 256 * 1024
+MAX_BODY = 1024 * 1024  # a JWKS, token or profile answer; more is refused
 LEEWAY_SECONDS = 60
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 GITHUB = "github"
@@ -49,13 +49,11 @@ def redirect_uri(config: Config, provider: str) -> str:
 
 
 async def provider_json(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
-    """A sign-in provider's answer as a JSON object, read with a size cap (Linux.do's too);
-    ProviderError otherwise. orjson refuses hostile nesting instead of recursing."""
+    """A sign-in provider's answer as a JSON object, read to its end with a size cap (Linux.do's
+    too); ProviderError otherwise. orjson refuses hostile nesting instead of recursing."""
     if resp.status != 200:
         raise ProviderError(f"{what} answered {resp.status}")
-    body = await resp.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise ProviderError(f"{what} answered too much")
+    body = await _read_capped(resp, what)
     try:
         data = orjson.loads(body)
     except ValueError:
@@ -63,6 +61,21 @@ async def provider_json(resp: aiohttp.ClientResponse, what: str) -> dict[str, An
     if not isinstance(data, dict):
         raise ProviderError(f"{what} answered something other than a JSON object")
     return data
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    """The whole body, however many pieces it arrives in (`content.read(n)` returns only what is
+    buffered), refused as soon as it passes MAX_BODY."""
+    if (resp.content_length or 0) > MAX_BODY:
+        raise ProviderError(f"{what} answered more than {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ProviderError(f"{what} answered more than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _get(client: aiohttp.ClientSession, url: str, what: str, headers: dict[str, str] | None = None) -> Any:
