@@ -74,7 +74,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not configured(settings):
         return await pages.error_page(request, 503, "login.title", "login.not_configured", retry=False)
     # One pre-login cookie per browser, reused so that sign-ins started in two tabs both work.
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    nonce = sessions.get_cookie(request, LOGIN_COOKIE, LOGIN_COOKIE_PATH)
     if not NONCE.fullmatch(nonce):
         nonce = secrets.token_urlsafe(32)
     state = secrets.token_urlsafe(32)
@@ -118,7 +118,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         log.info("login_refused", reason="state_unknown")
         return await pages.error_page(request, 400, "login.title", "login.state_invalid")
     record = json.loads(raw)
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    nonce = sessions.get_cookie(request, LOGIN_COOKIE, LOGIN_COOKIE_PATH)
     if not secrets.compare_digest(_hash(nonce), record["browser"]):
         log.info("login_refused", reason="state_other_browser")
         return await pages.error_page(request, 400, "login.title", "login.state_browser")

@@ -263,13 +263,5 @@ async def language(request: web.Request) -> web.Response:
     if lang not in i18n.LANGUAGES:
         raise web.HTTPNotFound()
     response = redirect(local_path(request.query.get("next")))
-    response.set_cookie(
-        i18n.COOKIE,
-        lang,
-        max_age=LANG_COOKIE_SECONDS,
-        path="/",
-        samesite="Lax",
-        httponly=True,
-        secure=sessions.secure_cookies(request.app) or None,
-    )
+    sessions.set_cookie(request.app, response, i18n.COOKIE, lang, LANG_COOKIE_SECONDS)
     return response
