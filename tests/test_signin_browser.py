@@ -1,6 +1,7 @@
 """Signing in from a real headless Chromium (as tests/test_browser.py): through a one-time sign-in
-link (and the page refusing it the second time), and through the fake OpenID Connect provider from
-the sign-in page. Skipped, saying why, only where Chromium or the playwright package is missing."""
+link (its confirmation page, and the page refusing it the second time), through the fake OpenID
+Connect provider from the sign-in page, and never leaving the site whatever `next=` says.
+Skipped, saying why, only where Chromium or the playwright package is missing."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ async def test_sign_in_through_a_link(page: Any, site: Site, pool: asyncpg.Pool)
     token = await loginlink.issue(site.app[appkeys.redis], site.config.redis.key_prefix, carol.id)
     url = loginlink.url(site.config.server.public_url, token)
     await page.goto(url)
-    assert page.url == site.config.server.public_url + "/keys"
+    assert page.url == url  # a page that asks first: opening the link signs nobody in
+    assert await page.get_by_text("Sign in to this gateway as carol?").count() == 1
+    await shot(page, "signin-link-confirm.png")
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(site.config.server.public_url + "/keys")
     assert await page.locator("header").get_by_text("carol").count() == 1
     await shot(page, "signin-link.png")
     response = await page.goto(url)

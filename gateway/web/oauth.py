@@ -39,7 +39,8 @@ from gateway.web.provider_calls import ProviderError, provider_json
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 # The one-time links of `sharekey login-link` are another way in, served with the sign-in routes.
-routes.get(loginlink.PATH + "{token}", name="login_link")(loginlink.sign_in)
+routes.get(loginlink.PATH + "{token}", name="login_link")(loginlink.confirm_page)
+routes.post(loginlink.FORM_PATH, name="login_link_taken")(loginlink.sign_in)
 
 
 STATE_SECONDS = 600
