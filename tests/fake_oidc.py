@@ -79,7 +79,7 @@ class Grant:
 class FakeOidc:
     subject: str = "oidc-sub-1"
     claims: dict[str, Any] = field(default_factory=lambda: {"preferred_username": "olga", "name": "Olga Example"})
-    id_token_changes: dict[str, Any] = field(default_factory=dict)  # claims to override (iss, aud, exp, nonce)
+    id_token_changes: dict[str, Any] = field(default_factory=dict)  # claims to override (iss, aud, exp, iat …)
     sign_with_stranger: bool = False  # sign with a key not in the JWKS
     pieces: int = 1  # every JSON answer (discovery, JWKS, token, userinfo) in this many writes
     jwks_padding: int = 0  # bytes of filler in the JWKS answer (a provider answering too much)
@@ -160,6 +160,7 @@ class FakeOidc:
             **self.claims,
             **self.id_token_changes,
         }
+        claims = {k: v for k, v in claims.items() if v is not None}  # None in id_token_changes: left out
         key = self.stranger if self.sign_with_stranger else self.key
         id_token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims, key)
         access = secrets.token_urlsafe(24)

@@ -34,6 +34,15 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh-CN": "{provider} 的身份令牌已过期，请重新登录。",
         "en": "The identity token from {provider} has expired. Please sign in again.",
     },
+    "login.token_not_yet_valid": {
+        "zh-CN": "{provider} 的身份令牌尚未生效（签发时间在未来），登录被拒绝。请检查双方的系统时间后重试。",
+        "en": "The identity token from {provider} is not valid yet (issued in the future); the sign-in was refused. "
+        "Check both clocks and try again.",
+    },
+    "login.token_claims": {
+        "zh-CN": "{provider} 的身份令牌缺少签发时间或格式不正确，登录被拒绝。",
+        "en": "The identity token from {provider} has no issue time or a malformed one; the sign-in was refused.",
+    },
     "login.token_nonce": {
         "zh-CN": "{provider} 的身份令牌不属于这次登录（nonce 不符），登录被拒绝。",
         "en": "The identity token from {provider} belongs to another sign-in (wrong nonce); it was refused.",

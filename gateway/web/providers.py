@@ -8,7 +8,7 @@
     GET /auth/<name>/callback    state taken (GETDEL), matched to this browser and provider -> code
                                  exchanged with the verifier -> OIDC: the ID token's signature checked
                                  against the provider's JWKS (joserfc), then `iss`, `aud`, `exp`,
-                                 `nonce`; GitHub: /user read -> account (provider, subject) found or
+                                 `iat`/`nbf`, `nonce`; GitHub: /user read -> account (provider, subject) found or
                                  created (web never merges it with another by name) -> a fresh session
 
 Access and ID tokens are used for this one sign-in and dropped (web/provider_calls.py talks to the
