@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp_jinja2
 import jinja2
 import redis.asyncio as aioredis
+import structlog
 from aiohttp import web
 
 from gateway import appkeys
@@ -21,7 +22,7 @@ from gateway.config import Config
 from gateway.errors import POSTGRES_DOWN, error_middleware
 from gateway.log import request_context
 from gateway.net import events, h1
-from gateway.net.redisline import ScriptLine
+from gateway.net.redisline import ScriptLine, tls_options_without_tls, without_tls_options
 from gateway.ops import jobs
 from gateway.relay import balancer, cors, handlers, messages
 from gateway.relay.keyindex import KeyIndex
@@ -36,6 +37,8 @@ from gateway.tasks import background
 from gateway.web import aliases_api, health, keys_api, oauth, pages, prices_api, thanks, tokens_api
 from gateway.web.boardcache import Board
 from gateway.web.thanks import Visitors
+
+log = structlog.get_logger(__name__)
 
 TEMPLATES_DIR = data_dir("templates")
 
@@ -110,7 +113,15 @@ async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.config]
-    client = create_redis(config.redis.url, timeout=config.redis.timeout)
+    url = config.redis.url
+    if ignored := tls_options_without_tls(url):
+        log.warning(
+            "redis_tls_options_ignored",
+            options=ignored,
+            reason="redis.url is redis://, which connects without TLS; for TLS write rediss://",
+        )
+        url = without_tls_options(url)  # redis-py would refuse them at its first connection
+    client = create_redis(url, timeout=config.redis.timeout)
     app[appkeys.redis] = client
     yield
     await client.aclose(close_connection_pool=True)  # a pool passed in is not closed by default

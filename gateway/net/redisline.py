@@ -27,6 +27,7 @@ import hashlib
 import time
 from collections import deque
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.exceptions
 from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
@@ -178,6 +179,23 @@ def _ignore(fut: asyncio.Future[Any]) -> None:
     the connection has already failed because of it, or will."""
     if not fut.cancelled():
         fut.exception()
+
+
+def tls_options_without_tls(url: str) -> list[str]:
+    """The `ssl_*` options of a URL that connects without TLS (`redis://`, `unix://`). redis-py
+    would refuse them at its first connection and this line ignores them: either way no TLS, which
+    the operator who wrote them most likely meant to have (`rediss://`). Names only, never values."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "rediss":
+        return []
+    return sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.startswith("ssl_")})
+
+
+def without_tls_options(url: str) -> str:
+    """The URL with its `ssl_*` options removed (for a `redis://` URL, where they mean nothing)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not k.startswith("ssl_")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _ssl_context(params: dict[str, Any]) -> RedisSSLContext | None:
