@@ -144,7 +144,8 @@ def create_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
 
 
 async def pg_pool(app: web.Application) -> AsyncIterator[None]:
-    async with db.create_pool(app[appkeys.config].database.url) as pool:
+    database = app[appkeys.config].database
+    async with db.create_pool(database.url, statement_cache_size=database.statement_cache_size) as pool:
         app[appkeys.pg] = pool
         yield
 

@@ -35,6 +35,9 @@ class Server:
 @dataclass(frozen=True, slots=True)
 class Database:
     url: str = field(default="", repr=False)  # empty: embedded PostgreSQL under data_dir
+    # Prepared statements kept per connection; 0 behind pgbouncer in transaction mode or the
+    # Supabase pooler (port 6543), where a connection's statements do not follow it.
+    statement_cache_size: int = 100
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,8 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
         raise bad("health.interval_seconds", "must be 0 (no health checks) or more")
     if config.usage.retention_days < 0:
         raise bad("usage.retention_days", "must be 0 (keep forever) or more")
+    if config.database.statement_cache_size < 0:
+        raise bad("database.statement_cache_size", "must be 0 (no prepared statements kept) or more")
     if config.balancer.max_attempts < 1:
         raise bad("balancer.max_attempts", "must be at least 1")
     secret = config.security.key_encryption_secret

@@ -62,6 +62,7 @@ def test_toml_then_environment(tmp_path: Path) -> None:
         ("", {"SHAREKEY_SECURITY_ALLOW_PRIVATE_UPSTREAMS": "maybe"}, "security.allow_private_upstreams"),
         ("", {"SHAREKEY_BALANCER_TIMEZONE": "Mars/Base"}, "balancer.timezone"),
         ("", {"SHAREKEY_HEALTH_METHOD": "ping"}, "health.method"),
+        ("[database]\nstatement_cache_size = -1\n", {}, "database.statement_cache_size"),
         ("", {"SHAREKEY_SERVER_PORT": "70000"}, "server.port"),
         ("", {"DATABASE_URL": "mysql://x"}, "database.url"),
     ],

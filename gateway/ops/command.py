@@ -56,7 +56,7 @@ async def _with_connection(config: Config, args: argparse.Namespace, fn: Runner)
 
 async def connect(config: Config) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(config.database.url, timeout=10)
+        return await db.connect(config.database.url, statement_cache_size=config.database.statement_cache_size)
     except POSTGRES_DOWN as e:
         raise CliError(f"cannot connect to PostgreSQL: {reason(e)}") from None
 

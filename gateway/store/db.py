@@ -67,5 +67,14 @@ async def migrate(conn: asyncpg.Connection, sql_dir: Path | None = None) -> list
     return applied_now
 
 
-def create_pool(url: str, **kwargs: object) -> asyncpg.Pool:
-    return asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=30, **kwargs)  # type: ignore[arg-type]
+def create_pool(url: str, *, statement_cache_size: int = 100, **kwargs: object) -> asyncpg.Pool:
+    """The gateway's pool. `statement_cache_size` 0 (`database.statement_cache_size`) behind a
+    pooler in transaction mode: asyncpg then keeps no named prepared statement on a connection."""
+    return asyncpg.create_pool(  # type: ignore[call-overload]
+        url, min_size=1, max_size=10, command_timeout=30, statement_cache_size=statement_cache_size, **kwargs
+    )
+
+
+async def connect(url: str, *, statement_cache_size: int = 100) -> asyncpg.Connection:
+    """One connection for a command (migrate, users add, …), with the same statement cache rule."""
+    return await asyncpg.connect(url, timeout=10, statement_cache_size=statement_cache_size)
