@@ -1,7 +1,8 @@
-"""Talking to sign-in providers for web/providers.py: OpenID Connect discovery and JWKS (cached per
-process for an hour; an unknown signing key fetches the set anew once), the code exchange, the ID
-token checked with joserfc (signature, then `iss`, `aud`, `exp`, `iat`/`nbf`, `nonce`), userinfo, and GitHub's
-token endpoint and /user. Returns an `IdentityProfile`; provider tokens go no further than here.
+"""Talking to sign-in providers for web/providers.py: OpenID Connect discovery (https endpoints
+under an https issuer) and JWKS (cached per process for an hour; an unknown signing key fetches
+the set anew once), the code exchange, the ID token checked with joserfc (signature, then `iss`,
+`aud`, `exp`, `iat`/`nbf`, `nonce`), userinfo, and GitHub's token endpoint and /user. Every answer
+is read to its end, capped. Returns an `IdentityProfile`; provider tokens go no further than here.
 """
 
 from __future__ import annotations
