@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp_jinja2
 import jinja2
+import structlog
 from aiohttp import web
 
 from gateway import appkeys
@@ -34,6 +35,8 @@ from gateway.tasks import background
 from gateway.web import aliases_api, health, keys_api, oauth, pages, prices_api, thanks, tokens_api
 from gateway.web.boardcache import Board
 from gateway.web.thanks import Visitors
+
+log = structlog.get_logger(__name__)
 
 TEMPLATES_DIR = data_dir("templates")
 
@@ -107,7 +110,14 @@ async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    client = app[appkeys.redis] = redisclient.client(app[appkeys.config].redis)
+    config = app[appkeys.config]
+    if ignored := redisclient.tls_options_without_tls(config.redis.url):
+        log.warning(
+            "redis_tls_options_ignored",
+            options=ignored,
+            reason="redis.url is redis://, which connects without TLS; for TLS write rediss://",
+        )
+    client = app[appkeys.redis] = redisclient.client(config.redis)
     yield
     await redisclient.close(client)
 

@@ -172,7 +172,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 log.info(
                     "request",
                     method=request.method,
-                    path=request.path,
+                    path=loggable_path(request),
                     status=status,
                     duration_ms=round((time.perf_counter() - start) * 1000, 2),
                     **request[appkeys.log_fields],
@@ -180,6 +180,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/static/")
+SHOWN_TOKEN_CHARS = 4
+
+
+def loggable_path(request: web.Request) -> str:
+    """The path for a log line. A route whose path carries a secret names it `{token}` (a one-time
+    sign-in link): only its first few characters are kept, enough to tell two links apart."""
+    token = request.match_info.get("token", "")
+    if len(token) <= SHOWN_TOKEN_CHARS:
+        return request.path
+    return request.path.replace(token, token[:SHOWN_TOKEN_CHARS] + "…")
 
 
 async def send(request: web.Request, response: web.StreamResponse) -> None:

@@ -31,6 +31,8 @@ from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
 
+from .fake_oidc import answer
+
 ENGLISH = {"Accept-Language": "en"}
 CLIENT_ID = "sharekey-test-client"
 CLIENT_SECRET = "test-client-secret-0123456789"
@@ -72,6 +74,7 @@ class FakeLinuxDo:
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     fail_token: bool = False  # the token endpoint answers 500
+    pieces: int = 1  # the token and user answers in this many writes (fake_oidc.in_pieces)
     server: TestServer | None = None
 
     def __post_init__(self) -> None:
@@ -103,7 +106,7 @@ class FakeLinuxDo:
         target = URL(q["redirect_uri"]).update_query(code=code, state=q.get("state", ""))
         return web.Response(status=302, headers={"Location": str(target)})
 
-    async def _token(self, request: web.Request) -> web.Response:
+    async def _token(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         self.token_requests.append({"headers": dict(request.headers), "form": dict(form)})
         if self.fail_token:
@@ -123,14 +126,15 @@ class FakeLinuxDo:
             return web.json_response({"error": "invalid_grant", "error_description": "code_verifier"}, status=400)
         access = secrets.token_urlsafe(24)
         self.access_tokens[access] = grant.username
-        return web.json_response({"access_token": access, "token_type": "bearer", "expires_in": 3600})
+        grant_doc = {"access_token": access, "token_type": "bearer", "expires_in": 3600}
+        return await answer(request, grant_doc, self.pieces)
 
-    async def _user(self, request: web.Request) -> web.Response:
+    async def _user(self, request: web.Request) -> web.StreamResponse:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         username = self.access_tokens.get(token) if scheme == "Bearer" else None
         if username is None:
             return web.json_response({"error": "invalid_token"}, status=401)
-        return web.json_response(self.profiles[username])
+        return await answer(request, self.profiles[username], self.pieces)
 
     async def _avatar(self, request: web.Request) -> web.Response:
         return web.Response(body=AVATAR_SVG, content_type="image/svg+xml")

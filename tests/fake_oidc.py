@@ -5,9 +5,11 @@ client, the redirect URI, a single-use code and the PKCE verifier."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,28 @@ def rsa_jwk(kid: str) -> RSAKey:
     return RSAKey.import_key(pem, {"kid": kid, "use": "sig", "alg": "RS256"})
 
 
+async def in_pieces(request: web.Request, data: Any, pieces: int, status: int = 200) -> web.StreamResponse:
+    """A JSON answer written in `pieces` writes with a short pause between them, as a provider
+    behind a slow or chunking proxy sends it: the client has only part of it buffered at first."""
+    body = json.dumps(data).encode()
+    resp = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()  # no Content-Length: only the end of the stream says it is whole
+    await resp.prepare(request)
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        await resp.write(body[start : start + step])
+        await asyncio.sleep(0.02)
+    await resp.write_eof()
+    return resp
+
+
+async def answer(request: web.Request, data: Any, pieces: int, status: int = 200) -> web.StreamResponse:
+    """`web.json_response`, or the same JSON in pieces when `pieces` > 1."""
+    if pieces > 1:
+        return await in_pieces(request, data, pieces, status)
+    return web.json_response(data, status=status)
+
+
 def _challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
@@ -55,8 +79,11 @@ class Grant:
 class FakeOidc:
     subject: str = "oidc-sub-1"
     claims: dict[str, Any] = field(default_factory=lambda: {"preferred_username": "olga", "name": "Olga Example"})
-    id_token_changes: dict[str, Any] = field(default_factory=dict)  # claims to override (iss, aud, exp, nonce)
+    id_token_changes: dict[str, Any] = field(default_factory=dict)  # claims to override (iss, aud, exp, iat …)
     sign_with_stranger: bool = False  # sign with a key not in the JWKS
+    pieces: int = 1  # every JSON answer (discovery, JWKS, token, userinfo) in this many writes
+    jwks_padding: int = 0  # bytes of filler in the JWKS answer (a provider answering too much)
+    discovery_changes: dict[str, Any] = field(default_factory=dict)  # endpoints to override
     grants: dict[str, Grant] = field(default_factory=dict)
     access_tokens: dict[str, str] = field(default_factory=dict)
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
@@ -78,21 +105,24 @@ class FakeOidc:
         assert self.server is not None
         return str(self.server.make_url("")).rstrip("/")
 
-    async def _discovery(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": self.issuer,
-                "authorization_endpoint": self.issuer + "/authorize",
-                "token_endpoint": self.issuer + "/token",
-                "userinfo_endpoint": self.issuer + "/userinfo",
-                "jwks_uri": self.issuer + "/jwks",
-                "response_types_supported": ["code"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-            }
-        )
+    async def _discovery(self, request: web.Request) -> web.StreamResponse:
+        doc = {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.issuer + "/authorize",
+            "token_endpoint": self.issuer + "/token",
+            "userinfo_endpoint": self.issuer + "/userinfo",
+            "jwks_uri": self.issuer + "/jwks",
+            "response_types_supported": ["code"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            **self.discovery_changes,
+        }
+        return await answer(request, doc, self.pieces)
 
-    async def _jwks(self, request: web.Request) -> web.Response:
-        return web.json_response({"keys": [self.key.as_dict(private=False)]})
+    async def _jwks(self, request: web.Request) -> web.StreamResponse:
+        doc: dict[str, Any] = {"keys": [self.key.as_dict(private=False)]}
+        if self.jwks_padding:
+            doc["padding"] = "x" * self.jwks_padding
+        return await answer(request, doc, self.pieces)
 
     async def _authorize(self, request: web.Request) -> web.Response:
         q = request.query
@@ -107,7 +137,7 @@ class FakeOidc:
             status=302, headers={"Location": str(URL(q["redirect_uri"]).update_query(code=code, state=q["state"]))}
         )
 
-    async def _token(self, request: web.Request) -> web.Response:
+    async def _token(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         self.token_requests.append({"headers": dict(request.headers), "form": dict(form)})
         expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
@@ -130,18 +160,20 @@ class FakeOidc:
             **self.claims,
             **self.id_token_changes,
         }
+        claims = {k: v for k, v in claims.items() if v is not None}  # None in id_token_changes: left out
         key = self.stranger if self.sign_with_stranger else self.key
         id_token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims, key)
         access = secrets.token_urlsafe(24)
         self.access_tokens[access] = grant.subject
-        return web.json_response({"access_token": access, "token_type": "Bearer", "id_token": id_token})
+        grant_doc = {"access_token": access, "token_type": "Bearer", "id_token": id_token}
+        return await answer(request, grant_doc, self.pieces)
 
-    async def _userinfo(self, request: web.Request) -> web.Response:
+    async def _userinfo(self, request: web.Request) -> web.StreamResponse:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         subject = self.access_tokens.get(token) if scheme == "Bearer" else None
         if subject is None:
             return web.json_response({"error": "invalid_token"}, status=401)
-        return web.json_response({"sub": subject, **self.claims})
+        return await answer(request, {"sub": subject, **self.claims}, self.pieces)
 
 
 @dataclass

@@ -191,3 +191,60 @@ async def test_a_key_added_from_the_session_is_listed_on_the_page(site: Site, fa
     html = await (await site.client.get("/keys")).text()
     assert "my key" in html and "shared with &lt;3" in html and "#&lt;b&gt;" in html and DONOR_KEY not in html
     assert "Your keys (1)" in html and "/ 40" in html
+
+
+# Where browsers would go from a Location (WHATWG URL parsing: tabs and newlines dropped anywhere,
+# leading controls and spaces trimmed, a backslash read as a slash): none of these stays here.
+FOREIGN_NEXT = [
+    "//evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "/\r\n/evil.example",
+    "\t//evil.example",
+    " //evil.example",
+    "/\x0b/x",
+    "/\x00/x",
+    "/\x7f/x",
+    "/\\evil.example",
+    "\\\\evil.example",
+    "/\\/evil.example",
+    "https://evil.example/",
+    "javascript:alert(1)",
+    "evil.example",
+    "/%2F/evil.example",
+    "/%5Cevil.example",
+    "/%09/evil.example",
+    "/%0B/x",
+    "/\u3000/evil.example",  # an ideographic space, not ASCII
+    "/keys\u2028",
+    "",
+    None,
+]
+
+
+def test_local_path_refuses_anything_a_browser_could_leave_this_site_for() -> None:
+    for value in FOREIGN_NEXT:
+        assert pages.local_path(value) == pages.DEFAULT_NEXT, repr(value)
+
+
+def test_local_path_keeps_our_own_paths() -> None:
+    for value in ("/keys", "/tokens", "/thanks?day=2024-01-02", "/keys?after=abc%3D", "/", "/a/b:c"):
+        assert pages.local_path(value) == value
+
+
+async def test_language_switch_with_control_characters_stays_here(site: Site) -> None:
+    for nxt in ("/\t/evil.example", "/\x0b/x", "/\x00/x", "/%2F/evil.example"):
+        resp = await site.client.get("/lang/en", params={"next": nxt}, allow_redirects=False)
+        assert (resp.status, resp.headers["Location"]) == (303, "/keys"), repr(nxt)
+        assert resp.cookies["lang"].value == "en"
+
+
+async def test_sign_in_with_a_control_character_in_next_keeps_the_session(site: Site) -> None:
+    site.provider.sign_in_as("alice")
+    start = await site.client.get("/auth/linuxdo/login", params={"next": "/\x0b/x"}, allow_redirects=False)
+    assert start.status == 302
+    back = await fake_linuxdo.follow_provider(start.headers["Location"])
+    done = await site.client.get(back, allow_redirects=False)
+    assert (done.status, done.headers["Location"]) == (303, "/keys")
+    assert "sharekey_session" in done.cookies
+    assert (await site.client.get("/keys", allow_redirects=False)).status == 200

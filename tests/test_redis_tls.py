@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.exceptions as rexc
+from structlog.testing import capture_logs
 
 from gateway import appkeys
 from gateway import config as config_mod
@@ -110,3 +111,30 @@ async def test_readyz_follows_the_line_the_requests_use(
         await client.app[appkeys.balancer].pick(
             [Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r2", stream=False
         )
+
+
+async def test_tls_options_on_a_plain_redis_url_are_named_at_start_up(
+    config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """`redis://…?ssl_cert_reqs=required&ssl_ca_certs=…` connects without TLS (the scheme decides):
+    a warning at start-up names the options (never the URL), and the gateway still works instead
+    of redis-py failing its first command on the unexpected options."""
+    assert config.redis.url.startswith("redis://") and "?" not in config.redis.url
+    url = f"{config.redis.url}?ssl_cert_reqs=required&ssl_ca_certs={tmp_path / 'ca.pem'}"
+    plain = dataclasses.replace(config, redis=dataclasses.replace(config.redis, url=url))
+    with capture_logs() as logs:
+        client = await aiohttp_client(create_app(plain))
+    [warning] = [e for e in logs if e["event"] == "redis_tls_options_ignored"]
+    assert warning["log_level"] == "warning" and warning["options"] == ["ssl_ca_certs", "ssl_cert_reqs"]
+    assert str(tmp_path) not in str(logs) and config.redis.url not in str(logs)
+    resp = await client.get("/readyz")
+    assert (resp.status, (await resp.json())["redis"]) == (200, "ok")
+    assert await client.app[appkeys.redis].ping() is True
+
+
+def test_only_plain_urls_have_tls_options_to_ignore() -> None:
+    assert redisclient.tls_options_without_tls("rediss://h:6380/0?ssl_cert_reqs=none") == []
+    assert redisclient.tls_options_without_tls("redis://h/0?db=1&socket_timeout=2") == []
+    assert redisclient.tls_options_without_tls("unix:///tmp/r.sock?ssl_certfile=x") == ["ssl_certfile"]
+    kept = redisclient.without_tls_options("redis://:pw@h:6379/2?socket_timeout=2&ssl_cert_reqs=none")
+    assert kept == "redis://:pw@h:6379/2?socket_timeout=2"

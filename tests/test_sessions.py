@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+from aiohttp import DummyCookieJar, web
+from aiohttp.test_utils import TestServer, make_mocked_request
 
 from gateway import appkeys
 from gateway.config import Config
@@ -40,9 +41,51 @@ def test_cookie_is_secure_when_the_public_url_is_https(config: Config) -> None:
         app[appkeys.config] = config.replace("server", public_url=public_url)
         response = web.Response()
         sessions.set_cookie(app, response, sessions.COOKIE, "x" * 43, sessions.ABSOLUTE_SECONDS)
-        header = response.cookies[sessions.COOKIE].OutputString()
+        header = response.cookies[sessions.cookie_name(app, sessions.COOKIE)].OutputString()
         assert "HttpOnly" in header and "SameSite=Lax" in header and "Path=/" in header
         assert ("Secure" in header) is secure
+
+
+def _set_cookies(resp: Any) -> dict[str, str]:
+    """Set-Cookie headers by cookie name, as sent (attributes included)."""
+    return {h.split("=", 1)[0]: h for h in resp.headers.getall("Set-Cookie", [])}
+
+
+async def test_cookies_are_host_prefixed_when_the_public_url_is_https(
+    config: Config, pool: Any, provider: fake_linuxdo.FakeLinuxDo, aiohttp_client: Any
+) -> None:
+    port = fake_linuxdo.free_port()
+    cfg = fake_linuxdo.site_config(config, provider, port).replace("server", public_url="https://gw.example")
+    app = fake_linuxdo.site_app(cfg)
+    # No cookie jar: the test sends exactly the cookies a browser would keep.
+    client = await aiohttp_client(
+        TestServer(app, host="127.0.0.1", port=port), headers=fake_linuxdo.ENGLISH, cookie_jar=DummyCookieJar()
+    )
+    provider.sign_in_as("alice")
+    start = await client.get("/auth/linuxdo/login", allow_redirects=False)
+    login = _set_cookies(start)["__Secure-sharekey_login"]  # scoped to its path: __Host- forbids that
+    assert "Secure" in login and "Path=/auth/linuxdo/" in login and "Domain" not in login
+    nonce = login.split(";")[0].split("=", 1)[1]
+    back = await fake_linuxdo.follow_provider(start.headers["Location"])
+    done = await client.get(back, allow_redirects=False, headers={"Cookie": f"__Secure-sharekey_login={nonce}"})
+    assert done.status == 303, await done.text()
+    cookies = _set_cookies(done)
+    assert "sharekey_session" not in cookies
+    session = cookies["__Host-sharekey_session"]
+    assert "Secure" in session and "Path=/;" in session + ";" and "Domain" not in session and "HttpOnly" in session
+    session_id = session.split(";")[0].split("=", 1)[1]
+
+    page = await client.get("/keys", allow_redirects=False, headers={"Cookie": f"__Host-sharekey_session={session_id}"})
+    assert page.status == 200 and ">alice</span>" in await page.text()
+    # The bare name, which a sibling subdomain or a plain-http page could set, is not read.
+    bare = await client.get("/keys", allow_redirects=False, headers={"Cookie": f"sharekey_session={session_id}"})
+    assert bare.status == 302
+
+    switch = await client.get("/lang/zh-CN", params={"next": "/keys"}, allow_redirects=False)
+    lang = _set_cookies(switch)["__Host-lang"]
+    assert "Secure" in lang and "Path=/" in lang
+    zh = await client.get("/keys", headers={"Cookie": f"__Host-sharekey_session={session_id}; __Host-lang=zh-CN"})
+    assert '<html lang="zh-CN">' in await zh.text()
 
 
 async def test_session_lives_in_redis_with_idle_expiry(site: Site) -> None:

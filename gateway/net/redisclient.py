@@ -14,7 +14,9 @@ password, db) reach every connection as redis-py's `parse_url` reads them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -27,6 +29,23 @@ from gateway.net.redisline import ScriptLine
 MAX_CONNECTIONS = 512
 
 
+def tls_options_without_tls(url: str) -> list[str]:
+    """The `ssl_*` options of a URL that connects without TLS (`redis://`, `unix://`). redis-py
+    would refuse them at its first connection and this line ignores them: either way no TLS, which
+    the operator who wrote them most likely meant to have (`rediss://`). Names only, never values."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "rediss":
+        return []
+    return sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.startswith("ssl_")})
+
+
+def without_tls_options(url: str) -> str:
+    """The URL with its `ssl_*` options removed (for a `redis://` URL, where they mean nothing)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not k.startswith("ssl_")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 def sentinel_addresses(cfg: RedisConfig) -> list[tuple[str, int]]:
     """`redis.sentinels` as (host, port) pairs (the configuration has checked their form)."""
     return [(host.strip("[]"), int(port)) for host, _, port in (a.rpartition(":") for a in cfg.sentinels)]
@@ -34,7 +53,11 @@ def sentinel_addresses(cfg: RedisConfig) -> list[tuple[str, int]]:
 
 def client(cfg: RedisConfig, *, timeout: float | None = None) -> Any:
     """redis-py's client for this deployment. A blocking pool (one server, Sentinel) makes a burst
-    wait briefly for a connection instead of failing past the cap."""
+    wait briefly for a connection instead of failing past the cap. `ssl_*` options on a URL
+    without TLS are dropped (redis-py would refuse them at its first connection; the line ignores
+    them): the app names them in its log at start-up."""
+    if tls_options_without_tls(cfg.url):
+        cfg = dataclasses.replace(cfg, url=without_tls_options(cfg.url))
     timeout = cfg.timeout if timeout is None else timeout
     common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if cfg.cluster:

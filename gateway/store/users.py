@@ -1,4 +1,9 @@
-"""Users: the community members who donate keys and call the gateway."""
+"""Users: the community members who donate keys and call the gateway.
+
+User names are unique after folding (sql/0011_username_key.sql defines `username_key()`: NFKC,
+case, dotless i, Latin accents), enforced by a unique index: a name that merely reads like a taken
+one (`ADMIN`, `admın` beside `admin`) is a collision, and the newcomer gets a suffixed name.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ USER_COLUMNS = "id, username, display_name, avatar_url, trust_level, is_admin, a
 INSERT_USER = f"""
 INSERT INTO users (username, display_name, avatar_url, trust_level, is_admin)
 VALUES ($1, $1, $2, $3, $4)
-ON CONFLICT (username) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING {USER_COLUMNS}
 """
 
@@ -51,7 +56,7 @@ async def add_user(
 ) -> User:
     row = await conn.fetchrow(INSERT_USER, username, avatar_url, trust_level, admin)
     if row is None:
-        raise UserExists(f"a user named {username!r} already exists")
+        raise UserExists(f"a user named {username!r}, or a name that reads the same, already exists")
     return User.from_record(row)
 
 
@@ -86,7 +91,9 @@ class LinuxDoProfile:
 
 
 LOCK_BY_LINUXDO_ID = "SELECT id FROM users WHERE linux_do_id = $1 FOR UPDATE"
-LOCK_BY_USERNAME = "SELECT id, linux_do_id FROM users WHERE username = $1 FOR UPDATE"
+LOCK_BY_USERNAME = (
+    "SELECT id, linux_do_id, username FROM users WHERE username_key(username) = username_key($1) FOR UPDATE"
+)
 # The old holder of a name keeps its account under "<name>~<its Linux.do id>" until it signs in again.
 YIELD_USERNAME = """
 UPDATE users SET username = username || '~' || coalesce(linux_do_id, left(id::text, 8)), updated_at = now()
@@ -113,7 +120,8 @@ async def upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile)
     their first sign-in. If another Linux.do account still holds the name (renamed on Linux.do
     since), that account steps aside under a suffixed name. An account of another provider, or one
     made by `add_local_user` (the first-run admin), is never claimed nor renamed: the Linux.do
-    account gets `<name>~linuxdo` instead."""
+    account gets `<name>~linuxdo` instead. So does one whose name only folds like a taken one
+    (`admın` beside `admin`): Linux.do tells those apart, so they are two people."""
     try:
         return await _upsert_linuxdo_user(conn, profile)
     except asyncpg.UniqueViolationError:  # a concurrent first sign-in of the same account won; update it
@@ -126,7 +134,10 @@ async def _upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile
         holder = await conn.fetchrow(LOCK_BY_USERNAME, profile.username)
         name = profile.username
         if holder is not None and holder["id"] != mine:
-            if holder["linux_do_id"] is None and await conn.fetchval(HAS_IDENTITY, holder["id"]):
+            if not _same_at_linuxdo(holder["username"], profile.username):
+                # Alike only after folding: someone else's name, neither claimed nor taken over.
+                name = await _free_name(conn, f"{profile.username}~linuxdo", mine)
+            elif holder["linux_do_id"] is None and await conn.fetchval(HAS_IDENTITY, holder["id"]):
                 # Another provider's account (or the first-run admin): never claimed, never renamed.
                 name = await _free_name(conn, f"{profile.username}~linuxdo", mine)
             elif mine is None and holder["linux_do_id"] is None:
@@ -145,8 +156,15 @@ async def _upsert_linuxdo_user(conn: asyncpg.Connection, profile: LinuxDoProfile
     return User.from_record(row)
 
 
+def _same_at_linuxdo(a: str, b: str) -> bool:
+    """Linux.do (Discourse) compares user names without case: `Alice` and `alice` are one account."""
+    return a.lower() == b.lower()
+
+
 HAS_IDENTITY = "SELECT EXISTS (SELECT 1 FROM user_identities WHERE user_id = $1)"
-NAME_TAKEN = "SELECT EXISTS (SELECT 1 FROM users WHERE username = $1 AND id IS DISTINCT FROM $2)"
+NAME_TAKEN = """
+SELECT EXISTS (SELECT 1 FROM users WHERE username_key(username) = username_key($1) AND id IS DISTINCT FROM $2)
+"""
 
 
 async def _free_name(conn: asyncpg.Connection, base: str, mine: Any) -> str:
@@ -191,7 +209,7 @@ RETURNING {USER_COLUMNS}
 INSERT_IDENTITY_USER = f"""
 INSERT INTO users (username, display_name, avatar_url, trust_level)
 VALUES ($1, $2, $3, $4)
-ON CONFLICT (username) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING {USER_COLUMNS}
 """
 INSERT_IDENTITY = "INSERT INTO user_identities (provider, subject, user_id) VALUES ($1, $2, $3)"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.web import i18n_signin
+from gateway.web import i18n_signin, sessions
 
 LANGUAGES = ("zh-CN", "en")
 DEFAULT = "zh-CN"
@@ -344,7 +344,7 @@ MESSAGES.update(i18n_signin.MESSAGES)
 
 def language(request: web.Request) -> str:
     """The `lang` cookie if valid, else the best `Accept-Language` match, else Chinese."""
-    chosen = request.cookies.get(COOKIE)
+    chosen = sessions.get_cookie(request, COOKIE)
     if chosen in LANGUAGES:
         return chosen
     return from_accept_language(request.headers.get("Accept-Language", ""))

@@ -34,10 +34,28 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh-CN": "{provider} 的身份令牌已过期，请重新登录。",
         "en": "The identity token from {provider} has expired. Please sign in again.",
     },
+    "login.token_not_yet_valid": {
+        "zh-CN": "{provider} 的身份令牌尚未生效（签发时间在未来），登录被拒绝。请检查双方的系统时间后重试。",
+        "en": "The identity token from {provider} is not valid yet (issued in the future); the sign-in was refused. "
+        "Check both clocks and try again.",
+    },
+    "login.token_claims": {
+        "zh-CN": "{provider} 的身份令牌缺少签发时间或格式不正确，登录被拒绝。",
+        "en": "The identity token from {provider} has no issue time or a malformed one; the sign-in was refused.",
+    },
     "login.token_nonce": {
         "zh-CN": "{provider} 的身份令牌不属于这次登录（nonce 不符），登录被拒绝。",
         "en": "The identity token from {provider} belongs to another sign-in (wrong nonce); it was refused.",
     },
+    "link.title": {"zh-CN": "使用登录链接登录", "en": "Sign in with a link"},
+    "link.confirm": {"zh-CN": "以 {username} 的身份登录本网关？", "en": "Sign in to this gateway as {username}?"},
+    "link.explain": {
+        "zh-CN": "这个链接只能使用一次。只有在你向管理员索取了它（sharekey login-link）时才继续："
+        "别人主动发给你的链接可能会让你登录到他的账号。",
+        "en": "This link works once. Continue only if you asked the operator for it (sharekey login-link): "
+        "a link someone sent you unasked may sign you in to their account.",
+    },
+    "link.button": {"zh-CN": "登录", "en": "Sign in"},
     "link.unknown": {
         "zh-CN": "这个登录链接无效（从未签发或不完整）。请向管理员索取新的链接（sharekey login-link）。",
         "en": "This sign-in link is not valid (never issued, or cut short). "

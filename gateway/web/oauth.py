@@ -39,7 +39,8 @@ from gateway.web.provider_calls import ProviderError, provider_json
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 # The one-time links of `sharekey login-link` are another way in, served with the sign-in routes.
-routes.get(loginlink.PATH + "{token}", name="login_link")(loginlink.sign_in)
+routes.get(loginlink.PATH + "{token}", name="login_link")(loginlink.confirm_page)
+routes.post(loginlink.FORM_PATH, name="login_link_taken")(loginlink.sign_in)
 
 
 STATE_SECONDS = 600
@@ -74,7 +75,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not configured(settings):
         return await pages.error_page(request, 503, "login.title", "login.not_configured", retry=False)
     # One pre-login cookie per browser, reused so that sign-ins started in two tabs both work.
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    nonce = sessions.get_cookie(request, LOGIN_COOKIE, LOGIN_COOKIE_PATH)
     if not NONCE.fullmatch(nonce):
         nonce = secrets.token_urlsafe(32)
     state = secrets.token_urlsafe(32)
@@ -118,7 +119,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         log.info("login_refused", reason="state_unknown")
         return await pages.error_page(request, 400, "login.title", "login.state_invalid")
     record = json.loads(raw)
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    nonce = sessions.get_cookie(request, LOGIN_COOKIE, LOGIN_COOKIE_PATH)
     if not secrets.compare_digest(_hash(nonce), record["browser"]):
         log.info("login_refused", reason="state_other_browser")
         return await pages.error_page(request, 400, "login.title", "login.state_browser")

@@ -18,7 +18,7 @@ import hashlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp_jinja2
@@ -44,10 +44,25 @@ LANG_COOKIE_SECONDS = 365 * 86400
 
 
 def local_path(value: str | None) -> str:
-    """A path on this site to return to; anything else (another host, a scheme) gives /keys."""
-    if not value or not value.startswith("/") or value.startswith("//") or any(c in value for c in "\r\n\\"):
+    """A path on this site to return to; anything else gives /keys.
+
+    Browsers normalise a Location before following it: they drop tabs and newlines anywhere,
+    trim spaces and control characters, and read a backslash as a slash, so `/<TAB>/evil` and
+    `/\\evil` lead to another host. Only printable ASCII is accepted (a control character in a
+    header would not even be sent), no backslash, nothing that parses with a scheme or a host,
+    and the same again once percent-decoded (a hop that decodes must not find a host either)."""
+    if not value or not _plain_path(value) or not _plain_path(unquote(value)):
         return DEFAULT_NEXT
     return value
+
+
+def _plain_path(value: str) -> bool:
+    if not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return False
+    if any(not "\x21" <= c <= "\x7e" for c in value):  # controls, spaces, DEL, anything non-ASCII
+        return False
+    parts = urlsplit(value)
+    return not parts.scheme and not parts.netloc
 
 
 def redirect(location: str, status: int = 303) -> web.Response:
@@ -245,13 +260,5 @@ async def language(request: web.Request) -> web.Response:
     if lang not in i18n.LANGUAGES:
         raise web.HTTPNotFound()
     response = redirect(local_path(request.query.get("next")))
-    response.set_cookie(
-        i18n.COOKIE,
-        lang,
-        max_age=LANG_COOKIE_SECONDS,
-        path="/",
-        samesite="Lax",
-        httponly=True,
-        secure=sessions.secure_cookies(request.app) or None,
-    )
+    sessions.set_cookie(request.app, response, i18n.COOKIE, lang, LANG_COOKIE_SECONDS)
     return response

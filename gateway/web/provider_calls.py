@@ -1,7 +1,8 @@
-"""Talking to sign-in providers for web/providers.py: OpenID Connect discovery and JWKS (cached per
-process for an hour; an unknown signing key fetches the set anew once), the code exchange, the ID
-token checked with joserfc (signature, then `iss`, `aud`, `exp`, `nonce`), userinfo, and GitHub's
-token endpoint and /user. Returns an `IdentityProfile`; provider tokens go no further than here.
+"""Talking to sign-in providers for web/providers.py: OpenID Connect discovery (https endpoints
+under an https issuer) and JWKS (cached per process for an hour; an unknown signing key fetches
+the set anew once), the code exchange, the ID token checked with joserfc (signature, then `iss`,
+`aud`, `exp`, `iat`/`nbf`, `nonce`), userinfo, and GitHub's token endpoint and /user. Every answer
+is read to its end, capped. Returns an `IdentityProfile`; provider tokens go no further than here.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from gateway.config import Config, GitHub, Oidc
 from gateway.store import users
 
 CACHE_SECONDS = 3600
-MAX_BODY = 256 * 1024
+MAX_BODY = 1024 * 1024  # a JWKS, token or profile answer; more is refused
 LEEWAY_SECONDS = 60
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 GITHUB = "github"
+ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint")
 
 _discovery: dict[str, tuple[float, dict[str, Any]]] = {}
 _jwks: dict[str, tuple[float, KeySet]] = {}
@@ -49,13 +51,11 @@ def redirect_uri(config: Config, provider: str) -> str:
 
 
 async def provider_json(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
-    """A sign-in provider's answer as a JSON object, read with a size cap (Linux.do's too);
-    ProviderError otherwise. orjson refuses hostile nesting instead of recursing."""
+    """A sign-in provider's answer as a JSON object, read to its end with a size cap (Linux.do's
+    too); ProviderError otherwise. orjson refuses hostile nesting instead of recursing."""
     if resp.status != 200:
         raise ProviderError(f"{what} answered {resp.status}")
-    body = await resp.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise ProviderError(f"{what} answered too much")
+    body = await _read_capped(resp, what)
     try:
         data = orjson.loads(body)
     except ValueError:
@@ -63,6 +63,21 @@ async def provider_json(resp: aiohttp.ClientResponse, what: str) -> dict[str, An
     if not isinstance(data, dict):
         raise ProviderError(f"{what} answered something other than a JSON object")
     return data
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    """The whole body, however many pieces it arrives in (`content.read(n)` returns only what is
+    buffered), refused as soon as it passes MAX_BODY."""
+    if (resp.content_length or 0) > MAX_BODY:
+        raise ProviderError(f"{what} answered more than {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ProviderError(f"{what} answered more than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _get(client: aiohttp.ClientSession, url: str, what: str, headers: dict[str, str] | None = None) -> Any:
@@ -92,9 +107,17 @@ async def discovery(client: aiohttp.ClientSession, settings: Oidc) -> dict[str, 
     doc = await _get(client, settings.issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery")
     if not _same_issuer(str(doc.get("issuer", "")), settings.issuer):
         raise ProviderError(f"discovery names another issuer: {doc.get('issuer')!r}")
-    for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-        if not isinstance(doc.get(key), str) or not doc[key].startswith(("https://", "http://")):
+    # Under an https issuer every endpoint must be https too: a discovery document pointing the
+    # code, the client secret or the keys at plain http would hand them to anyone on the path.
+    schemes = ("https://",) if settings.issuer.lower().startswith("https://") else ("https://", "http://")
+    for key in ENDPOINTS:
+        value = doc.get(key)
+        if value is None and key == "userinfo_endpoint":  # optional: the ID token is enough
+            continue
+        if not isinstance(value, str) or not value.lower().startswith(("https://", "http://")):
             raise ProviderError(f"discovery lacks {key}")
+        if not value.lower().startswith(schemes):
+            raise ProviderError(f"discovery names a plain-http {key} under an https issuer")
     _discovery[settings.issuer] = (time.monotonic() + CACHE_SECONDS, doc)
     return doc
 
@@ -135,9 +158,17 @@ async def verify_id_token(
         len(audiences) > 1 and claims.get("azp", settings.client_id) != settings.client_id
     ):
         raise TokenRefused("audience", str(aud))
+    now = time.time()
     exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool) or exp + LEEWAY_SECONDS < time.time():
+    if not _number(exp) or exp + LEEWAY_SECONDS < now:
         raise TokenRefused("expired", str(exp))
+    # iat is required (OIDC Core 2); a token issued, or valid only, in the future is refused: a
+    # provider's clock that far ahead, or a token minted ahead of time, is not this sign-in's.
+    iat, nbf = claims.get("iat"), claims.get("nbf", 0)
+    if not _number(iat) or not _number(nbf):
+        raise TokenRefused("claims", f"iat={iat!r} nbf={nbf!r}")
+    if iat > now + LEEWAY_SECONDS or nbf > now + LEEWAY_SECONDS:
+        raise TokenRefused("not_yet_valid", f"iat={iat} nbf={nbf}")
     if not isinstance(claims.get("nonce"), str) or not secrets.compare_digest(claims["nonce"], nonce):
         raise TokenRefused("nonce")
     if not isinstance(claims.get("sub"), str) or not claims["sub"] or len(claims["sub"]) > 255:
@@ -207,6 +238,10 @@ async def github_profile(
         avatar_url=user["avatar_url"] if isinstance(user.get("avatar_url"), str) else None,
         trust_level=users.NO_TRUST_LEVEL,
     )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _form(value: str) -> str:

@@ -8,7 +8,7 @@
     GET /auth/<name>/callback    state taken (GETDEL), matched to this browser and provider -> code
                                  exchanged with the verifier -> OIDC: the ID token's signature checked
                                  against the provider's JWKS (joserfc), then `iss`, `aud`, `exp`,
-                                 `nonce`; GitHub: /user read -> account (provider, subject) found or
+                                 `iat`/`nbf`, `nonce`; GitHub: /user read -> account (provider, subject) found or
                                  created (web never merges it with another by name) -> a fresh session
 
 Access and ID tokens are used for this one sign-in and dropped (web/provider_calls.py talks to the
@@ -112,7 +112,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if provider is None:
         raise web.HTTPNotFound()
     client = app[appkeys.oauth_http]
-    nonce_cookie = request.cookies.get(LOGIN_COOKIE, "")
+    nonce_cookie = sessions.get_cookie(request, LOGIN_COOKIE, f"/auth/{provider.name}/")
     if not NONCE_COOKIE.fullmatch(nonce_cookie):
         nonce_cookie = secrets.token_urlsafe(32)
     state, verifier, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(64), secrets.token_urlsafe(32)
@@ -180,7 +180,9 @@ async def callback(request: web.Request) -> web.StreamResponse:
     if record is None or record.get("provider") != provider.name:
         log.info("login_refused", provider=provider.name, reason="state_unknown")
         return await _error(request, 400, "login.state_invalid")
-    if not secrets.compare_digest(_hash(request.cookies.get(LOGIN_COOKIE, "")), record["browser"]):
+    if not secrets.compare_digest(
+        _hash(sessions.get_cookie(request, LOGIN_COOKIE, f"/auth/{provider.name}/")), record["browser"]
+    ):
         log.info("login_refused", provider=provider.name, reason="state_other_browser")
         return await _error(request, 400, "login.state_browser")
 

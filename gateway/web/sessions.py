@@ -1,4 +1,5 @@
 """Browser sessions: server-side in Redis, named by an HttpOnly cookie, with a CSRF token each.
+Every cookie the gateway sets goes through `set_cookie` here (`__Host-` names over https).
 
     login  -> start(): a fresh random id (any session the browser had is ended first)
     a page -> signed_in(): the session and its user, idle expiry pushed forward (GETEX)
@@ -75,16 +76,44 @@ def secure_cookies(app: web.Application) -> bool:
     return app[appkeys.config].server.public_url.lower().startswith("https://")
 
 
+def cookie_name(app: web.Application, name: str, path: str = "/") -> str:
+    """The name a cookie is set and read under. Over https it is `__Host-` prefixed (browsers then
+    keep it only if it is Secure, Path=/ and has no Domain, so neither a sibling subdomain nor a
+    plain-http page can plant or shadow it); one scoped to a path, which `__Host-` forbids, gets
+    `__Secure-`. Over plain http (local use) the prefixes would be refused, so the bare name."""
+    if not secure_cookies(app):
+        return name
+    return ("__Host-" if path == "/" else "__Secure-") + name
+
+
+def get_cookie(request: web.Request, name: str, path: str = "/") -> str:
+    return request.cookies.get(cookie_name(request.app, name, path), "")
+
+
 def set_cookie(
-    app: web.Application, response: web.StreamResponse, name: str, value: str, max_age: int, path: str = "/"
+    app: web.Application,
+    response: web.StreamResponse,
+    name: str,
+    value: str,
+    max_age: int,
+    path: str = "/",
+    samesite: str = "Lax",
 ) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, path=path, httponly=True, samesite="Lax", secure=secure_cookies(app) or None
+        cookie_name(app, name, path),
+        value,
+        max_age=max_age,
+        path=path,
+        httponly=True,
+        samesite=samesite,
+        secure=secure_cookies(app) or None,
     )
 
 
 def clear_cookie(app: web.Application, response: web.StreamResponse, name: str, path: str = "/") -> None:
-    response.del_cookie(name, path=path, httponly=True, samesite="Lax", secure=secure_cookies(app) or None)
+    response.del_cookie(
+        cookie_name(app, name, path), path=path, httponly=True, samesite="Lax", secure=secure_cookies(app) or None
+    )
 
 
 # --- the session store ---------------------------------------------------------------------------
@@ -103,7 +132,7 @@ async def start(request: web.Request, response: web.StreamResponse, user_id: str
 
 async def load(request: web.Request) -> Session | None:
     """The browser's live session; reading it pushes the idle expiry forward."""
-    session_id = request.cookies.get(COOKIE, "")
+    session_id = get_cookie(request, COOKIE)
     if not SESSION_ID.fullmatch(session_id):
         return None
     key = _key(request.app, session_id)
@@ -132,7 +161,7 @@ async def end(request: web.Request, response: web.StreamResponse) -> None:
 
 
 async def _delete(request: web.Request) -> None:
-    session_id = request.cookies.get(COOKIE, "")
+    session_id = get_cookie(request, COOKIE)
     if SESSION_ID.fullmatch(session_id):
         await request.app[appkeys.redis].delete(_key(request.app, session_id))
 

@@ -61,7 +61,7 @@ class Visitors:
         self._users: dict[str, tuple[float, users.User | None]] = {}
 
     async def get(self, request: web.Request) -> sessions.SignedIn | None:
-        if sessions.COOKIE not in request.cookies:
+        if not sessions.get_cookie(request, sessions.COOKIE):
             return None
         try:
             session = await sessions.load(request)
