@@ -14,17 +14,19 @@ from collections.abc import AsyncIterator
 import aiohttp_jinja2
 import jinja2
 import structlog
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gateway import appkeys
 from gateway.config import Config
 from gateway.errors import POSTGRES_DOWN, error_middleware
+from gateway.inbound import BodyBudget, body_middleware
 from gateway.log import request_context
 from gateway.net import events, h1, redisclient
 from gateway.ops import jobs
 from gateway.relay import balancer, cors, handlers, messages
 from gateway.relay.keyindex import KeyIndex
 from gateway.relay.keystate import KeyStates
+from gateway.relay.overlimit import OverLimit
 from gateway.relay.prices import Price, Prices
 from gateway.relay.usage import UsageLog
 from gateway.resources import data_dir
@@ -43,10 +45,12 @@ TEMPLATES_DIR = data_dir("templates")
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, error_middleware],
+        middlewares=[request_context, error_middleware, body_middleware],
         client_max_size=config.limits.max_body_bytes,
     )
     app[appkeys.config] = config
+    app[appkeys.body_budget] = BodyBudget(config.limits.max_inflight_body_bytes)
+    app[appkeys.over_limit] = OverLimit()
     app[appkeys.draining] = asyncio.Event()
     app[appkeys.keyring] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
@@ -82,14 +86,22 @@ def create_app(config: Config) -> web.Application:
         ]
     )
     app.router.add_static("/static/", pages.STATIC_DIR, name="static")
-    app.on_response_prepare.append(server_header)
+    app.on_response_prepare.append(v1_headers)
     cors.setup(app, config.server.cors_origins)
     return app
 
 
-async def server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Say what answers, not which aiohttp and Python versions (aiohttp's default)."""
-    response.headers["Server"] = "sharekey"
+# Say what answers, not which aiohttp and Python versions: aiohttp's default for every response,
+# its own answers to bad requests (a bad request line, an over-long URL) included, which no
+# middleware or signal of ours sees. tests/test_server_guards.py pins it.
+web_response.SERVER_SOFTWARE = "sharekey"
+
+
+async def v1_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """/v1 answers carry the content type the gateway set (JSON or an event stream, never an
+    upstream's), and browsers must not guess another."""
+    if request.path.startswith("/v1/"):
+        response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -11,11 +11,13 @@ from aiohttp import ClientSession, web
 
 if TYPE_CHECKING:
     from gateway.config import Config
+    from gateway.inbound import BodyBudget
     from gateway.net.events import Bus
     from gateway.net.h1 import Pool
     from gateway.relay.balancer import Balancer
     from gateway.relay.keyindex import KeyIndex
     from gateway.relay.keystate import KeyStates
+    from gateway.relay.overlimit import OverLimit
     from gateway.relay.prices import Prices
     from gateway.relay.usage import UsageLog
     from gateway.store.crypto import KeyRing
@@ -38,6 +40,8 @@ key_states: web.AppKey[KeyStates] = web.AppKey("key_states")
 board: web.AppKey[Board] = web.AppKey("board")
 visitors: web.AppKey[Visitors] = web.AppKey("visitors")
 prices: web.AppKey[Prices] = web.AppKey("prices")
+body_budget: web.AppKey[BodyBudget] = web.AppKey("body_budget")  # request bodies being read (inbound)
+over_limit: web.AppKey[OverLimit] = web.AppKey("over_limit")  # callers refused for rpm this minute
 
 request_id: web.RequestKey[str] = web.RequestKey("request_id")
 log_fields: web.RequestKey[dict[str, Any]] = web.RequestKey("log_fields")

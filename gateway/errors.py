@@ -5,10 +5,12 @@
     ├── InvalidToken          401  invalid_api_key
     ├── NoKeyForModel         404  model_not_found
     ├── NotFound              404  not_found  (e.g. response_not_found)
+    ├── RequestTimeout        408  request_timeout  (a body slower than server.body_timeout)
     ├── PayloadTooLarge       413  request_too_large
     ├── LimitReached          429  rate_limit_exceeded  (retry_after; x-should-retry: false)
     ├── UpstreamFailed        502  upstream_error
-    └── NotConfigured         503  service_unavailable  (retry_after)
+    ├── NotConfigured         503  service_unavailable  (retry_after)
+    └── ServerBusy            503  server_busy  (retry_after: too many bodies being read at once)
     ApiError(status, code, message, field)           {"error": {...}} on /api and pages  (retry_after)
 
 On `/v1/messages…` (the Anthropic route) a GatewayError renders in Anthropic's shape instead,
@@ -82,6 +84,10 @@ class NotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "not_found"
 
 
+class RequestTimeout(GatewayError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
@@ -99,6 +105,10 @@ class UpstreamFailed(GatewayError):
 
 class NotConfigured(GatewayError):
     status, type, code = 503, "service_unavailable", "service_unavailable"
+
+
+class ServerBusy(NotConfigured):
+    code = "server_busy"
 
 
 class ApiError(Exception):
@@ -136,6 +146,7 @@ ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",

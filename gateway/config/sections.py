@@ -17,6 +17,8 @@ class Server:
     public_url: str = "http://127.0.0.1:8080"
     shutdown_grace_seconds: float = 30.0
     cors_origins: tuple[str, ...] = ("*",)  # /v1 only: "*", or the origins to echo; empty: no CORS
+    header_timeout: float = 10.0  # a request's head must arrive within this (an idle connection closes)
+    body_timeout: float = 60.0  # and its body within this once the head is in (408, connection closed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,7 @@ class Limits:
     max_output_tokens: int = 0  # 0: no cap
     key_tests_per_minute: int = 10
     unknown_token_lookups_per_minute: int = 60  # per client address; 0: unlimited
+    max_inflight_body_bytes: int = 256 * 1024 * 1024  # bodies being read at once, per process (past it: 503)
 
 
 @dataclass(frozen=True, slots=True)

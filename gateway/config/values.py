@@ -121,6 +121,11 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
 
     if not 0 <= config.server.port <= 65535:
         raise bad("server.port", f"{config.server.port} is not a port number (0-65535)")
+    for name in ("header_timeout", "body_timeout"):
+        if getattr(config.server, name) <= 0:
+            raise bad(f"server.{name}", "must be greater than 0")
+    if config.limits.max_inflight_body_bytes < config.limits.max_body_bytes:
+        raise bad("limits.max_inflight_body_bytes", "must be at least limits.max_body_bytes")
     if config.server.workers < 0:
         raise bad("server.workers", "must be 0 (one per CPU) or more")
     for (section, key), allowed in choices.items():

@@ -33,6 +33,7 @@ from gateway.config import Config
 log = structlog.get_logger(__name__)
 
 RESTART_BACKOFF = 1.0
+LINGER = 2.0  # seconds an unread body is drained after an early answer (aiohttp's default: 10)
 
 
 class ServeError(Exception):
@@ -72,14 +73,27 @@ def ensure_port_free(host: str, port: int) -> None:
                 raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-async def serve_worker(config: Config, *, reuse_port: bool) -> None:
-    app = create_app(config)
-    runner = web.AppRunner(
+def make_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The app as served. A connection that has sent no whole request head within
+    `server.header_timeout` (a new one, one idle between requests, one trickling a head) is
+    closed: aiohttp's keep-alive timer runs from the connection's start and from each answer's
+    end, and closes a connection still waiting for a head. The body's deadline is `inbound`'s;
+    after an answer given before its body was read (a 401, a 408, a 429), the rest of it is read
+    and dropped for at most LINGER seconds, so the caller can read the answer, then the
+    connection closes."""
+    return web.AppRunner(
         app,
         handler_cancellation=True,  # a client that disconnects cancels its upstream request
         access_log=None,  # replaced by the one `request` line per request
         shutdown_timeout=config.server.shutdown_grace_seconds,
+        keepalive_timeout=config.server.header_timeout,
+        lingering_time=LINGER,
     )
+
+
+async def serve_worker(config: Config, *, reuse_port: bool) -> None:
+    app = create_app(config)
+    runner = make_runner(app, config)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

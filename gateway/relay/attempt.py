@@ -64,7 +64,11 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
             return await failed_status(call, key, resp, record, first)
         if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
             return await relay(call, key, resp, record, first, deadline, plan.adapter(route, call), t0)
-        body, usage = plan.answer(route.mode, call, await resp.read(cfg.max_response_bytes, first))
+        raw = await resp.read(cfg.max_response_bytes, first)
+        if "json" not in resp.content_type and not _is_json(raw):
+            # A 2xx page of HTML (a captive portal, a misrouted proxy) is not an answer to relay.
+            return record.failed(Failure(FailureKind.UPSTREAM_ERROR, resp.status, detail="the answer is not JSON"))
+        body, usage = plan.answer(route.mode, call, raw)
         if call.endpoint == "/responses":
             call.response_id = sse.response_id(sse.parse(body))
     except TimeoutError:
@@ -127,6 +131,14 @@ async def failed_status(
     return record.failed(Failure(FailureKind.UPSTREAM_ERROR, status, detail=detail))
 
 
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
 def error_fields(raw: bytes) -> tuple[str | None, str | None]:
     """(message, code) of an OpenAI- or Anthropic-shaped error body; (None, None) for anything
     else, which is then opaque text. orjson refuses nesting past 1,024 levels instead of recursing."""
@@ -161,7 +173,7 @@ async def finish_json(
     response = web.Response(
         body=body,
         status=resp.status,
-        content_type=resp.content_type or "application/json",
+        content_type="application/json",  # what the gateway vouches for, whatever the upstream said
         headers=provider_headers(call, key),
     )
     try:

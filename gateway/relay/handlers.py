@@ -33,6 +33,7 @@ from gateway.errors import (
     NotFound,
     UpstreamFailed,
 )
+from gateway.inbound import read_body
 from gateway.log import request_fields
 from gateway.relay import anthropic_body, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
@@ -108,8 +109,13 @@ def _tokens_unavailable() -> GatewayError:
     return NotConfigured("The gateway cannot verify tokens right now; try again shortly.", retry_after=5)
 
 
-async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    raw = await request.read()  # over limits.max_body_bytes: aiohttp raises 413, rendered by the middleware
+async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[str, Any]]:
+    """The body, once the head has passed what needs no body: a caller this process saw over the
+    per-minute limit this minute is refused before a byte of it is read (see overlimit)."""
+    wait = request.app[appkeys.over_limit].retry_after(caller.user_id)
+    if wait is not None:
+        raise LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=wait)
+    raw = await read_body(request)  # within server.body_timeout; over limits.max_body_bytes: 413
     try:
         body = orjson.loads(raw)  # UTF-8 only, as OpenAI's API; several times faster than json
     except ValueError:
@@ -122,7 +128,7 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
 
 async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
     config = request.app[appkeys.config]
-    raw, body = await read_json(request)
+    raw, body = await read_json(request, caller)
     if endpoint == "/messages":
         anthropic_body.check(body)
     model = body.get("model")
@@ -242,7 +248,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             if pick.outcome != PickOutcome.OK:
                 refusal = refusal_for(pick, call.model, affinity.response if affinity else None)
                 if pick.outcome in USER_OUTCOMES:
-                    raise refusal
+                    raise user_refusal(request, caller, pick, refusal)
                 break
             if call.stream and call.attempts == 0 and limits.streams:
                 stream_slot = True  # the script holds a concurrent-stream slot for us
@@ -331,6 +337,14 @@ def affinity_of(call: Call, config: BalancerConfig) -> Affinity | None:
         return None
     named = f"{conversation[:512]}\0{call.model}" if conversation else None
     return Affinity(named, previous, config.affinity_seconds * 1000)
+
+
+def user_refusal(request: web.Request, caller: Caller, pick: Pick, refusal: GatewayError) -> GatewayError:
+    """A refusal for the caller's own limits; one for the per-minute limit is remembered until the
+    minute ends, so the caller's next requests are refused before their bodies are read."""
+    if pick.outcome == PickOutcome.USER_RPM:
+        request.app[appkeys.over_limit].note(caller.user_id, pick.retry_after)
+    return refusal
 
 
 def refusal_for(pick: Pick, model: str, response_id: str | None = None) -> GatewayError:

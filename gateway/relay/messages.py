@@ -50,7 +50,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     """Asked of the least-used `anthropic` key serving the model that could serve now, failed over
     like a call; estimated locally when none can (or every one failed)."""
     caller = await handlers.authenticate(request)
-    raw, body = await handlers.read_json(request)
+    raw, body = await handlers.read_json(request, caller)
     check(body, counting=True)
     model = body["model"]
     fields = request_fields(request)
@@ -89,7 +89,7 @@ async def _count(call: Call, pool: Pool) -> int | web.Response | None:
             reserve=False,
         )
         if pick.outcome in USER_OUTCOMES:
-            raise handlers.refusal_for(pick, call.model)
+            raise handlers.user_refusal(request, call.caller, pick, handlers.refusal_for(pick, call.model))
         if pick.outcome != PickOutcome.OK:
             return None
         key = index.get(pick.key_id or "")
