@@ -202,7 +202,7 @@ async def key_index(app: web.Application) -> AsyncIterator[None]:
 async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
     """Prices for the usage flusher's costs: admins' set reloaded on a `prices` event."""
     config = app[appkeys.config]
-    configured = {model: Price(**p, source="config") for model, p in config.prices.items()}  # type: ignore[arg-type]
+    configured = {model: Price.configured(p) for model, p in config.prices.items()}
     table = app[appkeys.prices] = Prices(app[appkeys.pg], configured)
     bus = app[appkeys.bus]
     bus.on("prices", table.invalidate)

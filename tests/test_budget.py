@@ -73,7 +73,11 @@ def test_keys_add_takes_a_budget(cli_env: dict[str, str], config: config_mod.Con
     ]
     bad = sharekey(*base, "--name", "b", "--models", "m", "--no-test", "--daily-budget-usd", "0", env=cli_env)
     assert bad.code == 1 and "--daily-budget-usd" in bad.err.strip().splitlines()[-1], bad
-    ok = sharekey(*base, "--name", "a", "--models", "m", "--no-test", "--daily-budget-usd", "3.25", env=cli_env)
+    unpriced = sharekey(*base, "--name", "a", "--models", "m", "--no-test", "--daily-budget-usd", "3.25", env=cli_env)
+    assert unpriced.code == 1 and "no price is known for the model 'm'" in unpriced.err, unpriced
+    ok = sharekey(
+        *base, "--name", "a", "--models", "gpt-4o-mini", "--no-test", "--daily-budget-usd", "3.25", env=cli_env
+    )
     assert ok.code == 0, ok.err
 
     async def stored() -> Any:
@@ -152,3 +156,24 @@ async def test_a_budget_stops_a_key_across_two_processes(
         await asyncio.sleep(0.1)
     assert spend == Decimal(str(CALL_USD)) * len(served) and spend >= BUDGET
     assert len(fake_upstream.requests) == len(served)
+
+
+async def test_a_budget_on_a_key_with_an_unpriced_model_is_422_naming_the_model(
+    api: Api,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    """It would never be enforced: calls of a model without a price cost nothing in the books."""
+    fake_upstream.models.append("house-model-x")
+    models = ["gpt-4o-mini", "house-model-x"]
+    reply = await api.add(fake_upstream, available_models=models, daily_budget_usd=2)
+    assert reply.status == 422, reply
+    assert reply.body["error"]["field"] == "daily_budget_usd" and "'house-model-x'" in reply.body["error"]["message"]
+    assert await api.rows() == 0
+    added = await api.add(fake_upstream, available_models=models)  # no budget: fine
+    assert added.status == 201, added
+    put = await api.call("PUT", "/api/shared-keys", {"id": added.body["id"], "daily_budget_usd": 2})
+    assert put.status == 422 and put.body["error"]["field"] == "daily_budget_usd"
+    priced = await api.add(fake_upstream, name="priced", daily_budget_usd=2)  # gpt-4o-mini has a price
+    assert priced.status == 201, priced
+    grow = await api.call("PUT", "/api/shared-keys", {"id": priced.body["id"], "available_models": models})
+    assert grow.status == 422 and "'house-model-x'" in grow.body["error"]["message"]

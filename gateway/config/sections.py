@@ -8,6 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Features an upstream bills beyond tokens (see relay/features.py): refused unless allowed.
+FEATURES = (
+    "web_search", "web_fetch", "code_execution", "mcp", "container", "file_search", "code_interpreter",
+    "image_generation", "computer_use", "background", "service_tier",
+)  # fmt: skip
+# The anthropic-beta flags Claude Code sends, and others that add no charge of their own.
+ANTHROPIC_BETAS = (
+    "claude-code-*", "interleaved-thinking-*", "fine-grained-tool-streaming-*", "prompt-caching-*",
+    "token-efficient-tools-*", "context-management-*", "mid-conversation-tool-changes-*",
+    "thinking-token-count-*", "advanced-tool-use-*", "effort-*", "output-128k-*",
+)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Server:
@@ -71,6 +83,8 @@ class Upstream:
     max_response_bytes: int = 64 * 1024 * 1024  # a non-stream answer, decoded
     max_event_bytes: int = 8 * 1024 * 1024  # one server-sent event of a stream
     proxy_url: str = field(default="", repr=False)  # http(s):// or socks5://, credentials allowed: never shown
+    allowed_features: tuple[str, ...] = ()  # paid features callers may use (FEATURES); none by default
+    anthropic_betas: tuple[str, ...] = ANTHROPIC_BETAS  # anthropic-beta values passed on (globs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio.connection import parse_url
 
-from gateway.config.sections import Config
+from gateway.config.sections import FEATURES, Config
 
 
 class ConfigError(Exception):
@@ -80,6 +80,8 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
 
 
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
+# USD per call of a feature billed per call (see relay/features.py), e.g. web_search_call = 0.01
+CALL_FIELDS = tuple(f"{f}_call" for f in FEATURES if f not in ("mcp", "container", "background", "service_tier"))
 
 
 def prices_table(name: str, value: Any, *, from_env: bool) -> dict[str, dict[str, float | None]]:
@@ -95,10 +97,14 @@ def prices_table(name: str, value: Any, *, from_env: bool) -> dict[str, dict[str
     out: dict[str, dict[str, float | None]] = {}
     for model, table in value.items():
         where = f"{name}.{json.dumps(model)}" if name == "prices" else f"{name} [{model!r}]"
-        if not isinstance(table, dict) or set(table) - set(PRICE_FIELDS) or not {"input", "output"} <= set(table):
+        if (
+            not isinstance(table, dict)
+            or set(table) - set(PRICE_FIELDS) - set(CALL_FIELDS)
+            or not {"input", "output"} <= set(table)
+        ):
             raise ConfigError(
                 f"configuration key {where}: needs input and output (and may have cache_read, cache_write), "
-                "in USD per million tokens"
+                f"in USD per million tokens, and USD per call of {', '.join(CALL_FIELDS)}"
             )
         row: dict[str, float | None] = {"cache_read": None, "cache_write": None}
         for field, v in table.items():
@@ -166,6 +172,9 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
     for f in dataclasses.fields(config.upstream):
         if f.type in ("float", "int", float, int) and getattr(config.upstream, f.name) <= 0:
             raise bad(f"upstream.{f.name}", "must be greater than 0")
+    unknown = [f for f in config.upstream.allowed_features if f not in FEATURES]
+    if unknown:
+        raise bad("upstream.allowed_features", f"{unknown[0]!r} is not one of {', '.join(FEATURES)}")
     if config.redis.timeout <= 0:
         raise bad("redis.timeout", "must be greater than 0")
     proxy = config.upstream.proxy_url

@@ -17,6 +17,7 @@ from gateway.config import Config
 from gateway.errors import ApiError
 from gateway.net import ssrf
 from gateway.ops.command import CliError, announce, command, find_user
+from gateway.relay import prices
 from gateway.store import keyfields, modelnames, sharedkeys
 from gateway.store.crypto import KeyRing
 
@@ -162,6 +163,12 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
     base_url, api_key, models = fields["base_url"], fields["api_key"], fields["available_models"]
     api_format = fields["api_format"]
     user = await find_user(conn, args.user)
+    if fields.get("daily_budget_usd") is not None:
+        known = prices.Prices(None, {m: prices.Price.configured(p) for m, p in config.prices.items()})
+        known.admin = await prices.admin_prices(conn)
+        name = prices.unpriced(known, models)
+        if name is not None:
+            raise CliError(f"--daily-budget-usd: no price is known for the model {name!r}, so a budget cannot be kept")
     if not args.no_test:
         from gateway.net import h1, keytest  # only this command needs an HTTP client
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gateway.relay import sse, translate
+from gateway.relay import features, sse, translate
 from gateway.relay.translate_base import TokenUsage
 
 STREAM_ONLY_ERROR = "stream carried only an error"
@@ -65,7 +65,10 @@ class OpenAIPassthrough:
             data = sse.data_of(event)
             if data is not None and b'"usage"' in data:
                 obj = sse.parse(data)
-                self.usage = sse.usage_of(obj) or self.usage
+                usage = sse.usage_of(obj)
+                if usage is not None and isinstance(obj, dict) and "response" in obj:  # response.completed
+                    usage.tool_calls = features.response_calls(obj)
+                self.usage = usage or self.usage
                 if self.strip_usage and sse.usage_only_chunk(obj):
                     continue
             out.append(event)
@@ -98,6 +101,7 @@ class _Base:
         self.broken = False
         self.chunks = 0
         self.usage: TokenUsage | None = None
+        self.tool_calls: dict[str, int] | None = None  # an Anthropic upstream's server tool calls
 
     def take(self, complete: bytes) -> bytes:
         out = []
@@ -123,7 +127,9 @@ class _Base:
         u = self.usage
         if u is None:
             return None
-        return sse.Usage(u.prompt_tokens, u.output_tokens, u.cache_read_tokens, u.cache_creation_tokens)
+        return sse.Usage(
+            u.prompt_tokens, u.output_tokens, u.cache_read_tokens, u.cache_creation_tokens, self.tool_calls
+        )
 
     def _upstream_error(self) -> bytes:
         if not self.committed:
@@ -151,6 +157,7 @@ class AnthropicPassthrough(_Base):
         return event
 
     def _note(self, raw: Any) -> None:
+        self.tool_calls = features.anthropic_calls(raw) or self.tool_calls  # cumulative, like the counts
         new = translate.anthropic_usage(raw)
         if new is None:
             return

@@ -237,6 +237,7 @@ class Recorder:
                 cache_read_tokens=usage.cache_read_tokens if usage is not None else None,
                 cache_creation_tokens=usage.cache_creation_tokens if usage is not None else None,
                 upstream_model=self.upstream_model,
+                server_tool_calls=usage.tool_calls if usage is not None else None,
             )
         )
 

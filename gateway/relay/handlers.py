@@ -35,7 +35,7 @@ from gateway.errors import (
 )
 from gateway.inbound import read_body
 from gateway.log import request_fields
-from gateway.relay import anthropic_body, plan
+from gateway.relay import anthropic_body, features, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
@@ -129,8 +129,10 @@ async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[s
 async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
     config = request.app[appkeys.config]
     raw, body = await read_json(request, caller)
-    if endpoint == "/messages":
+    client = "anthropic" if endpoint == "/messages" else "openai"
+    if client == "anthropic":
         anthropic_body.check(body)
+    features.check(raw, body, client, config.upstream.allowed_features)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("You must provide a model parameter.", code="missing_model")
@@ -159,7 +161,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     fields["model"] = model
     fields["stream"] = stream
     call = Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
-    if endpoint == "/messages":
+    if client == "anthropic":
         call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
     return call
 

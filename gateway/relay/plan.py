@@ -24,8 +24,10 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from gateway import appkeys
+from gateway.log import request_fields
 from gateway.net import h1
-from gateway.relay import adapters, sse, translate
+from gateway.relay import adapters, features, sse, translate
 from gateway.relay.call import Call
 from gateway.relay.keyindex import PoolKey
 
@@ -61,13 +63,18 @@ class Plan:
 
 
 def anthropic_lines(request: web.Request) -> bytes:
-    """The caller's `anthropic-version` (else 2023-06-01) and `anthropic-beta`, as header lines;
+    """The caller's `anthropic-version` (else 2023-06-01) and the `anthropic-beta` values that
+    match `[upstream] anthropic_betas` (the others are named in the log line), as header lines;
     a value that is not plainly a version or a list of beta names is left out."""
     version = request.headers.get("anthropic-version", "").strip()
     headers = {"anthropic-version": version if VERSION.fullmatch(version) else ANTHROPIC_VERSION}
     beta = request.headers.get("anthropic-beta", "").strip()
     if beta and BETAS.fullmatch(beta):
-        headers["anthropic-beta"] = beta
+        kept, dropped = features.betas(beta, request.app[appkeys.config].upstream.anthropic_betas)
+        if kept:
+            headers["anthropic-beta"] = ",".join(kept)
+        if dropped:
+            request_fields(request)["betas_dropped"] = ",".join(dropped)
     return h1.header_lines(headers)
 
 
@@ -120,20 +127,30 @@ def answer(mode: Mode, call: Call, raw: bytes) -> tuple[bytes, sse.Usage | None]
     """A non-stream answer for the client, and its usage. ValueError when a translated answer is
     not the JSON object it must be (the attempt then fails: nothing was sent yet)."""
     if mode is Mode.OPENAI:
-        return raw, (sse.usage_of(sse.parse(raw)) if b'"usage"' in raw else None)
+        if b'"usage"' not in raw:
+            return raw, None
+        parsed = sse.parse(raw)
+        usage = sse.usage_of(parsed)
+        if usage is not None and call.endpoint == "/responses":
+            usage.tool_calls = features.response_calls(parsed)
+        return raw, usage
     obj: Any = orjson.loads(raw)
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     if mode is Mode.ANTHROPIC:
-        return raw, _usage(translate.anthropic_usage(obj.get("usage")))
+        return raw, _usage(translate.anthropic_usage(obj.get("usage")), obj.get("usage"))
     if mode is Mode.ANTHROPIC_ON_OPENAI:
         converted = translate.openai_response_to_anthropic(obj, model=call.model)
         return orjson.dumps(converted), _usage(translate.openai_usage(obj.get("usage")))
     converted = translate.anthropic_response_to_openai(obj, model=call.model)
-    return orjson.dumps(converted), _usage(translate.anthropic_usage(obj.get("usage")))
+    return orjson.dumps(converted), _usage(translate.anthropic_usage(obj.get("usage")), obj.get("usage"))
 
 
-def _usage(u: translate.TokenUsage | None) -> sse.Usage | None:
+def _usage(u: translate.TokenUsage | None, anthropic: Any = None) -> sse.Usage | None:
+    """The record's usage; `anthropic`: the Anthropic usage object it came from (server tool calls)."""
     if u is None:
         return None
-    return sse.Usage(u.prompt_tokens, u.output_tokens, u.cache_read_tokens or None, u.cache_creation_tokens or None)
+    calls = features.anthropic_calls(anthropic)
+    return sse.Usage(
+        u.prompt_tokens, u.output_tokens, u.cache_read_tokens or None, u.cache_creation_tokens or None, calls
+    )

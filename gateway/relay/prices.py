@@ -16,7 +16,7 @@ them in every process within a second. Lookups are memoised per model until the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ import asyncpg
 import structlog
 
 from gateway.errors import POSTGRES_DOWN
+from gateway.store import modelnames
 
 log = structlog.get_logger(__name__)
 
@@ -33,15 +34,44 @@ PER = 1_000_000
 FIELDS = ("input", "output", "cache_read", "cache_write")
 
 
+# USD per call of the features billed per call, when a model's price does not say (list prices:
+# Anthropic's web search $10 per 1,000; OpenAI's file search $2.50 per 1,000, a code interpreter
+# container $0.03, a medium image about $0.04; a code execution call is counted as $0.05, an
+# hour of its container). `[prices."<model>"] web_search_call = …` sets a model's own.
+CALL_PRICES = {
+    "web_search": 0.01,
+    "web_fetch": 0.0,  # tokens only
+    "code_execution": 0.05,
+    "file_search": 0.0025,
+    "code_interpreter": 0.03,
+    "image_generation": 0.04,
+    "computer_use": 0.0,  # tokens only
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens. A cache price of None is charged at the input price."""
+    """USD per million tokens. A cache price of None is charged at the input price. `calls`: USD
+    per call of a feature, where the model's price sets its own (else CALL_PRICES)."""
 
     input: float
     output: float
     cache_read: float | None = None
     cache_write: float | None = None
     source: str = "library"  # library | config | admin
+    calls: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def configured(cls, table: Mapping[str, float | None]) -> Price:
+        """A `[prices."<model>"]` table as the configuration checked it."""
+        calls = tuple(
+            (k.removesuffix("_call"), float(v)) for k, v in table.items() if k.endswith("_call") and v is not None
+        )
+        tokens = {k: v for k, v in table.items() if k in FIELDS}
+        return cls(**tokens, source="config", calls=calls)  # type: ignore[arg-type]
+
+    def per_call(self, feature: str) -> float:
+        return next((usd for name, usd in self.calls if name == feature), CALL_PRICES.get(feature, 0.0))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,11 +89,14 @@ def cost(
     completion: int | None,
     cache_read: int | None = None,
     cache_write: int | None = None,
+    calls: Mapping[str, int] | None = None,
 ) -> float | None:
     """USD for one call. `prompt` includes the cache tokens (read from and written to the cache);
-    the rest of it is charged at the input price. None without a price or without tokens."""
+    the rest of it is charged at the input price; `calls` (server tool calls by feature) at their
+    price per call. None without a price or without tokens."""
     if price is None or (prompt is None and completion is None):
         return None
+    per_call = sum(n * price.per_call(feature) for feature, n in calls.items()) if calls else 0.0
     read, write = cache_read or 0, cache_write or 0
     fresh = max(0, (prompt or 0) - read - write)
     total = (
@@ -72,7 +105,7 @@ def cost(
         + write * (price.input if price.cache_write is None else price.cache_write)
         + (completion or 0) * price.output
     )
-    return round(total / PER, 10)
+    return round(total / PER + per_call, 10)
 
 
 def library_price(model: str, when: datetime | None = None) -> Price | None:
@@ -124,7 +157,11 @@ SELECT_PRICES = "SELECT model, input, output, cache_read, cache_write FROM model
 
 async def load(pool: asyncpg.Pool) -> dict[str, Price]:
     async with pool.acquire(timeout=5) as conn:
-        rows = await conn.fetch(SELECT_PRICES, timeout=10)
+        return await admin_prices(conn)
+
+
+async def admin_prices(conn: asyncpg.Connection) -> dict[str, Price]:
+    rows = await conn.fetch(SELECT_PRICES, timeout=10)
     return {
         r["model"]: Price(
             float(r["input"]),
@@ -177,3 +214,12 @@ class Prices:
                 await self.reload()
             except POSTGRES_DOWN as e:
                 log.warning("prices_reload_failed", error=str(e))
+
+
+def unpriced(prices: Prices, models: Sequence[str]) -> str | None:
+    """The first of a key's models (`available_models` entries) whose upstream name has no price:
+    a budget in money cannot be kept on a key that serves it."""
+    for name in modelnames.upstream_names(list(models)) or ():
+        if prices.get(name) is None:
+            return name
+    return None

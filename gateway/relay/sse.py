@@ -24,6 +24,7 @@ class Usage:
     completion_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_creation_tokens: int | None = None
+    tool_calls: dict[str, int] | None = None  # server tool calls by feature (relay/features.py)
 
 
 class Scanner:

@@ -80,6 +80,7 @@ class UsageRecord:
     cache_read_tokens: int | None = None  # of prompt_tokens: read from the upstream's prompt cache
     cache_creation_tokens: int | None = None  # of prompt_tokens: written to it
     upstream_model: str | None = None  # the name the upstream was asked for (prices match on it)
+    server_tool_calls: dict[str, int] | None = None  # allowed paid features that ran, by feature
 
     @property
     def tokens_used(self) -> int | None:
@@ -100,6 +101,7 @@ class UsageRecord:
         d["created_at"] = datetime.fromisoformat(d["created_at"])
         d["status"] = UsageStatus(d["status"])
         d.setdefault("upstream_model", None)  # spooled before it existed
+        d.setdefault("server_tool_calls", None)
         return cls(**d)
 
 
@@ -109,19 +111,20 @@ WITH rows AS (
     SELECT r.*
     FROM unnest($1::text[], $2::int[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::int[],
                 $9::int[], $10::int[], $11::bool[], $12::bool[], $13::bool[], $14::text[], $15::int[], $16::int[],
-                $17::int[], $18::text[], $19::timestamptz[], $21::int[], $22::int[], $23::float8[])
+                $17::int[], $18::text[], $19::timestamptz[], $21::int[], $22::int[], $23::float8[], $24::text[])
       AS r(request_id, attempt, shared_key_id, user_id, donor_id, api_endpoint, model_used, prompt_tokens,
            completion_tokens, tokens_used, usage_estimated, success, committed, status, http_status, latency_ms,
-           ttft_ms, error_message, created_at, cache_read_tokens, cache_creation_tokens, cost_estimate)
+           ttft_ms, error_message, created_at, cache_read_tokens, cache_creation_tokens, cost_estimate,
+           server_tool_calls)
 ), ins AS (
     INSERT INTO key_usage_logs (request_id, attempt, shared_key_id, user_id, donor_id, api_endpoint, model_used,
                                 prompt_tokens, completion_tokens, tokens_used, usage_estimated, success, committed,
                                 status, http_status, latency_ms, ttft_ms, error_message, created_at,
-                                cache_read_tokens, cache_creation_tokens, cost_estimate)
+                                cache_read_tokens, cache_creation_tokens, cost_estimate, server_tool_calls)
     SELECT r.request_id, r.attempt, k.id, u.id, d.id, r.api_endpoint, r.model_used, r.prompt_tokens,
            r.completion_tokens, r.tokens_used, r.usage_estimated, r.success, r.committed, r.status, r.http_status,
            r.latency_ms, r.ttft_ms, r.error_message, r.created_at, r.cache_read_tokens, r.cache_creation_tokens,
-           r.cost_estimate::numeric
+           r.cost_estimate::numeric, r.server_tool_calls::jsonb
     FROM rows r
     LEFT JOIN shared_keys k ON k.id = r.shared_key_id
     LEFT JOIN users u ON u.id = r.user_id
@@ -222,6 +225,7 @@ async def write(conn: asyncpg.Connection, records: list[UsageRecord], prices: Pr
                 [r.cache_read_tokens for r in rs],
                 [r.cache_creation_tokens for r in rs],
                 [_cost(prices, r) for r in rs],
+                [json.dumps(r.server_tool_calls) if r.server_tool_calls else None for r in rs],
             )
             spent.update(r["id"] for r in rows if r["spent"])
     return spent
@@ -236,6 +240,7 @@ def _cost(prices: Prices | None, r: UsageRecord) -> float | None:
         r.completion_tokens,
         r.cache_read_tokens,
         r.cache_creation_tokens,
+        r.server_tool_calls,
     )
 
 

@@ -23,10 +23,10 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.errors import REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
-from gateway.net import events, keytest, redisnames, upstream
-from gateway.net.keytest import KeyTestResult
+from gateway.net import events, upstream
+from gateway.relay import prices
 from gateway.relay.auth import api_limited, token_caller
-from gateway.store import keypages, modelnames, sharedkeys
+from gateway.store import keypages, sharedkeys
 from gateway.store.crypto import SealError
 from gateway.store.keyfields import (
     EDIT_FIELDS,
@@ -40,6 +40,7 @@ from gateway.store.keyfields import (
 from gateway.store.sharedkeys import KeyStatus, SharedKey
 from gateway.store.tokens import Caller
 from gateway.web import sessions
+from gateway.web.keytests import count_key_test, failed_test, live_test
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -48,14 +49,6 @@ NOT_SIGNED_IN = "Sign in, or pass a gateway token as 'Authorization: Bearer <tok
 NOT_FOUND = "No such key."
 ADMIN_ONLY_PAUSE = "Administrators may only pause or resume other users' keys."
 REBIND = "enter the key again: it is bound to its base URL"
-
-# Which field a failed live test is about, so a form can point at it.
-TEST_FAILURE_FIELD = {
-    "model_not_offered": "available_models",
-    "unreachable": "base_url",
-    "not_openai_compatible": "base_url",
-    "upstream_error": "base_url",
-}
 
 # --- who is asking -------------------------------------------------------------------------------
 
@@ -136,21 +129,11 @@ async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
     return key
 
 
-async def live_test(
-    app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
-) -> KeyTestResult:
-    """A test the egress proxy failed judged nothing: 503 `proxy_unavailable`, the key unjudged."""
-    pool, timeout = app[appkeys.upstream_pool], app[appkeys.config].upstream.test_timeout
-    names = modelnames.upstream_names(models)
-    result = await keytest.test_key(pool, base_url, api_key, names, timeout=timeout, api_format=api_format)
-    if result.reason == "proxy_unavailable":
-        raise ApiError(503, "proxy_unavailable", f"the key was not tested: {result.error}", retry_after=5)
-    return result
-
-
-def failed_test(result: KeyTestResult) -> ApiError:
-    field = TEST_FAILURE_FIELD.get(result.reason or "", "api_key")
-    return ApiError(422, "key_test_failed", f"the key failed its live test: {result.error}", field)
+def require_prices(app: web.Application, models: list[str]) -> None:
+    """A budget is kept in money: a model of the key without a price would never count toward it."""
+    name = prices.unpriced(app[appkeys.prices], models)
+    if name is not None:
+        raise invalid("daily_budget_usd", f"no price is known for the model {name!r}, so a budget cannot be kept")
 
 
 def item(key: SharedKey, status: int = 200) -> web.Response:
@@ -200,6 +183,8 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     caller = await owner(request)
     app, config = request.app, request.app[appkeys.config]
     fields = validate(await read_object(request), KEY_FIELDS, KEY_REQUIRED)
+    if fields.get("daily_budget_usd") is not None:
+        require_prices(app, fields["available_models"])
     base_url = checked_base_url(config, fields["base_url"])
     async with app[appkeys.pg].acquire() as conn:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
@@ -259,6 +244,9 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     name = fields.get("name", current.name)
     models = fields.get("available_models", current.available_models)
     api_format = fields.get("api_format", current.api_format)
+    budget = fields.get("daily_budget_usd", current.daily_budget_usd)
+    if budget is not None and {"daily_budget_usd", "available_models"} & set(fields):
+        require_prices(app, models)
     if name != current.name:
         async with app[appkeys.pg].acquire() as conn:
             if await sharedkeys.name_taken(conn, current.owner_id, name):
@@ -374,25 +362,3 @@ async def shared_keys_test(request: web.Request) -> web.Response:
     return web.json_response(
         {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}
     )
-
-
-async def count_key_test(request: web.Request, caller: Caller) -> None:
-    """A fixed one-minute window per user (INCR + EXPIRE) over every live key test: the test
-    endpoint, adding a key, and re-testing one on edit. Over the limit: 429 with Retry-After."""
-    config = request.app[appkeys.config]
-    limit = config.limits.key_tests_per_minute
-    if limit <= 0:
-        return
-    now = time.time()
-    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now))
-    key = redisnames.key_tests(config.redis.key_prefix, caller.user_id, minute)
-    try:
-        async with request.app[appkeys.redis].pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 120)
-            count, _ = await pipe.execute()
-    except REDIS_DOWN:  # fail closed: an unlimited test endpoint is a scanner
-        raise ApiError(503, "service_unavailable", "Key tests are unavailable right now; try again shortly.") from None
-    if int(count) > limit:
-        message = f"At most {limit} key tests a minute; try again shortly."
-        raise ApiError(429, "rate_limited", message, retry_after=max(1, 60 - int(now % 60)))
