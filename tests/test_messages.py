@@ -11,7 +11,7 @@ import anthropic
 import asyncpg
 import pytest
 
-from gateway import appkeys
+from gateway.relay.keyindex import KEY_INDEX
 
 from .fake_upstream import Failure, FakeUpstream
 from .gateways import DONOR_KEY, Gateway
@@ -30,7 +30,7 @@ async def add(gw: Gateway, up: FakeUpstream, api_format: str, name: str = "k1") 
     key_id = await gw.add_key(up, api_key=DONOR_KEY, models=[MODEL, "gpt-4o-mini"], name=name)
     async with gw.pool.acquire() as conn:
         await conn.execute("UPDATE shared_keys SET api_format = $2 WHERE id = $1::uuid", key_id, api_format)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     return key_id
 
 
@@ -213,7 +213,7 @@ async def test_count_tokens_asks_an_anthropic_key_else_estimates(gw: Gateway, up
     assert estimated.input_tokens == 100 + 4 and upstream.calls("/v1/messages/count_tokens") == []
     async with gw.pool.acquire() as conn:
         await conn.execute("UPDATE shared_keys SET api_format = 'anthropic'")
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     asked = await claude(gw).messages.count_tokens(**body)
     assert asked.input_tokens == 42 and len(upstream.calls("/v1/messages/count_tokens")) == 1
     [row] = await rows(gw)
