@@ -274,3 +274,20 @@ async def test_a_body_an_openai_key_cannot_carry_is_a_clear_400(gw: Gateway, ups
     assert upstream.requests == []
     [row] = await rows(gw)
     assert row["status"] == "upstream_error" and not row["committed"]
+
+
+@pytest.mark.parametrize("api_format", ["anthropic", "openai"])
+async def test_a_streamed_answer_stores_the_same_usage_as_a_non_streamed_one(
+    gw: Gateway, fake_upstream: FakeUpstream, api_format: str
+) -> None:
+    """No cache tokens is NULL in both (the stream used to store 0 where the answer stored NULL)."""
+    await add(gw, fake_upstream, api_format)
+    sdk = claude(gw)
+    await sdk.messages.create(model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    async with sdk.messages.stream(
+        model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        await stream.get_final_message()
+    whole, streamed = await gw.logs()
+    columns = ("prompt_tokens", "cache_read_tokens", "cache_creation_tokens", "usage_estimated")
+    assert [whole[c] for c in columns] == [streamed[c] for c in columns]
