@@ -304,3 +304,22 @@ async def test_claude_codes_betas_for_every_model_pass_unchanged(make: Make, fak
     assert status == 200
     [sent] = fake_upstream.calls("/v1/messages")
     assert sent.headers["anthropic-beta"] == CLAUDE_CODE_OPUS_BETAS
+
+
+async def test_a_streamed_responses_answer_counts_its_calls_too(make: Make, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.response_items = [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+    ]
+    gw = await make(fake_upstream.base_url, allowed_features=("web_search",))
+    resp = await gw.client.post(
+        "/v1/responses",
+        json={**RESP, "tools": [{"type": "web_search"}], "stream": True},
+        headers={"Authorization": f"Bearer {gw.token}"},
+    )
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    assert text.startswith("event: response.created") and "event: response.completed" in text
+    [row] = await gw.rows()
+    assert json.loads(row["server_tool_calls"]) == {"web_search": 2}
+    assert float(row["cost_estimate"]) == pytest.approx(2 * 0.02)
