@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import appkeys
 from gateway import config as config_mod
@@ -323,3 +324,14 @@ async def test_a_streamed_responses_answer_counts_its_calls_too(make: Make, fake
     [row] = await gw.rows()
     assert json.loads(row["server_tool_calls"]) == {"web_search": 2}
     assert float(row["cost_estimate"]) == pytest.approx(2 * 0.02)
+
+
+async def test_the_dropped_betas_are_named_in_the_request_log_line(make: Make, fake_upstream: FakeUpstream) -> None:
+    gw = await make(fake_upstream.base_url, api_format="anthropic")
+    beta = "claude-code-20250219,context-1m-2025-08-07,oauth-2025-04-20"
+    with capture_logs() as logs:
+        status, _ = await gw.post("/v1/messages", MSG, {"anthropic-beta": beta})
+    assert status == 200
+    [line] = [e for e in logs if e["event"] == "request"]
+    assert line["betas_dropped"] == "context-1m-2025-08-07,oauth-2025-04-20"
+    assert fake_upstream.calls("/v1/messages")[0].headers["anthropic-beta"] == "claude-code-20250219"
