@@ -19,24 +19,27 @@ from aiohttp import web, web_response
 from gateway import appkeys
 from gateway.config import Config
 from gateway.errors import POSTGRES_DOWN, error_middleware
-from gateway.inbound import BodyBudget, body_middleware
+from gateway.inbound import BODY_BUDGET, BodyBudget, body_middleware
 from gateway.log import request_context
 from gateway.net import events, h1, redisclient
+from gateway.net.events import BUS
+from gateway.net.h1 import UPSTREAM_POOL
 from gateway.ops import jobs
 from gateway.relay import balancer, cors, handlers, messages
-from gateway.relay.keyindex import KeyIndex
-from gateway.relay.keystate import KeyStates
-from gateway.relay.overlimit import OverLimit
-from gateway.relay.prices import Price, Prices
-from gateway.relay.usage import UsageLog
+from gateway.relay.balancer import BALANCER
+from gateway.relay.keyindex import KEY_INDEX, KeyIndex
+from gateway.relay.keystate import KEY_STATES, KeyStates
+from gateway.relay.overlimit import OVER_LIMIT, OverLimit
+from gateway.relay.prices import PRICES, Price, Prices
+from gateway.relay.usage import USAGE, UsageLog
 from gateway.resources import data_dir
 from gateway.store import db
-from gateway.store.crypto import KeyRing
-from gateway.store.tokens import TokenCache, touch_forever
+from gateway.store.crypto import KEYRING, KeyRing
+from gateway.store.tokens import TOKEN_CACHE, TokenCache, touch_forever
 from gateway.tasks import background
 from gateway.web import aliases_api, health, keys_api, oauth, pages, prices_api, thanks, tokens_api
-from gateway.web.boardcache import Board
-from gateway.web.thanks import Visitors
+from gateway.web.boardcache import BOARD, Board
+from gateway.web.thanks import VISITORS, Visitors
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +52,10 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.limits.max_body_bytes,
     )
     app[appkeys.config] = config
-    app[appkeys.body_budget] = BodyBudget(config.limits.max_inflight_body_bytes)
-    app[appkeys.over_limit] = OverLimit()
+    app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
+    app[OVER_LIMIT] = OverLimit()
     app[appkeys.draining] = asyncio.Event()
-    app[appkeys.keyring] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
+    app[KEYRING] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)
     # Dependency order; teardown runs in reverse, so usage drains while PostgreSQL and Redis are open.
     app.cleanup_ctx.extend(
@@ -107,7 +110,7 @@ async def v1_headers(request: web.Request, response: web.StreamResponse) -> None
 async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.config]
     line = redisclient.line(config.redis, balancer.SCRIPT)
-    app[appkeys.balancer] = balancer.Balancer(
+    app[BALANCER] = balancer.Balancer(
         app[appkeys.redis],
         prefix=config.redis.key_prefix,
         timezone=config.balancer.timezone,
@@ -115,7 +118,7 @@ async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
         failures_before_cooldown=config.balancer.failures_before_cooldown,
         line=line,
     )
-    states = app[appkeys.key_states] = KeyStates(app[appkeys.pg], app[appkeys.redis], config.redis.key_prefix)
+    states = app[KEY_STATES] = KeyStates(app[appkeys.pg], app[appkeys.redis], config.redis.key_prefix)
     yield
     await states.wait()
     await line.close()
@@ -143,7 +146,7 @@ async def pg_pool(app: web.Application) -> AsyncIterator[None]:
 
 async def upstream_pool(app: web.Application) -> AsyncIterator[None]:
     """The one client toward donor upstreams (`/v1`, key tests, health checks)."""
-    pool = app[appkeys.upstream_pool] = h1.create_pool(app[appkeys.config])
+    pool = app[UPSTREAM_POOL] = h1.create_pool(app[appkeys.config])
     try:
         yield
     finally:
@@ -160,15 +163,15 @@ async def oauth_session(app: web.Application) -> AsyncIterator[None]:
 async def event_bus(app: web.Application) -> AsyncIterator[None]:
     """The subscriber task. A context that registers a handler later loads its own state after
     registering, so an event published in between is never missed."""
-    bus = app[appkeys.bus] = events.Bus(app[appkeys.redis], app[appkeys.config].redis.key_prefix)
+    bus = app[BUS] = events.Bus(app[appkeys.redis], app[appkeys.config].redis.key_prefix)
     async with background(bus.run()):
         yield
 
 
 async def token_cache(app: web.Application) -> AsyncIterator[None]:
     per_minute = app[appkeys.config].limits.unknown_token_lookups_per_minute
-    cache = app[appkeys.token_cache] = TokenCache(app[appkeys.pg], lookups_per_minute=per_minute)
-    bus = app[appkeys.bus]
+    cache = app[TOKEN_CACHE] = TokenCache(app[appkeys.pg], lookups_per_minute=per_minute)
+    bus = app[BUS]
     bus.on("token", cache.drop_token)
     bus.on("user", cache.drop_user)
 
@@ -185,8 +188,8 @@ async def token_cache(app: web.Application) -> AsyncIterator[None]:
 async def key_index(app: web.Application) -> AsyncIterator[None]:
     aliases = app[appkeys.config].models.aliases
     timezone = app[appkeys.config].balancer.timezone
-    index = app[appkeys.key_index] = KeyIndex(app[appkeys.pg], app[appkeys.keyring], aliases, timezone)
-    bus = app[appkeys.bus]
+    index = app[KEY_INDEX] = KeyIndex(app[appkeys.pg], app[KEYRING], aliases, timezone)
+    bus = app[BUS]
     bus.on("keys", index.invalidate)
     bus.on("aliases", index.invalidate)
 
@@ -203,8 +206,8 @@ async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
     """Prices for the usage flusher's costs: admins' set reloaded on a `prices` event."""
     config = app[appkeys.config]
     configured = {model: Price.configured(p) for model, p in config.prices.items()}
-    table = app[appkeys.prices] = Prices(app[appkeys.pg], configured)
-    bus = app[appkeys.bus]
+    table = app[PRICES] = Prices(app[appkeys.pg], configured)
+    bus = app[BUS]
     bus.on("prices", table.invalidate)
 
     async def resync() -> None:
@@ -219,7 +222,7 @@ async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def usage_log(app: web.Application) -> AsyncIterator[None]:
     prefix = app[appkeys.config].redis.key_prefix
-    usage = app[appkeys.usage] = UsageLog(app[appkeys.pg], app[appkeys.redis], prefix, app[appkeys.prices])
+    usage = app[USAGE] = UsageLog(app[appkeys.pg], app[appkeys.redis], prefix, app[PRICES])
     async with background(usage.run()):
         yield
     await usage.drain()
@@ -234,9 +237,7 @@ async def thanks_board(app: web.Application) -> AsyncIterator[None]:
     """The board's cache and the visitor cache; after the pool, the balancer and the key index,
     so that teardown cancels a refresh in flight before they close."""
     config = app[appkeys.config]
-    board = app[appkeys.board] = Board(
-        app[appkeys.pg], app[appkeys.balancer], app[appkeys.key_index], config.oauth_linuxdo
-    )
-    app[appkeys.visitors] = Visitors(app[appkeys.pg])
+    board = app[BOARD] = Board(app[appkeys.pg], app[BALANCER], app[KEY_INDEX], config.oauth_linuxdo)
+    app[VISITORS] = Visitors(app[appkeys.pg])
     yield
     await board.close()

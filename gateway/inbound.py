@@ -46,7 +46,7 @@ async def read_body(request: web.Request) -> bytes:
     size = min(request.content_length or config.limits.max_body_bytes, config.limits.max_body_bytes)
     if not request.body_exists:
         size = 0
-    budget = app[appkeys.body_budget]
+    budget = app[BODY_BUDGET]
     if not budget.take(size):
         raise ServerBusy("The gateway is reading too many request bodies at once; try again shortly.", retry_after=1)
     try:
@@ -71,3 +71,6 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.body_exists and not reads_its_own_body(request):
         await read_body(request)
     return await handler(request)
+
+
+BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget", BodyBudget)

@@ -14,29 +14,17 @@ named only if the key index serves it (else "other"), a status is an HTTP code.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
-from prometheus_client.core import GaugeMetricFamily
-
-from gateway import appkeys
-from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.relay.keyindex import KeyIndex
-    from gateway.relay.usage import UsageLog
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
 
 log = structlog.get_logger(__name__)
 
@@ -144,8 +132,10 @@ def worker_exited(pid: int) -> None:
 # --- what the code records (cheap: no I/O, no awaiting) ------------------------------------------
 
 
-def model_label(index: KeyIndex, model: str | None) -> str:
-    return model if model and model in index.snapshot.pooled else OTHER
+def model_label(pooled: Mapping[str, Any], model: str | None) -> str:
+    """The model's own label when the key index pools it (`pooled`), else "other": a label per
+    name a caller made up would grow the metrics without bound."""
+    return model if model and model in pooled else OTHER
 
 
 def request_done(route: str, model: str, status: int, attempts: int) -> None:
@@ -174,11 +164,11 @@ def postgres_error(source: str) -> None:
     _get().postgres_errors.labels(source).inc()
 
 
-def usage_observed(usage: UsageLog) -> None:
+def usage_observed(depth: int, lag: float) -> None:
     """The flusher's queue depth and lag, from its own buffer."""
     m = _get()
-    m.queue_depth.set(usage.depth)
-    m.flush_lag.set(usage.lag)
+    m.queue_depth.set(depth)
+    m.flush_lag.set(lag)
 
 
 def job_ran(job: str, ok: bool) -> None:
@@ -190,85 +180,3 @@ def job_ran(job: str, ok: bool) -> None:
 
 def health_checked(result: str) -> None:
     _get().health_checks.labels(result).inc()
-
-
-# --- scraping ----------------------------------------------------------------------------------
-
-
-SELECT_KEY_STATES = """
-SELECT id::text, CASE WHEN status = 'disabled' THEN 'disabled' WHEN NOT is_active THEN 'paused' ELSE 'active' END
-FROM shared_keys
-"""
-
-
-class _ClusterFacts:
-    """The last known cluster-wide gauges; a collector over them for one scrape."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, int] = dict.fromkeys(KEY_STATES, 0)
-        self.calls_left: dict[str, int] = {}
-        self.spooled = 0
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        keys = GaugeMetricFamily("sharekey_keys", "Donated keys by state, as their owners see it.", labels=["state"])
-        for state, n in self.states.items():
-            keys.add_metric([state], n)
-        yield keys
-        left = GaugeMetricFamily(
-            "sharekey_calls_left_today",
-            "Calls the pooled keys serving each model can still make today.",
-            labels=["model"],
-        )
-        for model, n in sorted(self.calls_left.items()):
-            left.add_metric([model], n)
-        yield left
-        yield GaugeMetricFamily(
-            "sharekey_usage_spool_depth", "Usage records waiting in the Redis spool for PostgreSQL.", value=self.spooled
-        )
-
-
-async def _refresh(app: web.Application, facts: _ClusterFacts) -> None:
-    index, balancer = app[appkeys.key_index], app[appkeys.balancer]
-    try:
-        async with asyncio.timeout(SCRAPE_TIMEOUT):
-            async with app[appkeys.pg].acquire() as conn:
-                rows = await conn.fetch(SELECT_KEY_STATES)
-            stored = {r[0]: r[1] for r in rows}
-    except POSTGRES_DOWN:
-        postgres_error("metrics")
-        stored = None
-    try:
-        async with asyncio.timeout(SCRAPE_TIMEOUT):
-            cooling = await balancer.cooling()
-            pooled = {k.id: k for keys in index.snapshot.pooled.values() for k in keys}
-            used = await balancer.usage_today(list(pooled))
-            facts.spooled = int(await app[appkeys.redis].llen(app[appkeys.usage].spool_key))
-    except REDIS_DOWN:
-        redis_error("metrics")
-        return
-    facts.calls_left = {
-        model: sum(max(0, k.daily_limit - used.get(k.id, 0)) for k in keys)
-        for model, keys in index.snapshot.pooled.items()
-    }
-    if stored is not None:
-        states = dict.fromkeys(KEY_STATES, 0)
-        for key_id, state in stored.items():
-            states["cooling" if state == "active" and key_id in cooling else state] += 1
-        facts.states = states
-
-
-_facts = _ClusterFacts()  # one app per process; its last known answers
-
-
-async def render(app: web.Application) -> bytes:
-    usage_observed(app[appkeys.usage])  # this process' view is fresh; the others' is at most one flush old
-    await _refresh(app, _facts)
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        own = generate_latest(registry)
-    else:
-        own = generate_latest(DEFAULT_REGISTRY)
-    cluster = CollectorRegistry(auto_describe=False)
-    cluster.register(_facts)  # type: ignore[arg-type]
-    return own + generate_latest(cluster)

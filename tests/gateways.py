@@ -14,8 +14,10 @@ import openai
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import appkeys
 from gateway import config as config_mod
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.keystate import KEY_STATES
+from gateway.relay.usage import USAGE
 from gateway.store.users import User
 
 from .fake_upstream import FakeUpstream
@@ -50,12 +52,12 @@ class Gateway:
 
     async def add_key(self, upstream: FakeUpstream, **kw: Any) -> str:
         key = await add_key(self.pool, self.config, self.donor, upstream.base_url, **kw)
-        await self.app[appkeys.key_index].reload()
+        await self.app[KEY_INDEX].reload()
         return key.id
 
     async def flush(self) -> None:
-        await self.app[appkeys.key_states].wait()
-        assert await self.app[appkeys.usage].flush_once()
+        await self.app[KEY_STATES].wait()
+        assert await self.app[USAGE].flush_once()
 
     async def logs(self) -> list[asyncpg.Record]:
         await self.flush()

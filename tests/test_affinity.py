@@ -10,9 +10,9 @@ import asyncpg
 import openai
 import pytest
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.relay.balancer import BALANCER
 
 from .fake_upstream import FakeUpstream
 from .gateways import Gateway, gateway_config
@@ -124,7 +124,7 @@ async def test_another_users_response_id_is_not_found_and_reaches_no_key(
         made = await owner.responses.create(model="gpt-4o-mini", input="hi")
         assert made.id == "resp_fake"
         await asyncio.sleep(0.2)  # remembered after the response
-        balancer = gw.app[appkeys.balancer]
+        balancer = gw.app[BALANCER]
         before = await balancer.usage_today([a, b])
 
         with pytest.raises(openai.NotFoundError) as refused:

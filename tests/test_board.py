@@ -26,12 +26,15 @@ from aiohttp.test_utils import TestClient
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.relay.balancer import Candidate, UserLimits
-from gateway.relay.usage import UsageRecord
+from gateway.relay.balancer import BALANCER, Candidate, UserLimits
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.keystate import KEY_STATES
+from gateway.relay.usage import USAGE, UsageRecord
 from gateway.store.sharedkeys import SharedKey
 from gateway.store.users import User
 from gateway.web import board, boardcache, charts
 from gateway.web.board import ModelCapacity
+from gateway.web.boardcache import BOARD
 
 from .fake_upstream import FakeUpstream
 from .seed import add_key, user_with_token
@@ -57,11 +60,11 @@ class Gateway:
 
     @property
     def today(self) -> date:
-        return date.fromisoformat(self.app[appkeys.balancer].today())
+        return date.fromisoformat(self.app[BALANCER].today())
 
     async def board(self, period: str | None = None, limit: int | None = None, *, fresh: bool = True) -> Any:
         if fresh:
-            await self.app[appkeys.board].refresh()
+            await self.app[BOARD].refresh()
         params = {k: str(v) for k, v in (("period", period), ("limit", limit)) if v is not None}
         resp = await self.client.get("/api/shared-keys/thanks-board", params=params)
         assert resp.status == 200, await resp.text()
@@ -88,7 +91,7 @@ async def credit(
     """`calls` calls served by `key` on `day`, recorded through the usage log and flushed. They
     happened now if `day` is today, else at noon that day (local time), unless `at` says when."""
     config = app[appkeys.config]
-    if at is None and day != date.fromisoformat(app[appkeys.balancer].today()):
+    if at is None and day != date.fromisoformat(app[BALANCER].today()):
         at = datetime.combine(day, datetime.min.time(), ZoneInfo(config.balancer.timezone)) + timedelta(hours=12)
     records = [
         UsageRecord(
@@ -109,7 +112,7 @@ async def credit(
         )
         for _ in range(calls)
     ]
-    usage = app[appkeys.usage]
+    usage = app[USAGE]
     for r in records:
         usage.add(r)
     assert await usage.flush_once()
@@ -146,7 +149,7 @@ async def test_ranking_and_totals_for_each_period(gw: Gateway) -> None:
     erins_own = await add_key(gw.pool, gw.config, erin, "https://e.example.com/v1", name="mine", private=True)
     async with gw.pool.acquire() as conn:
         await conn.execute("UPDATE shared_keys SET is_active = false WHERE id = $1", uuid.UUID(dave_key.id))
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
 
     for key, days_ago, calls in [
         (alice_key, 0, 3), (alice_2, 6, 2), (alice_key, 7, 4), (alice_key, 29, 1), (alice_key, 30, 5),
@@ -187,7 +190,7 @@ async def test_ranking_and_totals_for_each_period(gw: Gateway) -> None:
 
     # Today's reservations come from the balancer (Redis), the authority for limits.
     for _ in range(3):
-        pick = await gw.app[appkeys.balancer].pick(
+        pick = await gw.app[BALANCER].pick(
             [Candidate(bob_key.id, 40)], user_id=str(uuid.uuid4()), limits=UserLimits(0, 0, 0),
             request_id=uuid.uuid4().hex, stream=False,
         )  # fmt: skip
@@ -213,14 +216,14 @@ async def test_pool_health_and_capacity(gw: Gateway, redis: aioredis.Redis) -> N
     async with gw.pool.acquire() as conn:
         disable = "UPDATE shared_keys SET status = 'disabled', disabled_by = 'upstream' WHERE id = $1"
         await conn.execute(disable, uuid.UUID(broken.id))
-    await gw.app[appkeys.key_index].reload()
-    balancer = gw.app[appkeys.balancer]
+    await gw.app[KEY_INDEX].reload()
+    balancer = gw.app[BALANCER]
     await balancer.cool_down(a.id, 60)
     for _ in range(7):
         await balancer.pick([Candidate(b.id, 5), Candidate(a.id, 10)], user_id="u", limits=UserLimits(0, 0, 0),
                             request_id=uuid.uuid4().hex, stream=False)  # fmt: skip
 
-    snapshot = await gw.app[appkeys.board].refresh()
+    snapshot = await gw.app[BOARD].refresh()
     assert snapshot.keys == board.KeyCounts(active=1, cooling=1, disabled=1, paused=0)
     assert snapshot.capacity == (
         ModelCapacity("gpt-4o", keys=1, limit=10, used=0),
@@ -242,10 +245,10 @@ async def test_the_day_boundary_is_local_midnight_in_the_configured_zone(
     user, token = await user_with_token(gw.pool, "caller")
     owner, _ = await user_with_token(gw.pool, "donor")
     await add_key(gw.pool, gw.config, owner, fake_upstream.base_url)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     zone = ZoneInfo("Asia/Shanghai")
     midnight = datetime.combine(datetime.now(zone).date() + timedelta(days=2), datetime.min.time(), zone)
-    balancer = gw.app[appkeys.balancer]
+    balancer = gw.app[BALANCER]
 
     async def chat() -> None:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -259,8 +262,8 @@ async def test_the_day_boundary_is_local_midnight_in_the_configured_zone(
     balancer._offset_ms = await offset_to(redis, midnight + timedelta(seconds=3))
     for _ in range(3):
         await chat()
-    await gw.app[appkeys.key_states].wait()
-    assert await gw.app[appkeys.usage].flush_once()
+    await gw.app[KEY_STATES].wait()
+    assert await gw.app[USAGE].flush_once()
 
     assert gw.today == midnight.date()
     today = await gw.board()
@@ -283,7 +286,7 @@ async def test_credit_is_written_exactly_once(gw: Gateway) -> None:
     today = gw.today
     _, key = await donor(gw, "alice")
     records = await credit(gw.app, key, today, 4, tokens=7)
-    usage = gw.app[appkeys.usage]
+    usage = gw.app[USAGE]
     for r in records:  # the same batch again (a retry after a lost answer): nothing changes
         usage.add(r)
     assert await usage.flush_once()
@@ -291,7 +294,7 @@ async def test_credit_is_written_exactly_once(gw: Gateway) -> None:
         row = await conn.fetchrow("SELECT calls, tokens FROM donor_usage_daily")
         await conn.execute("DELETE FROM shared_keys WHERE id = $1", uuid.UUID(key.id))
     assert (row["calls"], row["tokens"]) == (4, 28)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     await credit(gw.app, key, today, 1)  # a call that finished after its key was deleted still counts
     body = await gw.board("all")
     assert ranking(body) == [("alice", 5)] and body["donors"][0]["active_keys"] == 0
@@ -305,7 +308,7 @@ async def test_anonymous_donors_are_counted_but_not_named(gw: Gateway) -> None:
     _, bob_key = await donor(gw, "bob")
     await credit(gw.app, carol_key, today, 6)
     await credit(gw.app, bob_key, today, 2)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
 
     body = await gw.board()
     assert body["donors"][0] == {
@@ -323,7 +326,7 @@ async def test_anonymous_donors_are_counted_but_not_named(gw: Gateway) -> None:
     for path in ("/", "/thanks", "/thanks?period=all"):
         html = await (await gw.client.get(path)).text()
         assert "carol" not in html.lower() and "secret" not in html.lower(), path
-    assert gw.app[appkeys.key_index].get(carol_key.id).provider == "anonymous"  # type: ignore[union-attr]
+    assert gw.app[KEY_INDEX].get(carol_key.id).provider == "anonymous"  # type: ignore[union-attr]
 
 
 async def test_the_donor_sets_the_anonymous_flag(gw: Gateway, fake_upstream: FakeUpstream) -> None:
@@ -337,7 +340,7 @@ async def test_the_donor_sets_the_anonymous_flag(gw: Gateway, fake_upstream: Fak
     assert (await gw.board())["donors"][0]["username"] is None
     # Every process reloads its key index: the provider header follows.
     for _ in range(100):
-        key = gw.app[appkeys.key_index].get((await _keys(gw))[0].id)
+        key = gw.app[KEY_INDEX].get((await _keys(gw))[0].id)
         if key is not None and key.provider == "anonymous":
             break
         await asyncio.sleep(0.02)
@@ -370,7 +373,7 @@ async def _keys(gw: Gateway) -> list[SharedKey]:
 async def test_a_burst_of_visitors_costs_one_query(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     _, key = await donor(gw, "alice")
     await credit(gw.app, key, gw.today, 3)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     acquired: list[str] = []
     real_acquire = asyncpg.pool.Pool.acquire
 
@@ -379,7 +382,7 @@ async def test_a_burst_of_visitors_costs_one_query(gw: Gateway, monkeypatch: pyt
         return real_acquire(self, *args, **kw)
 
     monkeypatch.setattr(asyncpg.pool.Pool, "acquire", counting_acquire)
-    gw.app[appkeys.board].ttl = 1.0
+    gw.app[BOARD].ttl = 1.0
     paths = [
         "/api/shared-keys/thanks-board",
         "/",
@@ -409,7 +412,7 @@ async def test_a_burst_of_visitors_costs_one_query(gw: Gateway, monkeypatch: pyt
 async def test_a_database_outage_serves_the_last_board(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     _, key = await donor(gw, "alice")
     await credit(gw.app, key, gw.today, 2)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     assert ranking(await gw.board()) == [("alice", 2)]
 
     async def refused(*args: Any) -> list[asyncpg.Record]:
@@ -417,7 +420,7 @@ async def test_a_database_outage_serves_the_last_board(gw: Gateway, monkeypatch:
 
     monkeypatch.setattr(board, "fetch", refused)
     assert ranking(await gw.board()) == [("alice", 2)], "the last snapshot"
-    cold = boardcache.Board(gw.pool, gw.app[appkeys.balancer], gw.app[appkeys.key_index], gw.config.oauth_linuxdo)
+    cold = boardcache.Board(gw.pool, gw.app[BALANCER], gw.app[KEY_INDEX], gw.config.oauth_linuxdo)
     with pytest.raises(board.BoardUnavailable):
         await cold.get()
     with pytest.raises(board.BoardUnavailable):

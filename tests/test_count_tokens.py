@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.relay.balancer import Balancer, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER, Balancer, Candidate, UserLimits
 
 from .fake_upstream import Failure, FakeUpstream
 from .gateways import Gateway, gateway_config
@@ -74,7 +74,7 @@ def keys_asked(up: FakeUpstream) -> list[str]:
 
 
 async def counted_today(gw: Gateway, *key_ids: str) -> dict[str, int]:
-    return await gw.app[appkeys.balancer].usage_today(list(key_ids))
+    return await gw.app[BALANCER].usage_today(list(key_ids))
 
 
 async def test_count_tokens_counts_toward_the_callers_requests_per_minute(make: Make, upstream: FakeUpstream) -> None:
@@ -105,7 +105,7 @@ async def test_count_tokens_asks_only_a_key_that_could_serve_now_under_its_own_n
     spent = await add(gw, upstream, "spent", daily_limit=1)
     cooling = await add(gw, upstream, "cooling")
     ready = await add(gw, upstream, "ready", daily_limit=3)
-    balancer = gw.app[appkeys.balancer]
+    balancer = gw.app[BALANCER]
     await balancer.cool_down(cooling, 600)
     await balancer.cool_down(ready, 600)  # until the spent key has spent its one call
     await claude(gw).messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}])
@@ -136,7 +136,7 @@ async def test_count_tokens_is_estimated_locally_when_no_anthropic_key_can_serve
     await add(gw, upstream, "openai-format", api_format="openai")
     assert (await claude(gw).messages.count_tokens(**BODY)).input_tokens == ESTIMATE
     cooling = await add(gw, upstream, "cooling")
-    await gw.app[appkeys.balancer].cool_down(cooling, 600)
+    await gw.app[BALANCER].cool_down(cooling, 600)
     assert (await claude(gw).messages.count_tokens(**BODY)).input_tokens == ESTIMATE
     assert upstream.requests == [] and await gw.logs() == []
 
@@ -155,7 +155,7 @@ async def test_a_failed_count_is_recorded_and_cools_the_key_and_the_next_key_ans
     ]
     limited = str(rows[0]["shared_key_id"])
     assert {limited, str(rows[1]["shared_key_id"])} == {first, second}
-    assert 100 < (await gw.app[appkeys.balancer].cooling([limited]))[limited] <= 120, "the 429 cooled its key"
+    assert 100 < (await gw.app[BALANCER].cooling([limited]))[limited] <= 120, "the 429 cooled its key"
     assert await counted_today(gw, first, second) == {first: 0, second: 0}, "nothing given back, nothing taken"
 
     upstream.fail_next(Failure(status=500, path=COUNT))  # the only key left fails: estimated locally

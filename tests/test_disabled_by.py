@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import appkeys
 from gateway.net.keytest import ProbeResult
 from gateway.ops.keychecks import HealthChecks
 from gateway.relay.balancer import USER_OUTCOMES, Balancer, Candidate, PickOutcome, UserLimits
 from gateway.relay.call import FailureKind
+from gateway.relay.keystate import KEY_STATES
 from gateway.relay.usage import UsageRecord, UsageStatus
 from gateway.store import db, sharedkeys
 from gateway.store.sharedkeys import DisabledBy, KeyStatus
@@ -56,7 +56,7 @@ async def test_an_operators_stop_is_never_revived_whatever_its_reason_says(
     assert await state(api, key_id) == ("disabled", reason, "operator")
 
     # A 401 from a request still in flight cannot turn the operator's stop into a revivable one.
-    states = api.app[appkeys.key_states]
+    states = api.app[KEY_STATES]
     states.disabled(key_id, REJECTED)
     await states.wait()
     assert await state(api, key_id) == ("disabled", reason, "operator")
@@ -68,7 +68,7 @@ async def test_a_key_the_upstream_rejected_is_revived_however_its_reason_is_word
     api: Api, fake_upstream: FakeUpstream
 ) -> None:
     key_id = (await api.add(fake_upstream)).body["id"]
-    states = api.app[appkeys.key_states]
+    states = api.app[KEY_STATES]
     reworded = "The provider refused this key (HTTP 401)."
     states.disabled(key_id, reworded)  # the proxy's write, in other words
     await states.wait()

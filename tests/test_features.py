@@ -16,9 +16,10 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.usage import USAGE
 
 from .fake_upstream import FakeUpstream
 from .gateways import gateway_config
@@ -44,7 +45,7 @@ class Gw:
             return resp.status, text
 
     async def rows(self) -> list[asyncpg.Record]:
-        await self.client.app[appkeys.usage].flush_once()
+        await self.client.app[USAGE].flush_once()
         async with self.pool.acquire() as conn:
             return await conn.fetch("SELECT * FROM key_usage_logs ORDER BY created_at")
 
@@ -66,7 +67,7 @@ async def make(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: An
                 await conn.execute("UPDATE shared_keys SET daily_budget_usd = $1 WHERE id = $2", budget, key.id)
         app = create_app(cfg)
         client = await aiohttp_client(app)
-        await app[appkeys.key_index].reload()
+        await app[KEY_INDEX].reload()
         return Gw(client, token, pool)
 
     yield start

@@ -23,7 +23,11 @@ from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.net import ssrf, upstream
+from gateway.relay.balancer import BALANCER
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.usage import USAGE
 from gateway.store import sharedkeys
+from gateway.store.crypto import KEYRING
 from gateway.store.users import User
 from gateway.web import keys_api
 
@@ -191,7 +195,7 @@ async def test_crud_round_trip_never_shows_the_key(api: Api, fake_upstream: Fake
         async with api.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM shared_keys WHERE id = $1::uuid", key_id)
         assert DONOR_KEY not in row["api_key_encrypted"]
-        ring = api.app[appkeys.keyring]
+        ring = api.app[KEYRING]
         opened = ring.open(
             row["api_key_encrypted"], key_id=key_id, owner_id=api.people.alice.id, base_url=row["base_url"]
         )
@@ -255,7 +259,7 @@ async def test_a_new_key_serves_at_once_and_leaves_the_pool_at_once(api: Api, fa
     await api.call("PUT", "/api/shared-keys", {"id": key_id, "is_active": True})
     assert await until(lambda: _lists(api, "gpt-4o-mini"))
 
-    assert await api.app[appkeys.usage].flush_once()
+    assert await api.app[USAGE].flush_once()
     assert (await api.call("DELETE", "/api/shared-keys", params={"id": key_id})).status == 204
     assert await until(lambda: _gone(api, "gpt-4o-mini")), "a deleted key leaves within a second"
     async with api.pool.acquire() as conn:
@@ -401,7 +405,7 @@ async def test_a_new_base_url_needs_the_key_again(
     assert (reply.status, reply.body["base_url"]) == (200, second_upstream.base_url)
     assert second_upstream.calls("/v1/chat/completions")[0].headers["Authorization"] == f"Bearer {OTHER_KEY}"
     # Re-sealed for the new origin: the index opens it and serves from the new upstream.
-    index = api.app[appkeys.key_index]
+    index = api.app[KEY_INDEX]
     await index.reload()
     served = index.get(key_id)
     assert served is not None and (served.base_url, served.api_key) == (second_upstream.base_url, OTHER_KEY)
@@ -419,7 +423,7 @@ async def test_names_are_unique_per_owner(api: Api, fake_upstream: FakeUpstream)
 
 async def test_cooling_and_a_disabled_key_resumed_after_a_passing_test(api: Api, fake_upstream: FakeUpstream) -> None:
     key_id = (await api.add(fake_upstream)).body["id"]
-    balancer = api.app[appkeys.balancer]
+    balancer = api.app[BALANCER]
     await balancer.cool_down(key_id, 30)
     [item] = await api.keys()
     assert item["status"] == "cooling"

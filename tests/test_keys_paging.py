@@ -10,7 +10,7 @@ import uuid
 
 import asyncpg
 
-from gateway import appkeys
+from gateway.relay.balancer import BALANCER
 from gateway.store import keypages, users
 
 from . import test_keys_api, test_pages
@@ -155,7 +155,7 @@ async def test_live_state_reads_only_the_page(api: Api, pool: asyncpg.Pool) -> N
     await bulk_keys(pool, api.people.alice.id, 5)
     reply = await api.call("GET", "/api/shared-keys", params={"limit": "2"})
     first, second = (k["id"] for k in reply.body["keys"])
-    balancer = api.app[appkeys.balancer]
+    balancer = api.app[BALANCER]
     await balancer.cool_down(second, 60)
     assert set(await balancer.cooling([first, second, str(uuid.uuid4())])) == {second}
     assert await balancer.cooling([]) == {}

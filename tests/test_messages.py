@@ -11,7 +11,7 @@ import anthropic
 import asyncpg
 import pytest
 
-from gateway import appkeys
+from gateway.relay.keyindex import KEY_INDEX
 
 from .fake_upstream import Failure, FakeUpstream
 from .gateways import DONOR_KEY, Gateway
@@ -30,7 +30,7 @@ async def add(gw: Gateway, up: FakeUpstream, api_format: str, name: str = "k1") 
     key_id = await gw.add_key(up, api_key=DONOR_KEY, models=[MODEL, "gpt-4o-mini"], name=name)
     async with gw.pool.acquire() as conn:
         await conn.execute("UPDATE shared_keys SET api_format = $2 WHERE id = $1::uuid", key_id, api_format)
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     return key_id
 
 
@@ -213,7 +213,7 @@ async def test_count_tokens_asks_an_anthropic_key_else_estimates(gw: Gateway, up
     assert estimated.input_tokens == 100 + 4 and upstream.calls("/v1/messages/count_tokens") == []
     async with gw.pool.acquire() as conn:
         await conn.execute("UPDATE shared_keys SET api_format = 'anthropic'")
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     asked = await claude(gw).messages.count_tokens(**body)
     assert asked.input_tokens == 42 and len(upstream.calls("/v1/messages/count_tokens")) == 1
     [row] = await rows(gw)
@@ -274,3 +274,20 @@ async def test_a_body_an_openai_key_cannot_carry_is_a_clear_400(gw: Gateway, ups
     assert upstream.requests == []
     [row] = await rows(gw)
     assert row["status"] == "upstream_error" and not row["committed"]
+
+
+@pytest.mark.parametrize("api_format", ["anthropic", "openai"])
+async def test_a_streamed_answer_stores_the_same_usage_as_a_non_streamed_one(
+    gw: Gateway, fake_upstream: FakeUpstream, api_format: str
+) -> None:
+    """No cache tokens is NULL in both (the stream used to store 0 where the answer stored NULL)."""
+    await add(gw, fake_upstream, api_format)
+    sdk = claude(gw)
+    await sdk.messages.create(model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    async with sdk.messages.stream(
+        model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        await stream.get_final_message()
+    whole, streamed = await gw.logs()
+    columns = ("prompt_tokens", "cache_read_tokens", "cache_creation_tokens", "usage_estimated")
+    assert [whole[c] for c in columns] == [streamed[c] for c in columns]

@@ -13,9 +13,10 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.relay.balancer import BALANCER
+from gateway.relay.keyindex import KEY_INDEX
 
 from .fake_upstream import FakeUpstream
 from .seed import add_key, user_with_token
@@ -106,7 +107,7 @@ async def test_metrics_name_and_count_what_happened(
     assert value(after, "sharekey_usage_spool_depth") == 0
 
     # A cooling key shows as such (the balancer's Redis state, as its owner sees it).
-    await app[appkeys.balancer].cool_down(app[appkeys.key_index].pooled("gpt-4o-mini")[0].id, 60)
+    await app[BALANCER].cool_down(app[KEY_INDEX].pooled("gpt-4o-mini")[0].id, 60)
     cooled, _ = await scrape(client.get, "/metrics")
     assert value(cooled, "sharekey_keys", state="cooling") == 1 and value(cooled, "sharekey_keys", state="active") == 1
 

@@ -12,10 +12,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.net.events import BUS
 from gateway.relay.call import rename_model
+from gateway.relay.keyindex import KEY_INDEX
 
 from .fake_upstream import FakeUpstream
 from .gateways import Gateway, gateway_config
@@ -105,8 +106,8 @@ async def test_admins_set_aliases_for_every_process(
         admin_token, _ = await tokens.create(conn, admin.id, "t")
     fake_upstream.models = ["gpt-4o-2024-08-06"]
     await one.add_key(fake_upstream, models=["gpt-4o-2024-08-06"])
-    await two.app[appkeys.key_index].reload()
-    await asyncio.wait_for(two.app[appkeys.bus].subscribed.wait(), 5)
+    await two.app[KEY_INDEX].reload()
+    await asyncio.wait_for(two.app[BUS].subscribed.wait(), 5)
 
     put = {"aliases": {"gpt-4o": ["gpt-4o-2024-08-06"]}}
     refused = await one.client.put("/api/models/aliases", json=put, headers={"Authorization": f"Bearer {one.token}"})
@@ -119,7 +120,7 @@ async def test_admins_set_aliases_for_every_process(
     assert ok.status == 200 and (await ok.json())["aliases"] == {"gpt-4o": ["gpt-4o-2024-08-06"]}
     assert (await one.post("/v1/chat/completions", {"model": "gpt-4o", **CHAT})).status == 200
     for _ in range(20):  # the other process, through the event
-        if "gpt-4o" in two.app[appkeys.key_index].models():
+        if "gpt-4o" in two.app[KEY_INDEX].models():
             break
         await asyncio.sleep(0.05)
     assert (await two.post("/v1/chat/completions", {"model": "gpt-4o", **CHAT})).status == 200

@@ -24,9 +24,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.usage import USAGE
 
 from .clirun import clean_env, sharekey
 from .conftest import TEST_SECRET
@@ -219,7 +220,7 @@ async def test_the_gateway_serves_and_logs_through_pgbouncer_in_transaction_mode
         await add_key(pool, config, donor, fake_upstream.base_url)
     app = create_app(gateway_config(config))
     client = await aiohttp_client(app)
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     headers = {"Authorization": f"Bearer {token}"}
     for i in range(3):
         resp = await client.post(
@@ -228,7 +229,7 @@ async def test_the_gateway_serves_and_logs_through_pgbouncer_in_transaction_mode
             headers=headers,
         )
         assert resp.status == 200, await resp.text()
-    assert await app[appkeys.usage].flush_once()
+    assert await app[USAGE].flush_once()
     conn = await asyncpg.connect(b.direct_url)
     try:
         rows = await conn.fetch("SELECT status, committed FROM key_usage_logs")

@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.net.events import BUS
 from gateway.relay import prices, usage
-from gateway.relay.prices import Price, Prices, cost
+from gateway.relay.prices import PRICES, Price, Prices, cost
 from gateway.relay.usage import UsageRecord, UsageStatus
 from gateway.store import tokens, users
 
@@ -147,8 +147,8 @@ async def test_a_price_override_reaches_every_process_within_a_second(
     async with pool.acquire() as conn:
         admin = await users.add_user(conn, "root", admin=True)
         admin_token, _ = await tokens.create(conn, admin.id, "t")
-    await asyncio.wait_for(two_app[appkeys.bus].subscribed.wait(), 5)
-    assert two_app[appkeys.prices].get("gpt-4o").source == "library"  # type: ignore[union-attr]
+    await asyncio.wait_for(two_app[BUS].subscribed.wait(), 5)
+    assert two_app[PRICES].get("gpt-4o").source == "library"  # type: ignore[union-attr]
 
     put = {"prices": {"gpt-4o": {"input": 100, "output": 1000}}}
     refused = await one.put("/api/prices", json=put, headers={"Authorization": f"Bearer {token}"})
@@ -164,7 +164,7 @@ async def test_a_price_override_reaches_every_process_within_a_second(
     assert ok.status == 200
     body = await ok.json()
     assert body["prices"]["gpt-4o"] == {"input": 100.0, "output": 1000.0, "cache_read": None, "cache_write": None}
-    while two_app[appkeys.prices].get("gpt-4o").source != "admin":  # type: ignore[union-attr]
+    while two_app[PRICES].get("gpt-4o").source != "admin":  # type: ignore[union-attr]
         assert time.monotonic() - t0 < 1.0, "the other process has the price within a second"
         await asyncio.sleep(0.02)
 

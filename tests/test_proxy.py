@@ -12,10 +12,10 @@ import openai
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.relay.balancer import Candidate, UserLimits
+from gateway.relay.balancer import BALANCER, Candidate, UserLimits
+from gateway.relay.keyindex import KEY_INDEX
 from gateway.store.users import User
 
 from .fake_upstream import Failure, FakeUpstream
@@ -157,7 +157,7 @@ async def test_bad_requests(gw: Gateway, fake_upstream: FakeUpstream, body: Any,
     error = (await resp.json())["error"]
     assert error["code"] == code and error["message"] and error["type"]
     assert fake_upstream.requests == []
-    assert await gw.app[appkeys.balancer].usage_today() == {}
+    assert await gw.app[BALANCER].usage_today() == {}
 
 
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer shk_garbled", "Basic abc", "Bearer shk_" + "A" * 38])
@@ -186,7 +186,7 @@ async def test_sdk_raises_the_right_errors(gw: Gateway, fake_upstream: FakeUpstr
 
 
 async def reserve(gw: Gateway, key_id: str) -> None:
-    pick = await gw.app[appkeys.balancer].pick(
+    pick = await gw.app[BALANCER].pick(
         [Candidate(key_id, 1000)],
         user_id="x",
         limits=UserLimits(0, 0, 0),
@@ -229,11 +229,11 @@ async def test_failover_to_another_key(
     assert len(second_upstream.requests) == 1
 
     await gw.flush()
-    cooling = await gw.app[appkeys.balancer].cooling()
+    cooling = await gw.app[BALANCER].cooling()
     row = await gw.key_row(bad)
     if state == "disabled":
         assert row["status"] == "disabled" and "rejected the key" in row["status_reason"]
-        assert gw.app[appkeys.key_index].get(bad) is None or True  # reload is asynchronous
+        assert gw.app[KEY_INDEX].get(bad) is None or True  # reload is asynchronous
         assert bad in cooling
     elif state == "cooling":
         assert row["status"] == "cooling" and 100 < cooling[bad] <= 120
@@ -242,7 +242,7 @@ async def test_failover_to_another_key(
         assert bad not in cooling, "one failure does not cool a key"
     rows = await gw.logs()
     assert [(r["attempt"], r["committed"]) for r in rows] == [(1, False), (2, True)]
-    assert (await gw.app[appkeys.balancer].usage_today()).get(bad, 0) == 0, "the failed reservation is given back"
+    assert (await gw.app[BALANCER].usage_today()).get(bad, 0) == 0, "the failed reservation is given back"
 
 
 async def test_all_attempts_fail_is_502_without_retrying_a_key(
@@ -271,7 +271,7 @@ async def test_caller_errors_are_relayed_and_do_not_hurt_the_key(gw: Gateway, fa
     assert body["error"]["code"] == "bad" and "bad messages" in body["error"]["message"]
     assert DONOR_KEY not in json.dumps(body)
     assert len(fake_upstream.requests) == 1
-    assert await gw.app[appkeys.balancer].cooling() == {}
+    assert await gw.app[BALANCER].cooling() == {}
     row = await gw.key_row(key)
     assert row["status"] == "active"
     [log_row] = await gw.logs()
@@ -312,7 +312,7 @@ async def test_daily_limits_hold_exactly_under_concurrency(gw: Gateway, fake_ups
 
     statuses = await asyncio.gather(*[one() for _ in range(300)])
     assert statuses.count(200) == 150 and statuses.count(429) == 150
-    usage = await gw.app[appkeys.balancer].usage_today()
+    usage = await gw.app[BALANCER].usage_today()
     assert sorted(usage.values()) == [50, 50, 50]
     resp = await gw.post("/v1/chat/completions", body)
     assert resp.status == 429
@@ -328,7 +328,7 @@ async def test_user_limits(
     client = await aiohttp_client(app)
     donor, token = await user_with_token(pool, "donor")
     await add_key(pool, config, donor, fake_upstream.base_url)
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     headers = {"Authorization": f"Bearer {token}"}
     statuses = []
     for _ in range(4):
@@ -402,7 +402,7 @@ async def test_private_fallback_only_for_its_owner(
     await add_key(
         gw.pool, gw.config, caller, second_upstream.base_url, name="mine", private=True, models=["gpt-4o-mini"]
     )
-    await gw.app[appkeys.key_index].reload()
+    await gw.app[KEY_INDEX].reload()
     resp = await gw.post("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": []})
     assert resp.status == 200 and "second upstream" in await resp.text()
     models = await (await gw.client.get("/v1/models", headers={"Authorization": f"Bearer {gw.token}"})).json()
@@ -417,7 +417,7 @@ async def test_yesterdays_counts_do_not_limit_today(gw: Gateway, fake_upstream: 
     await gw.add_key(fake_upstream, daily_limit=2)
     body = {"model": "gpt-4o-mini", "messages": []}
     assert [(await gw.post("/v1/chat/completions", body)).status for _ in range(3)] == [200, 200, 429]
-    gw.app[appkeys.balancer]._offset_ms = 86_400_000  # the next day, by the balancer's clock
+    gw.app[BALANCER]._offset_ms = 86_400_000  # the next day, by the balancer's clock
     assert [(await gw.post("/v1/chat/completions", body)).status for _ in range(3)] == [200, 200, 429]
     rows = await gw.logs()
     assert len({r["request_id"] for r in rows}) == 4
@@ -431,7 +431,7 @@ async def test_daily_limit_by_trust_level(
     client = await aiohttp_client(app)
     donor, _ = await user_with_token(pool, "donor")
     await add_key(pool, config, donor, fake_upstream.base_url)
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     body = {"model": "gpt-4o-mini", "messages": []}
     for level, allowed in ((0, 1), (1, 2), (3, 2)):  # beyond the list: its last entry
         _, token = await user_with_token(pool, f"member{level}", trust_level=level)
@@ -448,7 +448,7 @@ async def test_concurrent_stream_limit_and_its_release(
     client = await aiohttp_client(app)
     donor, token = await user_with_token(pool, "donor")
     await add_key(pool, config, donor, fake_upstream.base_url)
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     fake_upstream.chunks, fake_upstream.chunk_delay = 5, 0.1
     headers = {"Authorization": f"Bearer {token}"}
     body = {"model": "gpt-4o-mini", "messages": [], "stream": True}

@@ -21,6 +21,8 @@ from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.net import redisnames
 from gateway.ops.keychecks import HealthChecks
+from gateway.relay.balancer import BALANCER
+from gateway.relay.keystate import KEY_STATES
 
 from .fake_upstream import FakeUpstream
 from .gateways import Gateway, gateway_config
@@ -106,8 +108,8 @@ async def proxied(
 
 async def untouched(gw: Gateway) -> None:
     """Every key as it was: not cooling, `active`, no reason or error, no failure counted."""
-    await gw.app[appkeys.key_states].wait()
-    assert await gw.app[appkeys.balancer].cooling() == {}
+    await gw.app[KEY_STATES].wait()
+    assert await gw.app[BALANCER].cooling() == {}
     async with gw.pool.acquire() as conn:
         rows = await conn.fetch("SELECT status, status_reason, last_error, last_error_at FROM shared_keys")
     assert rows and [tuple(r) for r in rows] == [("active", None, None, None)] * len(rows)

@@ -23,7 +23,7 @@ from gateway.app import create_app
 from gateway.net import redisclient
 from gateway.net.redisline import ScriptLine
 from gateway.relay import balancer
-from gateway.relay.balancer import Balancer, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER, Balancer, Candidate, UserLimits
 
 from .redis_servers import RedisServer, make_certs
 
@@ -91,7 +91,7 @@ async def test_readyz_follows_the_line_the_requests_use(
     client = await aiohttp_client(create_app(tls_config))
     resp = await client.get("/readyz")
     assert (resp.status, (await resp.json())["redis"]) == (200, "ok")
-    b = client.app[appkeys.balancer]
+    b = client.app[BALANCER]
     p = await b.pick([Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r1", stream=False)
     assert (p.outcome, p.used_today) == ("ok", 1)
     await client.close()
@@ -108,7 +108,7 @@ async def test_readyz_follows_the_line_the_requests_use(
     assert (resp.status, (await resp.json())["redis"]) == (503, "down")
     assert time.monotonic() - start < 1.5
     with pytest.raises(rexc.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
-        await client.app[appkeys.balancer].pick(
+        await client.app[BALANCER].pick(
             [Candidate("k1", 5)], user_id="u1", limits=NO_LIMITS, request_id="r2", stream=False
         )
 

@@ -22,6 +22,8 @@ import redis.asyncio as aioredis
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.relay.balancer import BALANCER
+from gateway.relay.keyindex import KEY_INDEX
 
 from .fake_upstream import FakeUpstream
 from .gateways import gateway_config
@@ -112,7 +114,7 @@ async def _gateway(config: config_mod.Config, pool: asyncpg.Pool, upstream: Fake
     await add_key(pool, config, donor, upstream.base_url, daily_limit=1_000_000)
     app = create_app(gateway_config(config))
     client = await aiohttp_client(app)
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     client.headers_ = {"Authorization": f"Bearer {token}"}
     return client
 
@@ -125,7 +127,7 @@ async def _call(client: Any) -> tuple[int, float]:
 
 
 async def _used_today(client: Any) -> int:
-    used = await client.app[appkeys.balancer].usage_today()
+    used = await client.app[BALANCER].usage_today()
     return sum(used.values())
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.net import redisnames
+from gateway.relay.keyindex import KEY_INDEX
 from gateway.store.crypto import KeyRing
 
 from .clirun import sharekey
@@ -122,7 +122,7 @@ async def test_a_serving_gateway_keeps_every_key_and_stops_a_rotation_it_could_n
     serving = config.replace("security", key_encryption_secret=NEW, old_key_encryption_secrets=(OLD,))
     app = create_app(serving.replace("limits", user_daily_requests=0, user_requests_per_minute=0))
     client = await aiohttp_client(app)
-    assert len(app[appkeys.key_index].snapshot.by_id) == 12, "the unopenable key is left out"
+    assert len(app[KEY_INDEX].snapshot.by_id) == 12, "the unopenable key is left out"
     me = f"{socket.gethostname()}:{os.getpid()}".encode()
     for _ in range(100):  # this process announces its ring (current first) as soon as it serves
         if me in (ring := await redis.hgetall(redisnames.keyrings(redis_prefix))):
@@ -151,8 +151,8 @@ async def test_a_serving_gateway_keeps_every_key_and_stops_a_rotation_it_could_n
     )
     assert result.out.startswith("re-encrypted 12 key(s); 12 of 13")
     assert len(statuses) > 10 and set(statuses) == {200}
-    await app[appkeys.key_index].reload()
-    index = app[appkeys.key_index].snapshot.by_id
+    await app[KEY_INDEX].reload()
+    index = app[KEY_INDEX].snapshot.by_id
     assert sorted(k.api_key for k in index.values()) == [f"sk-donor-{i:012d}" for i in range(12)]
     async with pool.acquire() as conn:
         stale = await conn.fetchval("SELECT key_version FROM shared_keys WHERE id = $1", uuid.UUID(lost.id))

@@ -17,10 +17,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.inbound import BODY_BUDGET
 from gateway.ops.server import LINGER, make_runner
+from gateway.relay.keyindex import KEY_INDEX
 
 from .fake_upstream import FakeUpstream
 from .gateways import gateway_config
@@ -49,7 +50,7 @@ async def served(config: config_mod.Config, pool: asyncpg.Pool, fake_upstream: F
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        await app[appkeys.key_index].reload()
+        await app[KEY_INDEX].reload()
         return runner.addresses[0][1], token, app
 
     yield start
@@ -141,7 +142,7 @@ async def test_bodies_in_flight_past_the_budget_get_503_server_busy(served: Serv
         await writer.drain()
         holding.append((reader, writer))
     deadline = time.monotonic() + 2
-    while app[appkeys.body_budget].held < 1000:
+    while app[BODY_BUDGET].held < 1000:
         assert time.monotonic() < deadline, "the first body was never being read"
         await asyncio.sleep(0.01)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -155,7 +156,7 @@ async def test_bodies_in_flight_past_the_budget_get_503_server_busy(served: Serv
         w.close()
     # The budget is given back whatever became of the bodies.
     deadline = time.monotonic() + 3
-    while app[appkeys.body_budget].held:
+    while app[BODY_BUDGET].held:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
 

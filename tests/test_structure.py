@@ -35,3 +35,31 @@ def test_a_missing_data_folder_is_a_clear_error() -> None:
     assert (data_dir("sql") / "0001_init.sql").is_file()
     with pytest.raises(MissingFiles, match="the gateway's nope/ folder is missing"):
         data_dir("nope")
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    """Typing imports included: a circle that hides behind TYPE_CHECKING is one waiting to
+    happen (grimp is import-linter's own graph)."""
+    import grimp
+
+    graph = grimp.build_graph("gateway", exclude_type_checking_imports=False)
+    circles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back is not None:
+                circles.append(" -> ".join((importer, *back)))
+    assert circles == []
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in __import__("grimp").build_graph("gateway").modules if m != "gateway.__main__")
+)
+def test_every_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
+    """As aiohttp's tests/test_circular_imports.py: an import order that only works after some
+    other module was imported first is a bug a reader cannot see."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from gateway import appkeys
+from gateway.relay.usage import USAGE
 from gateway.web import thanks
+from gateway.web.boardcache import BOARD
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site
@@ -78,7 +79,7 @@ async def test_the_board_in_the_browser_is_live(
     board_site: Site, fake_upstream: FakeUpstream, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(thanks, "POLL_SECONDS", 0.5)
-    board_site.app[appkeys.board].ttl = 0.3
+    board_site.app[BOARD].ttl = 0.3
     await seed_board(board_site, fake_upstream)
     _, token = await user_with_token(board_site.pool, "caller")
     errors: list[str] = []
@@ -159,7 +160,7 @@ async def test_the_board_without_javascript_is_a_complete_page(
     await expect(page.locator("svg.chart.capacity")).to_be_visible()
     await shot(page, "home-mobile-dark-nojs.png")
     assert errors == [], errors
-    assert board_site.app[appkeys.usage].depth == 0
+    assert board_site.app[USAGE].depth == 0
     await page.context.close()
 
 

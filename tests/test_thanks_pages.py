@@ -16,10 +16,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import appkeys
 from gateway import config as config_mod
-from gateway.relay.balancer import Candidate, UserLimits
+from gateway.relay.balancer import BALANCER, Candidate, UserLimits
+from gateway.relay.keyindex import KEY_INDEX
 from gateway.store import users
+from gateway.web.boardcache import BOARD
 
 from . import fake_linuxdo
 from .fake_linuxdo import ENGLISH, FakeLinuxDo, Site
@@ -91,22 +92,22 @@ async def seed_board(site: Site, upstream: FakeUpstream) -> dict[str, Any]:
         for days_ago, calls in enumerate(reversed(history)):
             if calls:
                 await credit(app, keys[username][0], today - timedelta(days=days_ago), calls, tokens=850)
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     # Some of today's capacity in use (the balancer's counts), so the capacity chart has something to say.
-    balancer = app[appkeys.balancer]
+    balancer = app[BALANCER]
     for username, used in (("linus", 160), ("mei", 90), ("quiet", 40), ("mallory", 100)):
         key = keys[username][0]
         for _ in range(used):
             await balancer.pick([Candidate(key.id, key.daily_limit)], user_id="seed", limits=UserLimits(0, 0, 0),
                                 request_id=uuid.uuid4().hex, stream=False)  # fmt: skip
-    await app[appkeys.board].refresh()
+    await app[BOARD].refresh()
     return {"keys": keys, "today": today}
 
 
 def date_today(site: Site) -> Any:
     from datetime import date
 
-    return date.fromisoformat(site.app[appkeys.balancer].today())
+    return date.fromisoformat(site.app[BALANCER].today())
 
 
 async def text(site: Site, path: str, **headers: str) -> str:
@@ -119,7 +120,7 @@ async def test_home_shows_who_serves_the_top_and_the_pool(board_site: Site, fake
     seeded = await seed_board(board_site, fake_upstream)
     linus_key = seeded["keys"]["linus"][0]
     await credit(board_site.app, linus_key, seeded["today"], 1)  # the latest call: Linus'
-    await board_site.app[appkeys.board].refresh()
+    await board_site.app[BOARD].refresh()
     html = await text(board_site, "/")
     assert '<strong class="donor-name">Linus T.</strong> served the latest request. Thank you!' in html
     top = re.findall(r'<span class="top-name">(.*?)</span>\s*<span class="top-calls"><strong>([\d,]+)</strong>', html)
@@ -229,7 +230,7 @@ async def test_a_signed_in_visitor_sees_their_header_and_sets_anonymity_from_key
     assert alice is not None and alice.anonymous
     key = await add_key(board_site.pool, board_site.config, alice, fake_upstream.base_url)
     await credit(board_site.app, key, date_today(board_site), 2)
-    await board_site.app[appkeys.board].refresh()
+    await board_site.app[BOARD].refresh()
     home = await text(board_site, "/")
     assert "An anonymous donor served the latest request." in home
     assert "Alice Example" not in home.split("</header>", 1)[1]  # only in the visitor's own header

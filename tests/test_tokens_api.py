@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import appkeys
 from gateway.app import create_app
+from gateway.net.events import BUS
 from gateway.store import tokens
 from gateway.web import tokens_api
 
@@ -63,7 +63,7 @@ async def test_a_revoked_token_stops_working_on_every_process_within_a_second(si
     body_id = (await (await site.client.get("/api/tokens")).json())["tokens"][0]["id"]
     assert await models(site.client, token) == 200
     assert await models(other, token) == 200  # now cached in the other process
-    await asyncio.wait_for(other.app[appkeys.bus].subscribed.wait(), 5)
+    await asyncio.wait_for(other.app[BUS].subscribed.wait(), 5)
 
     await site.client.delete("/api/tokens", params={"id": body_id}, headers=headers)
     assert await models(site.client, token) == 401  # this process: at once

@@ -11,14 +11,21 @@ import asyncio
 import time
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import httptools
 from multidict import CIMultiDict
 
-if TYPE_CHECKING:
-    from gateway.net.h1 import Pool
+
+class Owner(Protocol):
+    """What a connection asks of the pool that made it (`h1.Pool`)."""
+
+    idle_seconds: float
+
+    def put_back(self, conn: Any) -> None: ...
+    def forget(self, conn: Any) -> None: ...
+
 
 HIGH_WATER = 256 * 1024  # buffered body bytes before we stop reading from the upstream
 DECODE_STEP = 1024 * 1024  # decoded bytes produced per read of a compressed body
@@ -130,7 +137,7 @@ class Response:
 class Connection(asyncio.Protocol):
     """One keep-alive connection and the answer in flight on it."""
 
-    def __init__(self, pool: Pool, origin: tuple[str, str, int]) -> None:
+    def __init__(self, pool: Owner, origin: tuple[str, str, int]) -> None:
         self.pool, self.origin = pool, origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)

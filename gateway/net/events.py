@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
 
 from gateway.errors import REDIS_DOWN
 from gateway.net import redisnames
@@ -81,3 +82,6 @@ async def _safely(awaitable: Awaitable[None]) -> None:
         await awaitable
     except Exception:
         log.exception("event_handler_failed")
+
+
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)

@@ -17,7 +17,7 @@ one client, one SSRF guard and one egress proxy serve every upstream call.
   to keep alive, within its `Keep-Alive: timeout` and our `idle_seconds`. A request on a reused
   connection that the server had closed meanwhile (no byte of an answer came back) is sent once
   more on a fresh connection, as HTTP libraries do: that is not the key's failure.
-* Connecting resolves the name, keeps the addresses the SSRF guard allows (`upstream.AddressGuard`
+* Connecting resolves the name, keeps the addresses the SSRF guard allows (`ssrf.AddressGuard`
   checks every sockaddr before a socket exists for it) and races them with Happy Eyeballs
   (RFC 8305, `aiohappyeyeballs`). With an egress proxy (`upstream.proxy_url`) the proxy is asked
   for a tunnel to the checked address itself, never to the name, and TLS runs through it.
@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 import aiohappyeyeballs
+from aiohttp import web
 from yarl import URL
 
 from gateway import metrics
@@ -54,7 +55,7 @@ from gateway.net.connection import (  # noqa: F401 - the client's public errors 
     UpstreamClosed,
     UpstreamTimeout,
 )
-from gateway.net.upstream import AddressGuard, GuardedResolver, RefusedAddress
+from gateway.net.ssrf import AddressGuard, GuardedResolver, RefusedAddress
 
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended "connection attempt delay"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -251,3 +252,6 @@ def create_pool(config: Any) -> Pool:
         connect_timeout=up.connect_timeout,
         proxy_url=up.proxy_url,
     )
+
+
+UPSTREAM_POOL: web.AppKey[Pool] = web.AppKey("upstream_pool", Pool)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -208,3 +211,58 @@ def _public(ip: IPAddress) -> bool:
         or ip.is_reserved
         or not ip.is_global
     )
+
+
+# --- at connect time: every address the resolver gives and every socket's ----------------------
+
+
+class RefusedAddress(OSError):
+    """Raised while connecting for an address the SSRF policy refuses (never shown to callers)."""
+
+    MARK = "address refused by policy"
+
+    def __init__(self) -> None:
+        super().__init__(self.MARK)
+
+
+class AddressGuard:
+    """Applies `address_allowed` to resolver answers and to the sockaddr of every connect."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def allowed(self, host: str, scope_id: int = 0) -> bool:
+        try:
+            ip = ipaddress.ip_address(host if not scope_id else f"{host.partition('%')[0]}%{scope_id}")
+        except ValueError:
+            return False  # not an address we can judge: fail closed
+        return address_allowed(ip, allow_private=self.allow_private)
+
+    def socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise RefusedAddress()
+        scope_id = sockaddr[3] if family == socket.AF_INET6 and len(sockaddr) > 3 else 0
+        if not self.allowed(sockaddr[0], scope_id):
+            raise RefusedAddress()
+        return socket.socket(family=family, type=type_, proto=proto)
+
+
+class GuardedResolver(AbstractResolver):
+    """The default resolver, minus the addresses the guard refuses; nothing left is a failure."""
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if self._guard.allowed(r["host"])]
+        if not allowed:
+            raise RefusedAddress()
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()

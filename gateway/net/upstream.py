@@ -25,24 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import ipaddress
 import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from gateway.net import ssrf, tunnel
-
-if TYPE_CHECKING:
-    from gateway.net.h1 import Pool, Response
+from gateway.net import tunnel
+from gateway.net.connection import AnswerTooLarge, StaleConnection, UnsupportedEncoding, UpstreamClosed
+from gateway.net.h1 import Pool, Response, header_lines
+from gateway.net.ssrf import RefusedAddress
 
 try:
     VERSION = importlib.metadata.version("sharekey")
@@ -76,58 +73,6 @@ class UpstreamError(Exception):
         self.message = message
 
 
-class RefusedAddress(OSError):
-    """Raised while connecting for an address the SSRF policy refuses (never shown to callers)."""
-
-    MARK = "address refused by policy"
-
-    def __init__(self) -> None:
-        super().__init__(self.MARK)
-
-
-class AddressGuard:
-    """Applies `ssrf.address_allowed` to resolver answers and to the sockaddr of every connect."""
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self.allow_private = allow_private
-
-    def allowed(self, host: str, scope_id: int = 0) -> bool:
-        try:
-            ip = ipaddress.ip_address(host if not scope_id else f"{host.partition('%')[0]}%{scope_id}")
-        except ValueError:
-            return False  # not an address we can judge: fail closed
-        return ssrf.address_allowed(ip, allow_private=self.allow_private)
-
-    def socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            raise RefusedAddress()
-        scope_id = sockaddr[3] if family == socket.AF_INET6 and len(sockaddr) > 3 else 0
-        if not self.allowed(sockaddr[0], scope_id):
-            raise RefusedAddress()
-        return socket.socket(family=family, type=type_, proto=proto)
-
-
-class GuardedResolver(AbstractResolver):
-    """The default resolver, minus the addresses the guard refuses; nothing left is a failure."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self._guard.allowed(r["host"])]
-        if not allowed:
-            raise RefusedAddress()
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def upstream_headers(api_key: str, *, accept: str | None, api_format: str = "openai") -> dict[str, str]:
     """The complete set of request headers sent upstream; nothing from the caller is added (the
     Anthropic route adds the caller's `anthropic-version` and `anthropic-beta`, checked)."""
@@ -145,7 +90,6 @@ def map_errors() -> Iterator[None]:
     `h1.AnswerTooLarge` passes through unchanged: whether a large answer is a failure, and
     whose, is the caller's to say. Wrap only upstream I/O with it.
     """
-    from gateway.net.h1 import AnswerTooLarge, UpstreamClosed  # h1 imports this module
 
     try:
         yield
@@ -183,7 +127,6 @@ def _connect_cause(exc: OSError) -> str:
 
 
 def _broken_cause(exc: BaseException) -> str:
-    from gateway.net.h1 import StaleConnection, UnsupportedEncoding
 
     match exc:
         case UnsupportedEncoding():
@@ -215,7 +158,6 @@ async def request(
     `asyncio.timeout`. On exit the connection goes back to the pool if the answer was read to
     its end, and is closed otherwise (an error mid-body included).
     """
-    from gateway.net.h1 import header_lines
 
     headers = upstream_headers(api_key, accept=accept, api_format=api_format)
     if api_format == "anthropic":

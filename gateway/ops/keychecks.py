@@ -21,9 +21,11 @@ from aiohttp import web
 from gateway import appkeys, metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
+from gateway.net.h1 import UPSTREAM_POOL
 from gateway.net.keytest import Probe, ProbeResult, probe
+from gateway.relay.balancer import BALANCER
 from gateway.store import modelnames
-from gateway.store.crypto import SealError
+from gateway.store.crypto import KEYRING, SealError
 from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
 
 log = structlog.get_logger(__name__)
@@ -72,7 +74,7 @@ class HealthChecks:
 
     async def run(self) -> dict[str, int]:
         app = self._app
-        client, balancer = app[appkeys.redis], app[appkeys.balancer]
+        client, balancer = app[appkeys.redis], app[BALANCER]
         async with app[appkeys.pg].acquire(timeout=5) as conn:
             rows = await conn.fetch(SELECT_CHECKED, sorted(REVIVABLE))
         now_ms = await redis_now_ms(client)
@@ -103,7 +105,7 @@ class HealthChecks:
     async def _check(self, row: asyncpg.Record, fails: int, now_ms: int) -> str:
         app, key_id = self._app, row["id"]
         try:
-            api_key = app[appkeys.keyring].open(
+            api_key = app[KEYRING].open(
                 row["api_key_encrypted"], key_id=key_id, owner_id=row["user_id"], base_url=row["base_url"]
             )
         except SealError as e:
@@ -111,7 +113,7 @@ class HealthChecks:
             metrics.health_checked("unsealable")
             return "unsealable"
         found = await probe(
-            app[appkeys.upstream_pool],
+            app[UPSTREAM_POOL],
             row["base_url"],
             api_key,
             modelnames.split((row["available_models"] or [""])[0])[1],
@@ -130,7 +132,7 @@ class HealthChecks:
 
     async def _apply(self, row: asyncpg.Record, found: Probe, fails: int, now_ms: int) -> None:
         app, key_id = self._app, row["id"]
-        client, balancer = app[appkeys.redis], app[appkeys.balancer]
+        client, balancer = app[appkeys.redis], app[BALANCER]
         was, reason, was_by = KeyStatus(row["status"]), row["status_reason"], row["disabled_by"]
         new_by: DisabledBy | None = None
         if found.result == ProbeResult.OK:

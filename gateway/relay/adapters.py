@@ -127,8 +127,13 @@ class _Base:
         u = self.usage
         if u is None:
             return None
+        # As a non-stream answer's (plan._usage): no cache tokens is NULL, not 0.
         return sse.Usage(
-            u.prompt_tokens, u.output_tokens, u.cache_read_tokens, u.cache_creation_tokens, self.tool_calls
+            u.prompt_tokens,
+            u.output_tokens,
+            u.cache_read_tokens or None,
+            u.cache_creation_tokens or None,
+            self.tool_calls,
         )
 
     def _upstream_error(self) -> bytes:

@@ -19,11 +19,13 @@ from aiohttp import web
 from gateway import appkeys, metrics
 from gateway.errors import REDIS_DOWN, anthropic_body
 from gateway.log import scrub, send
-from gateway.net import h1, tunnel, upstream
+from gateway.net import h1, ssrf, tunnel
+from gateway.net.h1 import UPSTREAM_POOL
 from gateway.relay import plan, sse, translate
-from gateway.relay.balancer import Pick
+from gateway.relay.balancer import BALANCER, Pick
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
-from gateway.relay.keyindex import PoolKey
+from gateway.relay.keyindex import KEY_INDEX, PoolKey
+from gateway.relay.keystate import KEY_STATES
 from gateway.relay.stream import relay
 from gateway.relay.usage import UsageStatus
 from gateway.store.sharedkeys import DisabledBy
@@ -45,10 +47,10 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     within `idle_timeout`. Every wait on the upstream carries its deadline (see `h1`)."""
     app = call.request.app
     cfg = app[appkeys.config].upstream
-    pool = app[appkeys.upstream_pool]
+    pool = app[UPSTREAM_POOL]
     record = Recorder(call, key, pick)
     try:
-        record.upstream_model = app[appkeys.key_index].upstream_model(call.model, key)
+        record.upstream_model = app[KEY_INDEX].upstream_model(call.model, key)
         route = plan.plan(call, key, record.upstream_model)
     except translate.TranslationError as e:
         call.untranslatable = str(e)
@@ -99,7 +101,7 @@ def connect_failure(e: aiohttp.ClientError | OSError, key: PoolKey) -> Failure:
         return Failure(FailureKind.PROXY_UNREACHABLE, detail=str(e))
     if isinstance(e, tunnel.ProxyError):
         return Failure(FailureKind.PROXY_REFUSED, detail=str(e))
-    if isinstance(e, upstream.RefusedAddress):
+    if isinstance(e, ssrf.RefusedAddress):
         return Failure(FailureKind.UNREACHABLE, detail="refused_address")
     return Failure(FailureKind.UNREACHABLE, detail=scrub(f"{type(e).__name__}: {e}", secrets=key_secrets(key)))
 
@@ -185,8 +187,8 @@ async def finish_json(
 
 async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> None:
     """Put the key in the state its failure calls for (Redis now, PostgreSQL in the background)."""
-    balancer = app[appkeys.balancer]
-    states = app[appkeys.key_states]
+    balancer = app[BALANCER]
+    states = app[KEY_STATES]
     cooldown = app[appkeys.config].balancer.cooldown_seconds
     log.info("attempt_failed", key_id=key.id, kind=failure.kind, http_status=failure.http_status, detail=failure.detail)
     if failure.kind in NOT_THE_KEYS_FAULT:

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway import appkeys, metrics
+from gateway import metrics
 from gateway.errors import POSTGRES_DOWN, ApiError, LimitReached
 from gateway.log import request_fields
-from gateway.store.tokens import Caller, TooManyLookups
+from gateway.store.tokens import TOKEN_CACHE, Caller, TooManyLookups
 
 TOO_MANY_LOOKUPS = "Too many unknown tokens from this address; check the token and try again later."
 
@@ -53,7 +53,7 @@ async def token_caller(
     if token is None:
         raise refused()
     try:
-        caller = await request.app[appkeys.token_cache].lookup(token, request.remote)
+        caller = await request.app[TOKEN_CACHE].lookup(token, request.remote)
     except TooManyLookups as e:
         retry_after = max(1, math.ceil(e.retry_after))
         raise (limited or _limited)(retry_after) from None

@@ -1,14 +1,12 @@
 """The atomic key balancer: which donated key serves a request, and the Redis state behind it.
 
-Owns `balancer.lua` and every Redis key it touches (`<prefix>:v4:{<prefix>}:counts:<day>`,
-`cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`, per pool
-`pool:<id>`, `avail:<id>`, `resting:<id>`, plus `revived`, `aff:` and `resp:`; the layout and its
-invariants are documented in the script's header). `pick()` is one script call: it enforces the
-caller's fair-use limits, picks the least-used key that is under its daily limit and not cooling,
-and reserves one call on it (`reserve=False`: only chooses it), atomically, so limits hold across
-any number of processes. Affinity is the caller's (see `Affinity`). Its cost does not grow with
-the pool: a `Pool` (kept per model by the key index) goes to Redis as an id and a fingerprint;
-the full list only in `init`, once per pool per day or change.
+Owns `balancer.lua` and every Redis key it touches (schema v4: `counts:<day>`, `cooldown`,
+`probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`, per pool `pool:`,
+`avail:`, `resting:`, and `revived`, `aff:`, `resp:`; layout and invariants in the script's header).
+`pick()` is one script call: the caller's fair-use limits, then the least-used key under its daily
+limit and not cooling, one call reserved on it (`reserve=False`: only chosen), atomically across
+any number of processes. Affinity is the caller's (`Affinity`). Its cost does not grow with the
+pool: a `Pool` (one per model in the key index) goes as an id and a fingerprint, the list only in `init`.
 
 "Today" is the calendar day in the configured time zone at Redis' clock. The client names the
 day and minute keys from its own clock and the script checks that guess against `TIME`; a wrong
@@ -31,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
 
 from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
@@ -396,3 +395,6 @@ class Balancer:
             now, values = await self._read(self._cooldown)
             ends = {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
         return {k: (end - now) / 1000 for k, end in ends.items() if end > now}
+
+
+BALANCER: web.AppKey[Balancer] = web.AppKey("balancer", Balancer)

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.relay import sse
-from gateway.relay.balancer import Pick
+from gateway.relay.balancer import BALANCER, Pick
 from gateway.relay.keyindex import PoolKey
-from gateway.relay.usage import UsageRecord, UsageStatus
+from gateway.relay.usage import USAGE, UsageRecord, UsageStatus
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -213,7 +213,7 @@ class Recorder:
             estimated = True
             prompt, completion = len(call.raw) // 4, chunks
         day = date.fromisoformat(self.pick.day) if self.pick else _today(call)
-        call.request.app[appkeys.usage].add(
+        call.request.app[USAGE].add(
             UsageRecord(
                 request_id=call.request[appkeys.request_id],
                 attempt=call.attempts,
@@ -243,4 +243,4 @@ class Recorder:
 
 
 def _today(call: Call) -> date:
-    return date.fromisoformat(call.request.app[appkeys.balancer].today())
+    return date.fromisoformat(call.request.app[BALANCER].today())

@@ -38,8 +38,10 @@ from gateway.log import request_fields
 from gateway.relay import anthropic_body, features, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
-from gateway.relay.balancer import USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
+from gateway.relay.balancer import BALANCER, USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.overlimit import OVER_LIMIT
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -83,7 +85,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     """Public names and aliases: OpenAI's list shape, or Anthropic's when asked with anthropic-version."""
     await authenticate(request)
-    names = request.app[appkeys.key_index].models()
+    names = request.app[KEY_INDEX].models()
     if "anthropic-version" in request.headers:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": EPOCH} for m in names]
         first, last = (names[0], names[-1]) if names else (None, None)
@@ -112,7 +114,7 @@ def _tokens_unavailable() -> GatewayError:
 async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[str, Any]]:
     """The body, once the head has passed what needs no body: a caller this process saw over the
     per-minute limit this minute is refused before a byte of it is read (see overlimit)."""
-    wait = request.app[appkeys.over_limit].retry_after(caller.user_id)
+    wait = request.app[OVER_LIMIT].retry_after(caller.user_id)
     if wait is not None:
         raise LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=wait)
     raw = await read_body(request)  # within server.body_timeout; over limits.max_body_bytes: 413
@@ -212,7 +214,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         raise
     finally:
         fields = request_fields(request)
-        model = metrics.model_label(request.app[appkeys.key_index], fields.get("model"))
+        model = metrics.model_label(request.app[KEY_INDEX].snapshot.pooled, fields.get("model"))
         metrics.request_done(ROUTES[endpoint], model, status, fields.get("attempts", 0))
 
 
@@ -221,8 +223,8 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     call = await read_call(request, caller, endpoint)
     app = request.app
     config = app[appkeys.config]
-    index = app[appkeys.key_index]
-    balancer = app[appkeys.balancer]
+    index = app[KEY_INDEX]
+    balancer = app[BALANCER]
     keys = index.pooled(call.model, call.endpoint)
     pool = index.pool(call.model, call.endpoint)  # prepared once per key-index snapshot
     fields = request_fields(request)
@@ -345,7 +347,7 @@ def user_refusal(request: web.Request, caller: Caller, pick: Pick, refusal: Gate
     """A refusal for the caller's own limits; one for the per-minute limit is remembered until the
     minute ends, so the caller's next requests are refused before their bodies are read."""
     if pick.outcome == PickOutcome.USER_RPM:
-        request.app[appkeys.over_limit].note(caller.user_id, pick.retry_after)
+        request.app[OVER_LIMIT].note(caller.user_id, pick.retry_after)
     return refusal
 
 

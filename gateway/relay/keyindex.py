@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
+from aiohttp import web
 from yarl import URL
 
 from gateway.errors import POSTGRES_DOWN
@@ -334,3 +335,6 @@ class KeyIndex:
             except POSTGRES_DOWN as e:
                 log.warning("key_index_reload_failed", error=str(e))
                 await asyncio.sleep(1.0)
+
+
+KEY_INDEX: web.AppKey[KeyIndex] = web.AppKey("key_index", KeyIndex)

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
 
 from gateway.net import events
 from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
@@ -88,3 +89,6 @@ class KeyStates:
     async def wait(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+KEY_STATES: web.AppKey[KeyStates] = web.AppKey("key_states", KeyStates)

@@ -25,12 +25,13 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.log import request_fields
 from gateway.net import h1
+from gateway.net.h1 import UPSTREAM_POOL
 from gateway.relay import handlers, plan, translate
 from gateway.relay.anthropic_body import check
 from gateway.relay.attempt import _quietly, connect_failure, failed_status, note_failure
-from gateway.relay.balancer import USER_OUTCOMES, Pick, PickOutcome, Pool
+from gateway.relay.balancer import BALANCER, USER_OUTCOMES, Pick, PickOutcome, Pool
 from gateway.relay.call import Call, Failure, FailureKind, Recorder
-from gateway.relay.keyindex import PoolKey
+from gateway.relay.keyindex import KEY_INDEX, PoolKey
 from gateway.relay.usage import UsageStatus
 
 routes = web.RouteTableDef()
@@ -57,7 +58,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     fields["model"] = model
     call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
     call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
-    pool = request.app[appkeys.key_index].pool(model, COUNT)
+    pool = request.app[KEY_INDEX].pool(model, COUNT)
     try:
         counted = await _count(call, pool) if pool is not None else None
     finally:
@@ -73,7 +74,7 @@ async def _count(call: Call, pool: Pool) -> int | web.Response | None:
     None when no key could serve or every attempt failed."""
     request = call.request
     app = request.app
-    balancer, index = app[appkeys.balancer], app[appkeys.key_index]
+    balancer, index = app[BALANCER], app[KEY_INDEX]
     limits = handlers.user_limits(request, call.caller)
     tried: set[str] = set()
     while call.attempts < app[appkeys.config].balancer.max_attempts and len(tried) < pool.size:
@@ -114,7 +115,7 @@ async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Fai
     refusal of the request itself (relayed), or a Failure. Its usage row is not committed."""
     app = call.request.app
     record = Recorder(call, key, pick)
-    name = record.upstream_model = app[appkeys.key_index].upstream_model(call.model, key)
+    name = record.upstream_model = app[KEY_INDEX].upstream_model(call.model, key)
     body = call.raw if name == call.model else call.renamed(name)
     url = plan.anthropic_url(key.urls[COUNT], call.request)
     deadline = asyncio.get_running_loop().time() + COUNT_TIMEOUT
@@ -122,7 +123,7 @@ async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Fai
     resp: h1.Response | None = None
     try:
         head = key.head[False] + call.anthropic_lines
-        resp = await app[appkeys.upstream_pool].request(url, head, body, deadline=deadline)
+        resp = await app[UPSTREAM_POOL].request(url, head, body, deadline=deadline)
         if resp.status != 200:
             return await failed_status(call, key, resp, record, deadline)
         answer = orjson.loads(await resp.read(MAX_COUNT_ANSWER, deadline))

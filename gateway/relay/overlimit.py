@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import time
 
+from aiohttp import web
+
 MAX = 10_000
 
 
@@ -38,3 +40,6 @@ class OverLimit:
             del self._until[user_id]
             return None
         return math.ceil(left)
+
+
+OVER_LIMIT: web.AppKey[OverLimit] = web.AppKey("over_limit", OverLimit)

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from aiohttp import web
 
 from gateway.errors import POSTGRES_DOWN
 from gateway.store import modelnames
@@ -223,3 +224,6 @@ def unpriced(prices: Prices, models: Sequence[str]) -> str | None:
         if prices.get(name) is None:
             return name
     return None
+
+
+PRICES: web.AppKey[Prices] = web.AppKey("prices", Prices)

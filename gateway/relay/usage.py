@@ -30,6 +30,7 @@ from enum import StrEnum
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
 
 from gateway import metrics
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
@@ -279,7 +280,7 @@ class UsageLog:
                 pass
             self._wake.clear()
             await self.flush_once()
-            metrics.usage_observed(self)
+            metrics.usage_observed(self.depth, self.lag)
 
     async def flush_once(self) -> bool:
         """Write what is buffered, then drain the spool; False when PostgreSQL did not take it.
@@ -367,3 +368,6 @@ class UsageLog:
         while self._buffer:
             if not await self.flush_once():
                 return
+
+
+USAGE: web.AppKey[UsageLog] = web.AppKey("usage", UsageLog)

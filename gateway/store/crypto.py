@@ -18,6 +18,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 
+from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -106,3 +107,6 @@ def mask(api_key: str) -> str:
         return "…"
     head = key[:3] if key[:3].isascii() and key[2] in "-_" else ""
     return f"{head}…{key[-4:]}"
+
+
+KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring", KeyRing)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
+from aiohttp import web
 
 from gateway.errors import POSTGRES_DOWN
 from gateway.store.lookuplimit import LookupLimit
@@ -237,3 +238,6 @@ async def touch_forever(cache: TokenCache) -> None:
             await cache.touch()
         except POSTGRES_DOWN as e:
             log.warning("token_touch_failed", error=str(e))
+
+
+TOKEN_CACHE: web.AppKey[TokenCache] = web.AppKey("token_cache", TokenCache)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, ApiError, invalid
-from gateway.relay.keyindex import load_aliases
+from gateway.relay.keyindex import KEY_INDEX, load_aliases
 from gateway.store import modelnames
 from gateway.store.keyfields import CONTROL, read_object
 from gateway.web.admin_tables import replace_table, require_admin
@@ -49,7 +49,7 @@ async def put_aliases(request: web.Request) -> web.Response:
         table="model_aliases",
         insert="INSERT INTO model_aliases (public_name, targets) VALUES ($1, $2)",
         rows=aliases.items(),
-        reload=app[appkeys.key_index].reload,
+        reload=app[KEY_INDEX].reload,
         event="aliases",
         what="aliases",
     )

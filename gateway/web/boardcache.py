@@ -10,6 +10,7 @@ from datetime import date
 
 import asyncpg
 import structlog
+from aiohttp import web
 
 from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN
@@ -98,3 +99,6 @@ def _retrieve(task: asyncio.Task[Snapshot]) -> None:
     """A refresh nobody awaited any more (its readers went away) must not log 'never retrieved'."""
     if not task.cancelled():
         task.exception()
+
+
+BOARD: web.AppKey[Board] = web.AppKey("board", Board)

@@ -16,12 +16,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from markupsafe import Markup, escape
 
-if TYPE_CHECKING:  # board imports pages, which draws with this module
-    from gateway.web.board import ModelCapacity
+
+class ModelCapacity(Protocol):
+    """A row of the capacity chart (`board.ModelCapacity` is one)."""
+
+    model: str
+    keys: int
+    limit: int
+    used: int
+
+    @property
+    def left(self) -> int: ...
 
 
 def _n(value: float) -> str:

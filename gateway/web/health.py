@@ -15,6 +15,8 @@ import asyncio
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.relay.balancer import BALANCER
+from gateway.web import scrape
 
 routes = web.RouteTableDef()
 CHECK_TIMEOUT = 1.0
@@ -47,7 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics_text(request: web.Request) -> web.Response:
-    body = await metrics.render(request.app)
+    body = await scrape.render(request.app)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -58,7 +60,7 @@ async def _pg(app: web.Application) -> None:
 
 async def _redis(app: web.Application) -> None:
     """Both ways to Redis must work: redis-py's pool, and the balancer's line that every request uses."""
-    await asyncio.gather(app[appkeys.redis].ping(), app[appkeys.balancer].ping())
+    await asyncio.gather(app[appkeys.redis].ping(), app[BALANCER].ping())
 
 
 async def _check(probe: object) -> bool:

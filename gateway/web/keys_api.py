@@ -26,8 +26,10 @@ from gateway.log import request_fields
 from gateway.net import events, upstream
 from gateway.relay import prices
 from gateway.relay.auth import api_limited, token_caller
+from gateway.relay.balancer import BALANCER
+from gateway.relay.prices import PRICES
 from gateway.store import keypages, sharedkeys
-from gateway.store.crypto import SealError
+from gateway.store.crypto import KEYRING, SealError
 from gateway.store.keyfields import (
     EDIT_FIELDS,
     KEY_FIELDS,
@@ -84,7 +86,7 @@ async def with_live_state(app: web.Application, keys: list[SharedKey]) -> list[S
     the usage flusher and never see a cooldown end. Without Redis, the stored values are shown."""
     if not keys:
         return keys
-    balancer = app[appkeys.balancer]
+    balancer = app[BALANCER]
     try:
         ids = [k.id for k in keys]  # only these keys: a page costs its size, not the pool's
         used = await balancer.usage_today(ids)
@@ -131,7 +133,7 @@ async def find(request: web.Request, caller: Caller, key_id: Any) -> SharedKey:
 
 def require_prices(app: web.Application, models: list[str]) -> None:
     """A budget is kept in money: a model of the key without a price would never count toward it."""
-    name = prices.unpriced(app[appkeys.prices], models)
+    name = prices.unpriced(app[PRICES], models)
     if name is not None:
         raise invalid("daily_budget_usd", f"no price is known for the model {name!r}, so a budget cannot be kept")
 
@@ -210,7 +212,7 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     )
     async with app[appkeys.pg].acquire() as conn:
         try:
-            key = await sharedkeys.insert_key(conn, app[appkeys.keyring], new, timezone=config.balancer.timezone)
+            key = await sharedkeys.insert_key(conn, app[KEYRING], new, timezone=config.balancer.timezone)
         except sharedkeys.KeyNameTaken as e:  # a concurrent add with the same name won the race
             raise invalid("name", str(e)) from None
     await announce(app, key.id)
@@ -282,7 +284,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     async with app[appkeys.pg].acquire() as conn:
         try:
             key = await sharedkeys.update_key(
-                conn, app[appkeys.keyring], current.id, current.owner_id, edit, timezone=config.balancer.timezone
+                conn, app[KEYRING], current.id, current.owner_id, edit, timezone=config.balancer.timezone
             )
         except sharedkeys.KeyNameTaken as e:
             raise invalid("name", str(e)) from None
@@ -290,7 +292,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", NOT_FOUND)
     if tested:
         try:
-            await app[appkeys.balancer].clear(key.id)
+            await app[BALANCER].clear(key.id)
         except REDIS_DOWN as e:  # the cooldown then runs out on its own
             log.warning("key_clear_failed", key_id=key.id, error=str(e))
     await announce(app, key.id)
@@ -305,7 +307,7 @@ async def stored_key(app: web.Application, key_id: str) -> str:
     """The sealed key in the clear, to test it again when a disabled key is resumed."""
     async with app[appkeys.pg].acquire() as conn:
         try:
-            text = await sharedkeys.open_key(conn, app[appkeys.keyring], key_id)
+            text = await sharedkeys.open_key(conn, app[KEYRING], key_id)
         except SealError as e:
             log.error("key_unsealable", key_id=key_id, reason=str(e))
             raise invalid("api_key", "the stored key can no longer be read; enter it again") from None
@@ -328,7 +330,7 @@ async def shared_keys_delete(request: web.Request) -> web.Response:
     if not deleted:
         raise ApiError(404, "not_found", NOT_FOUND)
     try:
-        await app[appkeys.balancer].clear(key.id)  # no cooldown entry outlives its key
+        await app[BALANCER].clear(key.id)  # no cooldown entry outlives its key
     except REDIS_DOWN as e:
         log.warning("key_clear_failed", key_id=key.id, error=str(e))
     await announce(app, key.id)

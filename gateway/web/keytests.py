@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.errors import REDIS_DOWN, ApiError
 from gateway.net import keytest, redisnames
+from gateway.net.h1 import UPSTREAM_POOL
 from gateway.net.keytest import KeyTestResult
 from gateway.store import modelnames
 from gateway.store.tokens import Caller
@@ -30,7 +31,7 @@ async def live_test(
     app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
 ) -> KeyTestResult:
     """A test the egress proxy failed judged nothing: 503 `proxy_unavailable`, the key unjudged."""
-    pool, timeout = app[appkeys.upstream_pool], app[appkeys.config].upstream.test_timeout
+    pool, timeout = app[UPSTREAM_POOL], app[appkeys.config].upstream.test_timeout
     names = modelnames.upstream_names(models)
     result = await keytest.test_key(pool, base_url, api_key, names, timeout=timeout, api_format=api_format)
     if result.reason == "proxy_unavailable":

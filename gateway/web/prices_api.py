@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.relay import prices
+from gateway.relay.prices import PRICES
 from gateway.store import modelnames
 from gateway.store.keyfields import CONTROL, read_object
 from gateway.web.admin_tables import replace_table, require_admin
@@ -52,7 +53,7 @@ async def put_prices(request: web.Request) -> web.Response:
         table="model_prices",
         insert="INSERT INTO model_prices (model, input, output, cache_read, cache_write) VALUES ($1, $2, $3, $4, $5)",
         rows=[(m, p.input, p.output, p.cache_read, p.cache_write) for m, p in table.items()],
-        reload=app[appkeys.prices].reload,
+        reload=app[PRICES].reload,
         event="prices",
         what="prices",
     )
@@ -87,7 +88,7 @@ async def _current(app: web.Application, asked: list[str]) -> dict[str, Any]:
         admins = await prices.load(app[appkeys.pg])
     except (*POSTGRES_DOWN, asyncpg.PostgresError):
         raise ApiError(503, "unavailable", "The gateway cannot read prices right now; try again shortly.") from None
-    table = app[appkeys.prices]
+    table = app[PRICES]
     models = asked or sorted({*admins, *table.configured})
     return {
         "prices": {m: _shown(p) for m, p in sorted(admins.items())},

@@ -34,6 +34,7 @@ from gateway.store import users
 from gateway.store.keyfields import read_object
 from gateway.web import charts, i18n, keys_api, pages, sessions
 from gateway.web.board import DEFAULT_PERIOD, PERIODS, BoardUnavailable, Donor, Snapshot, public
+from gateway.web.boardcache import BOARD
 
 routes = web.RouteTableDef()
 
@@ -109,7 +110,7 @@ def limit_of(request: web.Request) -> int:
 
 async def snapshot_of(app: web.Application) -> Snapshot:
     try:
-        return await app[appkeys.board].get()
+        return await app[BOARD].get()
     except BoardUnavailable:
         raise ApiError(503, "service_unavailable", UNAVAILABLE) from None
 
@@ -198,9 +199,9 @@ def live_fragment(request: web.Request, snapshot: Snapshot, template: str, perio
 
 
 async def _page(request: web.Request, template: str, fragment: str, period: str) -> web.Response:
-    visitor = await request.app[appkeys.visitors].get(request)
+    visitor = await request.app[VISITORS].get(request)
     try:
-        snapshot = await request.app[appkeys.board].get()
+        snapshot = await request.app[BOARD].get()
     except BoardUnavailable:
         return pages.render(
             request,
@@ -230,7 +231,7 @@ async def home_page(request: web.Request) -> web.Response:
 async def thanks_page(request: web.Request) -> web.Response:
     period = request.query.get("period", DEFAULT_PERIOD)
     if period not in PERIODS:
-        visitor = await request.app[appkeys.visitors].get(request)
+        visitor = await request.app[VISITORS].get(request)
         context = {"title_key": "error.title", "message_key": "error.bad_period", "values": {}, "retry": False}
         return pages.render(request, "error.html", visitor, context, status=422)
     return await _page(request, "thanks.html", "_thanks_live.html", period)
@@ -259,7 +260,10 @@ async def me_put(request: web.Request) -> web.Response:
         row = await conn.fetchrow(SET_ANONYMOUS, uuid.UUID(caller.user_id), anonymous)
     if row is None:
         raise ApiError(404, "not_found", "No such user.")
-    app[appkeys.board].invalidate()
-    app[appkeys.visitors].forget(caller.user_id)
+    app[BOARD].invalidate()
+    app[VISITORS].forget(caller.user_id)
     await keys_api.announce(app, "")
     return web.json_response({"username": row["username"], "anonymous": row["anonymous"]})
+
+
+VISITORS: web.AppKey[Visitors] = web.AppKey("visitors", Visitors)

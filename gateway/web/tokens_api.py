@@ -28,7 +28,7 @@ from gateway.errors import REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
 from gateway.net import events
 from gateway.store import tokens
-from gateway.store.tokens import Caller
+from gateway.store.tokens import TOKEN_CACHE, Caller
 from gateway.web import sessions
 
 log = structlog.get_logger(__name__)
@@ -170,7 +170,7 @@ async def tokens_delete(request: web.Request) -> web.Response:
         digest = await revoke_token(conn, caller.user_id, request.query.get("id", ""))
     if digest is None:
         raise ApiError(404, "not_found", NOT_FOUND)
-    app[appkeys.token_cache].drop_token(digest.hex())  # this process at once; the others by the event
+    app[TOKEN_CACHE].drop_token(digest.hex())  # this process at once; the others by the event
     try:
         await events.publish(app[appkeys.redis], app[appkeys.config].redis.key_prefix, "token", digest.hex())
     except REDIS_DOWN as e:  # the cache TTL is the safety net; /v1 fails closed without Redis anyway
