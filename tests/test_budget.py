@@ -16,9 +16,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
+from gateway.relay.keyindex import KEY_INDEX
 
 from .clirun import sharekey
 from .fake_upstream import FakeUpstream
@@ -217,7 +217,7 @@ async def test_paid_calls_count_toward_the_budget_and_a_key_past_it_is_no_longer
     await gw.flush()
     key = await gw.key_row(budgeted)
     assert key["spend_today_usd"] >= Decimal("0.06"), "the searches count toward the key's spend"
-    await app[appkeys.key_index].reload()
+    await app[KEY_INDEX].reload()
     before = len(second_upstream.requests)
     for _ in range(4):
         assert (await gw.post("/v1/messages", body)).status == 200
