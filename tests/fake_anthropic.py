@@ -66,9 +66,13 @@ async def messages(up: FakeUpstream, request: web.Request, body: Any, failure: F
             "content": blocks,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {**USAGE, "output_tokens": output},
+            "usage": {**USAGE, "output_tokens": output, **_server_tool_use(up)},
         }
     )
+
+
+def _server_tool_use(up: FakeUpstream) -> dict[str, Any]:
+    return {"server_tool_use": up.server_tool_use} if up.server_tool_use is not None else {}
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -109,7 +113,8 @@ async def _stream(
                     delta = {"type": "input_json_delta", "partial_json": piece}
                     events.append(event("content_block_delta", {"index": i, "delta": delta}))
             events.append(event("content_block_stop", {"index": i}))
-        delta = {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": output}}
+        usage = {"output_tokens": output, **_server_tool_use(up)}  # cumulative, as Anthropic's
+        delta = {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage}
         events += [event("message_delta", delta), event("message_stop", {})]
     try:
         for i, data in enumerate(events):

@@ -53,6 +53,8 @@ class FakeUpstream:
     reject_stream_options: bool = False  # behave like upstreams that 400 on stream_options
     reject_max_tokens: bool = False  # behave like reasoning models: max_completion_tokens only
     call_tools: bool = True  # a user turn offering tools gets a call to the first (False: text, no call)
+    server_tool_use: dict[str, int] | None = None  # Anthropic answers report it in usage ({"web_search_requests": 3})
+    response_items: list[dict[str, Any]] = field(default_factory=list)  # Responses output items before the message
     requests: list[Recorded] = field(default_factory=list)
     disconnects: int = 0  # streams the gateway hung up on before the end
     failures: deque[Failure] = field(default_factory=deque)
@@ -260,25 +262,35 @@ class FakeUpstream:
         body, _, early = await self._begin(request)
         if early:
             return early
-        return web.json_response(
-            {
-                "id": "resp_fake",
-                "object": "response",
-                "created_at": int(time.time()),
-                "status": "completed",
-                "model": body.get("model"),
-                "output": [
-                    {
-                        "type": "message",
-                        "id": "msg_fake",
-                        "status": "completed",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": self.reply, "annotations": []}],
-                    }
-                ],
-                "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12},
-            }
-        )
+        message = {
+            "type": "message",
+            "id": "msg_fake",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": self.reply, "annotations": []}],
+        }
+        response = {
+            "id": "resp_fake",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": body.get("model"),
+            "output": [*self.response_items, message],
+            "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12},
+        }
+        if not body.get("stream"):
+            return web.json_response(response)
+        # Streamed: response.created (no output, no usage yet), text deltas, response.completed.
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        events = [{"type": "response.created", "response": {**response, "status": "in_progress", "output": [],
+                                                            "usage": None}}]  # fmt: skip
+        events += [{"type": "response.output_text.delta", "delta": w} for w in _split(self.reply, self.chunks)]
+        events.append({"type": "response.completed", "response": response})
+        for event in events:
+            await resp.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        await resp.write_eof()
+        return resp
 
 
 def _chat_reply(reply: str, body: dict[str, Any], call_tools: bool = True) -> dict[str, Any]:

@@ -4,6 +4,7 @@ stopping a key across two gateway processes within the stated overshoot."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import time
@@ -16,12 +17,16 @@ import asyncpg
 import pytest
 
 from gateway import config as config_mod
+from gateway.app import create_app
+from gateway.relay.keyindex import KEY_INDEX
 
 from .clirun import sharekey
 from .fake_upstream import FakeUpstream
+from .gateways import Gateway, gateway_config
 from .seed import add_key, user_with_token
 from .test_cluster import env, start, wait_ready  # noqa: F401 (fixtures)
 from .test_keys_api import Api, api, api_config, make_api, people  # noqa: F401 (fixtures)
+from .test_messages import MODEL, add, upstream  # noqa: F401 (fixtures)
 
 # A cheap model price: the fake upstream's replies (9 prompt + 12 completion tokens) cost $0.012.
 PRICE = {"gpt-4o-mini": {"input": 0, "output": 1000}}
@@ -177,3 +182,44 @@ async def test_a_budget_on_a_key_with_an_unpriced_model_is_422_naming_the_model(
     assert priced.status == 201, priced
     grow = await api.call("PUT", "/api/shared-keys", {"id": priced.body["id"], "available_models": models})
     assert grow.status == 422 and "'house-model-x'" in grow.body["error"]["message"]
+
+
+async def test_paid_calls_count_toward_the_budget_and_a_key_past_it_is_no_longer_picked(
+    config: config_mod.Config,
+    pool: asyncpg.Pool,
+    aiohttp_client: Any,
+    upstream: FakeUpstream,  # noqa: F811
+    second_upstream: FakeUpstream,
+) -> None:
+    """Web searches at $0.01 each, three per answer: two answers pass a $0.05 budget (their tokens
+    alone cost $0.000056). From then on only the key without a budget serves."""
+    config = gateway_config(config, max_output_tokens=4096).replace("upstream", allowed_features=("web_search",))
+    price = {"input": 1.0, "output": 2.0, "cache_read": None, "cache_write": None, "web_search_call": 0.01}
+    config = dataclasses.replace(config, prices={MODEL: price})
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    donor, _ = await user_with_token(pool, "donor")
+    _, token = await user_with_token(pool, "caller")
+    gw = Gateway(client, app, token, donor, pool, config)
+    for up in (upstream, second_upstream):
+        up.models, up.call_tools, up.server_tool_use = [MODEL], False, {"web_search_requests": 3}
+    budgeted = await add(gw, upstream, "anthropic", name="budgeted")
+    await add(gw, second_upstream, "anthropic", name="other")
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE shared_keys SET daily_budget_usd = 0.05 WHERE id = $1", uuid.UUID(budgeted))
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 100}
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    for _ in range(10):
+        if len(upstream.requests) == 2:
+            break
+        assert (await gw.post("/v1/messages", body)).status == 200
+    assert len(upstream.requests) == 2
+    await gw.flush()
+    key = await gw.key_row(budgeted)
+    assert key["spend_today_usd"] >= Decimal("0.06"), "the searches count toward the key's spend"
+    await app[KEY_INDEX].reload()
+    before = len(second_upstream.requests)
+    for _ in range(4):
+        assert (await gw.post("/v1/messages", body)).status == 200
+    assert len(upstream.requests) == 2, "the key past its budget is no longer picked"
+    assert len(second_upstream.requests) == before + 4

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import config as config_mod
 from gateway.app import create_app
@@ -249,3 +250,89 @@ async def test_responses_built_in_tool_calls_are_counted(make: Make, serve: Any)
     [row] = await gw.rows()
     assert json.loads(row["server_tool_calls"]) == {"web_search": 2}
     assert float(row["cost_estimate"]) == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "gpt-4o-mini", "input": "hi", "tool\\u0073": [{"type": "web_search"}]}',
+        b'{"model": "gpt-4o-mini", "input": "hi", "service_tie\\u0072": "priority"}',
+        b'{"model": "gpt-4o-mini", "input": "hi", "\\u0062ackground": true}',
+    ],
+    ids=["tools", "service_tier", "background"],
+)
+async def test_a_field_name_written_with_escapes_is_still_seen(
+    make: Make, fake_upstream: FakeUpstream, raw: bytes
+) -> None:
+    """JSON decoders read `"tool\\u0073"` as `tools`, the upstream's as ours: the check must too."""
+    gw = await make(fake_upstream.base_url)
+    resp = await gw.client.post("/v1/responses", data=raw, headers={"Authorization": f"Bearer {gw.token}"})
+    answer = await resp.json()
+    assert resp.status == 400 and answer["error"]["code"] == "feature_not_allowed", answer
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "web_search"}], "tools": []}',
+        b'{"model": "gpt-4o-mini", "input": "hi", "background": true, "background": false}',
+        b'{"model": "gpt-4o-mini", "input": "hi", "service_tier": "priority", "service_tier": "auto"}',
+    ],
+    ids=["tools", "background", "service_tier"],
+)
+async def test_a_feature_field_given_twice_is_refused(make: Make, fake_upstream: FakeUpstream, raw: bytes) -> None:
+    """We read the last of two equal names; an upstream that keeps the first would run the paid one."""
+    gw = await make(fake_upstream.base_url)
+    resp = await gw.client.post("/v1/responses", data=raw, headers={"Authorization": f"Bearer {gw.token}"})
+    answer = await resp.json()
+    assert resp.status == 400 and answer["error"]["code"] == "duplicate_field", answer
+    assert "more than once" in answer["error"]["message"]
+    assert fake_upstream.requests == []
+
+
+# What Claude Code 2.1.332 sends as anthropic-beta for claude-opus-4-1 (the longest list it sends;
+# for the other current models it is a subset), recorded by running `claude -p` against a probe.
+CLAUDE_CODE_OPUS_BETAS = (
+    "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+    "per-turn-control-2026-07-01,mid-conversation-tool-changes-2026-07-01,thinking-token-count-2026-05-13,"
+    "advanced-tool-use-2025-11-20,effort-2025-11-24"
+)
+
+
+async def test_claude_codes_betas_for_every_model_pass_unchanged(make: Make, fake_upstream: FakeUpstream) -> None:
+    gw = await make(fake_upstream.base_url, api_format="anthropic")
+    status, _ = await gw.post("/v1/messages", MSG, {"anthropic-beta": CLAUDE_CODE_OPUS_BETAS})
+    assert status == 200
+    [sent] = fake_upstream.calls("/v1/messages")
+    assert sent.headers["anthropic-beta"] == CLAUDE_CODE_OPUS_BETAS
+
+
+async def test_a_streamed_responses_answer_counts_its_calls_too(make: Make, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.response_items = [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+    ]
+    gw = await make(fake_upstream.base_url, allowed_features=("web_search",))
+    resp = await gw.client.post(
+        "/v1/responses",
+        json={**RESP, "tools": [{"type": "web_search"}], "stream": True},
+        headers={"Authorization": f"Bearer {gw.token}"},
+    )
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    assert text.startswith("event: response.created") and "event: response.completed" in text
+    [row] = await gw.rows()
+    assert json.loads(row["server_tool_calls"]) == {"web_search": 2}
+    assert float(row["cost_estimate"]) == pytest.approx(2 * 0.02)
+
+
+async def test_the_dropped_betas_are_named_in_the_request_log_line(make: Make, fake_upstream: FakeUpstream) -> None:
+    gw = await make(fake_upstream.base_url, api_format="anthropic")
+    beta = "claude-code-20250219,context-1m-2025-08-07,oauth-2025-04-20"
+    with capture_logs() as logs:
+        status, _ = await gw.post("/v1/messages", MSG, {"anthropic-beta": beta})
+    assert status == 200
+    [line] = [e for e in logs if e["event"] == "request"]
+    assert line["betas_dropped"] == "context-1m-2025-08-07,oauth-2025-04-20"
+    assert fake_upstream.calls("/v1/messages")[0].headers["anthropic-beta"] == "claude-code-20250219"

@@ -17,7 +17,7 @@ FEATURES = (
 ANTHROPIC_BETAS = (
     "claude-code-*", "interleaved-thinking-*", "fine-grained-tool-streaming-*", "prompt-caching-*",
     "token-efficient-tools-*", "context-management-*", "mid-conversation-tool-changes-*",
-    "thinking-token-count-*", "advanced-tool-use-*", "effort-*", "output-128k-*",
+    "thinking-token-count-*", "advanced-tool-use-*", "effort-*", "output-128k-*", "per-turn-control-*",
 )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 and counted where it ran, so that it is priced and counts toward budgets (DESIGN "What reaches a
 donor's key").
 
-    check(raw, body, client, allowed)     400 feature_not_allowed naming the field, before any pick
+    check(body, client, allowed)          400 feature_not_allowed naming the field, before any pick
     betas(value, globs) -> (kept, dropped) the anthropic-beta values that may pass
     anthropic_calls(usage) / response_calls(obj) -> {"web_search": 3, …} or None
 
@@ -14,8 +14,11 @@ caller runs itself (functions, custom tools, Anthropic's bash/text editor/comput
 local shell and apply_patch) cost tokens only and always pass; a tool type we do not know is
 refused, since we cannot tell what it costs.
 
-One regex pass over the raw body decides whether to look closer: a body that names none of the
-fields involved (most of them) costs one scan.
+The check reads the body as parsed (`handlers.read_json`): a body without any of `FIELDS` at its
+top (most of them) costs one look at its keys, cheaper than a scan of the raw bytes, and a name
+written with escapes (`"tool\\u0073"`, which the upstream reads as `tools`) is seen as what it is.
+`FIELDS` are also decision fields (`handlers.refuse_duplicates`): given twice, the upstream might
+keep the one we did not check.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from gateway.errors import BadRequest
 
-NAMES = re.compile(rb'"(?:tools|mcp_servers|container|background|service_tier|web_search_options)"')
+FIELDS = frozenset({"tools", "mcp_servers", "container", "background", "service_tier", "web_search_options"})
 
 OPENAI_FREE = frozenset({"function", "custom", "local_shell", "shell", "apply_patch"})
 OPENAI_TOOLS = {
@@ -58,9 +61,9 @@ RESPONSE_ITEMS = {
 }
 
 
-def check(raw: bytes, body: dict[str, Any], client: str, allowed: Sequence[str]) -> None:
+def check(body: dict[str, Any], client: str, allowed: Sequence[str]) -> None:
     """Refuse the first feature the body asks for that the operator has not allowed."""
-    if NAMES.search(raw) is None:
+    if FIELDS.isdisjoint(body):
         return
     for field, value, feature in _features(body, client):
         if feature is None:

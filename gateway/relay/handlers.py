@@ -51,8 +51,8 @@ EPOCH = "1970-01-01T00:00:00Z"  # Anthropic's list wants a date; the pool's mode
 BAD_TOKEN = "Invalid or missing gateway token. Pass it as 'Authorization: Bearer <token>'."
 PROXY_DOWN = "The gateway cannot reach the upstreams through its egress proxy right now; try again shortly."
 # Fields the gateway decides on. An upstream whose JSON parser keeps the first of two equal keys
-# would run something else than what was routed, limited and credited (we read the last one).
-DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options")
+# would run something else than what was routed, limited, allowed and credited (we read the last one).
+DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options", *sorted(features.FIELDS))
 DECISION_KEY = re.compile(rb'"(?:' + b"|".join(f.encode() for f in DECISION_FIELDS) + rb')"')
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 ROUTES = {e: "/v1" + e for e in ENDPOINTS}  # metric labels
@@ -135,7 +135,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     client = "anthropic" if endpoint == "/messages" else "openai"
     if client == "anthropic":
         anthropic_body.check(body)
-    features.check(raw, body, client, config.upstream.allowed_features)
+    features.check(body, client, config.upstream.allowed_features)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("You must provide a model parameter.", code="missing_model")
