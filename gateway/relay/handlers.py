@@ -41,7 +41,7 @@ from gateway.relay.auth import token_caller
 from gateway.relay.balancer import BALANCER, USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.relay.keyindex import KEY_INDEX
-from gateway.relay.overlimit import OVER_LIMIT
+from gateway.relay.overlimit import OVER_LIMIT, large_body
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -112,9 +112,9 @@ def _tokens_unavailable() -> GatewayError:
 
 
 async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[str, Any]]:
-    """The body, once the head has passed what needs no body: a caller this process saw over the
-    per-minute limit this minute is refused before a byte of it is read (see overlimit)."""
-    wait = request.app[OVER_LIMIT].retry_after(caller.user_id)
+    """The body, once the head has passed what needs no body: a caller over the per-minute limit
+    this minute is refused before a byte of it is read (see overlimit)."""
+    wait = await rpm_before_body(request, caller)
     if wait is not None:
         raise LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=wait)
     raw = await read_body(request)  # within server.body_timeout; over limits.max_body_bytes: 413
@@ -166,6 +166,22 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     if client == "anthropic":
         call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
     return call
+
+
+async def rpm_before_body(request: web.Request, caller: Caller) -> int | None:
+    """Seconds a caller over its per-minute limit must wait, known from the head: remembered from
+    this process' last refusal, or, for a large body only, read from Redis (fails closed)."""
+    over = request.app[OVER_LIMIT]
+    wait = over.retry_after(caller.user_id)
+    if wait is not None or not large_body(request):
+        return wait
+    per_minute = user_limits(request, caller).per_minute
+    if not per_minute:
+        return None
+    try:
+        return await over.peek(request.app[appkeys.redis], caller.user_id, per_minute)
+    except REDIS_DOWN as e:
+        raise _state_store_down("rpm_peek", e) from None
 
 
 def refuse_duplicates(raw: bytes) -> None:
@@ -314,9 +330,13 @@ async def pick_key(balancer: Balancer, pool: Pool, **kw: Any) -> Pick:
     try:
         return await balancer.pick(pool, **kw)
     except REDIS_DOWN as e:
-        metrics.redis_error("balancer")
-        log.error("balancer_unreachable", error=str(e))
-        raise NotConfigured("The gateway cannot reach its state store; try again shortly.", retry_after=5) from None
+        raise _state_store_down("balancer", e) from None
+
+
+def _state_store_down(what: str, e: Exception) -> GatewayError:
+    metrics.redis_error(what)
+    log.error("balancer_unreachable", error=str(e), call=what)
+    return NotConfigured("The gateway cannot reach its state store; try again shortly.", retry_after=5)
 
 
 def after_response(awaitable: Any) -> None:
