@@ -40,7 +40,8 @@ import structlog
 from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
 from gateway.relay import balancer as balancer_mod
-from gateway.relay.balancer import Balancer, Candidate, Pool, UserLimits
+from gateway.relay.balancer import Balancer
+from gateway.relay.picks import Candidate, Pool, UserLimits
 
 PREFIX = "bench"
 NO_LIMITS = UserLimits(0, 0, 0)

@@ -117,6 +117,7 @@ async def balancer_ctx(app: web.Application) -> AsyncIterator[None]:
         stream_lease_seconds=config.upstream.total_timeout,
         failures_before_cooldown=config.balancer.failures_before_cooldown,
         line=line,
+        counts_today=lambda day: app[USAGE].counts_today(day),  # started after this context; asked later
     )
     states = app[KEY_STATES] = KeyStates(app[appkeys.pg], app[appkeys.redis], config.redis.key_prefix)
     yield

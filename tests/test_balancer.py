@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from gateway.relay import balancer as balancer_mod
 from gateway.relay import days
-from gateway.relay.balancer import Balancer, Candidate, Pick, UserLimits
+from gateway.relay.balancer import Balancer
+from gateway.relay.picks import Candidate, Pick, UserLimits
 
 DAY_MS = 86_400_000
 NO_LIMITS = UserLimits(daily=0, per_minute=0, streams=0)
@@ -473,3 +474,27 @@ async def test_a_wrong_local_clock_costs_one_more_call_once(
     assert await skewed.usage_today() == {"k1": 3}
     # Reads name the day from Redis' clock too.
     assert await make(redis, redis_prefix).usage_today(["k1"]) == {"k1": 3}
+
+
+async def test_a_day_is_seeded_from_postgresql_once_and_a_count_only_rises(
+    redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Before the first pool of a day is built, `counts_today` (PostgreSQL's committed calls)
+    seeds the counts: a key spent there is spent here; a higher count in Redis is kept."""
+    asked: list[str] = []
+
+    async def counts_today(day: str) -> dict[str, int]:
+        asked.append(day)
+        return {"k1": 5, "k2": 1}
+
+    b = make(redis, redis_prefix, counts_today=counts_today)
+    keys = [Candidate("k1", 5), Candidate("k2", 5)]
+    picks = [await pick(b, keys) for _ in range(4)]
+    assert [p.key_id for p in picks] == ["k2"] * 4  # k1 was at its limit before Redis saw a call
+    assert picks[-1].used_today == 5
+    assert (await pick(b, keys)).outcome == "exhausted"
+    assert len(asked) == 1
+    other = make(redis, redis_prefix, counts_today=counts_today)  # another process, another pool
+    assert (await pick(other, [Candidate("k2", 9)])).used_today == 6
+    assert len(asked) == 1  # the day was seeded once
+    assert await b.usage_today() == {"k1": 5, "k2": 6}  # the marker is not a key

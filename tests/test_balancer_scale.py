@@ -14,7 +14,8 @@ from datetime import timedelta
 
 import redis.asyncio as aioredis
 
-from gateway.relay.balancer import Balancer, Candidate, Pick, Pool, UserLimits
+from gateway.relay.balancer import Balancer
+from gateway.relay.picks import Candidate, Pick, Pool, UserLimits
 
 from .test_balancer import make, offset_to, redis_now, rkey, wide_client
 
@@ -155,7 +156,8 @@ async def test_midnight_starts_a_fresh_day_for_the_pool(redis: aioredis.Redis, r
 PICKER = """
 import asyncio, json, sys, uuid
 import redis.asyncio as aioredis
-from gateway.relay.balancer import Balancer, Candidate, Pool, UserLimits
+from gateway.relay.balancer import Balancer
+from gateway.relay.picks import Candidate, Pool, UserLimits
 
 async def main(url, prefix, n_keys, limit, n):
     client = aioredis.from_url(url, max_connections=400)

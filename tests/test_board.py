@@ -26,9 +26,10 @@ from aiohttp.test_utils import TestClient
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.relay.balancer import BALANCER, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import KEY_INDEX
 from gateway.relay.keystate import KEY_STATES
+from gateway.relay.picks import Candidate, UserLimits
 from gateway.relay.usage import USAGE, UsageRecord
 from gateway.store.sharedkeys import SharedKey
 from gateway.store.users import User

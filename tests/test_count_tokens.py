@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.relay.balancer import BALANCER, Balancer, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER, Balancer
+from gateway.relay.picks import Candidate, UserLimits
 
 from .fake_upstream import Failure, FakeUpstream
 from .gateways import Gateway, gateway_config

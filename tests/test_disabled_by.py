@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 
 from gateway.net.keytest import ProbeResult
 from gateway.ops.keychecks import HealthChecks
-from gateway.relay.balancer import USER_OUTCOMES, Balancer, Candidate, PickOutcome, UserLimits
+from gateway.relay.balancer import Balancer
 from gateway.relay.call import FailureKind
 from gateway.relay.keystate import KEY_STATES
+from gateway.relay.picks import USER_OUTCOMES, Candidate, PickOutcome, UserLimits
 from gateway.relay.usage import UsageRecord, UsageStatus
 from gateway.store import db, sharedkeys
 from gateway.store.sharedkeys import DisabledBy, KeyStatus

@@ -14,8 +14,9 @@ from structlog.testing import capture_logs
 
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.relay.balancer import BALANCER, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.picks import Candidate, UserLimits
 from gateway.store.users import User
 
 from .fake_upstream import Failure, FakeUpstream

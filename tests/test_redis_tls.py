@@ -23,7 +23,8 @@ from gateway.app import create_app
 from gateway.net import redisclient
 from gateway.net.redisline import ScriptLine
 from gateway.relay import balancer
-from gateway.relay.balancer import BALANCER, Balancer, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER, Balancer
+from gateway.relay.picks import Candidate, UserLimits
 
 from .redis_servers import RedisServer, make_certs
 

@@ -24,6 +24,7 @@ from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.usage import USAGE
 
 from .fake_upstream import FakeUpstream
 from .gateways import gateway_config
@@ -316,3 +317,44 @@ async def test_a_graceful_failover_demotes_the_master_under_the_gateway_and_it_f
     assert statuses == [200] * 5
     assert await _until_ready(client, 5), "not ready again within 5 s of serving again"
     assert await _used_today(client) >= before + 6  # counted on the new master
+
+
+async def test_redis_restarted_empty_does_not_reopen_a_spent_key(
+    tmp_path: Path, config: config_mod.Config, pool: asyncpg.Pool, fake_upstream: FakeUpstream, aiohttp_client: Any
+) -> None:
+    """Today's counts come back from PostgreSQL before the next pick: a key at its daily limit of
+    6 serves nothing more after its Redis restarts without its data (it served 6 more before)."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder)
+    try:
+        cfg = gateway_config(config.replace("redis", url=server.url()))
+        donor, _ = await user_with_token(pool, "donor")
+        _, token = await user_with_token(pool, "caller")
+        await add_key(pool, cfg, donor, fake_upstream.base_url, daily_limit=6)
+        app = create_app(cfg)
+        client = await aiohttp_client(app)
+        await app[KEY_INDEX].reload()
+        client.headers_ = {"Authorization": f"Bearer {token}"}
+        assert [(await _call(client))[0] for _ in range(7)] == [200] * 6 + [429]
+        assert await app[USAGE].flush_once()
+
+        port = server.port
+        server.stop()
+        server = RedisServer(folder, port=port)  # the same address, nothing in it
+        deadline = time.monotonic() + 10
+        statuses: list[int] = []
+        while time.monotonic() < deadline:
+            status, _ = await _call(client)
+            if status != 503:  # the line reconnecting
+                statuses.append(status)
+            if len(statuses) == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses == [429] * 6
+        assert len(fake_upstream.calls("/v1/chat/completions")) == 6
+        await app[USAGE].flush_once()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM key_usage_logs WHERE committed") == 6
+    finally:
+        server.stop()

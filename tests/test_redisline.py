@@ -14,7 +14,8 @@ import redis.exceptions as rexc
 
 from gateway.net.redisline import ScriptLine
 from gateway.relay import balancer
-from gateway.relay.balancer import Balancer, Candidate, UserLimits
+from gateway.relay.balancer import Balancer
+from gateway.relay.picks import Candidate, UserLimits
 
 from .redis_servers import RedisServer
 

@@ -17,8 +17,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import config as config_mod
-from gateway.relay.balancer import BALANCER, Candidate, UserLimits
+from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import KEY_INDEX
+from gateway.relay.picks import Candidate, UserLimits
 from gateway.store import users
 from gateway.web.boardcache import BOARD
 

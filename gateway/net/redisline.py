@@ -15,16 +15,12 @@ task that every waiting call joins with its own deadline, so an outage costs eac
 `timeout`, never one reconnect after another. A line that has sent nothing for `idle` seconds
 sends a PING, so a dead connection is found before a request meets it.
 
-Where the script runs follows the deployment. With `cluster`, the URL may name any node: a `MOVED`
-reply moves the line to the node it names (the balancer's keys share one hash tag, so one node
-serves them all), `ASK` is answered on a one-off connection, and `TRYAGAIN`/`CLUSTERDOWN` during a
-reshard are retried, all within the call's `timeout`. With `sentinels`, the master is asked of the
-sentinels at every connect and checked with `ROLE`; a `READONLY` reply (a master demoted under us)
-or a lost connection asks them again. In-flight calls on a connection that is left finish on it.
-
-The URL means what it means to redis-py: `parse_url` reads it, and TLS options
-(`ssl_cert_reqs`, `ssl_ca_certs`, ...) become an SSL context through redis-py's own
-`SSLConnection`/`RedisSSLContext`, so the line and the redis-py client never disagree.
+With `cluster`, the URL may name any node: `MOVED` moves the line (the balancer's keys share one
+hash tag), `ASK` is answered on a one-off connection, `TRYAGAIN`/`CLUSTERDOWN` are retried, all
+within `timeout`. With `sentinels`, the master is asked of them at every connect and checked with
+`ROLE`; `READONLY` (a demoted master) or a lost connection asks again. A connection left behind
+finishes its calls in flight. TLS options of the URL become redis-py's own SSL context
+(`SSLConnection`), as `parse_url` reads them: the line and the redis-py client never disagree.
 """
 
 from __future__ import annotations
@@ -221,7 +217,11 @@ class ScriptLine:
                 return await self._run(proto, payload)
             except Redirect as e:
                 if e.ask and self._cluster and e.address is not None:
-                    return await self._asking(e.address, payload)
+                    try:
+                        return await self._asking(e.address, payload)
+                    except redis.exceptions.TryAgainError:  # the slot's keys are split mid-migration
+                        await asyncio.sleep(RETRY_PAUSE)
+                        continue
                 self._reroute(proto, e)
             except REROUTES as e:
                 self._reroute(proto, e)
@@ -242,15 +242,14 @@ class ScriptLine:
         """After a reply that says the script must run elsewhere (or not yet): MOVED moves the
         line; READONLY asks the sentinels again; TRYAGAIN and CLUSTERDOWN keep the connection.
         Without the topology that explains it, the error is the caller's."""
-        if isinstance(error, Redirect) and self._cluster and error.address is not None and not error.ask:
+        moved = isinstance(error, Redirect) and not error.ask and error.address is not None
+        if self._cluster and isinstance(
+            error, Redirect | redis.exceptions.TryAgainError | redis.exceptions.ClusterDownError
+        ):
+            if not moved:
+                return  # ASK, TRYAGAIN, CLUSTERDOWN: the same node, once more
             self._node = error.address
-        elif isinstance(error, redis.exceptions.ReadOnlyError) and self._sentinels:
-            pass
-        elif isinstance(error, redis.exceptions.TryAgainError | redis.exceptions.ClusterDownError) and self._cluster:
-            return
-        elif isinstance(error, Redirect) and error.ask and self._cluster:
-            return
-        else:
+        elif not (isinstance(error, redis.exceptions.ReadOnlyError) and self._sentinels):
             raise error
         if self._proto is proto:
             self._proto = None

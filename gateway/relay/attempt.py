@@ -23,10 +23,11 @@ from gateway.log import scrub, send
 from gateway.net import h1, ssrf, tunnel
 from gateway.net.h1 import UPSTREAM_POOL
 from gateway.relay import plan, sse, translate
-from gateway.relay.balancer import BALANCER, Pick
+from gateway.relay.balancer import BALANCER
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
 from gateway.relay.keyindex import KEY_INDEX, PoolKey
 from gateway.relay.keystate import KEY_STATES
+from gateway.relay.picks import Pick
 from gateway.relay.stream import relay
 from gateway.relay.usage import UsageStatus
 from gateway.store.sharedkeys import DisabledBy

@@ -13,7 +13,8 @@ PURPOSE
   processes then keep separate state instead of misreading each other's.
 
 KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis Cluster slot)
-  p:v4:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included);
+  p:v4:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included),
+                                   "~seeded" once seeded from PostgreSQL (see seed);
                                    expires one day after the day ends
   p:v4:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
   p:v4:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
@@ -43,7 +44,7 @@ KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
 
 COMMON ARGUMENTS (every operation)
-  ARGV[1]  operation: pick | init | release | cool | fail | trial_ok | clear | read | end_stream | remember
+  ARGV[1]  operation: pick | init | seed | release | cool | fail | trial_ok | clear | read | end_stream | remember
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
   All times below are epoch milliseconds on that clock ("now").
 
@@ -119,6 +120,13 @@ init: (re)build a pool from its candidate list, for <day>
   A pool already built for this list and day is left as it is (many callers may ask at once).
   Returns {"ok", now}, or {"clock", now} when now is outside the day (nothing written).
 
+  Returns {"seed", now} first when counts:<day> was never seeded (a new day, or Redis lost its
+  data): the caller seeds it (see seed), then calls init again.
+
+seed: today's counts from PostgreSQL, before any pool is built for the day
+  KEYS[1] counts:<day>   ARGV[3] day end   ARGV[4], ARGV[5], ...  key_id, count pairs
+  Each count is raised to the one given (never lowered); "~seeded" marks the hash. Returns {"ok", now}.
+
 release: give back a reservation (an attempt that failed before its commit point)
   KEYS[1] counts:<day of the pick>    KEYS[2] revived    ARGV[3] key_id
   Returns the key's count after it (never below 0).
@@ -181,6 +189,7 @@ end
 -- The pools (see KEY LAYOUT). Their structures are a cache of counts, cooldown and the candidate
 -- list: rebuilding them ("init") from those is always safe.
 local FP_FIELD, DAY_FIELD, RV_FIELD = '~fp', '~day', '~rv'
+local SEEDED_FIELD = '~seeded' -- in counts:<day>: its counts were seeded from PostgreSQL (see seed)
 local BATCH = 8 -- entries looked at per turn (plus the caller's excluded keys)
 local REPAIRS = 16 -- stale entries re-filed per pick, at most; then the first usable one is taken
 local DUE_MAX = 64 -- cooled-down entries brought back per turn
@@ -431,6 +440,9 @@ elseif op == 'init' then
     return {'clock', now}
   end
   local counts, cooldown, meta, avail, cooling = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  if redis.call('HEXISTS', counts, SEEDED_FIELD) == 0 then
+    return {'seed', now} -- a new day, or Redis lost its data: today's counts come first
+  end
   local state = redis.call('HMGET', meta, FP_FIELD, DAY_FIELD, RV_FIELD)
   local seen, top = tonumber(state[3]) or -1, revived_top(KEYS[6])
   if state[1] == ARGV[6] and state[2] == ARGV[5] and top >= seen and top - seen < REVIVED_KEEP then
@@ -471,6 +483,20 @@ elseif op == 'init' then
   for _, key in ipairs({meta, avail, cooling}) do
     redis.call('PEXPIRE', key, ttl)
   end
+  return {'ok', now}
+
+elseif op == 'seed' then
+  -- Today's counts as PostgreSQL has them (committed calls, plus what the caller has not flushed
+  -- yet), where Redis has fewer: a count only ever rises here, so seeding twice changes nothing.
+  local counts, day_end = KEYS[1], tonumber(ARGV[3])
+  for i = 4, #ARGV - 1, 2 do
+    local n = tonumber(ARGV[i + 1])
+    if (tonumber(redis.call('HGET', counts, ARGV[i])) or 0) < n then
+      redis.call('HSET', counts, ARGV[i], n)
+    end
+  end
+  redis.call('HSET', counts, SEEDED_FIELD, 1)
+  redis.call('PEXPIRE', counts, ms(day_end + DAY_MS - now))
   return {'ok', now}
 
 elseif op == 'release' then

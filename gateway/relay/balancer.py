@@ -16,13 +16,10 @@ guess (only at a boundary, or with a skewed clock) costs one more call, and the 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import random
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,6 +31,7 @@ from aiohttp import web
 from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
 from gateway.relay.days import Day, day_bounds, wall_ms
+from gateway.relay.picks import Affinity, Candidate, Pick, PickOutcome, Pool, UserLimits, digest
 
 log = structlog.get_logger(__name__)
 
@@ -44,89 +42,8 @@ INIT = "init"  # the script's answer when the pool's structures must be (re)buil
 INIT_TRIES = 2  # a pool rebuilt just before our pick by a process with another candidate list
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    key_id: str
-    daily_limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    """A candidate list prepared once (the key index keeps one per model and endpoint family): its
-    id in Redis, its fingerprint, and the `init` arguments. A pick sends only the id and the
-    fingerprint; the list itself goes to Redis once per pool per day, or when it changes."""
-
-    pool_id: str
-    fingerprint: str
-    size: int
-    pairs: tuple[str | int, ...]  # key_id, daily_limit, ... sorted by key_id
-
-    @classmethod
-    def of(cls, candidates: Sequence[Candidate], name: str | None = None) -> Pool:
-        """`name` (e.g. the model and endpoint family) gives the pool a stable id whatever its keys;
-        without one, the id is the fingerprint (an ad-hoc list is a pool of its own)."""
-        ordered = sorted({c.key_id: int(c.daily_limit) for c in candidates}.items())
-        digest = hashlib.sha1("\n".join(f"{k}:{v}" for k, v in ordered).encode()).hexdigest()[:20]
-        pool_id = "c" + digest if name is None else "m" + hashlib.sha1(name.encode()).hexdigest()[:20]
-        return cls(pool_id, digest, len(ordered), tuple(v for pair in ordered for v in pair))
-
-
-@dataclass(frozen=True, slots=True)
-class UserLimits:
-    daily: int  # requests per day, 0 = unlimited
-    per_minute: int  # 0 = unlimited
-    streams: int  # concurrent streams, 0 = unlimited
-
-
-class PickOutcome(StrEnum):
-    """What `pick()` decided; the script answers with these words (and "clock", handled inside)."""
-
-    OK = "ok"  # a key was reserved
-    EXHAUSTED = "exhausted"  # every candidate reached its daily limit
-    COOLING = "cooling"  # every candidate not at its limit is cooling down
-    USER_DAILY = "user_daily"  # the caller's own limits, before any key is looked at
-    USER_RPM = "user_rpm"
-    USER_STREAMS = "user_streams"
-    RESPONSE_NOT_FOUND = "response_not_found"  # previous_response_id names another user's response
-
-
-# About the caller (its limits, another user's response): no key nor private fallback changes it.
-USER_OUTCOMES = frozenset(
-    {PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOutcome.USER_STREAMS, PickOutcome.RESPONSE_NOT_FOUND}
-)
 CLOCK = "clock"  # the script's answer when the client named the wrong day or minute
-
-
-def digest(text: str) -> str:
-    """A short, fixed-size name for a conversation or response id the caller chose (any length)."""
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Affinity:
-    """What a request continues: a conversation (per user and model asked for) and/or a response
-    (refused when it was made for another user: see `remember`)."""
-
-    conversation: str | None  # the caller's conversation id + model, as given
-    response: str | None  # previous_response_id
-    conversation_ms: int  # how long the conversation keeps its key
-
-    def keys(self, prefix: str, user_id: str) -> tuple[str, str]:
-        unused = redisnames.conversation(prefix, "-")  # never set: GET finds nothing
-        named = f"{user_id}\0{self.conversation}"
-        conv = redisnames.conversation(prefix, digest(named)) if self.conversation else unused
-        resp = redisnames.response(prefix, digest(self.response)) if self.response else unused
-        return conv, resp
-
-
-@dataclass(frozen=True, slots=True)
-class Pick:
-    outcome: PickOutcome
-    key_id: str | None
-    used_today: int  # the picked key's count after this reservation (with reserve=False: as it is)
-    retry_after: int  # seconds; 0 when outcome is "ok"
-    day: str  # YYYY-MM-DD in the configured time zone, by Redis time
-    trial: bool  # the single trial request of a key coming out of failure cooldown
+SEED = "seed"  # init's answer when today's counts were never seeded from PostgreSQL
 
 
 def _text(value: Any) -> str:
@@ -150,9 +67,11 @@ class Balancer:
         clock_offset_ms: int = 0,
         trial_lease_seconds: float = TRIAL_LEASE_SECONDS,
         line: ScriptLine | None = None,
+        counts_today: Callable[[str], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         self._redis = redis
         self._line = line
+        self._counts_today = counts_today  # a day's committed calls per key (PostgreSQL), to seed it
         # Every script operation goes over the lean pipelined line when there is one (see redisline),
         # sharing its connection and deadline; redis-py's registered script otherwise.
         self._script: Any = line or redis.register_script(SCRIPT)
@@ -309,10 +228,25 @@ class Balancer:
             ],
             args=["init", self._offset_ms, day.start_ms, day.end_ms, day.name, pool.fingerprint, *pool.pairs],
         )
+        if _text(answer) == SEED:
+            await self._seed_day(day)
+            return await self._init(pool, day)
         if _text(answer) == CLOCK:
             self._learn_clock(int(now))
         log.debug("balancer_pool_built", pool=pool.pool_id, keys=pool.size, day=day.name)
         return int(now)
+
+    async def _seed_day(self, day: Day) -> None:
+        """Today's counts into Redis before any pool of the day is built: on a new day, and after
+        Redis lost its data (a restart without persistence, a failover to a replica that lagged),
+        so that a key spent today stays spent. What `counts_today` cannot know (calls in flight,
+        other processes' unflushed records) may exceed a limit once."""
+        counts = await self._counts_today(day.name) if self._counts_today is not None else {}
+        pairs = [v for key_id, n in counts.items() if n > 0 for v in (key_id, n)]
+        await self._script(
+            keys=[redisnames.counts(self._prefix, day.name)], args=["seed", self._offset_ms, day.end_ms, *pairs]
+        )
+        log.info("balancer_day_seeded", day=day.name, keys=len(pairs) // 2)
 
     async def release(self, key_id: str, day: str) -> None:
         """Give back the reservation of an attempt that failed before its commit point."""
@@ -377,8 +311,9 @@ class Balancer:
             day = self._day_at(now)
             now, values = await self._read(redisnames.counts(self._prefix, day.name), key_ids or ())
             if day.start_ms <= now < day.end_ms:
-                if key_ids is None:
-                    return {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
+                if key_ids is None:  # "~seeded" is the hash's, not a key's
+                    pairs = zip(values[::2], values[1::2], strict=True)
+                    return {_text(k): int(v) for k, v in pairs if not _text(k).startswith("~")}
                 return {k: int(v or 0) for k, v in zip(key_ids, values, strict=True)}
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day the keys were named for")

@@ -20,8 +20,9 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.relay import sse
-from gateway.relay.balancer import BALANCER, Pick
+from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import PoolKey
+from gateway.relay.picks import Pick
 from gateway.relay.usage import USAGE, UsageRecord, UsageStatus
 from gateway.store.tokens import Caller
 

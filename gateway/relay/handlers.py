@@ -38,10 +38,11 @@ from gateway.log import request_fields
 from gateway.relay import anthropic_body, features, plan
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
-from gateway.relay.balancer import BALANCER, USER_OUTCOMES, Affinity, Balancer, Pick, PickOutcome, Pool, UserLimits
+from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.relay.keyindex import KEY_INDEX
 from gateway.relay.overlimit import OVER_LIMIT, large_body
+from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)

@@ -21,7 +21,7 @@ from yarl import URL
 from gateway.errors import POSTGRES_DOWN
 from gateway.net.h1 import header_lines
 from gateway.net.upstream import upstream_headers
-from gateway.relay.balancer import Candidate, Pool
+from gateway.relay.picks import Candidate, Pool
 from gateway.store import modelnames
 from gateway.store.crypto import KeyRing, SealError
 from gateway.store.sharedkeys import open_row

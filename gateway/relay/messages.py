@@ -29,9 +29,10 @@ from gateway.net.h1 import UPSTREAM_POOL
 from gateway.relay import handlers, plan, translate
 from gateway.relay.anthropic_body import check
 from gateway.relay.attempt import _quietly, connect_failure, failed_status, note_failure
-from gateway.relay.balancer import BALANCER, USER_OUTCOMES, Pick, PickOutcome, Pool
+from gateway.relay.balancer import BALANCER
 from gateway.relay.call import Call, Failure, FailureKind, Recorder
 from gateway.relay.keyindex import KEY_INDEX, PoolKey
+from gateway.relay.picks import USER_OUTCOMES, Pick, PickOutcome, Pool
 from gateway.relay.usage import UsageStatus
 
 routes = web.RouteTableDef()

@@ -245,6 +245,11 @@ def _cost(prices: Prices | None, r: UsageRecord) -> float | None:
     )
 
 
+SELECT_COUNTS_TODAY = (
+    "SELECT id::text, usage_count_today FROM shared_keys WHERE usage_day = $1 AND usage_count_today > 0"
+)
+
+
 class UsageLog:
     def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str, prices: Prices | None = None) -> None:
         self._pool = pool
@@ -262,6 +267,22 @@ class UsageLog:
         self._buffer.append(record)
         if len(self._buffer) >= BATCH:
             self._wake.set()
+
+    async def counts_today(self, day: str) -> dict[str, int]:
+        """Committed calls per key on `day` as PostgreSQL has them (`usage_count_today`), plus this
+        process' records not written yet: what the balancer seeds a day's counts from. PostgreSQL
+        down: this process' records alone (the day is then counted from Redis as before)."""
+        counts: dict[str, int] = {}
+        try:
+            async with self._pool.acquire(timeout=2) as conn:
+                rows = await conn.fetch(SELECT_COUNTS_TODAY, date.fromisoformat(day), timeout=5)
+            counts = {r[0]: int(r[1]) for r in rows}
+        except POSTGRES_DOWN as e:
+            log.warning("usage_counts_unavailable", day=day, error=str(e))
+        for r in self._buffer:
+            if r.committed and r.shared_key_id and r.day.isoformat() == day:
+                counts[r.shared_key_id] = counts.get(r.shared_key_id, 0) + 1
+        return counts
 
     @property
     def depth(self) -> int:

@@ -1,0 +1,97 @@
+"""What a pick is asked and what it answers: the candidates (a `Pool` prepared once per model),
+the caller's limits, the conversation and response a request continues (`Affinity`), and the
+`Pick` with its `PickOutcome`. Plain data: `balancer` turns them into one script call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.net import redisnames
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key_id: str
+    daily_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A candidate list prepared once (the key index keeps one per model and endpoint family): its
+    id in Redis, its fingerprint, and the `init` arguments. A pick sends only the id and the
+    fingerprint; the list itself goes to Redis once per pool per day, or when it changes."""
+
+    pool_id: str
+    fingerprint: str
+    size: int
+    pairs: tuple[str | int, ...]  # key_id, daily_limit, ... sorted by key_id
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate], name: str | None = None) -> Pool:
+        """`name` (e.g. the model and endpoint family) gives the pool a stable id whatever its keys;
+        without one, the id is the fingerprint (an ad-hoc list is a pool of its own)."""
+        ordered = sorted({c.key_id: int(c.daily_limit) for c in candidates}.items())
+        digest = hashlib.sha1("\n".join(f"{k}:{v}" for k, v in ordered).encode()).hexdigest()[:20]
+        pool_id = "c" + digest if name is None else "m" + hashlib.sha1(name.encode()).hexdigest()[:20]
+        return cls(pool_id, digest, len(ordered), tuple(v for pair in ordered for v in pair))
+
+
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    daily: int  # requests per day, 0 = unlimited
+    per_minute: int  # 0 = unlimited
+    streams: int  # concurrent streams, 0 = unlimited
+
+
+class PickOutcome(StrEnum):
+    """What `pick()` decided; the script answers with these words (and "clock", handled inside)."""
+
+    OK = "ok"  # a key was reserved
+    EXHAUSTED = "exhausted"  # every candidate reached its daily limit
+    COOLING = "cooling"  # every candidate not at its limit is cooling down
+    USER_DAILY = "user_daily"  # the caller's own limits, before any key is looked at
+    USER_RPM = "user_rpm"
+    USER_STREAMS = "user_streams"
+    RESPONSE_NOT_FOUND = "response_not_found"  # previous_response_id names another user's response
+
+
+# About the caller (its limits, another user's response): no key nor private fallback changes it.
+USER_OUTCOMES = frozenset(
+    {PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOutcome.USER_STREAMS, PickOutcome.RESPONSE_NOT_FOUND}
+)
+
+
+def digest(text: str) -> str:
+    """A short, fixed-size name for a conversation or response id the caller chose (any length)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    """What a request continues: a conversation (per user and model asked for) and/or a response
+    (refused when it was made for another user: see `remember`)."""
+
+    conversation: str | None  # the caller's conversation id + model, as given
+    response: str | None  # previous_response_id
+    conversation_ms: int  # how long the conversation keeps its key
+
+    def keys(self, prefix: str, user_id: str) -> tuple[str, str]:
+        unused = redisnames.conversation(prefix, "-")  # never set: GET finds nothing
+        named = f"{user_id}\0{self.conversation}"
+        conv = redisnames.conversation(prefix, digest(named)) if self.conversation else unused
+        resp = redisnames.response(prefix, digest(self.response)) if self.response else unused
+        return conv, resp
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    outcome: PickOutcome
+    key_id: str | None
+    used_today: int  # the picked key's count after this reservation (with reserve=False: as it is)
+    retry_after: int  # seconds; 0 when outcome is "ok"
+    day: str  # YYYY-MM-DD in the configured time zone, by Redis time
+    trial: bool  # the single trial request of a key coming out of failure cooldown
