@@ -41,7 +41,7 @@ from gateway.relay.auth import token_caller
 from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.relay.keyindex import KEY_INDEX
-from gateway.relay.overlimit import OVER_LIMIT, large_body
+from gateway.relay.overlimit import OVER_LIMIT, before_body
 from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
 from gateway.store.tokens import Caller
 
@@ -115,7 +115,10 @@ def _tokens_unavailable() -> GatewayError:
 async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[str, Any]]:
     """The body, once the head has passed what needs no body: a caller over the per-minute limit
     this minute is refused before a byte of it is read (see overlimit)."""
-    wait = await rpm_before_body(request, caller)
+    try:
+        wait = await before_body(request, caller.user_id, user_limits(request, caller).per_minute)
+    except REDIS_DOWN as e:
+        raise _state_store_down("rpm_peek", e) from None
     if wait is not None:
         raise LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=wait)
     raw = await read_body(request)  # within server.body_timeout; over limits.max_body_bytes: 413
@@ -167,22 +170,6 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     if client == "anthropic":
         call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
     return call
-
-
-async def rpm_before_body(request: web.Request, caller: Caller) -> int | None:
-    """Seconds a caller over its per-minute limit must wait, known from the head: remembered from
-    this process' last refusal, or, for a large body only, read from Redis (fails closed)."""
-    over = request.app[OVER_LIMIT]
-    wait = over.retry_after(caller.user_id)
-    if wait is not None or not large_body(request):
-        return wait
-    per_minute = user_limits(request, caller).per_minute
-    if not per_minute:
-        return None
-    try:
-        return await over.peek(request.app[appkeys.redis], caller.user_id, per_minute)
-    except REDIS_DOWN as e:
-        raise _state_store_down("rpm_peek", e) from None
 
 
 def refuse_duplicates(raw: bytes) -> None:

@@ -1,16 +1,16 @@
 """The caller's per-minute limit, checked before a request's body is read (a 32 MiB body from a
 caller already over its limit costs nothing to refuse).
 
-    retry_after(user_id)  -> seconds | None   what this process remembers: no Redis call
-    peek(redis, ...)      -> seconds | None   Redis' count of the caller's requests this minute,
-                                              asked only for a large body (`PEEK_ABOVE`)
+    await before_body(request, user_id, per_minute) -> seconds to wait | None
+        what this process remembers (no Redis call); for a large body only (`PEEK_ABOVE`, or
+        chunked), then Redis' count of the caller's requests this minute (`OverLimit.peek`)
 
 The balancer's pick stays the judge, and counts; this only remembers its last word, per process,
 for the seconds it said to wait, and, for a body large enough that reading it costs more than a
 round trip, reads the count the pick keeps (`urpm:<minute>`, the balancer's key) without changing
 it. A normal request therefore still costs one Redis round trip (the pick), and a large one from
-a caller over its limit none to read: it is refused from its head. The table is bounded: past
-`MAX` callers, the expired ones go, then the oldest.
+a caller over its limit is refused from its head, its body never read. The table is bounded:
+past `MAX` callers, the expired ones go, then the oldest.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import appkeys
 from gateway.net import redisnames
 from gateway.relay.days import wall_ms
 
@@ -90,6 +91,16 @@ class OverLimit:
         seconds = max(1, math.ceil(left_ms / 1000))
         self.note(user_id, seconds)
         return seconds
+
+
+async def before_body(request: web.Request, user_id: str, per_minute: int) -> int | None:
+    """Seconds a caller over its per-minute limit must wait, known from the head: remembered from
+    this process' last refusal, or, for a large body only, read from Redis (whose errors propagate)."""
+    over = request.app[OVER_LIMIT]
+    wait = over.retry_after(user_id)
+    if wait is not None or not per_minute or not large_body(request):
+        return wait
+    return await over.peek(request.app[appkeys.redis], user_id, per_minute)
 
 
 def large_body(request: web.Request) -> bool:
