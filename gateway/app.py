@@ -53,7 +53,7 @@ def create_app(config: Config) -> web.Application:
     )
     app[appkeys.config] = config
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
-    app[OVER_LIMIT] = OverLimit()
+    app[OVER_LIMIT] = OverLimit(config.redis.key_prefix)
     app[appkeys.draining] = asyncio.Event()
     app[KEYRING] = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True)

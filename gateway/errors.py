@@ -181,7 +181,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as e:
-        return render(e) if on_v1 else _api_json(e.status, e.code or "error", e.message)
+        return render(e) if on_v1 else _api_json(e.status, e.code or "error", e.message, e.headers())
     except ApiError as e:
         return web.json_response(e.body(), status=e.status, headers=e.headers())
     except web.HTTPException as e:
@@ -212,8 +212,8 @@ _HTTP_MESSAGES = {
 }
 
 
-def _api_json(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "code": code}}, status=status)
+def _api_json(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": code}}, status=status, headers=headers)
 
 
 def _slug(reason: str) -> str:

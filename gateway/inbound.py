@@ -3,7 +3,8 @@
 `limits.max_inflight_body_bytes` per process.
 
     await read_body(request) -> bytes   408 request_timeout past the timeout (the connection then
-                                        closes); 503 server_busy when the budget cannot hold it
+                                        closes); 503 server_busy when the budget cannot hold it;
+                                        413 for a Content-Length over `limits.max_body_bytes`
     body_middleware                     reads every body up front, except on the /v1 POST routes:
                                         they read theirs after the caller's per-minute check
 
@@ -20,7 +21,7 @@ import asyncio
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import Handler, RequestTimeout, ServerBusy
+from gateway.errors import Handler, PayloadTooLarge, RequestTimeout, ServerBusy
 
 
 class BodyBudget:
@@ -43,9 +44,10 @@ class BodyBudget:
 async def read_body(request: web.Request) -> bytes:
     app = request.app
     config = app[appkeys.config]
-    size = min(request.content_length or config.limits.max_body_bytes, config.limits.max_body_bytes)
-    if not request.body_exists:
-        size = 0
+    most = config.limits.max_body_bytes
+    if (request.content_length or 0) > most:  # refused from its head, not after reading `most` of it
+        raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {most} bytes.")
+    size = (request.content_length or most) if request.body_exists else 0
     budget = app[BODY_BUDGET]
     if not budget.take(size):
         raise ServerBusy("The gateway is reading too many request bodies at once; try again shortly.", retry_after=1)

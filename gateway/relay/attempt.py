@@ -8,6 +8,7 @@ a stream's first content event, within `first_token_timeout`; then each gap of a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ ERROR_BODY_WAIT = 5.0  # seconds an error status may take to send its body
 CALLER_ERRORS = frozenset({400, 404, 413, 422})
 # A 404 that says the key does not serve the model after all: another key may.
 NOT_SERVED = frozenset({"model_not_found", "not_found_error"})
+JSON_START = re.compile(rb"[ \t\r\n]*[{\[]")
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
@@ -68,7 +70,7 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         if call.stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
             return await relay(call, key, resp, record, first, deadline, plan.adapter(route, call), t0)
         raw = await resp.read(cfg.max_response_bytes, first)
-        if "json" not in resp.content_type and not _is_json(raw):
+        if not _is_json(raw, resp.content_type):
             # A 2xx page of HTML (a captive portal, a misrouted proxy) is not an answer to relay.
             return record.failed(Failure(FailureKind.UPSTREAM_ERROR, resp.status, detail="the answer is not JSON"))
         body, usage = plan.answer(route.mode, call, raw)
@@ -119,7 +121,8 @@ async def failed_status(
     detail = scrub(message if message is not None else raw.decode(errors="replace"), secrets=key_secrets(key))
     if status in CALLER_ERRORS and code not in NOT_SERVED:
         record.finished(UsageStatus.CLIENT_ERROR, success=False, committed=False, http_status=status, error=detail)
-        message = detail or "The upstream refused the request."
+        # The upstream's own words when it gave them in an error shape; never a page of its HTML.
+        message = (detail if message is not None else "") or f"The upstream refused the request (HTTP {status})."
         if call.client == "anthropic":
             body = anthropic_body(status, message)
         else:
@@ -134,7 +137,12 @@ async def failed_status(
     return record.failed(Failure(FailureKind.UPSTREAM_ERROR, status, detail=detail))
 
 
-def _is_json(raw: bytes) -> bool:
+def _is_json(raw: bytes, content_type: str) -> bool:
+    """Whether an answer is the JSON we send on as application/json. One labelled JSON is parsed
+    later where its usage is read; here its first byte must open an object or an array (an HTML
+    page sent as application/json fails). Anything else labelled is parsed whole."""
+    if "json" in content_type:
+        return JSON_START.match(raw) is not None
     try:
         orjson.loads(raw)
     except ValueError:

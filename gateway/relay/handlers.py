@@ -41,7 +41,7 @@ from gateway.relay.auth import token_caller
 from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.relay.keyindex import KEY_INDEX
-from gateway.relay.overlimit import OVER_LIMIT
+from gateway.relay.overlimit import OVER_LIMIT, before_body
 from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
 from gateway.store.tokens import Caller
 
@@ -113,9 +113,12 @@ def _tokens_unavailable() -> GatewayError:
 
 
 async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[str, Any]]:
-    """The body, once the head has passed what needs no body: a caller this process saw over the
-    per-minute limit this minute is refused before a byte of it is read (see overlimit)."""
-    wait = request.app[OVER_LIMIT].retry_after(caller.user_id)
+    """The body, once the head has passed what needs no body: a caller over the per-minute limit
+    this minute is refused before a byte of it is read (see overlimit)."""
+    try:
+        wait = await before_body(request, caller.user_id, user_limits(request, caller).per_minute)
+    except REDIS_DOWN as e:
+        raise _state_store_down("rpm_peek", e) from None
     if wait is not None:
         raise LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=wait)
     raw = await read_body(request)  # within server.body_timeout; over limits.max_body_bytes: 413
@@ -315,9 +318,13 @@ async def pick_key(balancer: Balancer, pool: Pool, **kw: Any) -> Pick:
     try:
         return await balancer.pick(pool, **kw)
     except REDIS_DOWN as e:
-        metrics.redis_error("balancer")
-        log.error("balancer_unreachable", error=str(e))
-        raise NotConfigured("The gateway cannot reach its state store; try again shortly.", retry_after=5) from None
+        raise _state_store_down("balancer", e) from None
+
+
+def _state_store_down(what: str, e: Exception) -> GatewayError:
+    metrics.redis_error(what)
+    log.error("balancer_unreachable", error=str(e), call=what)
+    return NotConfigured("The gateway cannot reach its state store; try again shortly.", retry_after=5)
 
 
 def after_response(awaitable: Any) -> None:
