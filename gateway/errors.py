@@ -34,6 +34,8 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
+from gateway.apiformat import ApiFormat, spoken_on
+
 log = structlog.get_logger(__name__)
 
 # "PostgreSQL is down" (or unreachable, restarting, refusing connections).
@@ -165,10 +167,6 @@ def anthropic_error(err: GatewayError) -> web.Response:
     return web.json_response(anthropic_body(err.status, err.message), status=err.status, headers=err.headers())
 
 
-def on_anthropic_route(path: str) -> bool:
-    return path.startswith("/v1/messages")
-
-
 _HTTP_TO_GATEWAY: dict[int, type[GatewayError]] = {400: BadRequest, 401: InvalidToken, 413: PayloadTooLarge}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -177,7 +175,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     on_v1 = request.path.startswith("/v1/") or request.path == "/v1"
-    render = anthropic_error if on_anthropic_route(request.path) else openai_error
+    render = anthropic_error if spoken_on(request.path) == ApiFormat.ANTHROPIC else openai_error
     try:
         return await handler(request)
     except GatewayError as e:

@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys
+from gateway.apiformat import ApiFormat, spoken_on
 
 SECRET_FIELDS = frozenset(
     {"authorization", "api_key", "token", "password", "secret", "cookie", "key_encryption_secret"}
@@ -158,7 +159,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             status = response.status
             if not response.prepared:
                 response.headers["X-Request-Id"] = request_id
-                if request.path.startswith("/v1/messages"):  # the name Anthropic's clients read
+                if spoken_on(request.path) == ApiFormat.ANTHROPIC:  # the name Anthropic's clients read
                     response.headers["request-id"] = request_id
                 if isinstance(response, web.Response):  # not a FileResponse: aiohttp sends those itself
                     await send(request, response)

@@ -11,12 +11,14 @@ import sys
 import uuid
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from gateway.relay.balancer import Balancer
 from gateway.relay.picks import Candidate, Pick, Pool, UserLimits
 
+from .redis_servers import RedisServer
 from .test_balancer import make, offset_to, redis_now, rkey, wide_client
 
 NO_LIMITS = UserLimits(daily=0, per_minute=0, streams=0)
@@ -91,8 +93,18 @@ async def test_the_last_key_under_its_limit_is_found(redis: aioredis.Redis, redi
 
 
 async def test_all_spent_and_all_cooling_are_refused_without_looking_at_every_key(
-    redis: aioredis.Redis, redis_prefix: str
+    redis_prefix: str, tmp_path: Path
 ) -> None:
+    server = RedisServer(tmp_path)  # its own server: the script calls counted are this test's alone
+    redis = aioredis.from_url(server.url())
+    try:
+        await _spent_and_cooling(redis, redis_prefix)
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def _spent_and_cooling(redis: aioredis.Redis, redis_prefix: str) -> None:
     b = make(redis, redis_prefix)
     spent = pool_of(N, 1, "any\0spent")
     day = (await pick(b, spent)).day

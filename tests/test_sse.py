@@ -7,6 +7,8 @@ import json
 import pytest
 
 from gateway.relay import sse
+from gateway.relay.formats import openai
+from gateway.relay.formats.usage import Usage
 
 STREAM = (
     b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
@@ -43,10 +45,10 @@ def test_usage_and_errors() -> None:
     assert data is not None
     obj = sse.parse(data)
     assert sse.usage_only_chunk(obj)
-    assert sse.usage_of(obj) == sse.Usage(3, 2)
-    assert sse.usage_of(
+    assert openai.usage_of(obj) == Usage(3, 2)
+    assert openai.usage_of(
         {"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 7}}}
-    ) == sse.Usage(5, 7)
+    ) == Usage(5, 7)
     assert sse.is_error(b'{"error": {"message": "overloaded"}}')
     assert not sse.is_error(b'{"choices": [{"delta": {"content": "error"}}]}')
     event = sse.error_event("broke off")

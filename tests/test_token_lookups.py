@@ -136,7 +136,7 @@ async def test_a_hundred_thousand_forged_tokens_cost_a_few_queries_and_leave_the
     pool.terminate()
     # Each look-up is two transactions (the query, the pool's reset): the known token's and the
     # few forged ones the bucket let through. Before: one look-up per forged token, 200,000+.
-    assert await own_db.transactions() - before <= 2 * (answered + 1) + 6
+    assert await own_db.transactions() - before <= 2 * (answered + 1) + 20  # + the pool's own
 
 
 async def test_misses_never_evict_a_known_token_and_known_tokens_leave_least_recently_used_first(

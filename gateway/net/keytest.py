@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import structlog
 
+from gateway.apiformat import ApiFormat
 from gateway.net import h1, upstream
 from gateway.net.upstream import UpstreamError
 
@@ -65,7 +66,7 @@ async def test_key(
     models: list[str] | None,
     *,
     timeout: float,  # noqa: ASYNC109 - part of the contract: the whole test's budget
-    api_format: str = "openai",
+    api_format: ApiFormat = ApiFormat.OPENAI,
 ) -> KeyTestResult:
     """Test a key against its (already checked) base URL, within `timeout` seconds in total."""
     start = time.monotonic()
@@ -118,15 +119,17 @@ def _missing_message(missing: list[str]) -> str:
     return f"the upstream does not offer: {shown}" + (f" (and {more} more)" if more > 0 else "")
 
 
-def models_url(base: str, api_format: str) -> str:
-    return f"{base}/models?limit={ANTHROPIC_PAGE}" if api_format == "anthropic" else f"{base}/models"
+def models_url(base: str, api_format: ApiFormat) -> str:
+    return f"{base}/models?limit={ANTHROPIC_PAGE}" if api_format == ApiFormat.ANTHROPIC else f"{base}/models"
 
 
-def _not_compatible(api_format: str, cause: str) -> _Failed:
-    return _Failed("not_openai_compatible", NOT_ANTHROPIC if api_format == "anthropic" else NOT_COMPATIBLE, cause)
+def _not_compatible(api_format: ApiFormat, cause: str) -> _Failed:
+    return _Failed(
+        "not_openai_compatible", NOT_ANTHROPIC if api_format == ApiFormat.ANTHROPIC else NOT_COMPATIBLE, cause
+    )
 
 
-async def _list_models(pool: h1.Pool, base: str, api_key: str, api_format: str) -> tuple[list[str] | None, bool]:
+async def _list_models(pool: h1.Pool, base: str, api_key: str, api_format: ApiFormat) -> tuple[list[str] | None, bool]:
     """The model ids the upstream lists, or None when it has no model list (404/405/501); and
     whether that is the whole list (an Anthropic page with `has_more` is not)."""
     url = models_url(base, api_format)
@@ -143,7 +146,7 @@ async def _list_models(pool: h1.Pool, base: str, api_key: str, api_format: str) 
 
 @asynccontextmanager
 async def one_token_completion(
-    pool: h1.Pool, base: str, api_key: str, model: str, api_format: str = "openai"
+    pool: h1.Pool, base: str, api_key: str, model: str, api_format: ApiFormat = ApiFormat.OPENAI
 ) -> AsyncIterator[h1.Response]:
     """A one-token chat completion (an `anthropic` key: a one-token message); yields the answer
     whatever its status, its body unread (but for a 400, whose first 64 KiB were read to look
@@ -154,7 +157,7 @@ async def one_token_completion(
     through here, so a key that passes one passes the other. No deadline of its own: callers
     bound it (`asyncio.timeout`)."""
     messages = [{"role": "user", "content": "ping"}]
-    if api_format == "anthropic":
+    if api_format == ApiFormat.ANTHROPIC:
         payload = {"model": model, "max_tokens": 1, "messages": messages}
         async with upstream.request(
             pool, "POST", f"{base}/messages", api_key=api_key, json=payload, api_format=api_format
@@ -174,8 +177,8 @@ async def one_token_completion(
             return
 
 
-async def _complete(pool: h1.Pool, base: str, api_key: str, model: str, api_format: str) -> None:
-    anthropic = api_format == "anthropic"
+async def _complete(pool: h1.Pool, base: str, api_key: str, model: str, api_format: ApiFormat) -> None:
+    anthropic = api_format == ApiFormat.ANTHROPIC
     async with one_token_completion(pool, base, api_key, model, api_format) as resp:
         status = resp.status
         if status == 404:
@@ -212,7 +215,7 @@ def _check_status(status: int) -> None:
         raise _Failed("upstream_error", f"the upstream answered with an error (HTTP {status})", f"http_{status}")
 
 
-async def _read_json(resp: h1.Response, *, strict: bool = True, api_format: str = "openai") -> Any:
+async def _read_json(resp: h1.Response, *, strict: bool = True, api_format: ApiFormat = ApiFormat.OPENAI) -> Any:
     """The body as JSON, read with a size cap; a non-JSON body fails the test (or is None if not strict).
 
     orjson refuses nesting deeper than 1024 levels with a `JSONDecodeError` (a `ValueError`), so a
@@ -257,7 +260,7 @@ async def probe(
     *,
     method: str,
     timeout: float,  # noqa: ASYNC109 - the whole probe's budget
-    api_format: str = "openai",
+    api_format: ApiFormat = ApiFormat.OPENAI,
 ) -> Probe:
     """One cheap live request: `GET /models`, or a 1-token completion (also when there is no model
     list), asked like the key test asks it (`keytest.one_token_completion`), in the key's format."""

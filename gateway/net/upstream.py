@@ -36,6 +36,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from gateway.apiformat import ApiFormat
 from gateway.net import tunnel
 from gateway.net.connection import AnswerTooLarge, StaleConnection, UnsupportedEncoding, UpstreamClosed
 from gateway.net.h1 import Pool, Response, header_lines
@@ -73,12 +74,12 @@ class UpstreamError(Exception):
         self.message = message
 
 
-def upstream_headers(api_key: str, *, accept: str | None, api_format: str = "openai") -> dict[str, str]:
+def upstream_headers(api_key: str, *, accept: str | None, api_format: ApiFormat = ApiFormat.OPENAI) -> dict[str, str]:
     """The complete set of request headers sent upstream; nothing from the caller is added (the
     Anthropic route adds the caller's `anthropic-version` and `anthropic-beta`, checked)."""
     if not SENDABLE_KEY.fullmatch(api_key):
         raise ValueError("the key contains characters that cannot be sent in a header")
-    auth = {"x-api-key": api_key} if api_format == "anthropic" else {"Authorization": f"Bearer {api_key}"}
+    auth = {"x-api-key": api_key} if api_format == ApiFormat.ANTHROPIC else {"Authorization": f"Bearer {api_key}"}
     accepts = accept or "application/json"
     return {"Content-Type": "application/json", "Accept": accepts, **auth, "User-Agent": USER_AGENT}
 
@@ -146,7 +147,7 @@ async def request(
     accept: str | None = None,
     json: Any = None,
     timeout: float | None = None,  # noqa: ASYNC109 - bounds the wait for the answer's head only
-    api_format: str = "openai",
+    api_format: ApiFormat = ApiFormat.OPENAI,
 ) -> AsyncIterator[Response]:
     """Send one request upstream and yield the answer, whatever its status except 3xx.
 
@@ -160,7 +161,7 @@ async def request(
     """
 
     headers = upstream_headers(api_key, accept=accept, api_format=api_format)
-    if api_format == "anthropic":
+    if api_format == ApiFormat.ANTHROPIC:
         headers["anthropic-version"] = ANTHROPIC_VERSION
     headers["Accept-Encoding"] = "identity"
     body = orjson.dumps(json) if json is not None else b""

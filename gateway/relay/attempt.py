@@ -18,13 +18,16 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.apiformat import ApiFormat
 from gateway.errors import REDIS_DOWN, anthropic_body
 from gateway.log import scrub, send
 from gateway.net import h1, ssrf, tunnel
 from gateway.net.h1 import UPSTREAM_POOL
-from gateway.relay import plan, sse, translate
+from gateway.relay import plan, sse
 from gateway.relay.balancer import BALANCER
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
+from gateway.relay.formats.shared import TranslationError
+from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import KEY_INDEX, PoolKey
 from gateway.relay.keystate import KEY_STATES
 from gateway.relay.picks import Pick
@@ -55,7 +58,7 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
     try:
         record.upstream_model = app[KEY_INDEX].upstream_model(call.model, key)
         route = plan.plan(call, key, record.upstream_model)
-    except translate.TranslationError as e:
+    except TranslationError as e:
         call.untranslatable = str(e)
         return record.failed(Failure(FailureKind.UNTRANSLATABLE, detail=str(e)[:200]))
     now = asyncio.get_running_loop().time()
@@ -73,7 +76,7 @@ async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResp
         if not _is_json(raw, resp.content_type):
             # A 2xx page of HTML (a captive portal, a misrouted proxy) is not an answer to relay.
             return record.failed(Failure(FailureKind.UPSTREAM_ERROR, resp.status, detail="the answer is not JSON"))
-        body, usage = plan.answer(route.mode, call, raw)
+        body, usage = plan.answer(route, call, raw)
         if call.endpoint == "/responses":
             call.response_id = sse.response_id(sse.parse(body))
     except TimeoutError:
@@ -123,7 +126,7 @@ async def failed_status(
         record.finished(UsageStatus.CLIENT_ERROR, success=False, committed=False, http_status=status, error=detail)
         # The upstream's own words when it gave them in an error shape; never a page of its HTML.
         message = (detail if message is not None else "") or f"The upstream refused the request (HTTP {status})."
-        if call.client == "anthropic":
+        if call.client == ApiFormat.ANTHROPIC:
             body = anthropic_body(status, message)
         else:
             body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
@@ -177,7 +180,7 @@ def _retry_after(resp: h1.Response) -> float | None:
 
 
 async def finish_json(
-    call: Call, key: PoolKey, resp: h1.Response, body: bytes, usage: sse.Usage | None, record: Recorder
+    call: Call, key: PoolKey, resp: h1.Response, body: bytes, usage: Usage | None, record: Recorder
 ) -> web.Response:
     """Send the upstream's answer, then account for it: the client does not wait for the record.
     The call was served whether or not the client stays to read it, so it counts either way."""

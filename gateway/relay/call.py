@@ -19,8 +19,9 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
-from gateway.relay import sse
+from gateway.apiformat import ApiFormat
 from gateway.relay.balancer import BALANCER
+from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import PoolKey
 from gateway.relay.picks import Pick
 from gateway.relay.usage import USAGE, UsageRecord, UsageStatus
@@ -30,9 +31,6 @@ log = structlog.get_logger(__name__)
 
 
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-# Endpoints whose streams understand `stream_options.include_usage`.
-USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
-USAGE_OPTION = b'"stream_options":{"include_usage":true},'
 MODEL_MEMBER = re.compile(rb'"model"\s*:\s*')
 ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")  # "mod\u0065l": encoders never escape ASCII letters
 
@@ -52,28 +50,15 @@ class Call:
     started: float
     attempts: int = 0
     upstream_ms: float = 0.0
-    client: str = "openai"  # the client's format: openai | anthropic (`/v1/messages`)
+    client: ApiFormat = ApiFormat.OPENAI  # decided once, by the route (`apiformat.spoken_on`)
     anthropic_lines: bytes = b""  # the caller's anthropic-version/-beta, for an anthropic key
-    translated: bytes | None = None  # the body in the other format, once built (see plan)
     untranslatable: str | None = None  # why the body could not go to a key of the other format
     response_id: str | None = None  # a Responses API answer's id, remembered with its key
-    _with_usage: bytes | None = None
-    _renamed: dict[str, bytes] | None = None
+    # The bodies built for keys, once per call (gateway/relay/formats): kept for every key of a kind.
+    with_usage: bytes | None = None  # OPENAI: the body asking for a stream's usage chunk
+    translated: bytes | None = None  # the body in the other format
     translated_obj: dict[str, Any] | None = None
-
-    def payload(self, key: PoolKey, model: str) -> tuple[bytes, bool]:
-        """The body for this key, whose upstream calls the model `model`, and whether we added
-        include_usage (and must strip its chunk)."""
-        raw = self.raw if model == self.model else self.renamed(model)
-        if not (self.stream and key.stream_usage and self.endpoint in USAGE_OPTION_ENDPOINTS):
-            return raw, False
-        if self.client_wants_usage:
-            return raw, False
-        if model != self.model:
-            return _with_usage(raw, {**self.body, "model": model}), True
-        if self._with_usage is None:
-            self._with_usage = _with_usage(self.raw, self.body)
-        return self._with_usage, True
+    _renamed: dict[str, bytes] | None = None
 
     def renamed(self, model: str) -> bytes:
         """The client's body with `model` instead of the name it asked for (a key serving it under
@@ -96,19 +81,6 @@ def rename_model(raw: bytes, body: dict[str, Any], old: str, new: str) -> bytes:
         if raw.startswith(value, end):
             return raw[:start] + b'"model":' + orjson.dumps(new) + raw[end + len(value) :]
     return orjson.dumps({**body, "model": new})
-
-
-def _with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
-    if "stream_options" not in body:
-        # The common case, spliced in rather than re-serialised: a long conversation is copied,
-        # not encoded again. `raw` parsed as an object with a model, so its first `{` opens it
-        # and a member follows the comma.
-        start = raw.index(b"{") + 1
-        return raw[:start] + USAGE_OPTION + raw[start:]
-    options = body["stream_options"]
-    options = dict(options) if isinstance(options, dict) else {}
-    options["include_usage"] = True
-    return orjson.dumps({**body, "stream_options": options})
 
 
 class FailureKind(StrEnum):
@@ -155,7 +127,7 @@ def key_secrets(key: PoolKey) -> tuple[str, ...]:
 def provider_headers(call: Call, key: PoolKey) -> dict[str, str]:
     provider = key.provider if key.provider.isascii() else urllib.parse.quote(key.provider)
     request_id = call.request[appkeys.request_id]
-    if call.client == "anthropic":  # the name Anthropic's clients read
+    if call.client == ApiFormat.ANTHROPIC:  # the name Anthropic's clients read
         return {"X-Request-Id": request_id, "request-id": request_id, "X-Sharekey-Provider": provider}
     return {"X-Request-Id": request_id, "X-Sharekey-Provider": provider}
 
@@ -196,7 +168,7 @@ class Recorder:
         success: bool,
         committed: bool,
         http_status: int | None = None,
-        usage: sse.Usage | None = None,
+        usage: Usage | None = None,
         chunks: int = 0,
         error: str | None = None,
     ) -> None:
@@ -208,8 +180,9 @@ class Recorder:
         call = self.call
         estimated = False
         prompt = completion = None
+        cache_read = cache_creation = None
         if usage is not None:
-            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            prompt, completion, cache_read, cache_creation = usage.stored()
         elif committed:
             estimated = True
             prompt, completion = len(call.raw) // 4, chunks
@@ -235,8 +208,8 @@ class Recorder:
                 latency_ms=round(elapsed * 1000),
                 ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
                 error_message=error,
-                cache_read_tokens=usage.cache_read_tokens if usage is not None else None,
-                cache_creation_tokens=usage.cache_creation_tokens if usage is not None else None,
+                cache_read_tokens=cache_read,
+                cache_creation_tokens=cache_creation,
                 upstream_model=self.upstream_model,
                 server_tool_calls=usage.tool_calls if usage is not None else None,
             )

@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.apiformat import ApiFormat
 from gateway.errors import BadRequest
 
 FIELDS = frozenset({"tools", "mcp_servers", "container", "background", "service_tier", "web_search_options"})
@@ -44,7 +45,7 @@ OPENAI_TOOLS = {
 }
 ANTHROPIC_FREE = ("bash_", "text_editor_", "computer_", "memory_")
 ANTHROPIC_TOOLS = {"web_search_": "web_search", "web_fetch_": "web_fetch", "code_execution_": "code_execution"}
-STANDARD_TIERS = {"openai": (None, "auto", "default"), "anthropic": (None, "auto", "standard_only")}
+STANDARD_TIERS = {ApiFormat.OPENAI: (None, "auto", "default"), ApiFormat.ANTHROPIC: (None, "auto", "standard_only")}
 # Anthropic's usage.server_tool_use counters, by feature.
 ANTHROPIC_COUNTERS = {
     "web_search_requests": "web_search",
@@ -61,7 +62,7 @@ RESPONSE_ITEMS = {
 }
 
 
-def check(body: dict[str, Any], client: str, allowed: Sequence[str]) -> None:
+def check(body: dict[str, Any], client: ApiFormat, allowed: Sequence[str]) -> None:
     """Refuse the first feature the body asks for that the operator has not allowed."""
     if FIELDS.isdisjoint(body):
         return
@@ -78,7 +79,7 @@ def check(body: dict[str, Any], client: str, allowed: Sequence[str]) -> None:
             )
 
 
-def _features(body: dict[str, Any], client: str) -> list[tuple[str, Any, str | None]]:
+def _features(body: dict[str, Any], client: ApiFormat) -> list[tuple[str, Any, str | None]]:
     """(field, value, feature or None for an unknown tool type) for everything billed beyond tokens."""
     found: list[tuple[str, Any, str | None]] = []
     tools = body.get("tools")
@@ -86,10 +87,10 @@ def _features(body: dict[str, Any], client: str) -> list[tuple[str, Any, str | N
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind is None or not isinstance(kind, str):
             continue  # a function in Anthropic's shape (no type); other odd shapes are the upstream's to refuse
-        feature = _anthropic_tool(kind) if client == "anthropic" else _openai_tool(kind)
+        feature = _anthropic_tool(kind) if client == ApiFormat.ANTHROPIC else _openai_tool(kind)
         if feature != "":
             found.append((f"tools[{i}].type", kind, feature))
-    if client == "anthropic":
+    if client == ApiFormat.ANTHROPIC:
         if body.get("mcp_servers"):
             found.append(("mcp_servers", "…", "mcp"))
         if body.get("container") is not None:
@@ -99,7 +100,7 @@ def _features(body: dict[str, Any], client: str) -> list[tuple[str, Any, str | N
     if body.get("background") is True:
         found.append(("background", True, "background"))
     tier = body.get("service_tier")
-    if tier not in STANDARD_TIERS["anthropic" if client == "anthropic" else "openai"]:
+    if tier not in STANDARD_TIERS[client]:
         found.append(("service_tier", tier, "service_tier"))
     return found
 

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
+from gateway.apiformat import ApiFormat, spoken_on
 from gateway.config import Balancer as BalancerConfig
 from gateway.errors import (
     REDIS_DOWN,
@@ -35,11 +36,12 @@ from gateway.errors import (
 )
 from gateway.inbound import read_body
 from gateway.log import request_fields
-from gateway.relay import anthropic_body, features, plan
+from gateway.relay import anthropic_body, features
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
+from gateway.relay.formats import anthropic
 from gateway.relay.keyindex import KEY_INDEX
 from gateway.relay.overlimit import OVER_LIMIT, before_body
 from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
@@ -100,7 +102,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def authenticate(request: web.Request) -> Caller:
     # Anthropic's clients send the token as x-api-key (ANTHROPIC_API_KEY) or Bearer (…_AUTH_TOKEN).
-    x_api_key = request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
+    x_api_key = spoken_on(request.path) == ApiFormat.ANTHROPIC or "anthropic-version" in request.headers
     return await token_caller(request, refused=_bad_token, unavailable=_tokens_unavailable, x_api_key=x_api_key)
 
 
@@ -135,8 +137,8 @@ async def read_json(request: web.Request, caller: Caller) -> tuple[bytes, dict[s
 async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call:
     config = request.app[appkeys.config]
     raw, body = await read_json(request, caller)
-    client = "anthropic" if endpoint == "/messages" else "openai"
-    if client == "anthropic":
+    client = spoken_on(request.path)
+    if client == ApiFormat.ANTHROPIC:
         anthropic_body.check(body)
     features.check(body, client, config.upstream.allowed_features)
     model = body.get("model")
@@ -167,8 +169,8 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     fields["model"] = model
     fields["stream"] = stream
     call = Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
-    if client == "anthropic":
-        call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
+    if client == ApiFormat.ANTHROPIC:
+        call.client, call.anthropic_lines = client, anthropic.header_lines(request)
     return call
 
 
@@ -340,7 +342,7 @@ def affinity_of(call: Call, config: BalancerConfig) -> Affinity | None:
     body = call.body
     conversation = body.get("prompt_cache_key") or call.request.headers.get("X-Claude-Code-Session-Id")
     metadata = body.get("metadata")
-    if not conversation and call.client == "anthropic" and isinstance(metadata, dict):
+    if not conversation and call.client == ApiFormat.ANTHROPIC and isinstance(metadata, dict):
         conversation = metadata.get("user_id")
     previous = body.get("previous_response_id") if config.response_affinity_seconds else None
     conversation = conversation if isinstance(conversation, str) and config.affinity_seconds else None

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from gateway.apiformat import ApiFormat
 from gateway.errors import POSTGRES_DOWN
 from gateway.net.h1 import header_lines
 from gateway.net.upstream import upstream_headers
@@ -40,11 +41,11 @@ EITHER_FORMAT = frozenset({"/chat/completions", "/messages"})
 ANTHROPIC_ONLY = frozenset({"/messages/count_tokens"})
 
 
-def family(endpoint: str) -> str:
-    """Which keys serve a client's endpoint: `any` format, `openai` or `anthropic` ones only."""
+def family(endpoint: str) -> ApiFormat | None:
+    """Which keys serve a client's endpoint: those of one format, or of either (None)."""
     if endpoint in EITHER_FORMAT:
-        return "any"
-    return "anthropic" if endpoint in ANTHROPIC_ONLY else "openai"
+        return None
+    return ApiFormat.ANTHROPIC if endpoint in ANTHROPIC_ONLY else ApiFormat.OPENAI
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -58,7 +59,7 @@ class PoolKey:
     daily_limit: int
     stream_usage: bool
     is_private: bool
-    api_format: str = "openai"  # openai | anthropic: how the upstream is called
+    api_format: ApiFormat = ApiFormat.OPENAI  # how the upstream is called
     upstream_names: dict[str, str] = field(default_factory=dict, repr=False)  # public -> upstream, where they differ
     # Built once per load, not per request: parsed URLs and the complete upstream header lines.
     urls: dict[str, URL] = field(default_factory=dict, repr=False)
@@ -67,7 +68,7 @@ class PoolKey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
-        endpoints = ANTHROPIC_ENDPOINTS if self.api_format == "anthropic" else ENDPOINTS
+        endpoints = ANTHROPIC_ENDPOINTS if self.api_format == ApiFormat.ANTHROPIC else ENDPOINTS
         self.urls.update({e: URL(self.base_url + e) for e in endpoints})
         for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
             headers = upstream_headers(self.api_key, accept=accept, api_format=self.api_format)
@@ -85,7 +86,7 @@ class Snapshot:
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # (model, family) -> the balancer's pool (None: a model served, but by no key of the family),
     # built on first use, once per snapshot
-    pools: dict[tuple[str, str], Pool | None] = field(default_factory=dict)
+    pools: dict[tuple[str, ApiFormat | None], Pool | None] = field(default_factory=dict)
 
     @classmethod
     def build(cls, keys: list[PoolKey], aliases: Mapping[str, tuple[str, ...]] | None = None) -> Snapshot:
@@ -111,7 +112,7 @@ class Snapshot:
 
     def _add(self, model: str, key: PoolKey) -> None:
         self.pooled.setdefault(model, []).append(key)
-        if key.api_format == "openai":
+        if key.api_format == ApiFormat.OPENAI:
             self.openai.setdefault(model, []).append(key)
 
     def with_keys(self, changed: Mapping[str, PoolKey | None]) -> Snapshot:
@@ -189,7 +190,7 @@ async def load(
                 daily_limit=r["daily_limit"],
                 stream_usage=r["stream_usage"],
                 is_private=r["is_private"],
-                api_format=r["api_format"],
+                api_format=ApiFormat(r["api_format"]),
                 upstream_names={public: upstream for public, upstream in names if public != upstream},
             )
         except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
@@ -232,9 +233,9 @@ class KeyIndex:
     def pooled(self, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         """The shared keys that can serve `model` at the client's `endpoint`."""
         kind = family(endpoint)
-        if kind == "anthropic":
-            return [k for k in self.snapshot.pooled.get(model, ()) if k.api_format == "anthropic"]
-        return (self.snapshot.pooled if kind == "any" else self.snapshot.openai).get(model, [])
+        if kind == ApiFormat.ANTHROPIC:
+            return [k for k in self.snapshot.pooled.get(model, ()) if k.api_format == ApiFormat.ANTHROPIC]
+        return (self.snapshot.pooled if kind is None else self.snapshot.openai).get(model, [])
 
     def pool(self, model: str, endpoint: str = "/chat/completions") -> Pool | None:
         """`pooled(model, endpoint)` as the balancer's pool: its candidate list, fingerprint and
@@ -246,7 +247,7 @@ class KeyIndex:
         except KeyError:
             pass
         keys = self.pooled(model, endpoint)
-        pool = Pool.of([k.candidate for k in keys], f"{kind}\0{model}") if keys else None
+        pool = Pool.of([k.candidate for k in keys], f"{kind or 'any'}\0{model}") if keys else None
         if pool is not None or model in snap.pooled:  # a name no key serves is not kept
             snap.pools[(model, kind)] = pool
         return pool
@@ -255,7 +256,7 @@ class KeyIndex:
         kind = family(endpoint)
         names = {model, *self.snapshot.aliases.get(model, ())}
         keys = self.snapshot.private.get(owner_id, [])
-        return [k for k in keys if not names.isdisjoint(k.models) and kind in ("any", k.api_format)]
+        return [k for k in keys if not names.isdisjoint(k.models) and kind in (None, k.api_format)]
 
     def upstream_model(self, model: str, key: PoolKey) -> str:
         """The name `key`'s upstream gets for a request that asked for `model`."""

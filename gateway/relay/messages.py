@@ -2,7 +2,7 @@
 
 Claude Code and the `anthropic` SDKs call these. The request runs through the same steps as an
 OpenAI one (`handlers.proxy`): token, checks, one pick, failover, accounting. An `anthropic` key
-gets the body as it came; an `openai` key gets it translated (`translate`). Errors answer in
+gets the body as it came; an `openai` key gets it translated (`formats`). Errors answer in
 Anthropic's shape (`errors.anthropic_error`), with `request-id`.
 
 `count_tokens` goes through the same pick without a reservation (`reserve=False`): it counts
@@ -23,14 +23,17 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys
+from gateway.apiformat import ApiFormat
 from gateway.log import request_fields
 from gateway.net import h1
 from gateway.net.h1 import UPSTREAM_POOL
-from gateway.relay import handlers, plan, translate
+from gateway.relay import handlers
 from gateway.relay.anthropic_body import check
 from gateway.relay.attempt import _quietly, connect_failure, failed_status, note_failure
 from gateway.relay.balancer import BALANCER
 from gateway.relay.call import Call, Failure, FailureKind, Recorder
+from gateway.relay.formats import anthropic
+from gateway.relay.formats.shared import estimate_input_tokens
 from gateway.relay.keyindex import KEY_INDEX, PoolKey
 from gateway.relay.picks import USER_OUTCOMES, Pick, PickOutcome, Pool
 from gateway.relay.usage import UsageStatus
@@ -58,7 +61,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     fields = request_fields(request)
     fields["model"] = model
     call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
-    call.client, call.anthropic_lines = "anthropic", plan.anthropic_lines(request)
+    call.client, call.anthropic_lines = ApiFormat.ANTHROPIC, anthropic.header_lines(request)
     pool = request.app[KEY_INDEX].pool(model, COUNT)
     try:
         counted = await _count(call, pool) if pool is not None else None
@@ -67,7 +70,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         fields["upstream_ms"] = round(call.upstream_ms, 1)
     if isinstance(counted, web.Response):
         return counted
-    return web.json_response({"input_tokens": translate.estimate_input_tokens(body) if counted is None else counted})
+    return web.json_response({"input_tokens": estimate_input_tokens(body) if counted is None else counted})
 
 
 async def _count(call: Call, pool: Pool) -> int | web.Response | None:
@@ -118,7 +121,7 @@ async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Fai
     record = Recorder(call, key, pick)
     name = record.upstream_model = app[KEY_INDEX].upstream_model(call.model, key)
     body = call.raw if name == call.model else call.renamed(name)
-    url = plan.anthropic_url(key.urls[COUNT], call.request)
+    url = anthropic.url(key.urls[COUNT], call.request)
     deadline = asyncio.get_running_loop().time() + COUNT_TIMEOUT
     t0 = time.perf_counter()
     resp: h1.Response | None = None

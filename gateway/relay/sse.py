@@ -10,21 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 EVENT_END = re.compile(rb"\r?\n\r?\n")
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int | None = None  # the whole prompt, cached tokens included
-    completion_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_creation_tokens: int | None = None
-    tool_calls: dict[str, int] | None = None  # server tool calls by feature (relay/features.py)
 
 
 class Scanner:
@@ -124,26 +114,6 @@ def is_error(payload: bytes) -> bool:
         return False
     obj = parse(payload)
     return isinstance(obj, dict) and obj.get("error") is not None and "choices" not in obj
-
-
-def usage_of(obj: Any) -> Usage | None:
-    """Usage from a chat/completions chunk or body, or from a Responses API object/event."""
-    if not isinstance(obj, dict):
-        return None
-    u = obj.get("usage")
-    if u is None and isinstance(obj.get("response"), dict):  # Responses API: response.completed
-        u = obj["response"].get("usage")
-    if not isinstance(u, dict):
-        return None
-    prompt = u.get("prompt_tokens", u.get("input_tokens"))
-    completion = u.get("completion_tokens", u.get("output_tokens"))
-    details = u.get("prompt_tokens_details", u.get("input_tokens_details"))
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt if isinstance(prompt, int) else None,
-        completion if isinstance(completion, int) else None,
-        cached if isinstance(cached, int) and cached > 0 else None,
-    )
 
 
 def response_id(obj: Any) -> str | None:

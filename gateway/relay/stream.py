@@ -1,8 +1,8 @@
-"""Relaying a stream, whatever its formats (`adapters`): hold what comes until the first content
-event (the commit point; an error or an early end before it is a failed attempt), then pass it on
-as it arrives, converted where the formats differ, never buffered to the end. After the commit
-nothing propagates but the client's cancellation: an upstream that breaks, stalls or floods ends
-the stream with one error event in the client's format.
+"""Relaying a stream, whatever its formats (each direction's `Adapter`, gateway/relay/formats):
+hold what comes until the first content event (the commit point; an error or an early end before
+it is a failed attempt), then pass it on as it arrives, converted where the formats differ, never
+buffered to the end. After the commit nothing propagates but the client's cancellation: an
+upstream that breaks, stalls or floods ends the stream with one error event in the client's format.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.net import h1
 from gateway.relay import sse
-from gateway.relay.adapters import ENDED_EARLY, Adapter
 from gateway.relay.call import Call, Failure, FailureKind, Recorder, provider_headers
+from gateway.relay.formats.shared import ENDED_EARLY, Adapter
 from gateway.relay.keyindex import PoolKey
 from gateway.relay.usage import UsageStatus
 
@@ -85,14 +85,7 @@ async def relay(
                 break
             data = adapter.take(scanner.feed(chunk))
     except (ConnectionError, RuntimeError):  # the client went away (before anything upstream broke)
-        record.finished(
-            UsageStatus.CANCELLED,
-            success=False,
-            committed=True,
-            http_status=200,
-            usage=adapter.recorded_usage(),
-            chunks=adapter.chunks,
-        )
+        _streamed(record, adapter, UsageStatus.CANCELLED)
         call.upstream_ms += (time.perf_counter() - t0) * 1000
         return out
     except TimeoutError:
@@ -100,26 +93,11 @@ async def relay(
     except (aiohttp.ClientError, OSError):
         broke = "connection lost"
     except asyncio.CancelledError:
-        record.finished(
-            UsageStatus.CANCELLED,
-            success=False,
-            committed=True,
-            http_status=200,
-            usage=adapter.recorded_usage(),
-            chunks=adapter.chunks,
-        )
+        _streamed(record, adapter, UsageStatus.CANCELLED)
         raise
     call.upstream_ms += (time.perf_counter() - t0) * 1000
     if broke is not None:
-        record.finished(
-            UsageStatus.STREAM_ERROR,
-            success=False,
-            committed=True,
-            http_status=200,
-            usage=adapter.recorded_usage(),
-            chunks=adapter.chunks,
-            error=broke,
-        )
+        _streamed(record, adapter, UsageStatus.STREAM_ERROR, error=broke)
         with contextlib.suppress(ConnectionError, RuntimeError):
             if not adapter.broken:  # a reported error already went out as the adapter's error event
                 await out.write(adapter.error(f"The upstream stream broke off ({broke})."))
@@ -133,12 +111,18 @@ async def relay(
     except (ConnectionError, RuntimeError):
         pass  # every event reached the client's connection but the last: the call was served
     finally:
-        record.finished(
-            UsageStatus.OK,
-            success=True,
-            committed=True,
-            http_status=200,
-            usage=adapter.recorded_usage(),
-            chunks=adapter.chunks,
-        )
+        _streamed(record, adapter, UsageStatus.OK)
     return out
+
+
+def _streamed(record: Recorder, adapter: Adapter, status: UsageStatus, error: str | None = None) -> None:
+    """The record of a committed stream: what its adapter saw, whatever ended it."""
+    record.finished(
+        status,
+        success=status is UsageStatus.OK,
+        committed=True,
+        http_status=200,
+        usage=adapter.recorded_usage(),
+        chunks=adapter.chunks,
+        error=error,
+    )

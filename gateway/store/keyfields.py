@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.apiformat import API_FORMATS
 from gateway.config import Config
 from gateway.errors import ApiError, invalid
 from gateway.net import ssrf
@@ -143,9 +144,6 @@ def _flag(field: str, value: Any) -> bool:
 
 def _model(field: str, value: Any) -> str:
     return _text(field, value, low=1, high=200)
-
-
-API_FORMATS = ("openai", "anthropic")  # how the upstream is called (`shared_keys.api_format`)
 
 
 def _api_format(field: str, value: Any) -> str:

@@ -1,29 +1,25 @@
-"""Translation between the Anthropic Messages API and OpenAI chat/completions: the one import
-for routes (`from gateway.relay import translate`).
+"""The wire formats, one module per direction, named after its `Mode`.
 
-Pure and synchronous: no I/O, no aiohttp. Built for the hot path: new dicts are built only
-around what changes, large values (text, base64 data, JSON schemas) are shared, never copied.
-Odd but valid input (None fields, empty content lists, empty text blocks, unknown block types)
-never raises: the unknown is dropped. Input that cannot be expressed in the other format raises
-`TranslationError(message, field)`; the route answers 400 `invalid_request_error`.
+    client      key         Mode                 module (+ `_stream` for its streamed answers)
+    openai      openai      OPENAI               openai.py: the body as it came (+ include_usage)
+    anthropic   anthropic   ANTHROPIC            anthropic.py: the body as it came, the caller's
+                                                 anthropic-version/-beta and `?beta=true`
+    anthropic   openai      ANTHROPIC_ON_OPENAI  anthropic_on_openai.py: to /chat/completions and back
+    openai      anthropic   OPENAI_ON_ANTHROPIC  openai_on_anthropic.py: to /messages and back
 
-    Anthropic clients on `openai` keys (gateway/relay/anthropic_on_openai.py, stream_to_anthropic.py)
-        anthropic_request_to_openai(body) -> dict
-        openai_response_to_anthropic(body, *, model=None) -> dict
-        OpenAIToAnthropicStream(*, model=None, input_tokens=0)
-            .feed(chunk: dict) -> bytes     .close() -> bytes     .usage: TokenUsage | None
-    OpenAI clients on `anthropic` keys (gateway/relay/openai_on_anthropic.py, stream_to_openai.py)
-        openai_request_to_anthropic(body) -> dict
-        anthropic_response_to_openai(body, *, model=None) -> dict
-        AnthropicToOpenAIStream(*, include_usage=False, model=None)
-            .feed(event: dict) -> bytes     .close() -> bytes     .usage: TokenUsage
-        wants_usage(openai_body) -> bool
-    Shared (gateway/relay/translate_base.py)
-        TranslationError(message, field=None)
-        TokenUsage(input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
-            .prompt_tokens, .total_tokens;  openai_usage(u), anthropic_usage(u) -> TokenUsage | None
-        anthropic_error_event(message, type_="api_error") -> bytes
-        estimate_input_tokens(anthropic_body) -> int
+Every direction module has the same three entries, one row of the table in gateway/relay/plan.py:
+`plan(call, key, model) -> Plan` (URL, header lines, body for one key), `adapter(plan, call) ->
+Adapter` (how a stream comes back), `answer(call, raw) -> (bytes, Usage | None)` (a non-streamed
+answer for the client). A translating direction also has `translate_request(body)` and
+`translate_answer(body, model=…)`, and its `_stream` module a `Translator` (`.feed()`, `.close()`,
+`.usage`) and the `Adapter` around it. Shared pieces: shared.py; token usage: usage.py. A new
+format is one `ApiFormat` member, one module per direction and one row per direction.
+
+Translation is pure and synchronous: no I/O, no aiohttp. Built for the hot path: new dicts are
+built only around what changes, large values (text, base64 data, JSON schemas) are shared, never
+copied. Odd but valid input (None fields, empty content lists, empty text blocks, unknown block
+types) never raises: the unknown is dropped. Input that cannot be expressed in the other format
+raises `TranslationError(message, field)`; the route answers 400 `invalid_request_error`.
 
 Decisions, Anthropic request -> OpenAI:
 * `system` (string or text blocks, joined with a blank line) becomes a leading system message;
@@ -84,31 +80,13 @@ Anthropic answer -> OpenAI:
 
 from __future__ import annotations
 
-from gateway.relay.anthropic_on_openai import anthropic_request_to_openai, openai_response_to_anthropic
-from gateway.relay.openai_on_anthropic import anthropic_response_to_openai, openai_request_to_anthropic, wants_usage
-from gateway.relay.stream_to_anthropic import OpenAIToAnthropicStream
-from gateway.relay.stream_to_openai import AnthropicToOpenAIStream
-from gateway.relay.translate_base import (
-    TokenUsage,
-    TranslationError,
-    anthropic_error_event,
-    anthropic_usage,
-    estimate_input_tokens,
-    openai_usage,
-)
+from enum import StrEnum
 
-__all__ = [
-    "AnthropicToOpenAIStream",
-    "OpenAIToAnthropicStream",
-    "TokenUsage",
-    "TranslationError",
-    "anthropic_error_event",
-    "anthropic_request_to_openai",
-    "anthropic_response_to_openai",
-    "anthropic_usage",
-    "estimate_input_tokens",
-    "openai_request_to_anthropic",
-    "openai_response_to_anthropic",
-    "openai_usage",
-    "wants_usage",
-]
+
+class Mode(StrEnum):
+    """How one call reaches one key: the client's format on the key's."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    ANTHROPIC_ON_OPENAI = "anthropic_on_openai"
+    OPENAI_ON_ANTHROPIC = "openai_on_anthropic"

@@ -1,8 +1,9 @@
-"""OpenAI chat/completions clients served by `anthropic`-format keys (`POST /v1/chat/completions`).
+"""OpenAI clients on `anthropic` keys (`Mode.OPENAI_ON_ANTHROPIC`): `/v1/chat/completions`
+translated to `/messages` and back.
 
-Owns: `openai_request_to_anthropic` (request body), `anthropic_response_to_openai` (a
-non-streamed answer) and `wants_usage` (did the client ask for the usage chunk); streams are
-gateway/relay/stream_to_openai.py. The mapping decisions are listed in gateway/relay/translate.py.
+Owns the direction's row (`plan`, `adapter`, `answer`), `translate_request` (the request body) and
+`translate_answer` (a non-streamed answer); streams are openai_on_anthropic_stream.py. The
+mapping decisions are listed in gateway/relay/formats/__init__.py.
 """
 
 from __future__ import annotations
@@ -10,28 +11,45 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.relay.translate_base import (
+import orjson
+
+from gateway.relay.call import Call
+from gateway.relay.formats import Mode, anthropic, openai_on_anthropic_stream
+from gateway.relay.formats.shared import (
+    Plan,
     TranslationError,
-    anthropic_usage,
     dumps,
     finish_reason,
+    json_object,
     loads_object,
     new_id,
-    openai_usage_dict,
     text_of,
+    translated,
 )
+from gateway.relay.formats.usage import Usage, anthropic_usage, openai_usage_dict
+from gateway.relay.keyindex import PoolKey
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often send none
 SEP = "\n\n"  # between system messages joined into Anthropic's one `system`
 
 
-def wants_usage(body: dict) -> bool:
-    """Whether an OpenAI streaming request asked for the final usage chunk."""
-    options = body.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
+def plan(call: Call, key: PoolKey, model: str) -> Plan:
+    body = translated(call, model, translate_request)
+    head = key.head[call.stream] + anthropic.DEFAULT_VERSION_LINE
+    return Plan(Mode.OPENAI_ON_ANTHROPIC, key.urls["/messages"], head, body)
 
 
-def openai_request_to_anthropic(body: dict) -> dict:
+def adapter(route: Plan, call: Call) -> openai_on_anthropic_stream.Adapter:
+    return openai_on_anthropic_stream.Adapter(model=call.model, include_usage=call.client_wants_usage)
+
+
+def answer(call: Call, raw: bytes) -> tuple[bytes, Usage | None]:
+    """The answer as a chat completion, and its usage. ValueError when it is not a JSON object."""
+    obj = json_object(raw)
+    return orjson.dumps(translate_answer(obj, model=call.model)), anthropic.usage_of(obj)
+
+
+def translate_request(body: dict) -> dict:
     """An OpenAI chat/completions request as an Anthropic Messages request. Only fields
     Anthropic understands are written; OpenAI-only ones (stream_options, response_format,
     logprobs, penalties, seed, user, prompt_cache_key, …) are left behind."""
@@ -218,7 +236,7 @@ def _tools(out: dict, body: dict) -> None:
         out["tool_choice"] = result
 
 
-def anthropic_response_to_openai(body: dict, *, model: str | None = None) -> dict:
+def translate_answer(body: dict, *, model: str | None = None) -> dict:
     """An Anthropic Message as an OpenAI chat completion (`model`: used when the answer has none)."""
     texts: list[str] = []
     calls: list[dict] = []
@@ -245,6 +263,3 @@ def anthropic_response_to_openai(body: dict, *, model: str | None = None) -> dic
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": openai_usage_dict(anthropic_usage(body.get("usage"))),
     }
-
-
-__all__ = ["anthropic_response_to_openai", "openai_request_to_anthropic", "wants_usage"]

@@ -1,33 +1,56 @@
-"""Anthropic Messages clients served by `openai`-format keys (`POST /v1/messages`).
+"""Anthropic clients on `openai` keys (`Mode.ANTHROPIC_ON_OPENAI`): `/v1/messages` translated to
+`/chat/completions` and back.
 
-Owns: `anthropic_request_to_openai` (request body), `openai_response_to_anthropic` (a
-non-streamed answer); streams are gateway/relay/stream_to_anthropic.py.
-The mapping decisions are listed in gateway/relay/translate.py.
+Owns the direction's row (`plan`, `adapter`, `answer`), `translate_request` (the request body) and
+`translate_answer` (a non-streamed answer); streams are anthropic_on_openai_stream.py. The
+mapping decisions are listed in gateway/relay/formats/__init__.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.relay.translate_base import (
+import orjson
+
+from gateway.relay.call import Call
+from gateway.relay.formats import Mode, anthropic_on_openai_stream
+from gateway.relay.formats.shared import (
+    Plan,
     TranslationError,
-    anthropic_usage_dict,
     dumps,
+    json_object,
     loads_object,
     matched_stop,
     message_id,
     new_id,
-    openai_usage,
     stop_reason,
     text_of,
+    translated,
 )
+from gateway.relay.formats.usage import Usage, anthropic_usage_dict, openai_usage
+from gateway.relay.keyindex import PoolKey
 
 SEP = "\n\n"  # between text blocks that become one OpenAI string
 IMAGE_IN_TOOL_RESULT = "[image: attached in the next user message]"
 DOCUMENT_IN_TOOL_RESULT = "[document: attached in the next user message]"
 
 
-def anthropic_request_to_openai(body: dict) -> dict:
+def plan(call: Call, key: PoolKey, model: str) -> Plan:
+    body = translated(call, model, translate_request)
+    return Plan(Mode.ANTHROPIC_ON_OPENAI, key.urls["/chat/completions"], key.head[call.stream], body)
+
+
+def adapter(route: Plan, call: Call) -> anthropic_on_openai_stream.Adapter:
+    return anthropic_on_openai_stream.Adapter(model=call.model)
+
+
+def answer(call: Call, raw: bytes) -> tuple[bytes, Usage | None]:
+    """The answer as an Anthropic Message, and its usage. ValueError when it is not a JSON object."""
+    obj = json_object(raw)
+    return orjson.dumps(translate_answer(obj, model=call.model)), openai_usage(obj.get("usage"))
+
+
+def translate_request(body: dict) -> dict:
     """An Anthropic Messages request as an OpenAI chat/completions request. Only fields OpenAI
     understands are written; everything else (metadata, thinking, cache_control, top_k, …) is
     left behind. Large values (text, schemas) are shared with `body`, not copied."""
@@ -238,7 +261,7 @@ def _tool_message(block: dict, carried: list, where: str) -> dict:
     return {"role": "tool", "tool_call_id": tool_id if isinstance(tool_id, str) else "", "content": content}
 
 
-def openai_response_to_anthropic(body: dict, *, model: str | None = None) -> dict:
+def translate_answer(body: dict, *, model: str | None = None) -> dict:
     """An OpenAI chat completion as an Anthropic Message (`model`: used when the answer has none)."""
     choices = body.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
@@ -284,6 +307,3 @@ def openai_response_to_anthropic(body: dict, *, model: str | None = None) -> dic
         "stop_sequence": sequence,
         "usage": anthropic_usage_dict(openai_usage(body.get("usage"))),
     }
-
-
-__all__ = ["anthropic_request_to_openai", "openai_response_to_anthropic"]

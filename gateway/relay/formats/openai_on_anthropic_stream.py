@@ -1,6 +1,6 @@
-"""Streamed answers from `anthropic`-format keys to OpenAI chat/completions clients: Anthropic
-stream events in, OpenAI `data:` chunks out (`AnthropicToOpenAIStream`).
-The mapping decisions are listed in gateway/relay/translate.py.
+"""`Mode.OPENAI_ON_ANTHROPIC`, streamed: Anthropic stream events in, OpenAI `data:` chunks out
+(`Translator`), and the `Adapter` the relay drives it through. The mapping decisions are listed in
+gateway/relay/formats/__init__.py.
 """
 
 from __future__ import annotations
@@ -8,21 +8,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.relay.translate_base import (
-    STREAM_ERROR,
-    TokenUsage,
-    anthropic_usage,
-    dumps,
-    finish_reason,
-    new_id,
-    openai_data,
-    openai_usage_dict,
-)
+from gateway.relay import features, sse
+from gateway.relay.formats.shared import STREAM_ERROR, EventAdapter, dumps, finish_reason, new_id, openai_data
+from gateway.relay.formats.usage import Usage, anthropic_usage, openai_usage_dict
 
 DONE = b"data: [DONE]\n\n"
 
 
-class AnthropicToOpenAIStream:
+class Translator:
     """Anthropic stream events (parsed `data:` objects, each with its `type`) in, OpenAI
     `data: {chunk}` bytes out.
 
@@ -40,7 +33,7 @@ class AnthropicToOpenAIStream:
         self.id = new_id("chatcmpl-")
         self.model = model or ""
         self.created = int(time.time())
-        self.usage = TokenUsage()
+        self.usage = Usage()
         self.stop_reason: str | None = None
         self.done = False
         self._role_sent = False
@@ -78,6 +71,7 @@ class AnthropicToOpenAIStream:
             self.usage.cache_read_tokens = new.cache_read_tokens
         if "cache_creation_input_tokens" in usage:
             self.usage.cache_creation_tokens = new.cache_creation_tokens
+        self.usage.tool_calls = features.anthropic_calls(usage) or self.usage.tool_calls
 
     def feed(self, event: dict) -> bytes:
         if self.done or not isinstance(event, dict):
@@ -165,4 +159,33 @@ class AnthropicToOpenAIStream:
         return out + DONE
 
 
-__all__ = ["AnthropicToOpenAIStream"]
+class Adapter(EventAdapter):
+    """An `anthropic` key's stream to an OpenAI client, converted event by event."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        super().__init__()
+        self._stream = Translator(include_usage=include_usage, model=model)
+
+    def event(self, event: bytes) -> bytes:
+        data = sse.data_of(event)
+        if data is None:
+            return b""
+        obj = sse.parse(data)
+        if not isinstance(obj, dict):
+            return b""
+        kind = obj.get("type")
+        if kind == "error":
+            return self.upstream_error()
+        if kind in ("content_block_start", "content_block_delta"):
+            self.committed = True
+        out = self._stream.feed(obj)
+        self.usage = self._stream.usage
+        return out
+
+    def close(self, pending: bytes) -> bytes:
+        out = self._stream.close()
+        self.usage = self._stream.usage
+        return out
+
+    def error(self, message: str) -> bytes:
+        return sse.error_event(message)

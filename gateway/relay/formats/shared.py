@@ -1,19 +1,27 @@
-"""What both translation directions share (see gateway/relay/translate.py for the whole API).
+"""What every direction shares: the pieces of translation, and the shapes the relay sees.
 
-Owns: `TranslationError`, the stop-reason tables, token usage read from and written in either
-format (`TokenUsage`, `openai_usage`, `anthropic_usage`, `openai_usage_dict`,
-`anthropic_usage_dict`), ids (`message_id`, `new_id`), SSE framing (`anthropic_event`,
-`anthropic_error_event`, `openai_data`, `STREAM_ERROR`), the local `estimate_input_tokens`, and
-small helpers that read loosely typed JSON without raising.
+Owns: `TranslationError`; the stop-reason tables; ids (`message_id`, `new_id`); SSE framing
+(`anthropic_event`, `anthropic_error_event`, `openai_data`, `STREAM_ERROR`); small helpers that
+read loosely typed JSON without raising; the local `estimate_input_tokens`; and the two shapes a
+direction hands the relay: `Plan` (what to send one key) and `Adapter` (how its stream comes
+back), with `EventAdapter`, the base of every adapter that looks at each event. Token usage is
+gateway/relay/formats/usage.py.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+from yarl import URL
+
+from gateway.relay import sse
+from gateway.relay.call import Call
+from gateway.relay.formats import Mode
+from gateway.relay.formats.usage import Usage
 
 
 class TranslationError(ValueError):
@@ -75,55 +83,6 @@ def matched_stop(choice: dict) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
-
-
-@dataclass(slots=True)
-class TokenUsage:
-    """Token counts in Anthropic's terms: `input_tokens` excludes the cached part, so the whole
-    prompt is `prompt_tokens` = input + cache read + cache creation."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_creation_tokens: int = 0
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.input_tokens + self.cache_read_tokens + self.cache_creation_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.output_tokens
-
-
-def as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def openai_usage(usage: Any) -> TokenUsage | None:
-    """An OpenAI `usage` object, or None when there is none. `prompt_tokens` includes cached
-    tokens (`prompt_tokens_details.cached_tokens`; DeepSeek: `prompt_cache_hit_tokens`), which
-    are split off into `cache_read_tokens`."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = as_int(usage.get("prompt_tokens"))
-    details = usage.get("prompt_tokens_details")
-    cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    cached = cached or as_int(usage.get("prompt_cache_hit_tokens"))
-    cached = min(cached, prompt)
-    return TokenUsage(prompt - cached, as_int(usage.get("completion_tokens")), cached, 0)
-
-
-def anthropic_usage(usage: Any) -> TokenUsage | None:
-    """An Anthropic `usage` object (a Message's, or a stream's message_start/message_delta), or None."""
-    if not isinstance(usage, dict):
-        return None
-    return TokenUsage(
-        as_int(usage.get("input_tokens")),
-        as_int(usage.get("output_tokens")),
-        as_int(usage.get("cache_read_input_tokens")),
-        as_int(usage.get("cache_creation_input_tokens")),
-    )
 
 
 def anthropic_event(type_: str, data: dict) -> bytes:
@@ -191,29 +150,6 @@ def message_id(value: Any) -> str:
     return value if value.startswith("msg_") else "msg_" + value
 
 
-def anthropic_usage_dict(usage: TokenUsage | None) -> dict:
-    """Anthropic `usage` for an answer; cache reads only when there are any."""
-    if usage is None:
-        return {"input_tokens": 0, "output_tokens": 0}
-    out = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-    if usage.cache_read_tokens:
-        out["cache_read_input_tokens"] = usage.cache_read_tokens
-    return out
-
-
-def openai_usage_dict(usage: TokenUsage | None) -> dict:
-    """OpenAI `usage`: prompt_tokens counts the cached and cache-written tokens too."""
-    usage = usage or TokenUsage()
-    out: dict[str, Any] = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-    if usage.cache_read_tokens:
-        out["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
-    return out
-
-
 # One image costs Anthropic about (width * height) / 750 tokens, at most ~1,600 after its resizing.
 IMAGE_TOKENS = 1600
 PER_MESSAGE_TOKENS = 4
@@ -272,3 +208,100 @@ def estimate_input_tokens(body: dict) -> int:
     if isinstance(tools, list) and tools:
         chars += len(dumps(tools))
     return max(1, (chars + 3) // 4 + images * IMAGE_TOKENS + PER_MESSAGE_TOKENS * len(messages))
+
+
+# --- what a direction hands the relay
+
+
+@dataclass(slots=True)
+class Plan:
+    """One attempt's request to one key: where, the header lines, the body."""
+
+    mode: Mode
+    url: URL
+    head: bytes
+    body: bytes
+    strip_usage: bool = False  # OPENAI: we asked for include_usage and drop that chunk again
+
+
+def translated(call: Call, model: str, translate: Callable[[dict], dict]) -> bytes:
+    """The call's body in the key's format under the key's name for the model: translated once
+    per call and kept for every key of that format it is tried on."""
+    if call.translated_obj is None:
+        call.translated_obj = translate(call.body)
+        call.translated = orjson.dumps(call.translated_obj)
+    if model == call.model and call.translated is not None:
+        return call.translated
+    return orjson.dumps({**call.translated_obj, "model": model})
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A non-streamed answer as the object it must be; ValueError (the attempt fails) if not."""
+    obj = orjson.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+STREAM_ONLY_ERROR = "stream carried only an error"
+ENDED_EARLY = "stream ended before any content"
+BROKE = "The upstream stream broke off (the upstream reported an error)."
+
+
+class Adapter(Protocol):
+    """A stream as the relay sees it (`stream.relay`): each run of whole SSE events of the
+    upstream in, what the client gets for it out (possibly nothing yet); and what the relay
+    decides on: whether a content event has been seen (`committed`, the commit point), whether
+    the upstream said it failed (`failed` before the commit point, `broken` after it), how many
+    events it relayed, and the usage reported."""
+
+    committed: bool
+    failed: str | None
+    broken: bool
+    chunks: int  # content events relayed (the usage estimate when the upstream reports none)
+
+    def take(self, complete: bytes) -> bytes: ...
+    def close(self, pending: bytes) -> bytes: ...
+    def error(self, message: str) -> bytes: ...
+    def recorded_usage(self) -> Usage | None: ...
+
+
+class EventAdapter:
+    """Adapters that look at every event: `event()` for each, until one fails or breaks."""
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.failed: str | None = None
+        self.broken = False
+        self.chunks = 0
+        self.usage: Usage | None = None
+
+    def take(self, complete: bytes) -> bytes:
+        out = []
+        for event in sse.events(complete):
+            self.chunks += 1
+            converted = self.event(event)
+            if converted:
+                out.append(converted)
+            if self.failed or self.broken:
+                break
+        return b"".join(out)
+
+    def event(self, event: bytes) -> bytes:
+        raise NotImplementedError
+
+    def close(self, pending: bytes) -> bytes:
+        return b""  # an unterminated last event is not an event
+
+    def error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def recorded_usage(self) -> Usage | None:
+        return self.usage
+
+    def upstream_error(self) -> bytes:
+        if not self.committed:
+            self.failed = STREAM_ONLY_ERROR
+            return b""
+        self.broken = True
+        return self.error(BROKE)

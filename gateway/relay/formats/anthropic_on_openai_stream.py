@@ -1,25 +1,25 @@
-"""Streamed answers from `openai`-format keys to Anthropic Messages clients: OpenAI
-chat.completion.chunk objects in, Anthropic SSE events out (`OpenAIToAnthropicStream`).
-The mapping decisions are listed in gateway/relay/translate.py.
+"""`Mode.ANTHROPIC_ON_OPENAI`, streamed: OpenAI chat.completion.chunk objects in, Anthropic SSE
+events out (`Translator`), and the `Adapter` the relay drives it through. The mapping decisions
+are listed in gateway/relay/formats/__init__.py.
 """
 
 from __future__ import annotations
 
-from gateway.relay.translate_base import (
+from gateway.relay import sse
+from gateway.relay.formats.shared import (
     STREAM_ERROR,
-    TokenUsage,
+    EventAdapter,
     anthropic_error_event,
     anthropic_event,
-    anthropic_usage_dict,
     matched_stop,
     message_id,
     new_id,
-    openai_usage,
     stop_reason,
 )
+from gateway.relay.formats.usage import Usage, anthropic_usage_dict, openai_usage
 
 
-class OpenAIToAnthropicStream:
+class Translator:
     """OpenAI chat.completion.chunk objects in, Anthropic SSE bytes out.
 
     `feed(chunk)` for every parsed `data:` object, `close()` at `[DONE]` or the end of the
@@ -32,7 +32,7 @@ class OpenAIToAnthropicStream:
     def __init__(self, *, model: str | None = None, input_tokens: int = 0) -> None:
         self.model = model
         self.input_tokens = input_tokens  # for message_start, when the caller knows (an estimate)
-        self.usage: TokenUsage | None = None  # the upstream's, once reported
+        self.usage: Usage | None = None  # the upstream's, once reported
         self.finish_reason: str | None = None
         self.stop_sequence: str | None = None
         self.started = False
@@ -141,4 +141,40 @@ class OpenAIToAnthropicStream:
         return out + anthropic_event("message_stop", {"type": "message_stop"})
 
 
-__all__ = ["OpenAIToAnthropicStream"]
+class Adapter(EventAdapter):
+    """An `openai` key's stream to an Anthropic client, converted chunk by chunk."""
+
+    def __init__(self, *, model: str) -> None:
+        super().__init__()
+        self._stream = Translator(model=model)
+
+    def event(self, event: bytes) -> bytes:
+        data = sse.data_of(event)
+        if data is None:
+            return b""
+        if data == b"[DONE]":
+            return self._finish()
+        chunk = sse.parse(data)
+        if not isinstance(chunk, dict):
+            return b""
+        if chunk.get("error") is not None and not chunk.get("choices"):
+            return self.upstream_error()
+        if not self.committed:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
+                    self.committed = True
+        out = self._stream.feed(chunk)
+        self.usage = self._stream.usage or self.usage
+        return out
+
+    def close(self, pending: bytes) -> bytes:
+        return self._finish()
+
+    def _finish(self) -> bytes:
+        out = self._stream.close()
+        self.usage = self._stream.usage or self.usage
+        return out
+
+    def error(self, message: str) -> bytes:
+        return anthropic_error_event(message)

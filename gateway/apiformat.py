@@ -1,0 +1,23 @@
+"""The two wire formats sharekey speaks, to clients and to keys (`ApiFormat`), and the one place
+that decides which one a client speaks: by the path it called (`spoken_on`).
+
+A key's format is how its upstream is called (`shared_keys.api_format`); a client's is the route
+family it called: Anthropic's Messages API under `/v1/messages`, OpenAI's everywhere else.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ApiFormat(StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+API_FORMATS = tuple(ApiFormat)
+
+
+def spoken_on(path: str) -> ApiFormat:
+    """The format of the client that called `path`."""
+    return ApiFormat.ANTHROPIC if path.startswith("/v1/messages") else ApiFormat.OPENAI

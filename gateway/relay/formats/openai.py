@@ -1,0 +1,127 @@
+"""OpenAI clients on `openai` keys (`Mode.OPENAI`): the hot path, the body as it came.
+
+The body goes out as the client sent it, under the key's own name for the model where it has one
+(`Call.renamed`), with `stream_options.include_usage` spliced into a stream that did not ask for
+it on a key that reports usage that way (the usage-only chunk is dropped again on the way back).
+A stream's chunks are forwarded whole; only the event that carries usage is parsed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.relay import features, sse
+from gateway.relay.call import Call
+from gateway.relay.formats import Mode
+from gateway.relay.formats.shared import ENDED_EARLY, STREAM_ONLY_ERROR, Plan
+from gateway.relay.formats.usage import Usage, openai_usage
+from gateway.relay.keyindex import PoolKey
+
+# Endpoints whose streams understand `stream_options.include_usage`.
+USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
+USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+
+
+def plan(call: Call, key: PoolKey, model: str) -> Plan:
+    raw = call.raw if model == call.model else call.renamed(model)
+    url = key.urls[call.endpoint]
+    head = key.head[call.stream]
+    if not (call.stream and key.stream_usage and call.endpoint in USAGE_OPTION_ENDPOINTS) or call.client_wants_usage:
+        return Plan(Mode.OPENAI, url, head, raw)
+    if model != call.model:
+        return Plan(Mode.OPENAI, url, head, with_usage(raw, {**call.body, "model": model}), True)
+    if call.with_usage is None:
+        call.with_usage = with_usage(call.raw, call.body)
+    return Plan(Mode.OPENAI, url, head, call.with_usage, True)
+
+
+def with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
+    """`raw` asking for the usage chunk of a stream."""
+    if "stream_options" not in body:
+        # The common case, spliced in rather than re-serialised: a long conversation is copied,
+        # not encoded again. `raw` parsed as an object with a model, so its first `{` opens it
+        # and a member follows the comma.
+        start = raw.index(b"{") + 1
+        return raw[:start] + USAGE_OPTION + raw[start:]
+    options = body["stream_options"]
+    options = dict(options) if isinstance(options, dict) else {}
+    options["include_usage"] = True
+    return orjson.dumps({**body, "stream_options": options})
+
+
+def adapter(route: Plan, call: Call) -> Passthrough:
+    return Passthrough(strip_usage=route.strip_usage)
+
+
+def answer(call: Call, raw: bytes) -> tuple[bytes, Usage | None]:
+    """The answer as it came, and its usage (a Responses answer's built-in tool calls counted)."""
+    if b'"usage"' not in raw:
+        return raw, None
+    parsed = sse.parse(raw)
+    usage = usage_of(parsed)
+    if usage is not None and call.endpoint == "/responses":
+        usage.tool_calls = features.response_calls(parsed)
+    return raw, usage
+
+
+def usage_of(obj: Any) -> Usage | None:
+    """Usage from a chat/completions chunk or body, or from a Responses API object or event."""
+    if not isinstance(obj, dict):
+        return None
+    u = obj.get("usage")
+    if u is None and isinstance(obj.get("response"), dict):  # Responses API: response.completed
+        u = obj["response"].get("usage")
+    return openai_usage(u)
+
+
+class Passthrough:
+    """An `openai` key's stream to an OpenAI client: chunks are forwarded as they came; only the
+    event that carries usage is parsed, and the usage-only chunk we asked for is dropped again."""
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.committed = False
+        self.failed: str | None = None
+        self.broken = False  # an error after the commit point is the upstream's to tell
+        self.chunks = 0
+        self.usage: Usage | None = None
+
+    def take(self, complete: bytes) -> bytes:
+        if not self.committed:
+            for event in sse.events(complete):
+                data = sse.data_of(event)
+                if data is None:
+                    continue
+                if data == b"[DONE]" or sse.is_error(data):
+                    self.failed = STREAM_ONLY_ERROR if data != b"[DONE]" else ENDED_EARLY
+                    return b""
+                self.committed = True
+                break
+        self.chunks += complete.count(b"data:") - complete.count(b"data: [DONE]")
+        before, rest = sse.split_at(complete, b'"usage"')
+        if not rest:
+            return complete  # the common case: forwarded as it came, nothing parsed
+        out = [before]
+        for event in sse.events(rest):
+            data = sse.data_of(event)
+            if data is not None and b'"usage"' in data:
+                obj = sse.parse(data)
+                usage = usage_of(obj)
+                if usage is not None and isinstance(obj, dict) and "response" in obj:  # response.completed
+                    usage.tool_calls = features.response_calls(obj)
+                self.usage = usage or self.usage
+                if self.strip_usage and sse.usage_only_chunk(obj):
+                    continue
+            out.append(event)
+        return b"".join(out)
+
+    def close(self, pending: bytes) -> bytes:
+        return pending  # an unterminated last event goes out as it came
+
+    def error(self, message: str) -> bytes:
+        return sse.error_event(message)
+
+    def recorded_usage(self) -> Usage | None:
+        return self.usage
