@@ -37,9 +37,12 @@ from gateway.store import db
 from gateway.store.crypto import KEYRING, KeyRing
 from gateway.store.tokens import TOKEN_CACHE, TokenCache, touch_forever
 from gateway.tasks import background
-from gateway.web import aliases_api, health, keys_api, oauth, pages, prices_api, thanks, tokens_api
-from gateway.web.boardcache import BOARD, Board
-from gateway.web.thanks import VISITORS, Visitors
+from gateway.web import health, pages
+from gateway.web.api import aliases_api, keys_api, prices_api, tokens_api
+from gateway.web.board import thanks
+from gateway.web.board.cache import BOARD, Board
+from gateway.web.board.thanks import VISITORS, Visitors
+from gateway.web.signin import oauth
 
 log = structlog.get_logger(__name__)
 

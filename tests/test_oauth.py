@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.store import users
-from gateway.web import oauth, sessions
+from gateway.web.signin import oauth, sessions
 
 from . import fake_linuxdo
 from .fake_linuxdo import CLIENT_ID, CLIENT_SECRET, ENGLISH, Site, follow_provider, site_app

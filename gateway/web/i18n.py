@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.web import i18n_signin, sessions
+from gateway.web.signin import i18n_signin, sessions
 
 LANGUAGES = ("zh-CN", "en")
 DEFAULT = "zh-CN"

@@ -30,7 +30,10 @@ from gateway.config import Config, LinuxDo
 from gateway.errors import POSTGRES_DOWN
 from gateway.resources import data_dir
 from gateway.store import keypages
-from gateway.web import charts, i18n, keys_api, sessions, tokens_api
+from gateway.web import i18n
+from gateway.web.api import keys_api, tokens_api
+from gateway.web.board import charts
+from gateway.web.signin import sessions
 
 routes = web.RouteTableDef()
 

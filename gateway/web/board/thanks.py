@@ -32,9 +32,12 @@ from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.store import users
 from gateway.store.keyfields import read_object
-from gateway.web import charts, i18n, keys_api, pages, sessions
-from gateway.web.board import DEFAULT_PERIOD, PERIODS, BoardUnavailable, Donor, Snapshot, public
-from gateway.web.boardcache import BOARD
+from gateway.web import i18n, pages
+from gateway.web.api import keys_api
+from gateway.web.board import charts
+from gateway.web.board.cache import BOARD
+from gateway.web.board.snapshot import DEFAULT_PERIOD, PERIODS, BoardUnavailable, Donor, Snapshot, public
+from gateway.web.signin import sessions
 
 routes = web.RouteTableDef()
 

@@ -34,8 +34,9 @@ from gateway.config import Config, GitHub, Oidc
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
-from gateway.web import pages, sessions
-from gateway.web.provider_calls import (
+from gateway.web import pages
+from gateway.web.signin import sessions
+from gateway.web.signin.provider_calls import (
     GITHUB,
     ProviderError,
     TokenRefused,

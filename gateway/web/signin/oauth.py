@@ -33,8 +33,9 @@ from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
-from gateway.web import loginlink, pages, providers, sessions
-from gateway.web.provider_calls import ProviderError, provider_json
+from gateway.web import pages
+from gateway.web.signin import loginlink, providers, sessions
+from gateway.web.signin.provider_calls import ProviderError, provider_json
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()

@@ -38,7 +38,8 @@ from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import redisnames
 from gateway.store import users
-from gateway.web import pages, sessions
+from gateway.web import pages
+from gateway.web.signin import sessions
 
 log = structlog.get_logger(__name__)
 
