@@ -37,7 +37,7 @@ from gateway.store import db
 from gateway.store.crypto import KEYRING, KeyRing
 from gateway.store.tokens import TOKEN_CACHE, TokenCache, touch_forever
 from gateway.tasks import background
-from gateway.web import health, pages
+from gateway.web import frame, health, pages
 from gateway.web.api import aliases_api, keys_api, prices_api, tokens_api
 from gateway.web.board import thanks
 from gateway.web.board.cache import BOARD, Board
@@ -91,7 +91,7 @@ def create_app(config: Config) -> web.Application:
             *health.routes,
         ]
     )
-    app.router.add_static("/static/", pages.STATIC_DIR, name="static")
+    app.router.add_static("/static/", frame.STATIC_DIR, name="static")
     app.on_response_prepare.append(v1_headers)
     cors.setup(app, config.server.cors_origins)
     return app

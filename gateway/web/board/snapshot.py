@@ -31,7 +31,7 @@ from gateway.config import LinuxDo
 from gateway.errors import REDIS_DOWN
 from gateway.relay.balancer import Balancer
 from gateway.relay.keyindex import PoolKey
-from gateway.web.pages import avatar_allowed
+from gateway.web.frame import avatar_allowed
 
 log = structlog.get_logger(__name__)
 

@@ -33,7 +33,7 @@ from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
-from gateway.web import pages
+from gateway.web import frame
 from gateway.web.signin import loginlink, providers, sessions
 from gateway.web.signin.provider_calls import ProviderError, provider_json
 
@@ -74,19 +74,19 @@ async def login(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[appkeys.config].oauth_linuxdo
     if not configured(settings):
-        return await pages.error_page(request, 503, "login.title", "login.not_configured", retry=False)
+        return await frame.error_page(request, 503, "login.title", "login.not_configured", retry=False)
     # One pre-login cookie per browser, reused so that sign-ins started in two tabs both work.
     nonce = sessions.get_cookie(request, LOGIN_COOKIE, LOGIN_COOKIE_PATH)
     if not NONCE.fullmatch(nonce):
         nonce = secrets.token_urlsafe(32)
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(64)
-    record = {"browser": _hash(nonce), "verifier": verifier, "next": pages.local_path(request.query.get("next"))}
+    record = {"browser": _hash(nonce), "verifier": verifier, "next": frame.local_path(request.query.get("next"))}
     try:
         await app[appkeys.redis].set(_state_key(app, state), json.dumps(record), ex=STATE_SECONDS)
     except REDIS_DOWN as e:
         log.warning("login_unavailable", error=str(e))
-        return await pages.error_page(request, 503, "login.title", "error.unavailable")
+        return await frame.error_page(request, 503, "login.title", "error.unavailable")
     target = URL(settings.authorize_url).update_query(
         client_id=settings.client_id,
         redirect_uri=settings.redirect_uri,
@@ -95,7 +95,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         code_challenge=pkce_challenge(verifier),
         code_challenge_method="S256",
     )
-    response = pages.redirect(str(target), 302)
+    response = frame.redirect(str(target), 302)
     sessions.set_cookie(app, response, LOGIN_COOKIE, nonce, STATE_SECONDS, path=LOGIN_COOKIE_PATH)
     return response
 
@@ -105,38 +105,38 @@ async def callback(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[appkeys.config].oauth_linuxdo
     if not configured(settings):
-        return await pages.error_page(request, 503, "login.title", "login.not_configured", retry=False)
+        return await frame.error_page(request, 503, "login.title", "login.not_configured", retry=False)
     if "error" in request.query:
-        return await pages.error_page(request, 400, "login.title", "login.cancelled")
+        return await frame.error_page(request, 400, "login.title", "login.cancelled")
     state, code = request.query.get("state", ""), request.query.get("code", "")
     if not state or not code:
-        return await pages.error_page(request, 400, "login.title", "login.state_missing")
+        return await frame.error_page(request, 400, "login.title", "login.state_missing")
     try:
         raw = await app[appkeys.redis].getdel(_state_key(app, state)) if len(state) <= 128 else None
     except REDIS_DOWN as e:
         log.warning("login_unavailable", error=str(e))
-        return await pages.error_page(request, 503, "login.title", "error.unavailable")
+        return await frame.error_page(request, 503, "login.title", "error.unavailable")
     if raw is None:
         log.info("login_refused", reason="state_unknown")
-        return await pages.error_page(request, 400, "login.title", "login.state_invalid")
+        return await frame.error_page(request, 400, "login.title", "login.state_invalid")
     record = json.loads(raw)
     nonce = sessions.get_cookie(request, LOGIN_COOKIE, LOGIN_COOKIE_PATH)
     if not secrets.compare_digest(_hash(nonce), record["browser"]):
         log.info("login_refused", reason="state_other_browser")
-        return await pages.error_page(request, 400, "login.title", "login.state_browser")
+        return await frame.error_page(request, 400, "login.title", "login.state_browser")
 
     try:
         profile = await fetch_profile(app[appkeys.oauth_http], settings, code, record["verifier"])
     except ProviderError as e:
         log.warning("login_provider_failed", error=str(e))
-        return await pages.error_page(request, 502, "login.title", "login.provider_failed")
+        return await frame.error_page(request, 502, "login.title", "login.provider_failed")
 
     refusal = refuse(profile, settings.min_trust_level)
     if refusal is not None:
         reason, values = refusal
         log.info("login_refused", reason=reason, linux_do_id=str(profile.get("id")))
         await _record_trust_level(app, profile)
-        response = await pages.error_page(request, 403, "login.title", f"login.{reason}", **values)
+        response = await frame.error_page(request, 403, "login.title", f"login.{reason}", **values)
         await _end_login(request, response)
         return response
 
@@ -151,11 +151,11 @@ async def callback(request: web.Request) -> web.StreamResponse:
         async with app[appkeys.pg].acquire() as conn:
             user = await users.upsert_linuxdo_user(conn, person)
         await _announce_user(app, user.id)
-        response = pages.redirect(pages.local_path(record["next"]))
+        response = frame.redirect(frame.local_path(record["next"]))
         await sessions.start(request, response, user.id)
     except (*POSTGRES_DOWN, *REDIS_DOWN) as e:
         log.warning("login_unavailable", error=str(e))
-        return await pages.error_page(request, 503, "login.title", "error.unavailable")
+        return await frame.error_page(request, 503, "login.title", "error.unavailable")
     sessions.clear_cookie(app, response, LOGIN_COOKIE, path=LOGIN_COOKIE_PATH)
     log.info("login", user_id=user.id, trust_level=user.trust_level)
     return response
@@ -223,7 +223,7 @@ def avatar_url(settings: LinuxDo, template: Any) -> str | None:
     url = template.replace("{size}", AVATAR_SIZE)
     if url.startswith("/") and not url.startswith("//"):
         url = settings.avatar_base_url.rstrip("/") + url
-    return url if pages.avatar_allowed(settings, url) else None
+    return url if frame.avatar_allowed(settings, url) else None
 
 
 async def _record_trust_level(app: web.Application, profile: dict[str, Any]) -> None:
@@ -260,15 +260,15 @@ async def logout(request: web.Request) -> web.StreamResponse:
     try:
         session = await sessions.load(request)
     except sessions.StoreUnavailable:
-        return await pages.error_page(request, 503, "error.title", "error.unavailable", retry=False)
+        return await frame.error_page(request, 503, "error.title", "error.unavailable", retry=False)
     if session is not None and not await sessions.csrf_ok(request, session):
         log.info("csrf_refused", path=request.path, origin=request.headers.get("Origin"))
-        return await pages.error_page(request, 403, "error.title", "error.csrf", retry=False)
-    response = pages.redirect("/")
+        return await frame.error_page(request, 403, "error.title", "error.csrf", retry=False)
+    response = frame.redirect("/")
     try:
         await sessions.end(request, response)
     except REDIS_DOWN:
-        return await pages.error_page(request, 503, "error.title", "error.unavailable", retry=False)
+        return await frame.error_page(request, 503, "error.title", "error.unavailable", retry=False)
     if session is not None:
         log.info("logout", user_id=session.user_id)
     return response

@@ -34,7 +34,7 @@ from gateway.config import Config, GitHub, Oidc
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import events, redisnames
 from gateway.store import users
-from gateway.web import pages
+from gateway.web import frame
 from gateway.web.signin import sessions
 from gateway.web.signin.provider_calls import (
     GITHUB,
@@ -92,15 +92,15 @@ def _pkce(verifier: str) -> str:
 
 async def sign_in_page(request: web.Request) -> web.StreamResponse:
     config = request.app[appkeys.config]
-    nxt = pages.local_path(request.query.get("next"))
+    nxt = frame.local_path(request.query.get("next"))
     others = configured(config)
     if not others and linuxdo_configured(config):
-        return pages.redirect(str(URL("/auth/linuxdo/login").with_query(next=nxt)), 302)
+        return frame.redirect(str(URL("/auth/linuxdo/login").with_query(next=nxt)), 302)
     choices = [("Linux.do", str(URL("/auth/linuxdo/login").with_query(next=nxt)))] if linuxdo_configured(config) else []
     choices += [(p.label, str(URL(f"/auth/{p.name}/login").with_query(next=nxt))) for p in others]
     # With no provider at all nothing can sign in here (503, as Linux.do's "not configured"): the
     # page points to `sharekey login-link`.
-    return pages.render(request, "login.html", None, {"choices": choices}, status=200 if choices else 503)
+    return frame.render(request, "login.html", None, {"choices": choices}, status=200 if choices else 503)
 
 
 # --- the flow ------------------------------------------------------------------------------------
@@ -141,14 +141,14 @@ async def login(request: web.Request) -> web.StreamResponse:
         "browser": _hash(nonce_cookie),
         "verifier": verifier,
         "nonce": nonce,
-        "next": pages.local_path(request.query.get("next")),
+        "next": frame.local_path(request.query.get("next")),
     }
     try:
         await app[appkeys.redis].set(_state_key(app, state), json.dumps(record), ex=STATE_SECONDS)
     except REDIS_DOWN as e:
         log.warning("login_unavailable", error=str(e))
-        return await pages.error_page(request, 503, "login.title", "error.unavailable", retry=False)
-    response = pages.redirect(str(URL(authorize).update_query(query)), 302)
+        return await frame.error_page(request, 503, "login.title", "error.unavailable", retry=False)
+    response = frame.redirect(str(URL(authorize).update_query(query)), 302)
     sessions.set_cookie(app, response, LOGIN_COOKIE, nonce_cookie, STATE_SECONDS, path=f"/auth/{provider.name}/")
     return response
 
@@ -158,7 +158,7 @@ def _state_key(app: web.Application, state: str) -> str:
 
 
 async def _error(request: web.Request, status: int, message: str, provider: str = "", **values: Any) -> web.Response:
-    return await pages.error_page(request, status, "login.title", message, retry=False, provider=provider, **values)
+    return await frame.error_page(request, status, "login.title", message, retry=False, provider=provider, **values)
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
@@ -176,7 +176,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         raw = await app[appkeys.redis].getdel(_state_key(app, state)) if len(state) <= 128 else None
     except REDIS_DOWN as e:
         log.warning("login_unavailable", error=str(e))
-        return await pages.error_page(request, 503, "login.title", "error.unavailable", retry=False)
+        return await frame.error_page(request, 503, "login.title", "error.unavailable", retry=False)
     record = json.loads(raw) if raw is not None else None
     if record is None or record.get("provider") != provider.name:
         log.info("login_refused", provider=provider.name, reason="state_unknown")
@@ -208,11 +208,11 @@ async def callback(request: web.Request) -> web.StreamResponse:
             await events.publish(app[appkeys.redis], config.redis.key_prefix, "user", user.id)
         except REDIS_DOWN as e:
             log.warning("user_event_not_published", user_id=user.id, error=str(e))
-        response = pages.redirect(pages.local_path(record["next"]))
+        response = frame.redirect(frame.local_path(record["next"]))
         await sessions.start(request, response, user.id)
     except (*POSTGRES_DOWN, *REDIS_DOWN) as e:
         log.warning("login_unavailable", error=str(e))
-        return await pages.error_page(request, 503, "login.title", "error.unavailable", retry=False)
+        return await frame.error_page(request, 503, "login.title", "error.unavailable", retry=False)
     sessions.clear_cookie(app, response, LOGIN_COOKIE, path=f"/auth/{provider.name}/")
     log.info("login", user_id=user.id, provider=provider.name, trust_level=user.trust_level)
     return response
