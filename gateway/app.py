@@ -42,7 +42,7 @@ from gateway.web.api import aliases_api, keys_api, prices_api, tokens_api
 from gateway.web.board import thanks
 from gateway.web.board.cache import BOARD, Board
 from gateway.web.board.thanks import VISITORS, Visitors
-from gateway.web.signin import oauth
+from gateway.web.signin import flow, provider_calls
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +87,7 @@ def create_app(config: Config) -> web.Application:
             *tokens_api.routes,
             *pages.routes,
             *thanks.routes,
-            *oauth.routes,
+            *flow.routes,
             *health.routes,
         ]
     )
@@ -159,7 +159,7 @@ async def upstream_pool(app: web.Application) -> AsyncIterator[None]:
 
 async def oauth_session(app: web.Application) -> AsyncIterator[None]:
     """The client session for the sign-in provider (no cookies, no redirects)."""
-    async with oauth.create_session() as session:
+    async with provider_calls.create_session() as session:
         app[appkeys.oauth_http] = session
         yield
 

@@ -3,7 +3,7 @@ OAuth application (the operator signs in on a fresh install, or vouches for some
 
     issue(redis, prefix, user_id, minutes)  a random token (32 bytes, URL-safe); Redis keeps only
                                             its SHA-256, with the user id and the expiry time
-    GET/HEAD /auth/link/<token>             (routed with web/oauth.py's) a confirmation page:
+    GET/HEAD /auth/link/<token>             (routed with signin/flow.py's) a confirmation page:
                                             "sign in as NAME?" and a button; the link is only
                                             read, never used up, so mail scanners and link
                                             previews that fetch it change nothing
