@@ -1,6 +1,7 @@
-"""The thanks board's data: who served how much, and how the pool stands, cached per process.
+"""The thanks board's data: who served how much, and how the pool stands.
 
-    Board.get() -> Snapshot        at most one PostgreSQL query per TTL_SECONDS per process
+    fetch(pool, today) + live_state(balancer, keys) -> build(...) -> Snapshot
+    (`cache.Board.get()` keeps one per process: at most one PostgreSQL query per TTL_SECONDS)
 
 A snapshot is built from one query over the aggregates (`donor_usage_daily`, the per-donor daily
 rollup the usage flusher maintains, and a count of keys by state), never from the usage log, plus

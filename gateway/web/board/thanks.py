@@ -6,7 +6,7 @@ choice to appear anonymously.
     GET /thanks?period=…                                               the full board, period switch as links
     PUT /api/me {"anonymous": bool}                                    owner (session + CSRF, or bearer)
 
-Everything comes from the board's snapshot (`board.Board`, one database query per few seconds
+Everything comes from the board's snapshot (`cache.Board`, one database query per few seconds
 per process). The data-driven part of each page (`#live`: numbers, rows, charts) is rendered once
 per snapshot, language and period and memoised in the snapshot; a request then only renders the
 layout around it. `static/thanks.js` polls the JSON and, when it changed, swaps `#live` from a
