@@ -37,9 +37,12 @@ from gateway.store import db
 from gateway.store.crypto import KEYRING, KeyRing
 from gateway.store.tokens import TOKEN_CACHE, TokenCache, touch_forever
 from gateway.tasks import background
-from gateway.web import aliases_api, health, keys_api, oauth, pages, prices_api, thanks, tokens_api
-from gateway.web.boardcache import BOARD, Board
-from gateway.web.thanks import VISITORS, Visitors
+from gateway.web import frame, health, pages
+from gateway.web.api import aliases_api, keys_api, prices_api, tokens_api
+from gateway.web.board import thanks
+from gateway.web.board.cache import BOARD, Board
+from gateway.web.board.thanks import VISITORS, Visitors
+from gateway.web.signin import flow, provider_calls
 
 log = structlog.get_logger(__name__)
 
@@ -84,11 +87,11 @@ def create_app(config: Config) -> web.Application:
             *tokens_api.routes,
             *pages.routes,
             *thanks.routes,
-            *oauth.routes,
+            *flow.routes,
             *health.routes,
         ]
     )
-    app.router.add_static("/static/", pages.STATIC_DIR, name="static")
+    app.router.add_static("/static/", frame.STATIC_DIR, name="static")
     app.on_response_prepare.append(v1_headers)
     cors.setup(app, config.server.cors_origins)
     return app
@@ -156,7 +159,7 @@ async def upstream_pool(app: web.Application) -> AsyncIterator[None]:
 
 async def oauth_session(app: web.Application) -> AsyncIterator[None]:
     """The client session for the sign-in provider (no cookies, no redirects)."""
-    async with oauth.create_session() as session:
+    async with provider_calls.create_session() as session:
         app[appkeys.oauth_http] = session
         yield
 

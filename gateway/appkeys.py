@@ -1,6 +1,6 @@
 """The application's keys for what every layer shares: the configuration, the stores' clients, the
 request's id and log fields, the draining flag. A component's own key lives beside it, typed by it
-(`relay.balancer.BALANCER`, `web.boardcache.BOARD`, …), so this module names no type of a layer
+(`relay.balancer.BALANCER`, `web.board.cache.BOARD`, …), so this module names no type of a layer
 above it and imports none.
 """
 

@@ -10,7 +10,7 @@ import pytest
 from gateway import appkeys
 from gateway import config as config_mod
 from gateway.app import create_app
-from gateway.web import keys_api
+from gateway.web.api import keys_api
 
 from .seed import user_with_token
 from .test_metrics import scrape, value

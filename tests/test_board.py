@@ -33,9 +33,11 @@ from gateway.relay.picks import Candidate, UserLimits
 from gateway.relay.usage import USAGE, UsageRecord
 from gateway.store.sharedkeys import SharedKey
 from gateway.store.users import User
-from gateway.web import board, boardcache, charts
-from gateway.web.board import ModelCapacity
-from gateway.web.boardcache import BOARD
+from gateway.web.board import cache as boardcache
+from gateway.web.board import charts
+from gateway.web.board import snapshot as board
+from gateway.web.board.cache import BOARD
+from gateway.web.board.snapshot import ModelCapacity
 
 from .fake_upstream import FakeUpstream
 from .seed import add_key, user_with_token

@@ -17,7 +17,7 @@ from gateway.relay import usage
 from gateway.relay.prices import Price, Prices
 from gateway.relay.usage import UsageLog, UsageRecord
 from gateway.store import users
-from gateway.web import charts
+from gateway.web.board import charts
 
 from .fake_linuxdo import Site, provider, site  # noqa: F401 (fixtures)
 from .fake_upstream import FakeUpstream

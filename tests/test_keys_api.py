@@ -29,7 +29,7 @@ from gateway.relay.usage import USAGE
 from gateway.store import sharedkeys
 from gateway.store.crypto import KEYRING
 from gateway.store.users import User
-from gateway.web import keys_api
+from gateway.web.api import keys_api
 
 from .clirun import sharekey
 from .fake_upstream import FakeUpstream

@@ -18,7 +18,7 @@ from gateway import appkeys
 from gateway import config as config_mod
 from gateway.ops import cli
 from gateway.store import users
-from gateway.web import loginlink, sessions
+from gateway.web.signin import loginlink, sessions
 
 from . import fake_linuxdo
 from .clirun import sharekey

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.store import users
-from gateway.web import oauth, sessions
+from gateway.web.signin import flow, sessions
 
 from . import fake_linuxdo
 from .fake_linuxdo import CLIENT_ID, CLIENT_SECRET, ENGLISH, Site, follow_provider, site_app
@@ -80,9 +80,9 @@ async def test_redirect_uri_comes_from_configuration_not_the_host_header(site: S
     query = parse_qs(urlsplit(start.headers["Location"]).query)
     assert query["redirect_uri"] == [site.config.oauth_linuxdo.redirect_uri]
     assert len(query["state"][0]) >= 32
-    login_cookie = start.cookies[oauth.LOGIN_COOKIE]
+    login_cookie = start.cookies[flow.LOGIN_COOKIE]
     assert login_cookie["httponly"] and login_cookie["samesite"] == "Lax"
-    assert login_cookie["path"] == oauth.LOGIN_COOKIE_PATH
+    assert login_cookie["path"] == flow.cookie_path("linuxdo")
 
 
 async def test_a_fresh_session_id_at_every_sign_in(site: Site) -> None:
@@ -241,6 +241,6 @@ async def test_profile_text_is_escaped(site: Site) -> None:
 
 
 def test_pkce_challenge_matches_rfc_7636_example() -> None:
-    assert oauth.pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == (
+    assert flow.pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == (
         "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
     )

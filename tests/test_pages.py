@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.app import TEMPLATES_DIR
 from gateway.store import users
-from gateway.web import i18n, pages
+from gateway.web import frame, i18n
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site
@@ -68,7 +68,7 @@ async def test_security_headers(site: Site) -> None:
 async def test_static_files_are_served(site: Site) -> None:
     for name, kind in (("app.css", "text/css"), ("app.js", "javascript"), ("keys.js", "javascript"),
                        ("tokens.js", "javascript"), ("avatar.svg", "image/svg+xml")):  # fmt: skip
-        resp = await site.client.get(pages.asset(name))
+        resp = await site.client.get(frame.asset(name))
         assert resp.status == 200, name
         assert kind in resp.headers["Content-Type"]
 
@@ -124,7 +124,7 @@ def test_the_catalogue_is_complete_in_both_languages() -> None:
     used |= {f"login.{r}" for r in ("inactive", "silenced", "trust_level")}
     missing = used - set(i18n.MESSAGES)
     assert not missing
-    scripts = "".join(p.read_text() for p in pages.STATIC_DIR.glob("*.js"))
+    scripts = "".join(p.read_text() for p in frame.STATIC_DIR.glob("*.js"))
     for name in set(re.findall(r"""\bmsg\("(\w+)\"""", scripts)):
         assert f"js.{name}" in i18n.MESSAGES, name
 
@@ -224,12 +224,12 @@ FOREIGN_NEXT = [
 
 def test_local_path_refuses_anything_a_browser_could_leave_this_site_for() -> None:
     for value in FOREIGN_NEXT:
-        assert pages.local_path(value) == pages.DEFAULT_NEXT, repr(value)
+        assert frame.local_path(value) == frame.DEFAULT_NEXT, repr(value)
 
 
 def test_local_path_keeps_our_own_paths() -> None:
     for value in ("/keys", "/tokens", "/thanks?day=2024-01-02", "/keys?after=abc%3D", "/", "/a/b:c"):
-        assert pages.local_path(value) == value
+        assert frame.local_path(value) == value
 
 
 async def test_language_switch_with_control_characters_stays_here(site: Site) -> None:

@@ -1,4 +1,4 @@
-"""Talking to sign-in providers (web/provider_calls.py) as they really answer: in several writes,
+"""Talking to sign-in providers (web/signin/provider_calls.py) as they really answer: in several writes,
 too much, with plain-http endpoints under an https issuer, and with ID tokens not yet valid."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Oidc
 from gateway.store import users
-from gateway.web import provider_calls, sessions
+from gateway.web.signin import provider_calls, sessions
 
 from . import fake_linuxdo, test_providers
 from .certs import TestCA

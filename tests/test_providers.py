@@ -23,7 +23,7 @@ from gateway.config import ConfigError
 from gateway.relay import handlers
 from gateway.store import users
 from gateway.store.tokens import Caller
-from gateway.web import sessions
+from gateway.web.signin import sessions
 
 from .fake_linuxdo import ENGLISH, free_port
 from .fake_oidc import CLIENT_ID, FakeGitHub, FakeOidc, follow, providers_config

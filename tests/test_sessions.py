@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from gateway import appkeys
 from gateway.config import Config
 from gateway.errors import ApiError
-from gateway.web import sessions
+from gateway.web.signin import sessions
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

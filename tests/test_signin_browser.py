@@ -11,7 +11,7 @@ import asyncpg
 
 from gateway import appkeys
 from gateway.store import users
-from gateway.web import loginlink
+from gateway.web.signin import loginlink
 
 from . import fake_linuxdo, test_browser, test_providers
 from .fake_linuxdo import Site

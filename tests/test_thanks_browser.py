@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.relay.usage import USAGE
-from gateway.web import thanks
-from gateway.web.boardcache import BOARD
+from gateway.web.board import thanks
+from gateway.web.board.cache import BOARD
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

@@ -21,7 +21,7 @@ from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import KEY_INDEX
 from gateway.relay.picks import Candidate, UserLimits
 from gateway.store import users
-from gateway.web.boardcache import BOARD
+from gateway.web.board.cache import BOARD
 
 from . import fake_linuxdo
 from .fake_linuxdo import ENGLISH, FakeLinuxDo, Site

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.net.events import BUS
 from gateway.store import tokens
-from gateway.web import tokens_api
+from gateway.web.api import tokens_api
 
 from . import fake_linuxdo
 from .fake_linuxdo import Site

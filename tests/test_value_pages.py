@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import config as config_mod
-from gateway.web.thanks import usd
+from gateway.web.board.thanks import usd
 
 from . import fake_linuxdo
 from .fake_linuxdo import ENGLISH, FakeLinuxDo, Site

@@ -21,10 +21,10 @@ old and new processes of a rolling deploy then do not misread each other's.
     health                                 hash     ops/keychecks.py      VERSION
     lease:<job>                            string   ops/jobs.py           VERSION
     keyrings                               hash     ops/rotation.py       VERSION
-    session:<session_id>                   string   web/sessions.py       VERSION
-    oauth:<state>                          string   web/oauth.py          VERSION
-    loginlink:<sha256 of the token>        string   web/loginlink.py      VERSION
-    keytests:<user_id>:<YYYY-MM-DDTHH:MM>  counter  web/keys_api.py       VERSION
+    session:<session_id>                   string   web/signin/sessions.py  VERSION
+    oauth:<state>                          string   web/signin/flow.py      VERSION
+    loginlink:<sha256 of the token>        string   web/signin/loginlink.py VERSION
+    keytests:<user_id>:<YYYY-MM-DDTHH:MM>  counter  web/api/keytests.py     VERSION
 
 What each balancer hash holds is documented in the header of `balancer.lua`. With the default
 prefix a session is `sk:v1:{sk}:session:<id>`; tests/test_redisnames.py pins every name.

@@ -30,7 +30,7 @@ from gateway.ops.stores import open_stores
 from gateway.resources import MissingFiles
 from gateway.store import db, tokens, users
 from gateway.store.crypto import KeyRing
-from gateway.web import loginlink
+from gateway.web.signin import loginlink
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ PostgreSQL is down is `unavailable` (a token it already knew keeps working: see 
 address that has had too many unknown tokens looked up is `limited` (429 with Retry-After, no
 query). The address is the connection's peer (`request.remote`): there are no trusted proxies to
 take a forwarded address from.
-The browser session of `/api` is `web.sessions`' business, not this module's.
+The browser session of `/api` is `web.signin.sessions`' business, not this module's.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the request's `Origin` when it is listed (with `Vary: Origin`); [] turns CORS of
 The gateway token travels in `Authorization`, never in a cookie, so `*` is safe here and
 `Access-Control-Allow-Credentials` is never sent: a page on another origin can use a token only
 if it already has it. The cookie-authenticated `/api` and pages get no CORS at all (the public
-board JSON sets its own `*`, in gateway/web/thanks.py).
+board JSON sets its own `*`, in gateway/web/board/thanks.py).
 
 Everything that can be is computed once, in `setup`; per response the signal costs a prefix
 check on the path and, with listed origins, one set lookup.

@@ -41,8 +41,8 @@ from gateway.store.keyfields import (
 )
 from gateway.store.sharedkeys import KeyStatus, SharedKey
 from gateway.store.tokens import Caller
-from gateway.web import sessions
-from gateway.web.keytests import count_key_test, failed_test, live_test
+from gateway.web.api.keytests import count_key_test, failed_test, live_test
+from gateway.web.signin import sessions
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()

@@ -1,5 +1,5 @@
 """The thanks board's cache: one snapshot per process, rebuilt at most every `TTL_SECONDS` from one
-query (`board.fetch`) and the balancer's live state, served stale while its successor is built.
+query (`snapshot.fetch`) and the balancer's live state, served stale while its successor is built.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from gateway.config import LinuxDo
 from gateway.errors import POSTGRES_DOWN
 from gateway.relay.balancer import Balancer
 from gateway.relay.keyindex import KeyIndex
-from gateway.web import board
-from gateway.web.board import LIVE_STATE_ERRORS, RETRY_SECONDS, TTL_SECONDS, BoardUnavailable, Live, Snapshot
+from gateway.web.board import snapshot
+from gateway.web.board.snapshot import LIVE_STATE_ERRORS, RETRY_SECONDS, TTL_SECONDS, BoardUnavailable, Live, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -36,18 +36,18 @@ class Board:
     async def get(self) -> Snapshot:
         """The current snapshot. Once there is one, nobody waits: an expired snapshot is served
         while its successor is built in the background."""
-        snapshot = self._snapshot
+        current = self._snapshot
         now = time.monotonic()
-        if snapshot is not None and now < self._fresh_until:
-            return snapshot
-        if snapshot is None and now < self._fresh_until:
+        if current is not None and now < self._fresh_until:
+            return current
+        if current is None and now < self._fresh_until:
             raise BoardUnavailable("the last refresh failed; retrying shortly")
         task = self._task
         if task is None:
             task = self._task = asyncio.create_task(self._refresh())
             task.add_done_callback(_retrieve)
-        if snapshot is not None:
-            return snapshot
+        if current is not None:
+            return current
         return await asyncio.shield(task)
 
     async def refresh(self) -> Snapshot:
@@ -66,7 +66,7 @@ class Board:
         try:
             today = date.fromisoformat(self._balancer.today())
             try:
-                rows = await board.fetch(self._pool, today)
+                rows = await snapshot.fetch(self._pool, today)
             except POSTGRES_DOWN as e:
                 self._fresh_until = time.monotonic() + RETRY_SECONDS
                 log.warning("board_refresh_failed", error=str(e))
@@ -75,13 +75,13 @@ class Board:
                 return self._snapshot
             pooled = [k for k in self._index.snapshot.by_id.values() if not k.is_private]
             try:
-                self._live = await board.live_state(self._balancer, pooled)
+                self._live = await snapshot.live_state(self._balancer, pooled)
             except LIVE_STATE_ERRORS as e:  # capacity and cooldowns as last seen; the counts are current
                 log.warning("board_live_state_unavailable", error=str(e))
-            snapshot = board.build(today, rows, pooled, self._live, self._avatars)
-            self._snapshot = snapshot
+            built = snapshot.build(today, rows, pooled, self._live, self._avatars)
+            self._snapshot = built
             self._fresh_until = time.monotonic() + self.ttl
-            return snapshot
+            return built
         finally:
             self._task = None
 

@@ -22,7 +22,7 @@ from markupsafe import Markup, escape
 
 
 class ModelCapacity(Protocol):
-    """A row of the capacity chart (`board.ModelCapacity` is one)."""
+    """A row of the capacity chart (`snapshot.ModelCapacity` is one)."""
 
     model: str
     keys: int

@@ -1,8 +1,14 @@
-"""Talking to sign-in providers for web/providers.py: OpenID Connect discovery (https endpoints
-under an https issuer) and JWKS (cached per process for an hour; an unknown signing key fetches
-the set anew once), the code exchange, the ID token checked with joserfc (signature, then `iss`,
-`aud`, `exp`, `iat`/`nbf`, `nonce`), userinfo, and GitHub's token endpoint and /user. Every answer
-is read to its end, capped. Returns an `IdentityProfile`; provider tokens go no further than here.
+"""Talking to sign-in providers: the client session toward them, answers read to their end
+(capped), OpenID Connect discovery (https endpoints under an https issuer) and JWKS (cached per
+process for an hour; an unknown signing key fetches the set anew once), the authorize URLs of
+OIDC and GitHub, the code exchange, the ID token checked with joserfc (signature, then `iss`,
+`aud`, `exp`, `iat`/`nbf`, `nonce`), userinfo, and GitHub's token endpoint and /user.
+
+Returns an `IdentityProfile`; provider tokens go no further than here. What a provider can
+answer besides a profile is one of three exceptions, each a page of the flow's:
+`ProviderError` (502), `TokenRefused` (400, the ID token) and `Refused` (403, the account).
+The provider is reached through a client session of its own: the shared upstream session
+refuses private addresses, and the provider's URLs come from the operator's configuration.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from yarl import URL
 
 from gateway.config import Config, GitHub, Oidc
 from gateway.store import users
@@ -29,6 +36,7 @@ LEEWAY_SECONDS = 60
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 GITHUB = "github"
 ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint")
+PROVIDER_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 
 _discovery: dict[str, tuple[float, dict[str, Any]]] = {}
 _jwks: dict[str, tuple[float, KeySet]] = {}
@@ -44,6 +52,21 @@ class TokenRefused(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class Refused(Exception):
+    """The provider vouches for the account, but the gateway does not admit it: `reason` names the
+    catalogue message (login.<reason>) filled with `values`; `user_id` is a known user whose row
+    the refusal changed (the flow tells every process)."""
+
+    def __init__(self, reason: str, values: dict[str, Any], user_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.values, self.user_id = reason, values, user_id
+
+
+def create_session() -> aiohttp.ClientSession:
+    """Toward the sign-in providers: no cookies kept, a bounded wait."""
+    return aiohttp.ClientSession(timeout=PROVIDER_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def redirect_uri(config: Config, provider: str) -> str:
@@ -174,6 +197,30 @@ async def verify_id_token(
     if not isinstance(claims.get("sub"), str) or not claims["sub"] or len(claims["sub"]) > 255:
         raise TokenRefused("signature", "no subject")
     return claims
+
+
+def _flow_query(config: Config, name: str, state: str, challenge: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "redirect_uri": redirect_uri(config, name),
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+
+
+async def oidc_authorize_url(
+    client: aiohttp.ClientSession, config: Config, name: str, settings: Oidc, state: str, challenge: str, nonce: str
+) -> str:
+    doc = await discovery(client, settings)
+    query = _flow_query(config, name, state, challenge)
+    query |= {"client_id": settings.client_id, "scope": " ".join(settings.scopes), "nonce": nonce}
+    return str(URL(doc["authorization_endpoint"]).update_query(query))
+
+
+def github_authorize_url(config: Config, settings: GitHub, state: str, challenge: str) -> str:
+    query = _flow_query(config, GITHUB, state, challenge) | {"client_id": settings.client_id, "scope": "read:user"}
+    return str(URL(settings.authorize_url).update_query(query))
 
 
 async def oidc_profile(

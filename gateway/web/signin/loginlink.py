@@ -3,7 +3,7 @@ OAuth application (the operator signs in on a fresh install, or vouches for some
 
     issue(redis, prefix, user_id, minutes)  a random token (32 bytes, URL-safe); Redis keeps only
                                             its SHA-256, with the user id and the expiry time
-    GET/HEAD /auth/link/<token>             (routed with web/oauth.py's) a confirmation page:
+    GET/HEAD /auth/link/<token>             (routed with signin/flow.py's) a confirmation page:
                                             "sign in as NAME?" and a button; the link is only
                                             read, never used up, so mail scanners and link
                                             previews that fetch it change nothing
@@ -38,7 +38,8 @@ from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
 from gateway.net import redisnames
 from gateway.store import users
-from gateway.web import pages, sessions
+from gateway.web import frame
+from gateway.web.signin import sessions
 
 log = structlog.get_logger(__name__)
 
@@ -112,12 +113,12 @@ async def take(client: redis.asyncio.Redis, prefix: str, token: str) -> tuple[st
 async def _refused(request: web.Request, outcome: str) -> web.Response:
     log.info("login_link_refused", reason=outcome)
     status = 400 if outcome == "unknown" else 410
-    return await pages.error_page(request, status, "login.title", f"link.{outcome}", retry=False)
+    return await frame.error_page(request, status, "login.title", f"link.{outcome}", retry=False)
 
 
 async def _unavailable(request: web.Request, error: Exception) -> web.Response:
     log.warning("login_unavailable", error=str(error))
-    return await pages.error_page(request, 503, "login.title", "error.unavailable", retry=False)
+    return await frame.error_page(request, 503, "login.title", "error.unavailable", retry=False)
 
 
 async def confirm_page(request: web.Request) -> web.StreamResponse:
@@ -138,7 +139,7 @@ async def confirm_page(request: web.Request) -> web.StreamResponse:
     if not TOKEN.fullmatch(confirm):
         confirm = secrets.token_urlsafe(32)
     context = {"username": user.username, "token": token, "confirm": confirm, "action": FORM_PATH}
-    response = pages.render(request, "link.html", None, context)
+    response = frame.render(request, "link.html", None, context)
     response.headers["X-Robots-Tag"] = "noindex"
     sessions.set_cookie(app, response, CONFIRM_COOKIE, confirm, CONFIRM_SECONDS, samesite="Strict")
     return response
@@ -162,7 +163,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
             origin=request.headers.get("Origin"),
             fetch_site=request.headers.get("Sec-Fetch-Site"),
         )
-        return await pages.error_page(request, 403, "login.title", "error.csrf", retry=False)
+        return await frame.error_page(request, 403, "login.title", "error.csrf", retry=False)
     try:
         outcome, user_id = await take(
             app[appkeys.redis], app[appkeys.config].redis.key_prefix, token if isinstance(token, str) else ""
@@ -176,7 +177,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
             user = await users.get_by_id(conn, user_id)
         if user is None:
             return await _refused(request, "unknown")
-        response = pages.redirect(pages.DEFAULT_NEXT)
+        response = frame.redirect(frame.DEFAULT_NEXT)
         await sessions.start(request, response, user.id)
     except (*POSTGRES_DOWN, *REDIS_DOWN) as e:
         return await _unavailable(request, e)

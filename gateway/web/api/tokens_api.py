@@ -29,7 +29,7 @@ from gateway.log import request_fields
 from gateway.net import events
 from gateway.store import tokens
 from gateway.store.tokens import TOKEN_CACHE, Caller
-from gateway.web import sessions
+from gateway.web.signin import sessions
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()

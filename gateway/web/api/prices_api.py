@@ -25,7 +25,7 @@ from gateway.relay import prices
 from gateway.relay.prices import PRICES
 from gateway.store import modelnames
 from gateway.store.keyfields import CONTROL, read_object
-from gateway.web.admin_tables import replace_table, require_admin
+from gateway.web.api.admin_tables import replace_table, require_admin
 
 routes = web.RouteTableDef()
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, ApiError
 from gateway.net import events
-from gateway.web.keys_api import owner
+from gateway.web.api.keys_api import owner
 
 
 async def require_admin(request: web.Request, refusal: str) -> None:

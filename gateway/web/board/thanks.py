@@ -6,7 +6,7 @@ choice to appear anonymously.
     GET /thanks?period=…                                               the full board, period switch as links
     PUT /api/me {"anonymous": bool}                                    owner (session + CSRF, or bearer)
 
-Everything comes from the board's snapshot (`board.Board`, one database query per few seconds
+Everything comes from the board's snapshot (`cache.Board`, one database query per few seconds
 per process). The data-driven part of each page (`#live`: numbers, rows, charts) is rendered once
 per snapshot, language and period and memoised in the snapshot; a request then only renders the
 layout around it. `static/thanks.js` polls the JSON and, when it changed, swaps `#live` from a
@@ -32,9 +32,12 @@ from gateway import appkeys
 from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.store import users
 from gateway.store.keyfields import read_object
-from gateway.web import charts, i18n, keys_api, pages, sessions
-from gateway.web.board import DEFAULT_PERIOD, PERIODS, BoardUnavailable, Donor, Snapshot, public
-from gateway.web.boardcache import BOARD
+from gateway.web import frame, i18n
+from gateway.web.api import keys_api
+from gateway.web.board import charts
+from gateway.web.board.cache import BOARD
+from gateway.web.board.snapshot import DEFAULT_PERIOD, PERIODS, BoardUnavailable, Donor, Snapshot, public
+from gateway.web.signin import sessions
 
 routes = web.RouteTableDef()
 
@@ -149,7 +152,7 @@ def row(snapshot: Snapshot, donor: Donor, rank: int, period: str, t: Any) -> dic
         **snapshot.entry(donor, rank, period),
         "name": shown["display_name"],
         "login": shown["username"],
-        "avatar": shown["avatar_url"] or pages.asset(pages.PLACEHOLDER_AVATAR),
+        "avatar": shown["avatar_url"] or frame.asset(frame.PLACEHOLDER_AVATAR),
         "last_served_at": donor.last_served_at,
         "cooling_keys": donor.cooling_keys,
         "disabled_keys": donor.disabled_keys,
@@ -174,7 +177,7 @@ def live_fragment(request: web.Request, snapshot: Snapshot, template: str, perio
     key = ("html", template, lang, period)
     html = snapshot.memo.get(key)
     if html is None:
-        context = pages.page_context(request, None)
+        context = frame.layout(request, None)
         t = context["t"]
         ranked = snapshot.ranked(period)
         shown = ranked[:HOME_TOP] if template == "_home_live.html" else ranked[:PAGE_ROWS]
@@ -203,7 +206,7 @@ async def _page(request: web.Request, template: str, fragment: str, period: str)
     try:
         snapshot = await request.app[BOARD].get()
     except BoardUnavailable:
-        return pages.render(
+        return frame.render(
             request,
             "error.html",
             visitor,
@@ -219,7 +222,7 @@ async def _page(request: web.Request, template: str, fragment: str, period: str)
         "poll_seconds": POLL_SECONDS,
         "board_api": f"/api/shared-keys/thanks-board?period={period}&limit={limit}",
     }
-    return pages.render(request, template, visitor, context)
+    return frame.render(request, template, visitor, context)
 
 
 @routes.get("/", name="home")
@@ -233,7 +236,7 @@ async def thanks_page(request: web.Request) -> web.Response:
     if period not in PERIODS:
         visitor = await request.app[VISITORS].get(request)
         context = {"title_key": "error.title", "message_key": "error.bad_period", "values": {}, "retry": False}
-        return pages.render(request, "error.html", visitor, context, status=422)
+        return frame.render(request, "error.html", visitor, context, status=422)
     return await _page(request, "thanks.html", "_thanks_live.html", period)
 
 

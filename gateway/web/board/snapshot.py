@@ -1,6 +1,7 @@
-"""The thanks board's data: who served how much, and how the pool stands, cached per process.
+"""The thanks board's data: who served how much, and how the pool stands.
 
-    Board.get() -> Snapshot        at most one PostgreSQL query per TTL_SECONDS per process
+    fetch(pool, today) + live_state(balancer, keys) -> build(...) -> Snapshot
+    (`cache.Board.get()` keeps one per process: at most one PostgreSQL query per TTL_SECONDS)
 
 A snapshot is built from one query over the aggregates (`donor_usage_daily`, the per-donor daily
 rollup the usage flusher maintains, and a count of keys by state), never from the usage log, plus
@@ -31,7 +32,7 @@ from gateway.config import LinuxDo
 from gateway.errors import REDIS_DOWN
 from gateway.relay.balancer import Balancer
 from gateway.relay.keyindex import PoolKey
-from gateway.web.pages import avatar_allowed
+from gateway.web.frame import avatar_allowed
 
 log = structlog.get_logger(__name__)
 

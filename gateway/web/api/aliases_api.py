@@ -21,7 +21,7 @@ from gateway.errors import POSTGRES_DOWN, ApiError, invalid
 from gateway.relay.keyindex import KEY_INDEX, load_aliases
 from gateway.store import modelnames
 from gateway.store.keyfields import CONTROL, read_object
-from gateway.web.admin_tables import replace_table, require_admin
+from gateway.web.api.admin_tables import replace_table, require_admin
 
 routes = web.RouteTableDef()
 
