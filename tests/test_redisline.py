@@ -12,7 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from gateway.net.redisconn import RedisConnection
 from gateway.net.redisline import ScriptLine
+from gateway.net.resp import encode
 from gateway.relay import balancer
 from gateway.relay.balancer import Balancer
 from gateway.relay.picks import Candidate, UserLimits
@@ -267,3 +269,22 @@ async def test_every_balancer_operation_goes_over_the_line(url: str, redis_prefi
     finally:
         await line.close()
         await nowhere.aclose()
+
+
+async def test_the_calls_of_one_turn_of_the_loop_go_out_in_one_write(url: str) -> None:
+    """Under load many requests reach their pick in the same turn: one write (one syscall) for all."""
+    loop = asyncio.get_running_loop()
+    address = url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, port = address.rsplit(":", 1)
+    transport, conn = await loop.create_connection(lambda: RedisConnection(2.0, 0), host, int(port))
+    writes: list[bytes] = []
+    write = transport.write
+    transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+    try:
+        first = await asyncio.gather(*[conn.send(encode([b"ECHO", f"a{i}"])) for i in range(100)])
+        second = await asyncio.gather(*[conn.send(encode([b"ECHO", f"b{i}"])) for i in range(3)])
+    finally:
+        conn.close()
+    assert first == [f"a{i}".encode() for i in range(100)] and second == [b"b0", b"b1", b"b2"]
+    assert len(writes) == 2  # one per turn, in the order sent
+    assert writes[0] == b"".join(encode([b"ECHO", f"a{i}"]) for i in range(100))

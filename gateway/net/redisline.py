@@ -1,19 +1,16 @@
-"""A lean, pipelined Redis connection for the hot path's one script call per request.
+"""The script line: the hot path's one script call per request, on a lean pipelined connection.
 
-redis-py spends about a quarter of the gateway's CPU per request on its command machinery
-(connection pool, retry wrapper, argument encoding) around a single EVALSHA; see bench/. This
-line writes each call straight onto one shared connection and matches replies to callers in
-order, which Redis guarantees, so any number of requests in flight share one socket with no
-pool and no locks. Everything else keeps using redis-py.
+redis-py spends about a quarter of the gateway's CPU per request on its command machinery around
+a single EVALSHA (see bench/). The line writes calls onto one shared connection
+(gateway/net/redisconn.py: those of one turn of the event loop in one write, replies matched in
+order), so any number of requests in flight share one socket, no pool, no locks.
 
 Failure is loud and fast. Every call answers or fails within `timeout` (connect, send, reply and
 a NOSCRIPT reload together) with redis-py's ConnectionError / TimeoutError, so the proxy answers
-503 (fail closed). The common case, a connected line, costs no timer of its own: one watchdog per
-connection fails every call in flight once the oldest reply is late. Only a call that must wait
-for a connection (or reload the script) sets a deadline of its own. A reconnect is one shared
-task that every waiting call joins with its own deadline, so an outage costs each call at most
-`timeout`, never one reconnect after another. A line that has sent nothing for `idle` seconds
-sends a PING, so a dead connection is found before a request meets it.
+503 (fail closed). A connected line costs no timer per call (the connection's watchdog); only a
+call that must wait for a connection (or reload the script) sets a deadline of its own. A
+reconnect is one shared task that every waiting call joins with its own deadline, so an outage
+costs each call at most `timeout`, never one reconnect after another.
 
 With `cluster`, the URL may name any node: `MOVED` moves the line (the balancer's keys share one
 hash tag), `ASK` is answered on a one-off connection, `TRYAGAIN`/`CLUSTERDOWN` are retried, all
@@ -28,16 +25,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions
 from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
 
-from gateway.net.resp import PING, Incomplete, Redirect, encode, parse
+from gateway.net.redisconn import IDLE_SECONDS, RedisConnection, ignore
+from gateway.net.resp import Redirect, encode
 
-IDLE_SECONDS = 5.0  # a line quiet this long pings Redis
 RETRY_PAUSE = 0.05  # between tries while a cluster reshards (TRYAGAIN, CLUSTERDOWN)
 # Replies that say the script must run elsewhere, or a little later (see ScriptLine._reroute).
 REROUTES = (
@@ -46,117 +42,6 @@ REROUTES = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
 )
-
-
-class _Protocol(asyncio.Protocol):
-    def __init__(self, timeout: float, idle: float) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self.buf = b""
-        self.timeout = timeout
-        self.idle = idle
-        self.lost = False
-        self.retired = False  # left for another node: closes once its calls in flight are answered
-        self.last_write = time.monotonic()
-        self._loop = asyncio.get_running_loop()
-        self._watch: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self.idle > 0:
-            self._idle_timer = self._loop.call_later(self.idle, self._idle_check)
-
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        if self.lost or self.transport is None:
-            fut.set_exception(redis.exceptions.ConnectionError("connection to Redis lost"))
-            return fut
-        now = self.last_write = time.monotonic()
-        self.pending.append((fut, now))
-        self.transport.write(payload)
-        if self._watch is None:
-            self._watch = self._loop.call_later(self.timeout, self._check)
-        return fut
-
-    def _check(self) -> None:
-        """Replies come in order: if the oldest is overdue, the connection is stuck."""
-        self._watch = None
-        if not self.pending:
-            return
-        age = time.monotonic() - self.pending[0][1]
-        if age >= self.timeout:
-            self.abort(redis.exceptions.TimeoutError("Redis did not answer in time"))
-            return
-        self._watch = self._loop.call_later(self.timeout - age, self._check)
-
-    def _idle_check(self) -> None:
-        """A quiet line pings, and the watchdog then finds a dead connection within `timeout`."""
-        self._idle_timer = None
-        if self.lost:
-            return
-        quiet = time.monotonic() - self.last_write
-        if quiet >= self.idle and not self.pending:
-            self.send(PING).add_done_callback(_ignore)
-            quiet = 0.0
-        self._idle_timer = self._loop.call_later(max(0.01, self.idle - quiet), self._idle_check)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        pos = 0
-        try:
-            while pos < len(buf):
-                value, pos = parse(buf, pos)
-                fut, _ = self.pending.popleft()
-                if not fut.done():
-                    if isinstance(value, Exception):
-                        fut.set_exception(value)
-                    else:
-                        fut.set_result(value)
-        except Incomplete:
-            pass
-        except IndexError:  # a reply nobody asked for: the stream is out of step
-            self.abort(redis.exceptions.InvalidResponse("unexpected reply from Redis"))
-            return
-        self.buf = buf[pos:]
-        if self.retired and not self.pending:
-            self.close()
-
-    def retire(self) -> None:
-        self.retired = True
-        if not self.pending:
-            self.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        self.fail(redis.exceptions.ConnectionError("the Redis line moved on"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(redis.exceptions.ConnectionError("connection to Redis lost"))
-
-    def abort(self, error: Exception) -> None:
-        self.fail(error)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def fail(self, error: Exception) -> None:
-        self.lost = True
-        for timer in (self._watch, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._watch = self._idle_timer = None
-        while self.pending:
-            fut, _ = self.pending.popleft()
-            if not fut.done():
-                fut.set_exception(error)
-
-
-def _ignore(fut: asyncio.Future[Any]) -> None:
-    """Mark a failure nobody awaits as seen (an idle PING's, a set-up reply after an earlier refusal):
-    the connection has already failed because of it, or will."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _ssl_context(params: dict[str, Any]) -> RedisSSLContext | None:
@@ -193,8 +78,8 @@ class ScriptLine:
         self._service = service.encode()
         self._sentinel_password = sentinel_password
         self._node: tuple[str, int] | None = None  # where MOVED sent us (cluster)
-        self._proto: _Protocol | None = None
-        self._connecting: asyncio.Task[_Protocol] | None = None
+        self._proto: RedisConnection | None = None
+        self._connecting: asyncio.Task[RedisConnection] | None = None
         self._closed = False
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
@@ -227,18 +112,18 @@ class ScriptLine:
                 self._reroute(proto, e)
                 await asyncio.sleep(RETRY_PAUSE)
 
-    async def _run(self, proto: _Protocol, payload: bytes, asking: bool = False) -> Any:
+    async def _run(self, proto: RedisConnection, payload: bytes, asking: bool = False) -> Any:
         try:
             if asking:
-                proto.send(encode([b"ASKING"])).add_done_callback(_ignore)
+                proto.send(encode([b"ASKING"])).add_done_callback(ignore)
             return await proto.send(payload)
         except redis.exceptions.NoScriptError:
             await proto.send(encode([b"SCRIPT", b"LOAD", self._script]))
             if asking:
-                proto.send(encode([b"ASKING"])).add_done_callback(_ignore)
+                proto.send(encode([b"ASKING"])).add_done_callback(ignore)
             return await proto.send(payload)
 
-    def _reroute(self, proto: _Protocol, error: Exception) -> None:
+    def _reroute(self, proto: RedisConnection, error: Exception) -> None:
         """After a reply that says the script must run elsewhere (or not yet): MOVED moves the
         line; READONLY asks the sentinels again; TRYAGAIN and CLUSTERDOWN keep the connection.
         Without the topology that explains it, the error is the caller's."""
@@ -284,7 +169,7 @@ class ScriptLine:
         except TimeoutError:
             raise redis.exceptions.TimeoutError("Redis did not answer in time") from None
 
-    async def _connected(self) -> _Protocol:
+    async def _connected(self) -> RedisConnection:
         """The live connection, or a share in the one reconnect under way."""
         proto = self._proto
         if proto is not None and not proto.lost:
@@ -298,7 +183,7 @@ class ScriptLine:
         # shield: a waiter that gives up (its deadline, a cancelled request) leaves the connect to the others.
         return await asyncio.shield(task)
 
-    def _opened(self, task: asyncio.Task[_Protocol]) -> None:
+    def _opened(self, task: asyncio.Task[RedisConnection]) -> None:
         if self._connecting is task:
             self._connecting = None
         if task.cancelled() or task.exception() is not None:
@@ -309,7 +194,7 @@ class ScriptLine:
         else:
             self._proto = proto
 
-    async def _open(self) -> _Protocol:
+    async def _open(self) -> RedisConnection:
         """A connection where the script must run: the URL's node, the node MOVED named, or the
         master the sentinels name (and that says so itself)."""
         if self._sentinels:
@@ -323,7 +208,7 @@ class ScriptLine:
         """The master's address, from the first sentinel that knows it."""
         errors = []
         for host, port in self._sentinels:
-            proto: _Protocol | None = None
+            proto: RedisConnection | None = None
             try:
                 proto = await self._dial(host, port, sentinel=True)
                 reply = await proto.send(encode([b"SENTINEL", b"get-master-addr-by-name", self._service]))
@@ -337,7 +222,7 @@ class ScriptLine:
                     proto.retire()
         raise redis.exceptions.ConnectionError("no sentinel named the master: " + "; ".join(errors))
 
-    async def _dial(self, host: str, port: int, *, sentinel: bool = False, master: bool = False) -> _Protocol:
+    async def _dial(self, host: str, port: int, *, sentinel: bool = False, master: bool = False) -> RedisConnection:
         """A connection to one server with the URL's TLS, AUTH and SELECT (a sentinel: its own
         password, no TLS options, no SELECT), within `timeout`; `master` checks ROLE too."""
         p = self._params
@@ -348,11 +233,13 @@ class ScriptLine:
         try:
             async with asyncio.timeout(timeout):
                 if p.get("path") and not sentinel:
-                    transport, proto = await loop.create_unix_connection(lambda: _Protocol(timeout, idle), p["path"])
+                    transport, proto = await loop.create_unix_connection(
+                        lambda: RedisConnection(timeout, idle), p["path"]
+                    )
                 else:
                     ssl = self._ssl.get() if self._ssl is not None and not sentinel else None
                     transport, proto = await loop.create_connection(
-                        lambda: _Protocol(timeout, 0 if sentinel else idle), host, port, ssl=ssl
+                        lambda: RedisConnection(timeout, 0 if sentinel else idle), host, port, ssl=ssl
                     )
                 setup = []
                 password = self._sentinel_password if sentinel else p.get("password")
@@ -365,7 +252,7 @@ class ScriptLine:
                 if master:
                     setup.append((b"ROLE", proto.send(encode([b"ROLE"]))))
                 for _, reply in setup:
-                    reply.add_done_callback(_ignore)  # after a refused AUTH, nobody awaits SELECT's reply
+                    reply.add_done_callback(ignore)  # after a refused AUTH, nobody awaits SELECT's reply
                 for command, reply in setup:
                     try:
                         answer = await reply
