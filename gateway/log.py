@@ -10,6 +10,7 @@ secrets and masks anything shaped like a key or bearer token.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -100,6 +102,15 @@ def redact_foreign_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, An
     return event
 
 
+def _dumps(event: dict[str, Any], default: Callable[[Any], Any]) -> str:
+    """One JSON line, by orjson (a tenth of json's time on the per-request line); what orjson
+    will not encode (an int past 64 bits, a key that is not a string) goes through json."""
+    try:
+        return orjson.dumps(event, default=default).decode()
+    except TypeError:
+        return json.dumps(event, default=default)
+
+
 def configure(level: str = "info", fmt: str = "auto", file: TextIO | None = None) -> None:
     """Called once, by the CLI; never at import. Logs go to `file`, standard error by default.
 
@@ -108,7 +119,7 @@ def configure(level: str = "info", fmt: str = "auto", file: TextIO | None = None
     """
     out = sys.stderr if file is None else file
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = structlog.processors.JSONRenderer(_dumps) if use_json else structlog.dev.ConsoleRenderer()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -200,7 +200,7 @@ def test_migrate_reports_version(env: dict[str, str]) -> None:
 
 
 def info_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if '"level": "info"' in line]
+    return [line for line in err.splitlines() if '"level":"info"' in line]
 
 
 def test_commands_log_only_warnings_unless_verbose(env: dict[str, str]) -> None:
@@ -217,14 +217,14 @@ def test_commands_log_only_warnings_unless_verbose(env: dict[str, str]) -> None:
     for verbose in (["-v", *test], [*test, "--verbose"]):
         loud = sharekey(*verbose, env=env)
         assert loud.code == 1
-        assert any('"event": "key_tested"' in line for line in info_lines(loud.err)), loud.err
-        assert '"level": "debug"' not in loud.err
+        assert any('"event":"key_tested"' in line for line in info_lines(loud.err)), loud.err
+        assert '"level":"debug"' not in loud.err
 
 
 def test_verbose_shows_what_a_command_did(env: dict[str, str]) -> None:
     r = sharekey("migrate", "-v", env=env)
     assert r.code == 0, r.err
-    assert any('"event": "migration_applied"' in line for line in info_lines(r.err)), r.err
+    assert any('"event":"migration_applied"' in line for line in info_lines(r.err)), r.err
     assert sharekey("-vv", "users", "add", "dave", env=env).code == 0
 
 

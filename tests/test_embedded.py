@@ -103,7 +103,7 @@ def test_serve_embedded_attach_and_clean_stop(tmp_path: Path) -> None:
 
         serve.send_signal(signal.SIGINT)
         assert serve.wait(60) == 0, log_path.read_text()
-        assert '"event": "stopped"' in log_path.read_text()
+        assert '"event":"stopped"' in log_path.read_text()
     finally:
         if serve.poll() is None:
             serve.kill()
