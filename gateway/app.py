@@ -178,11 +178,7 @@ async def token_cache(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     bus.on("token", cache.drop_token)
     bus.on("user", cache.drop_user)
-
-    async def resync() -> None:
-        cache.clear()
-
-    bus.on_resync(resync)
+    bus.on_resync(cache.clear)
     async with background(touch_forever(cache)):
         yield
     with contextlib.suppress(*POSTGRES_DOWN):
@@ -196,11 +192,7 @@ async def key_index(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     bus.on("keys", index.invalidate)
     bus.on("aliases", index.invalidate)
-
-    async def resync() -> None:
-        index.invalidate()
-
-    bus.on_resync(resync)
+    bus.on_resync(index.invalidate)
     await index.reload()
     async with background(index.run()):
         yield
@@ -213,11 +205,7 @@ async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
     table = app[PRICES] = Prices(app[appkeys.pg], configured)
     bus = app[BUS]
     bus.on("prices", table.invalidate)
-
-    async def resync() -> None:
-        table.invalidate()
-
-    bus.on_resync(resync)
+    bus.on_resync(table.invalidate)
     with contextlib.suppress(*POSTGRES_DOWN):
         await table.reload()
     async with background(table.run()):

@@ -36,13 +36,14 @@ class Bus:
         self._client = client
         self._channel = redisnames.events(prefix)
         self._handlers: dict[str, list[Handler]] = {}
-        self._resync: list[Callable[[], Awaitable[None]]] = []
+        self._resync: list[Callable[[], Awaitable[None] | None]] = []
         self.subscribed = asyncio.Event()
 
     def on(self, kind: str, handler: Handler) -> None:
         self._handlers.setdefault(kind, []).append(handler)
 
-    def on_resync(self, handler: Callable[[], Awaitable[None]]) -> None:
+    def on_resync(self, handler: Callable[[], Awaitable[None] | None]) -> None:
+        """`handler()` after every (re)subscribe: what was missed while away is forgotten."""
         self._resync.append(handler)
 
     async def run(self) -> None:
@@ -62,7 +63,9 @@ class Bus:
             await pubsub.subscribe(self._channel)
             self.subscribed.set()
             for resync in self._resync:
-                await _safely(resync())
+                result = resync()
+                if result is not None:
+                    await _safely(result)
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
