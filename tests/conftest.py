@@ -21,11 +21,10 @@ from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.ops import embedded
 from gateway.store import db
-
-from .fake_upstream import FakeUpstream
-from .gateways import Gateway, gateway_config
-from .rawserver import Handler, Server
-from .seed import user_with_token
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateways import Gateway, gateway_config
+from tests.support.rawserver import Handler, Server
+from tests.support.seed import user_with_token
 
 TEST_SECRET = "test-secret-" + "x" * 32
 

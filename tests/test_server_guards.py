@@ -24,11 +24,10 @@ from gateway.inbound import BODY_BUDGET
 from gateway.net import redisnames
 from gateway.ops.server import LINGER, make_runner
 from gateway.relay.keyindex import KEY_INDEX
-
-from .fake_upstream import FakeUpstream
-from .gateways import gateway_config
-from .rawserver import Server, read_request
-from .seed import add_key, user_with_token
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateways import gateway_config
+from tests.support.rawserver import Server, read_request
+from tests.support.seed import add_key, user_with_token
 
 Serve = Callable[..., Awaitable[tuple[int, str, web.Application]]]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

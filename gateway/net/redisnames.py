@@ -27,7 +27,7 @@ old and new processes of a rolling deploy then do not misread each other's.
     keytests:<user_id>:<YYYY-MM-DDTHH:MM>  counter  web/api/keytests.py     VERSION
 
 What each balancer hash holds is documented in the header of `balancer.lua`. With the default
-prefix a session is `sk:v1:{sk}:session:<id>`; tests/test_redisnames.py pins every name.
+prefix a session is `sk:v1:{sk}:session:<id>`; tests/net/test_redisnames.py pins every name.
 """
 
 from __future__ import annotations
