@@ -22,13 +22,13 @@ local function init()
   if redis.call('HEXISTS', counts, SEEDED_FIELD) == 0 then
     return {'seed', now} -- a new day, or Redis lost its data: today's counts come first
   end
-  local built = pool_state(meta, revived, ARGV[6], ARGV[5])
+  local built, _, top = pool_state(meta, revived, ARGV[6], ARGV[5])
   if built then
     return {'ok', now} -- another caller built it just now: picks apply the revivals
   end
   redis.call('DEL', meta, avail, resting)
   local ttl = ms(day_end + DAY_MS - now)
-  redis.call('HSET', meta, FP_FIELD, ARGV[6], DAY_FIELD, ARGV[5], RV_FIELD, ms(revived_top(revived)))
+  redis.call('HSET', meta, FP_FIELD, ARGV[6], DAY_FIELD, ARGV[5], RV_FIELD, ms(top)) -- `revived` is as read
   for first = 7, #ARGV, 2 * CHUNK do
     local last = math.min(#ARGV, first + 2 * CHUNK - 1)
     local ids = {}

@@ -103,9 +103,10 @@ local function user_refusal(r, udaily, urpm, ustreams)
     return {'user_rpm', '', 0, r.minute_end - now, 0, now}
   end
   if r.track_stream then
-    -- A stream whose lease ran out (its process died) no longer holds a slot.
+    -- A stream whose lease ran out (its process died) no longer holds a slot. Below the limit
+    -- (the common case) whether this request already holds one does not matter: no ZSCORE.
     redis.call('ZREMRANGEBYSCORE', ustreams, '-inf', ms(now))
-    if not redis.call('ZSCORE', ustreams, r.request_id) and redis.call('ZCARD', ustreams) >= r.streams_limit then
+    if redis.call('ZCARD', ustreams) >= r.streams_limit and not redis.call('ZSCORE', ustreams, r.request_id) then
       return {'user_streams', '', 0, 1000, 0, now}
     end
   end
@@ -270,7 +271,7 @@ local function refusal(pool, r)
   for _ = 1, REPAIRS do
     local soonest = redis.call('ZRANGE', pool.resting, 0, 0, 'WITHSCORES')
     if not soonest[2] then
-      break
+      return {'exhausted', '', 0, r.day_end - now, 0, now} -- nothing rests: nothing will come back today
     end
     local filed = tonumber(soonest[2])
     local ends = tonumber(redis.call('HGET', pool.cooldown, soonest[1])) or 0
@@ -286,18 +287,18 @@ local function refusal(pool, r)
   return {'exhausted', '', 0, r.day_end - now, 0, now}
 end
 
--- Take the key: count the call on it (with reserve = 0, only read its count), hand it out as a
--- trial when it is on probation, set the conversation's key, count the user.
-local function reserve(pool, r, key_id, udaily, urpm, ustreams, conversation)
-  local used
+-- Take the key: count the call on it (or, with reserve = 0, only read its count `c`, which pick
+-- has not changed since it was read), hand it out as a trial when it is on probation (unknown
+-- when `probation_checked`: can_serve already found it off probation, and pick does not write
+-- probation before here), set the conversation's key, count the user.
+local function reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustreams, conversation)
+  local used = c
   if r.reserve then
     used = redis.call('HINCRBY', pool.counts, key_id, 1)
     redis.call('PEXPIRE', pool.counts, ms(r.day_end + DAY_MS - now))
-  else
-    used = tonumber(redis.call('HGET', pool.counts, key_id)) or 0
   end
   local trial = 0
-  if redis.call('HEXISTS', pool.probation, key_id) == 1 then
+  if not probation_checked and redis.call('HEXISTS', pool.probation, key_id) == 1 then
     -- Back from a failure cooldown: this request is its one trial. The lease keeps every other
     -- request off the key until the trial passes, fails, or the lease runs out.
     local lease = now + r.trial_lease_ms
@@ -352,9 +353,13 @@ local function pick()
   if not built or not refresh(pool, seen, top) then
     return {'init', '', 0, 0, 0, now}
   end
-  local key_id = affine_key(pool, r, made_by, conversation) or choose(pool, r)
+  local key_id, c = affine_key(pool, r, made_by, conversation)
+  local probation_checked = key_id ~= nil
   if not key_id then
-    return refusal(pool, r)
+    key_id, c = choose(pool, r)
+    if not key_id then
+      return refusal(pool, r)
+    end
   end
-  return reserve(pool, r, key_id, udaily, urpm, ustreams, conversation)
+  return reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustreams, conversation)
 end

@@ -60,7 +60,8 @@ Every key the script touches, and the operations that touch it (names built in g
 COMMON ARGUMENTS (every operation)
   ARGV[1]  operation: pick | init | seed | release | cool | fail | trial_ok | clear | read | end_stream | remember
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
-  All times below are epoch milliseconds on that clock ("now").
+  All times below are epoch milliseconds on that clock ("now"). Operations that use no time do
+  not read TIME.
 
 INVARIANTS (what makes a pick cost the same for 4 keys or 5,000)
   1. counts, cooldown and probation are the truth; the pool keys only say where to look. Every
@@ -101,7 +102,7 @@ local REVIVED_KEEP = 65536 -- revivals kept in the log
 local CHUNK = 1000 -- candidates per command in init (Lua's unpack has a stack limit)
 
 -- "now": Redis TIME plus the offset in ARGV[2], read once per call by clock(), which every
--- operation calls first (the helpers below read `now` after that).
+-- operation that uses the time calls first (the helpers below read `now` after that).
 local now
 
 local function clock()
