@@ -498,3 +498,17 @@ async def test_a_day_is_seeded_from_postgresql_once_and_a_count_only_rises(
     assert (await pick(other, [Candidate("k2", 9)])).used_today == 6
     assert len(asked) == 1  # the day was seeded once
     assert await b.usage_today() == {"k1": 5, "k2": 6}  # the marker is not a key
+
+
+async def test_a_quiet_pool_still_serves_after_more_revivals_elsewhere_than_a_pick_applies(
+    redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """257 keys of other pools cleared (health checks passed, owners resumed them) while a pool
+    was not picked: the pool is rebuilt, not answered "init" until the day ends."""
+    b = make(redis, redis_prefix)
+    quiet = [Candidate("q", 100)]
+    assert (await pick(b, quiet)).key_id == "q"
+    for i in range(257):  # REVIVED_MAX + 1 distinct keys logged in `revived`
+        await b.clear(f"elsewhere-{i}")
+    p = await pick(b, quiet)
+    assert (p.outcome, p.key_id, p.used_today) == ("ok", "q", 2)

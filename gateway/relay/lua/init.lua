@@ -4,7 +4,9 @@ init: (re)build a pool from its candidate list, for <day>
   KEYS[5] resting:<pid>  KEYS[6] revived
   ARGV[3] day start   ARGV[4] day end   ARGV[5] <day>   ARGV[6] fingerprint
   ARGV[7], ARGV[8], ...  key_id, daily_limit pairs: the candidates
-  A pool already built for this list and day is left as it is (many callers may ask at once).
+  A pool already built for this list and day is left as it is (many callers may ask at once),
+  unless it missed more revivals than a pick applies (REVIVED_MAX): then pick refuses to use it,
+  so it is rebuilt.
   Returns {"ok", now}, or {"clock", now} when now is outside the day (nothing written).
   Returns {"seed", now} first when counts:<day> was never seeded (a new day, or Redis lost its
   data): the caller seeds it (see seed), then calls init again.
@@ -22,9 +24,11 @@ local function init()
   if redis.call('HEXISTS', counts, SEEDED_FIELD) == 0 then
     return {'seed', now} -- a new day, or Redis lost its data: today's counts come first
   end
-  local built, _, top = pool_state(meta, revived, ARGV[6], ARGV[5])
-  if built then
-    return {'ok', now} -- another caller built it just now: picks apply the revivals
+  local built, seen, top = pool_state(meta, revived, ARGV[6], ARGV[5])
+  -- Built for this list and day, and with no more revivals to apply than a pick applies (else
+  -- every pick would answer "init" again and again): another caller built it just now.
+  if built and (top <= seen or redis.call('ZCOUNT', revived, '(' .. ms(seen), ms(top)) <= REVIVED_MAX) then
+    return {'ok', now}
   end
   redis.call('DEL', meta, avail, resting)
   local ttl = ms(day_end + DAY_MS - now)
