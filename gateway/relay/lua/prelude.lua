@@ -63,7 +63,8 @@ COMMON ARGUMENTS (every operation)
   All times below are epoch milliseconds on that clock ("now"). Operations that use no time do
   not read TIME.
 
-INVARIANTS (what makes a pick cost the same for 4 keys or 5,000)
+INVARIANTS (what makes a pick cost the same for 4 keys or 5,000; tests/test_balancer_invariants.py
+has a test per number)
   1. counts, cooldown and probation are the truth; the pool keys only say where to look. Every
      entry a pick takes is checked against the truth first, so a stale entry can cost a look, never
      a limit: daily limits stay exact.
