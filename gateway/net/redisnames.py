@@ -8,14 +8,15 @@ touch any of them together. The version moves a family's state aside when its la
 old and new processes of a rolling deploy then do not misread each other's.
 
     family                                 type     written by            version
-    counts:<YYYY-MM-DD>                    hash     relay/balancer.lua    BALANCER_VERSION
-    cooldown, probation, fails             hash     relay/balancer.lua    BALANCER_VERSION
-    udaily:<YYYY-MM-DD>                    hash     relay/balancer.lua    BALANCER_VERSION
-    urpm:<YYYY-MM-DDTHH:MM>                hash     relay/balancer.lua    BALANCER_VERSION
-    ustreams:<user_id>                     zset     relay/balancer.lua    BALANCER_VERSION
-    pool:<pid>, avail:<pid>, resting:<pid>  hash/zset relay/balancer.lua   BALANCER_VERSION
-    revived                                zset     relay/balancer.lua    BALANCER_VERSION
-    aff:<digest>, resp:<digest>            string   relay/balancer.lua    BALANCER_VERSION
+    counts:<YYYY-MM-DD>                    hash     relay/lua/*.lua       BALANCER_VERSION
+    cooldown, probation, fails             hash     relay/lua/*.lua       BALANCER_VERSION
+    udaily:<YYYY-MM-DD>                    hash     relay/lua/*.lua       BALANCER_VERSION
+    urpm:<YYYY-MM-DDTHH:MM>                hash     relay/lua/*.lua       BALANCER_VERSION
+    ustreams:<user_id>                     zset     relay/lua/*.lua       BALANCER_VERSION
+    pool:<pid>                             hash     relay/lua/*.lua       BALANCER_VERSION
+    avail:<pid>, resting:<pid>             zset     relay/lua/*.lua       BALANCER_VERSION
+    revived                                zset     relay/lua/*.lua       BALANCER_VERSION
+    aff:<digest>, resp:<digest>            string   relay/lua/*.lua       BALANCER_VERSION
     events                                 pub/sub  net/events.py         VERSION
     usage:spool                            list     relay/usage.py        VERSION
     health                                 hash     ops/keychecks.py      VERSION
@@ -26,14 +27,16 @@ old and new processes of a rolling deploy then do not misread each other's.
     loginlink:<sha256 of the token>        string   web/signin/loginlink.py VERSION
     keytests:<user_id>:<YYYY-MM-DDTHH:MM>  counter  web/api/keytests.py     VERSION
 
-What each balancer hash holds is documented in the header of `balancer.lua`. With the default
-prefix a session is `sk:v1:{sk}:session:<id>`; tests/net/test_redisnames.py pins every name.
+The balancer's families are every key its script touches (`relay/lua/`, joined into one script by
+relay/balancer.py); what each holds, and which operation touches it, is documented in the header
+of `relay/lua/prelude.lua`. With the default prefix a session is `sk:v1:{sk}:session:<id>`;
+tests/net/test_redisnames.py pins every name.
 """
 
 from __future__ import annotations
 
 VERSION = "v1"  # bump to start every family but the balancer's afresh (sessions, leases, …)
-BALANCER_VERSION = "v4"  # bump with any change to balancer.lua's behaviour, key layout or return shape
+BALANCER_VERSION = "v4"  # bump with any change to the balancer script's behaviour, key layout or return shape
 
 
 def name(prefix: str, *parts: str, version: str = VERSION) -> str:
@@ -41,7 +44,7 @@ def name(prefix: str, *parts: str, version: str = VERSION) -> str:
     return ":".join((prefix, version, "{" + prefix + "}", *parts))
 
 
-# --- the balancer's state (relay/balancer.lua) ----------------------------------------------------
+# --- the balancer's state (relay/lua/, the balancer script) ---------------------------------------
 
 
 def counts(prefix: str, day: str) -> str:

@@ -1,8 +1,10 @@
 """The atomic key balancer: which donated key serves a request, and the Redis state behind it.
 
-Owns `balancer.lua` and every Redis key it touches (schema v4: `counts:<day>`, `cooldown`,
-`probation`, `fails`, `udaily:<day>`, `urpm:<minute>`, `ustreams:<user>`, per pool `pool:`,
-`avail:`, `resting:`, and `revived`, `aff:`, `resp:`; layout and invariants in the script's header).
+Owns the balancer script (`lua/`: a prelude, one file per operation and a dispatch, joined into
+one script, one SHA) and every Redis key it touches (schema v4, `redisnames.BALANCER_VERSION`:
+`counts:<day>`, `cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`,
+`ustreams:<user>`, per pool `pool:`, `avail:`, `resting:`, and `revived`, `aff:`, `resp:`; layout
+and invariants in the header of `lua/prelude.lua`).
 `pick()` is one script call: the caller's fair-use limits, then the least-used key under its daily
 limit and not cooling, one call reserved on it (`reserve=False`: only chosen), atomically across
 any number of processes. Affinity is the caller's (`Affinity`). Its cost does not grow with the
@@ -35,7 +37,20 @@ from gateway.relay.picks import Affinity, Candidate, Pick, PickOutcome, Pool, Us
 
 log = structlog.get_logger(__name__)
 
-SCRIPT = resources.files("gateway.relay").joinpath("balancer.lua").read_text(encoding="utf-8")
+# The script's files (gateway/relay/lua/), in the order they are joined into the one script Redis
+# loads: the prelude (header, clock, helpers), one `local function` per operation, the dispatch.
+OPERATIONS = ("pick", "init", "seed", "release", "cool", "fail", "trial_ok", "clear", "read", "end_stream", "remember")
+LUA_FILES = ("prelude", *OPERATIONS, "dispatch")
+
+
+def _assemble() -> str:
+    folder = resources.files("gateway.relay").joinpath("lua")
+    return "\n".join(
+        f"-- lua/{name}.lua\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in LUA_FILES
+    )
+
+
+SCRIPT = _assemble()  # one script, one SHA: every operation is one EVALSHA of it
 TRIAL_LEASE_SECONDS = 30.0
 CLOCK_TRIES = 3  # a second try always has the right keys unless a boundary passed in between
 INIT = "init"  # the script's answer when the pool's structures must be (re)built first

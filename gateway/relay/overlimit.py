@@ -29,7 +29,7 @@ MAX = 10_000
 PEEK_ABOVE = 1024 * 1024  # bodies larger than this (or of unknown length) ask Redis first
 MINUTE_MS = 60_000
 
-# KEYS[1] urpm:<minute> (relay/balancer.lua's hash: user_id -> requests started that minute, by
+# KEYS[1] urpm:<minute> (the balancer script's hash, relay/lua/: user_id -> requests started that minute, by
 # Redis' clock), for the minute the caller guessed from its own clock.
 # ARGV[1] that minute's start (epoch ms)   ARGV[2] user_id
 # Returns {count, ms left in the minute}, or {-1, 0} when Redis' clock is in another minute (a

@@ -27,6 +27,7 @@ EXPECTED = [
     (redisnames.keyrings("sk"), "sk:v1:{sk}:keyrings"),
     (redisnames.session("sk", "abc_DEF-1"), "sk:v1:{sk}:session:abc_DEF-1"),
     (redisnames.oauth_state("sk", "st4te"), "sk:v1:{sk}:oauth:st4te"),
+    (redisnames.login_link("sk", "5ha"), "sk:v1:{sk}:loginlink:5ha"),
     (redisnames.key_tests("sk", "u-1", "2026-03-01T12:34"), "sk:v1:{sk}:keytests:u-1:2026-03-01T12:34"),
 ]
 

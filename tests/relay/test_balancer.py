@@ -498,3 +498,32 @@ async def test_a_day_is_seeded_from_postgresql_once_and_a_count_only_rises(
     assert (await pick(other, [Candidate("k2", 9)])).used_today == 6
     assert len(asked) == 1  # the day was seeded once
     assert await b.usage_today() == {"k1": 5, "k2": 6}  # the marker is not a key
+
+
+async def test_a_quiet_pool_still_serves_after_more_revivals_elsewhere_than_a_pick_applies(
+    redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """257 keys of other pools cleared (health checks passed, owners resumed them) while a pool
+    was not picked: the pool is rebuilt, not answered "init" until the day ends."""
+    b = make(redis, redis_prefix)
+    quiet = [Candidate("q", 100)]
+    assert (await pick(b, quiet)).key_id == "q"
+    for i in range(257):  # REVIVED_MAX + 1 distinct keys logged in `revived`
+        await b.clear(f"elsewhere-{i}")
+    p = await pick(b, quiet)
+    assert (p.outcome, p.key_id, p.used_today) == ("ok", "q", 2)
+
+
+def test_the_script_is_every_lua_file_joined_once_in_order_with_every_operation_dispatched() -> None:
+    """A file of gateway/relay/lua/ left out of LUA_FILES would leave its operation undefined when
+    dispatch names it; one named twice would define it twice."""
+    from pathlib import Path
+
+    folder = Path(balancer_mod.__file__).parent / "lua"
+    assert sorted(p.stem for p in folder.glob("*.lua")) == sorted(balancer_mod.LUA_FILES)
+    assert balancer_mod.LUA_FILES[0] == "prelude" and balancer_mod.LUA_FILES[-1] == "dispatch"
+    dispatch = (folder / "dispatch.lua").read_text(encoding="utf-8")
+    for name in balancer_mod.OPERATIONS:
+        assert balancer_mod.SCRIPT.count(f"\nlocal function {name}()\n") == 1, name
+        assert f"  {name} = {name},\n" in dispatch, name
+    assert dispatch.count(" = ") - dispatch.count("local ") == len(balancer_mod.OPERATIONS)

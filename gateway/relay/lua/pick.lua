@@ -1,0 +1,365 @@
+--[[
+pick: reserve a call on the least-used available key, after the caller's limits
+  KEYS[1] counts:<day>   KEYS[2] cooldown   KEYS[3] probation
+  KEYS[4] udaily:<day>   KEYS[5] urpm:<minute>   KEYS[6] ustreams:<user_id>
+  KEYS[7] pool:<pid>     KEYS[8] avail:<pid>  KEYS[9] resting:<pid>   KEYS[10] revived
+  ARGV[3]  day start      ARGV[4]  day end (exclusive): the bounds of <day> in the time zone
+  ARGV[5]  minute start (exclusive end = +60000): the bounds of <minute>
+  ARGV[6]  count_user: 1 = enforce and count the user's limits, 0 = skip them (a retry)
+  ARGV[7]  user daily limit       ARGV[8]  user per-minute limit   (0 = unlimited)
+  ARGV[9]  stream: 1 or 0         ARGV[10] user concurrent-stream limit (0 = unlimited)
+  ARGV[11] user_id                ARGV[12] request_id
+  ARGV[13] stream lease ms        ARGV[14] trial lease ms
+  ARGV[15] <day> (the name)        ARGV[16] the candidate list's fingerprint
+  ARGV[17] a random integer: the tie-break among the equally used keys at the head of avail
+  ARGV[18] conversation affinity ms: how long KEYS[11] keeps the key picked now (0: not written)
+  ARGV[19] reserve: 1 = reserve a call on the key picked; 0 = only choose it (count_tokens): the
+           key's count and the user's day and streams are left as they are, only the user's
+           minute counts (and is enforced)
+  ARGV[20], ...  key ids not to pick (the ones a retry already tried)
+  KEYS[11] aff:<conversation digest> (optional): string -> key_id.
+  KEYS[12] resp:<response id digest> (optional): string -> "<user_id> <key_id>" (see remember).
+    One made for another user than ARGV[11]: the answer is response_not_found. Else the key named
+    there is taken first (KEYS[12] before KEYS[11]) when it is a member of this pool, not
+    excluded, under its limit, not cooling and not on probation; else the usual least-used pick.
+    KEYS[11] is then set to the key picked, for ARGV[18] ms. Both are in the one hash slot; pass
+    a name that is never set to leave one out.
+  Returns {outcome, key_id or "", used_today, retry_after_ms, trial (0|1), now}
+    outcome: ok | exhausted | cooling | user_daily | user_rpm | user_streams | response_not_found
+      | clock | init
+    ok: the key with the fewest reservations among those under their limit and not cooling;
+      its count was incremented (and then the user's counters, and the stream lease added), or
+      with reserve = 0 only the user's minute; used_today is the key's count after it.
+      A key on probation whose cooldown has ended is handed out as a trial (trial = 1): its
+      cooldown and probation become now + trial lease, so no second request reaches it.
+    cooling: none available, and at least one key under its limit is cooling (retry: its end).
+    exhausted: every candidate is at its daily limit, cooling or not (retry: the day's end).
+    response_not_found: KEYS[12] names a response made for another user (checked after the
+      user's limits): nothing was counted or reserved.
+    "clock": now is outside the given day or minute: nothing was read or written; the caller
+    names the keys again from the returned now and calls again.
+    "init": the pool must be (re)built first (see INVARIANTS 5): the caller calls `init`, then
+    pick again. Nothing was counted.
+  A refusal writes nothing but the re-filing of pool entries (and dropping expired stream leases).
+  Keeps INVARIANTS 1-5. Its steps, in the order they run, are the functions below:
+    pick_request    ARGV as one table, read once
+    named_right     the caller's day and minute keys against TIME                    -> clock
+    user_refusal    the caller's daily, per-minute and concurrent-stream limits      -> user_*
+    response_owner  whose response the request continues, and its key               -> response_not_found
+    pool_state, refresh  the pool is today's and built from this list; revivals applied -> init
+    affine_key      the response's, else the conversation's key, if it can serve now
+    choose          the lowest-scored usable entry of avail, filing stale entries away
+    refusal         cooling or exhausted, from the head of resting
+    reserve         count the call, hand out a trial, set the conversation's key, count the user
+]]
+
+-- The pick's ARGV, named (see above).
+local function pick_request()
+  local r = {
+    day_start = tonumber(ARGV[3]),
+    day_end = tonumber(ARGV[4]),
+    minute_end = tonumber(ARGV[5]) + MINUTE_MS,
+    count_user = ARGV[6] == '1',
+    daily = tonumber(ARGV[7]),
+    per_minute = tonumber(ARGV[8]),
+    streams_limit = tonumber(ARGV[10]),
+    user = ARGV[11],
+    request_id = ARGV[12],
+    stream_lease_ms = tonumber(ARGV[13]),
+    trial_lease_ms = tonumber(ARGV[14]),
+    day = ARGV[15],
+    fingerprint = ARGV[16],
+    seed = tonumber(ARGV[17]),
+    affinity_ms = tonumber(ARGV[18]),
+    reserve = ARGV[19] == '1',
+    exclude = {},
+    excluded = 0,
+  }
+  r.track_stream = r.count_user and r.reserve and ARGV[9] == '1' and r.streams_limit > 0
+  for i = 20, #ARGV do
+    r.exclude[ARGV[i]] = true
+    r.excluded = r.excluded + 1
+  end
+  return r
+end
+
+-- The caller's clock chose the key names; only Redis time decides which day a call counts on.
+local function named_right(r)
+  if now < r.day_start or now >= r.day_end then
+    return false
+  end
+  return not r.count_user or (now >= r.minute_end - MINUTE_MS and now < r.minute_end)
+end
+
+-- The caller's fair-use limits, before any key is looked at: a refusal, or nil.
+local function user_refusal(r, udaily, urpm, ustreams)
+  if not r.count_user then
+    return nil
+  end
+  if r.reserve and r.daily > 0 and (tonumber(redis.call('HGET', udaily, r.user)) or 0) >= r.daily then
+    return {'user_daily', '', 0, r.day_end - now, 0, now}
+  end
+  if r.per_minute > 0 and (tonumber(redis.call('HGET', urpm, r.user)) or 0) >= r.per_minute then
+    return {'user_rpm', '', 0, r.minute_end - now, 0, now}
+  end
+  if r.track_stream then
+    -- A stream whose lease ran out (its process died) no longer holds a slot. Below the limit
+    -- (the common case) whether this request already holds one does not matter: no ZSCORE.
+    redis.call('ZREMRANGEBYSCORE', ustreams, '-inf', ms(now))
+    if redis.call('ZCARD', ustreams) >= r.streams_limit and not redis.call('ZSCORE', ustreams, r.request_id) then
+      return {'user_streams', '', 0, 1000, 0, now}
+    end
+  end
+  return nil
+end
+
+-- A response belongs to the user it was made for: another user's id is not found, here or
+-- upstream. Returns the key that made the response (or nil), and whether it is another user's.
+local function response_owner(response, user)
+  local made = response and redis.call('GET', response)
+  if not made then
+    return nil, false
+  end
+  local owner, id = string.match(made, '^(%S+) (.+)$')
+  if owner ~= user then
+    return nil, true
+  end
+  return id, false
+end
+
+-- File a pool member where it belongs now: in avail at its count, in resting until its cooldown
+-- ends, or nowhere when it is spent for today (INVARIANTS 2).
+local function place(pool, id, limit)
+  local c = tonumber(redis.call('HGET', pool.counts, id)) or 0
+  local ends = tonumber(redis.call('HGET', pool.cooldown, id)) or 0
+  if c >= limit then
+    redis.call('ZREM', pool.avail, id)
+  elseif ends > now then
+    redis.call('ZREM', pool.avail, id)
+    redis.call('ZADD', pool.resting, ms(ends), id)
+  else
+    redis.call('ZADD', pool.avail, c, id)
+  end
+end
+
+-- Apply the revivals logged since the pool last looked (keys given back, cleared, past a trial):
+-- each member among them is filed again from the truth. False when there are more than a pick
+-- applies: the pool is then rebuilt (INVARIANTS 4, 5).
+local function refresh(pool, seen, top)
+  if top <= seen then
+    return true
+  end
+  local back = redis.call('ZRANGEBYSCORE', pool.revived, '(' .. ms(seen), ms(top), 'LIMIT', 0, REVIVED_MAX + 1)
+  if #back > REVIVED_MAX then
+    return false
+  end
+  for i = 1, #back do
+    local limit = redis.call('HGET', pool.meta, back[i])
+    if limit then
+      redis.call('ZREM', pool.resting, back[i])
+      place(pool, back[i], tonumber(limit))
+    end
+  end
+  redis.call('HSET', pool.meta, RV_FIELD, ms(top))
+  return true
+end
+
+-- Can this key serve now: a member of the pool, not excluded, under its limit, not cooling and
+-- not on probation? Its count when it can, else nil.
+local function can_serve(pool, r, id)
+  if not id or r.exclude[id] then
+    return nil
+  end
+  local limit = tonumber(redis.call('HGET', pool.meta, id))
+  if not limit then
+    return nil
+  end
+  local c = tonumber(redis.call('HGET', pool.counts, id)) or 0
+  if c >= limit or (tonumber(redis.call('HGET', pool.cooldown, id)) or 0) > now then
+    return nil
+  end
+  if redis.call('HEXISTS', pool.probation, id) ~= 0 then
+    return nil
+  end
+  return c
+end
+
+-- Affinity: the key that produced the response this request continues, else the one that last
+-- served this conversation, when it can serve now. Returns the key and its count, or nil.
+local function affine_key(pool, r, made_by, conversation)
+  local c = can_serve(pool, r, made_by)
+  if c then
+    return made_by, c
+  end
+  if conversation then
+    local id = redis.call('GET', conversation)
+    c = can_serve(pool, r, id)
+    if c then
+      return id, c
+    end
+  end
+  return nil
+end
+
+-- Bring back up to DUE_MAX members whose cooldown (as filed) has ended; one whose cooldown was
+-- extended since is filed again under its new end. Returns how many were looked at.
+local function come_back(pool)
+  local due = redis.call('ZRANGEBYSCORE', pool.resting, '-inf', ms(now), 'LIMIT', 0, DUE_MAX)
+  for i = 1, #due do
+    redis.call('ZREM', pool.resting, due[i])
+    local limit = redis.call('HGET', pool.meta, due[i])
+    if limit then
+      place(pool, due[i], tonumber(limit))
+    end
+  end
+  return #due
+end
+
+-- The lowest-scored entry of avail that the truth says can serve (INVARIANTS 1, 3, 4): spent and
+-- cooling entries met on the way are filed away, a stale score is re-filed (up to REPAIRS).
+-- Returns the key and its count, or nil when avail has nothing usable.
+local function choose(pool, r)
+  local repairs = 0
+  while true do
+    local moved = come_back(pool)
+    local batch = redis.call('ZRANGE', pool.avail, 0, BATCH + r.excluded - 1, 'WITHSCORES')
+    local n = #batch / 2
+    local changed = false
+    if n > 0 then
+      -- Ties go at random: start at a random one of the entries sharing the lowest score.
+      local ties = 1
+      while ties < n and batch[2 * ties + 2] == batch[2] do
+        ties = ties + 1
+      end
+      local start = r.seed % ties
+      for j = 0, n - 1 do
+        local i = (start + j) % n + 1
+        local id, score = batch[2 * i - 1], tonumber(batch[2 * i])
+        if not r.exclude[id] then
+          local c = tonumber(redis.call('HGET', pool.counts, id)) or 0
+          local limit = tonumber(redis.call('HGET', pool.meta, id)) or 0
+          local ends = tonumber(redis.call('HGET', pool.cooldown, id)) or 0
+          if c >= limit then
+            redis.call('ZREM', pool.avail, id) -- spent for today (a release brings it back)
+            changed = true
+          elseif ends > now then
+            redis.call('ZREM', pool.avail, id)
+            redis.call('ZADD', pool.resting, ms(ends), id)
+            changed = true
+          elseif c ~= score and repairs < REPAIRS then
+            -- Another pool used this key since: put it where its count says, and look again.
+            redis.call('ZADD', pool.avail, c, id)
+            repairs = repairs + 1
+            changed = true
+            break
+          else
+            return id, c
+          end
+        end
+      end
+    end
+    -- Every turn that does not pick removes, re-files or brings back at least one entry.
+    if not changed and moved == 0 then
+      return nil
+    end
+  end
+end
+
+-- Nothing can serve: cooling (retry when the soonest cooldown ends) or exhausted (retry at the
+-- day's end). An entry whose cooldown was extended since it was filed is filed again first.
+local function refusal(pool, r)
+  for _ = 1, REPAIRS do
+    local soonest = redis.call('ZRANGE', pool.resting, 0, 0, 'WITHSCORES')
+    if not soonest[2] then
+      return {'exhausted', '', 0, r.day_end - now, 0, now} -- nothing rests: nothing will come back today
+    end
+    local filed = tonumber(soonest[2])
+    local ends = tonumber(redis.call('HGET', pool.cooldown, soonest[1])) or 0
+    if ends <= filed then
+      return {'cooling', '', 0, math.max(1, filed - now), 0, now}
+    end
+    redis.call('ZADD', pool.resting, ms(ends), soonest[1]) -- extended since it was filed
+  end
+  local soonest = redis.call('ZRANGE', pool.resting, 0, 0, 'WITHSCORES')
+  if soonest[2] then
+    return {'cooling', '', 0, math.max(1, tonumber(soonest[2]) - now), 0, now}
+  end
+  return {'exhausted', '', 0, r.day_end - now, 0, now}
+end
+
+-- Take the key: count the call on it (or, with reserve = 0, only read its count `c`, which pick
+-- has not changed since it was read), hand it out as a trial when it is on probation (unknown
+-- when `probation_checked`: can_serve already found it off probation, and pick does not write
+-- probation before here), set the conversation's key, count the user.
+local function reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustreams, conversation)
+  local used = c
+  if r.reserve then
+    used = redis.call('HINCRBY', pool.counts, key_id, 1)
+    redis.call('PEXPIRE', pool.counts, ms(r.day_end + DAY_MS - now))
+  end
+  local trial = 0
+  if not probation_checked and redis.call('HEXISTS', pool.probation, key_id) == 1 then
+    -- Back from a failure cooldown: this request is its one trial. The lease keeps every other
+    -- request off the key until the trial passes, fails, or the lease runs out.
+    local lease = now + r.trial_lease_ms
+    redis.call('HSET', pool.cooldown, key_id, ms(lease))
+    redis.call('HSET', pool.probation, key_id, ms(lease))
+    redis.call('ZREM', pool.avail, key_id)
+    redis.call('ZADD', pool.resting, ms(lease), key_id)
+    trial = 1
+  else
+    redis.call('ZADD', pool.avail, used, key_id)
+  end
+  if conversation and r.affinity_ms > 0 then
+    redis.call('SET', conversation, key_id, 'PX', ms(r.affinity_ms)) -- the conversation's key from now on
+  end
+  if r.count_user then
+    if r.reserve then
+      redis.call('HINCRBY', udaily, r.user, 1)
+      redis.call('PEXPIRE', udaily, ms(r.day_end + DAY_MS - now))
+    end
+    redis.call('HINCRBY', urpm, r.user, 1)
+    redis.call('PEXPIRE', urpm, ms(r.minute_end + MINUTE_MS - now))
+    if r.track_stream then
+      redis.call('ZADD', ustreams, ms(now + r.stream_lease_ms), r.request_id)
+      redis.call('PEXPIRE', ustreams, ms(r.stream_lease_ms + MINUTE_MS))
+    end
+  end
+  return {'ok', key_id, used, 0, trial, now}
+end
+
+local function pick()
+  clock()
+  local r = pick_request()
+  local pool = {
+    counts = KEYS[1], cooldown = KEYS[2], probation = KEYS[3],
+    meta = KEYS[7], avail = KEYS[8], resting = KEYS[9], revived = KEYS[10],
+  }
+  local udaily, urpm, ustreams, conversation, response = KEYS[4], KEYS[5], KEYS[6], KEYS[11], KEYS[12]
+  if not named_right(r) then
+    return {'clock', '', 0, 0, 0, now}
+  end
+  local refused = user_refusal(r, udaily, urpm, ustreams)
+  if refused then
+    return refused
+  end
+  local made_by, foreign = response_owner(response, r.user)
+  if foreign then
+    return {'response_not_found', '', 0, 0, 0, now}
+  end
+  -- The pool's structures must be today's, built from the caller's candidate list, and must not
+  -- have missed a key given back or revived (the log keeps the latest REVIVED_KEEP).
+  local built, seen, top = pool_state(pool.meta, pool.revived, r.fingerprint, r.day)
+  if not built or not refresh(pool, seen, top) then
+    return {'init', '', 0, 0, 0, now}
+  end
+  local key_id, c = affine_key(pool, r, made_by, conversation)
+  local probation_checked = key_id ~= nil
+  if not key_id then
+    key_id, c = choose(pool, r)
+    if not key_id then
+      return refusal(pool, r)
+    end
+  end
+  return reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustreams, conversation)
+end
