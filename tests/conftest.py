@@ -113,7 +113,7 @@ def config(servers: tuple[str, str], database_url: str, redis_prefix: str, tmp_p
 @pytest.fixture
 def cli_env(config: config_mod.Config, redis_prefix: str) -> dict[str, str]:
     """The environment for running the real `sharekey` command against this test's stores."""
-    from .clirun import clean_env
+    from tests.support.clirun import clean_env
 
     return clean_env(
         DATABASE_URL=config.database.url,

@@ -677,8 +677,7 @@ def test_tls_upstream_refuses_bytes_from_the_proxy(loop_factory, certs: Certs) -
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
 async def test_the_pool_goes_through_the_proxy_to_the_checked_address(pproxy: PP, scheme: str, serve) -> None:  # type: ignore[no-untyped-def]
     from gateway.net import h1
-
-    from .rawserver import read_request
+    from tests.support.rawserver import read_request
 
     seen: list[bytes] = []
 

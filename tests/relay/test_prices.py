@@ -211,8 +211,8 @@ async def test_the_boards_values_equal_the_sum_of_the_rows(
 ) -> None:
     from datetime import timedelta
 
-    from .test_board import Gateway as BoardGateway
-    from .test_board import board_app, board_config, credit, donor
+    from tests.web.test_board import Gateway as BoardGateway
+    from tests.web.test_board import board_app, board_config, credit, donor
 
     cfg = board_config(config)
     app = board_app(cfg)
