@@ -9,7 +9,7 @@ COPY gateway ./gateway
 COPY sql ./sql
 COPY templates ./templates
 COPY static ./static
-RUN pip install -e . && useradd --system --home /app sharekey
+RUN pip install -e '.[tracing]' && useradd --system --home /app sharekey
 USER sharekey
 
 EXPOSE 8080

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
 import structlog
 from aiohttp import web, web_response
 
-from gateway import appkeys
+from gateway import appkeys, tracing
 from gateway.config import Config
 from gateway.errors import POSTGRES_DOWN, error_middleware
 from gateway.inbound import BODY_BUDGET, BodyBudget, body_middleware
@@ -51,7 +53,7 @@ TEMPLATES_DIR = data_dir("templates")
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, error_middleware, body_middleware],
+        middlewares=[request_context, *tracing_middleware(config), error_middleware, body_middleware],
         client_max_size=config.limits.max_body_bytes,
     )
     app[appkeys.config] = config
@@ -63,6 +65,7 @@ def create_app(config: Config) -> web.Application:
     # Dependency order; teardown runs in reverse, so usage drains while PostgreSQL and Redis are open.
     app.cleanup_ctx.extend(
         [
+            tracing_ctx,
             pg_pool,
             redis_client,
             upstream_pool,
@@ -95,6 +98,18 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(v1_headers)
     cors.setup(app, config.server.cors_origins)
     return app
+
+
+def tracing_middleware(config: Config) -> list[Any]:
+    """The request span's middleware, only where tracing is on: off, it costs nothing at all."""
+    return [tracing.middleware] if config.tracing.otlp_endpoint else []
+
+
+async def tracing_ctx(app: web.Application) -> AsyncIterator[None]:
+    shutdown = tracing.start(app[appkeys.config].tracing, worker=str(os.getpid()))
+    yield
+    if shutdown is not None:
+        await asyncio.to_thread(shutdown)  # the last export, off the event loop
 
 
 # Say what answers, not which aiohttp and Python versions: aiohttp's default for every response,

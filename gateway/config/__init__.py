@@ -25,6 +25,7 @@ from gateway.config.sections import (
     Security,
     Server,
     Storage,
+    Tracing,
     Upstream,
     Usage,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "Security",
     "Server",
     "Storage",
+    "Tracing",
     "Upstream",
     "Usage",
     "load",

@@ -164,6 +164,14 @@ class Logging:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    # OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (spans go to <it>/v1/traces); empty: no tracing
+    otlp_endpoint: str = ""
+    service_name: str = "sharekey"
+    sample_ratio: float = 1.0  # of the traces this gateway starts; a caller's sampled flag is followed
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: Server = field(default_factory=Server)
     database: Database = field(default_factory=Database)
@@ -180,6 +188,7 @@ class Config:
     oauth_oidc: dict[str, Oidc] = field(default_factory=dict)  # [oauth.oidc.<name>]; TOML only
     models: Models = field(default_factory=Models)
     logging: Logging = field(default_factory=Logging)
+    tracing: Tracing = field(default_factory=Tracing)
     # [prices."<model>"] input, output, cache_read, cache_write: USD per million tokens, overriding
     # the price library for that model (the name the upstream is asked for). SHAREKEY_PRICES: JSON.
     prices: dict[str, dict[str, float | None]] = field(default_factory=dict)
@@ -213,6 +222,7 @@ SECTIONS: dict[str, str] = {
     "oauth.github": "oauth_github",
     "models": "models",
     "logging": "logging",
+    "tracing": "tracing",
 }
 
 SHORT_ENV: dict[str, tuple[str, str]] = {
@@ -244,4 +254,5 @@ SECTION_TYPES: dict[str, type] = {
     "oauth_github": GitHub,
     "models": Models,
     "logging": Logging,
+    "tracing": Tracing,
 }

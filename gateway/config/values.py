@@ -7,6 +7,7 @@ into its field's type and checks the whole, raising `ConfigError` with a message
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import typing
 import urllib.parse
@@ -177,10 +178,27 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
         raise bad("upstream.allowed_features", f"{unknown[0]!r} is not one of {', '.join(FEATURES)}")
     if config.redis.timeout <= 0:
         raise bad("redis.timeout", "must be greater than 0")
+    endpoint = config.tracing.otlp_endpoint
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise bad("tracing.otlp_endpoint", "must be an http:// or https:// URL (the OTLP/HTTP collector)")
+    if endpoint and _missing("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        raise bad(
+            "tracing.otlp_endpoint", "is set but OpenTelemetry is not installed (pip install 'sharekey[tracing]')"
+        )
+    if not 0 <= config.tracing.sample_ratio <= 1:
+        raise bad("tracing.sample_ratio", "must be from 0 to 1")
     proxy = config.upstream.proxy_url
     if proxy and not _proxy_url_ok(proxy):
         # The URL may carry credentials: never repeat it.
         raise bad("upstream.proxy_url", "must be http://, https:// or socks5://host:port (user:password@ allowed)")
+
+
+def _missing(*modules: str) -> bool:
+    """Whether any of these is not installed (looked up, not imported)."""
+    try:
+        return any(importlib.util.find_spec(m) is None for m in modules)
+    except ModuleNotFoundError:  # a parent package is missing
+        return True
 
 
 def _redis_topology(config: Config, bad: Any) -> None:

@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import appkeys, metrics
+from gateway import appkeys, metrics, tracing
 from gateway.apiformat import ApiFormat
 from gateway.errors import REDIS_DOWN, anthropic_body
 from gateway.log import scrub, send
@@ -46,6 +46,17 @@ JSON_START = re.compile(rb"[ \t\r\n]*[{\[]")
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
+    """`_attempt`, in its own span when tracing is on."""
+    with tracing.span("attempt", client=True, key_id=key.id, model=call.model, attempt=call.attempts) as current:
+        result = await _attempt(call, key, pick)
+        if isinstance(result, Failure):
+            tracing.note(current, result=str(result.kind), http_status=result.http_status)
+        else:
+            tracing.note(current, result="ok", http_status=result.status)
+        return result
+
+
+async def _attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
     """Forward to one key. Returns the response once committed (or a caller error to relay), or a Failure.
 
     Deadlines, on the loop's clock: the whole attempt within `total_timeout`; a non-stream answer,

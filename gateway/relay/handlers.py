@@ -20,7 +20,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import appkeys, metrics
+from gateway import appkeys, metrics, tracing
 from gateway.apiformat import ApiFormat, spoken_on
 from gateway.config import Balancer as BalancerConfig
 from gateway.errors import (
@@ -317,10 +317,13 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 
 async def pick_key(balancer: Balancer, pool: Pool, **kw: Any) -> Pick:
     """`balancer.pick`, failing closed (503) when Redis cannot be reached: never unlimited."""
-    try:
-        return await balancer.pick(pool, **kw)
-    except REDIS_DOWN as e:
-        raise _state_store_down("balancer", e) from None
+    with tracing.span("pick", candidates=pool.size) as current:
+        try:
+            pick = await balancer.pick(pool, **kw)
+        except REDIS_DOWN as e:
+            raise _state_store_down("balancer", e) from None
+        tracing.note(current, outcome=pick.outcome, key_id=pick.key_id)
+        return pick
 
 
 def _state_store_down(what: str, e: Exception) -> GatewayError:
