@@ -23,6 +23,7 @@ from gateway.errors import POSTGRES_DOWN
 from gateway.net.h1 import header_lines
 from gateway.net.upstream import upstream_headers
 from gateway.relay.picks import Candidate, Pool
+from gateway.relay.rules import NO_RULES, KeyRules
 from gateway.store import modelnames
 from gateway.store.crypto import KeyRing, SealError
 from gateway.store.sharedkeys import open_row
@@ -61,6 +62,7 @@ class PoolKey:
     is_private: bool
     api_format: ApiFormat = ApiFormat.OPENAI  # how the upstream is called
     upstream_names: dict[str, str] = field(default_factory=dict, repr=False)  # public -> upstream, where they differ
+    rules: KeyRules = field(default_factory=lambda: NO_RULES)  # the donor's caps and audience
     # Built once per load, not per request: parsed URLs and the complete upstream header lines.
     urls: dict[str, URL] = field(default_factory=dict, repr=False)
     head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
@@ -151,7 +153,9 @@ class Snapshot:
 
 SELECT_SERVING_KEYS = """
 SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.daily_limit,
-       k.stream_usage, k.is_private, k.api_format, u.username, u.anonymous
+       k.stream_usage, k.is_private, k.api_format, u.username, u.anonymous,
+       k.rpm_limit, k.tpm_limit, k.max_concurrent, k.model_daily_limits, k.min_trust_level,
+       k.allowed_users, k.allowed_features, k.upstream_kind, k.auth_cooldowns
 FROM shared_keys k JOIN users u ON u.id = k.user_id
 WHERE k.is_active AND k.status <> 'disabled'
   AND (k.daily_budget_usd IS NULL OR k.spend_today_usd < k.daily_budget_usd
@@ -192,6 +196,7 @@ async def load(
                 is_private=r["is_private"],
                 api_format=ApiFormat(r["api_format"]),
                 upstream_names={public: upstream for public, upstream in names if public != upstream},
+                rules=KeyRules.of_row(r),
             )
         except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
             log.error("key_unusable", key_id=key_id, reason=str(e))
