@@ -3,6 +3,7 @@
     GatewayError(status, type, code, message)        OpenAI shape on /v1
     ├── BadRequest            400  invalid_request_error
     ├── InvalidToken          401  invalid_api_key
+    ├── Forbidden             403  model_not_permitted  (no key serving the model admits the caller)
     ├── NoKeyForModel         404  model_not_found
     ├── NotFound              404  not_found  (e.g. response_not_found)
     ├── RequestTimeout        408  request_timeout  (a body slower than server.body_timeout)
@@ -10,7 +11,8 @@
     ├── LimitReached          429  rate_limit_exceeded  (retry_after; x-should-retry: false)
     ├── UpstreamFailed        502  upstream_error
     ├── NotConfigured         503  service_unavailable  (retry_after)
-    └── ServerBusy            503  server_busy  (retry_after: too many bodies being read at once)
+    ├── ServerBusy            503  server_busy  (retry_after: too many bodies being read at once)
+    └── (503 pool_busy: every key for the model is at a per-minute or concurrency cap)
     ApiError(status, code, message, field)           {"error": {...}} on /api and pages  (retry_after)
 
 On `/v1/messages…` (the Anthropic route) a GatewayError renders in Anthropic's shape instead,
@@ -76,6 +78,10 @@ class BadRequest(GatewayError):
 
 class InvalidToken(GatewayError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status, type, code = 403, "permission_error", "model_not_permitted"
 
 
 class NoKeyForModel(GatewayError):

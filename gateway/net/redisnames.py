@@ -17,6 +17,9 @@ old and new processes of a rolling deploy then do not misread each other's.
     avail:<pid>, resting:<pid>             zset     relay/lua/*.lua       BALANCER_VERSION
     revived                                zset     relay/lua/*.lua       BALANCER_VERSION
     aff:<digest>, resp:<digest>            string   relay/lua/*.lua       BALANCER_VERSION
+    kwin:, kfly:, ktok:<key_id>            zset     relay/lua/*.lua       BALANCER_VERSION
+    ktoksum:<key_id>                       string   relay/lua/*.lua       BALANCER_VERSION
+    mcounts:<YYYY-MM-DD>                   hash     relay/lua/*.lua       BALANCER_VERSION
     events                                 pub/sub  net/events.py         VERSION
     usage:spool                            list     relay/usage.py        VERSION
     health                                 hash     ops/keychecks.py      VERSION
@@ -36,7 +39,7 @@ tests/net/test_redisnames.py pins every name.
 from __future__ import annotations
 
 VERSION = "v1"  # bump to start every family but the balancer's afresh (sessions, leases, …)
-BALANCER_VERSION = "v4"  # bump with any change to the balancer script's behaviour, key layout or return shape
+BALANCER_VERSION = "v5"  # bump with any change to the balancer script's behaviour, key layout or return shape
 
 
 def name(prefix: str, *parts: str, version: str = VERSION) -> str:
@@ -100,6 +103,30 @@ def response(prefix: str, digest: str) -> str:
     """The user a Responses API response was made for and the key that produced it
     (`previous_response_id`)."""
     return name(prefix, "resp", digest, version=BALANCER_VERSION)
+
+
+def key_window(prefix: str, key_id: str) -> str:
+    """Calls started on a capped key in the last 60 s (rpm_limit); the script builds the name."""
+    return name(prefix, "kwin", key_id, version=BALANCER_VERSION)
+
+
+def key_in_flight(prefix: str, key_id: str) -> str:
+    """Calls in flight on a capped key (max_concurrent), by lease end."""
+    return name(prefix, "kfly", key_id, version=BALANCER_VERSION)
+
+
+def key_tokens(prefix: str, key_id: str) -> str:
+    """Tokens of the calls that ended on a capped key in the last 60 s (tpm_limit), and their sum."""
+    return name(prefix, "ktok", key_id, version=BALANCER_VERSION)
+
+
+def key_tokens_sum(prefix: str, key_id: str) -> str:
+    return name(prefix, "ktoksum", key_id, version=BALANCER_VERSION)
+
+
+def model_counts(prefix: str, day: str) -> str:
+    """Reservations today per key and model, for keys with model_daily_limits."""
+    return name(prefix, "mcounts", day, version=BALANCER_VERSION)
 
 
 # --- everything else -------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """The atomic key balancer: which donated key serves a request, and the Redis state behind it.
 
 Owns the balancer script (`lua/`: a prelude, one file per operation and a dispatch, joined into
-one script, one SHA) and every Redis key it touches (schema v4, `redisnames.BALANCER_VERSION`:
+one script, one SHA) and every Redis key it touches (schema v5, `redisnames.BALANCER_VERSION`:
 `counts:<day>`, `cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`,
-`ustreams:<user>`, per pool `pool:`, `avail:`, `resting:`, and `revived`, `aff:`, `resp:`; layout
-and invariants in the header of `lua/prelude.lua`).
+`ustreams:<user>`, per pool `pool:`, `avail:`, `resting:`, and `revived`, `aff:`, `resp:`; per
+capped key `kwin:`, `kfly:`, `ktok:`, `ktoksum:`, and `mcounts:<day>`; layout and invariants in the
+header of `lua/prelude.lua`).
 `pick()` is one script call: the caller's fair-use limits, then the least-used key under its daily
-limit and not cooling, one call reserved on it (`reserve=False`: only chosen), atomically across
-any number of processes. Affinity is the caller's (`Affinity`). Its cost does not grow with the
-pool: a `Pool` (one per model in the key index) goes as an id and a fingerprint, the list only in `init`.
+limit and its donor's caps (per minute, in flight, tokens, per model: `Candidate.caps`) and not
+cooling, one call reserved on it (`reserve=False`: only chosen), atomically across any number of
+processes; a call on a key with a concurrency or token cap ends with `finish`. Affinity is the
+caller's (`Affinity`). Its cost does not grow with the pool: a `Pool` (one per model and audience
+in the key index) goes as an id and a fingerprint, the list only in `init`.
 
 "Today" is the calendar day in the configured time zone at Redis' clock. The client names the
 day and minute keys from its own clock and the script checks that guess against `TIME`; a wrong
@@ -39,7 +42,20 @@ log = structlog.get_logger(__name__)
 
 # The script's files (gateway/relay/lua/), in the order they are joined into the one script Redis
 # loads: the prelude (header, clock, helpers), one `local function` per operation, the dispatch.
-OPERATIONS = ("pick", "init", "seed", "release", "cool", "fail", "trial_ok", "clear", "read", "end_stream", "remember")
+OPERATIONS = (
+    "pick",
+    "init",
+    "seed",
+    "release",
+    "finish",
+    "cool",
+    "fail",
+    "trial_ok",
+    "clear",
+    "read",
+    "end_stream",
+    "remember",
+)
 LUA_FILES = ("prelude", *OPERATIONS, "dispatch")
 
 
@@ -105,6 +121,7 @@ class Balancer:
         self._day: Day | None = None
         self._minute: tuple[int, str] = (-1, "")  # (start ms, key name) of the last minute seen
         self._inits: dict[tuple[str, str, str], asyncio.Future[int]] = {}  # pool builds in flight
+        self._finishing: set[asyncio.Task[None]] = set()  # finish calls in the background
 
     def _guess_now(self) -> int:
         return wall_ms() + self._offset_ms + self._skew_ms
@@ -195,7 +212,7 @@ class Balancer:
                 ],
             )
             answer, key_id = _text(reply[0]), _text(reply[1])
-            used, retry_ms, trial, now = (int(v) for v in reply[2:])
+            used, retry_ms, trial, now = (int(v) for v in reply[2:6])
             if answer == INIT and init_tries < INIT_TRIES:
                 init_tries += 1
                 now = await self._init_once(pool, day)
@@ -209,6 +226,8 @@ class Balancer:
                     retry_after=0 if outcome == PickOutcome.OK else _seconds(retry_ms),
                     day=day.name,
                     trial=bool(trial),
+                    pool_id=pool.pool_id,
+                    held=len(reply) > 6 and reply[6] == 1,
                 )
             clock_tries += 1
             self._learn_clock(now)
@@ -263,10 +282,38 @@ class Balancer:
         )
         log.info("balancer_day_seeded", day=day.name, keys=len(pairs) // 2)
 
-    async def release(self, key_id: str, day: str) -> None:
-        """Give back the reservation of an attempt that failed before its commit point."""
+    async def release(self, key_id: str, day: str, *, pool_id: str = "", request_id: str = "") -> None:
+        """Give back the reservation of an attempt that failed before its commit point (and, for a
+        key with caps, its call on the model today and its slot in flight)."""
         await self._script(
-            keys=[redisnames.counts(self._prefix, day), self._revived], args=["release", self._offset_ms, key_id]
+            keys=[
+                redisnames.counts(self._prefix, day),
+                self._revived,
+                self._cooldown,
+                redisnames.pool_meta(self._prefix, pool_id or "-"),
+            ],
+            args=["release", self._offset_ms, key_id, request_id],
+        )
+
+    def finish_later(self, pick: Pick, request_id: str, tokens: int) -> None:
+        """`finish`, in the background: the client is not kept waiting for it. Lost (Redis
+        down), the slot comes free when its lease runs out."""
+        task = asyncio.create_task(self._finish_quietly(pick, request_id, tokens))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish_quietly(self, pick: Pick, request_id: str, tokens: int) -> None:
+        try:
+            await self.finish(pick, request_id, tokens)
+        except Exception as e:  # a background task: log, never raise into the loop
+            log.warning("balancer_finish_failed", key_id=pick.key_id, error=str(e))
+
+    async def finish(self, pick: Pick, request_id: str, tokens: int) -> None:
+        """A call on a key with a concurrency or token cap (`pick.held`) ended: free its slot in
+        flight and count its tokens in the key's minute."""
+        await self._script(
+            keys=[self._cooldown, self._revived, redisnames.pool_meta(self._prefix, pick.pool_id)],
+            args=["finish", self._offset_ms, pick.key_id or "", request_id, max(0, tokens)],
         )
 
     async def end_stream(self, user_id: str, request_id: str) -> None:

@@ -54,6 +54,7 @@ class Call:
     anthropic_lines: bytes = b""  # the caller's anthropic-version/-beta, for an anthropic key
     untranslatable: str | None = None  # why the body could not go to a key of the other format
     response_id: str | None = None  # a Responses API answer's id, remembered with its key
+    features: frozenset[str] = frozenset()  # paid features it uses: keys whose donors allow them
     # The bodies built for keys, once per call (gateway/relay/formats): kept for every key of a kind.
     with_usage: bytes | None = None  # OPENAI: the body asking for a stream's usage chunk
     translated: bytes | None = None  # the body in the other format
@@ -186,6 +187,9 @@ class Recorder:
         elif committed:
             estimated = True
             prompt, completion = len(call.raw) // 4, chunks
+        if self.pick is not None and self.pick.held:  # a slot in flight to free, tokens to count
+            tokens = (prompt or 0) + (completion or 0)
+            call.request.app[BALANCER].finish_later(self.pick, call.request[appkeys.request_id], tokens)
         day = date.fromisoformat(self.pick.day) if self.pick else _today(call)
         call.request.app[USAGE].add(
             UsageRecord(

@@ -62,11 +62,13 @@ RESPONSE_ITEMS = {
 }
 
 
-def check(body: dict[str, Any], client: ApiFormat, allowed: Sequence[str]) -> None:
-    """Refuse the first feature the body asks for that the operator has not allowed."""
+def check(body: dict[str, Any], client: ApiFormat, allowed: Sequence[str]) -> frozenset[str]:
+    """Refuse the first feature the body asks for that the operator has not allowed; else the
+    features it uses (only keys whose donors allow them all may serve it)."""
     if FIELDS.isdisjoint(body):
-        return
-    for field, value, feature in _features(body, client):
+        return frozenset()
+    found = _features(body, client)
+    for field, value, feature in found:
         if feature is None:
             raise BadRequest(
                 f"'{field}' {value!r} is a tool type this gateway does not know; it cannot tell what it costs.",
@@ -77,6 +79,7 @@ def check(body: dict[str, Any], client: ApiFormat, allowed: Sequence[str]) -> No
                 f"'{field}' {value!r} is a paid feature ({feature}) that this gateway does not allow.",
                 code="feature_not_allowed",
             )
+    return frozenset(feature for _, _, feature in found if feature)
 
 
 def _features(body: dict[str, Any], client: ApiFormat) -> list[tuple[str, Any, str | None]]:

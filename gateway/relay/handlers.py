@@ -31,7 +31,6 @@ from gateway.errors import (
     LimitReached,
     NoKeyForModel,
     NotConfigured,
-    NotFound,
     UpstreamFailed,
 )
 from gateway.inbound import read_body
@@ -43,8 +42,9 @@ from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
 from gateway.relay.formats import anthropic
 from gateway.relay.keyindex import KEY_INDEX
-from gateway.relay.overlimit import OVER_LIMIT, before_body
+from gateway.relay.overlimit import before_body
 from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
+from gateway.relay.refusals import refusal_for, refuse_audience, user_refusal
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -86,9 +86,9 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    """Public names and aliases: OpenAI's list shape, or Anthropic's when asked with anthropic-version."""
-    await authenticate(request)
-    names = request.app[KEY_INDEX].models()
+    """Public names and aliases the caller may use: OpenAI's list shape, or Anthropic's when asked
+    with anthropic-version."""
+    names = request.app[KEY_INDEX].models(await authenticate(request))
     if "anthropic-version" in request.headers:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": EPOCH} for m in names]
         first, last = (names[0], names[-1]) if names else (None, None)
@@ -140,7 +140,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     client = spoken_on(request.path)
     if client == ApiFormat.ANTHROPIC:
         anthropic_body.check(body)
-    features.check(body, client, config.upstream.allowed_features)
+    used = features.check(body, client, config.upstream.allowed_features)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("You must provide a model parameter.", code="missing_model")
@@ -169,6 +169,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     fields["model"] = model
     fields["stream"] = stream
     call = Call(request, caller, endpoint, model, stream, raw, body, wants_usage, time.perf_counter())
+    call.features = used
     if client == ApiFormat.ANTHROPIC:
         call.client, call.anthropic_lines = client, anthropic.header_lines(request)
     return call
@@ -232,7 +233,9 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     index = app[KEY_INDEX]
     balancer = app[BALANCER]
     keys = index.pooled(call.model, call.endpoint)
-    pool = index.pool(call.model, call.endpoint)  # prepared once per key-index snapshot
+    pool = index.pool(call.model, call.endpoint, caller, call.features)  # prepared once per snapshot and audience
+    if pool is None and keys:
+        refuse_audience(index, call, caller)
     fields = request_fields(request)
     tried: set[str] = set()
     last_failure: Failure | None = None
@@ -265,7 +268,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             key = index.get(pick.key_id or "")
             call.attempts += 1
             if key is None:  # removed from the index since the pick
-                await _release(balancer, pick)
+                await release(balancer, pick, request[appkeys.request_id])
                 continue
             tried.add(key.id)
             fields["key_id"] = key.id
@@ -278,7 +281,7 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                     after_response(balancer.remember(call.response_id, key.id, seconds, user_id=caller.user_id))
                 return result
             last_failure = result
-            await _release(balancer, pick)
+            await release(balancer, pick, request[appkeys.request_id])
             await note_failure(app, key, result)
             if result.kind == FailureKind.PROXY_UNREACHABLE:
                 break  # the egress proxy is down: no other key can be reached either
@@ -356,38 +359,7 @@ def affinity_of(call: Call, config: BalancerConfig) -> Affinity | None:
     return Affinity(named, previous, config.affinity_seconds * 1000)
 
 
-def user_refusal(request: web.Request, caller: Caller, pick: Pick, refusal: GatewayError) -> GatewayError:
-    """A refusal for the caller's own limits; one for the per-minute limit is remembered until the
-    minute ends, so the caller's next requests are refused before their bodies are read."""
-    if pick.outcome == PickOutcome.USER_RPM:
-        request.app[OVER_LIMIT].note(caller.user_id, pick.retry_after)
-    return refusal
-
-
-def refusal_for(pick: Pick, model: str, response_id: str | None = None) -> GatewayError:
-    if pick.outcome == PickOutcome.RESPONSE_NOT_FOUND:
-        return NotFound(f"Response with id '{(response_id or '')[:256]}' not found.", code="response_not_found")
-    if pick.outcome == PickOutcome.USER_DAILY:
-        return LimitReached(
-            "You have used your requests for today.", code="user_daily_limit", retry_after=pick.retry_after
-        )
-    if pick.outcome == PickOutcome.USER_RPM:
-        return LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=pick.retry_after)
-    if pick.outcome == PickOutcome.USER_STREAMS:
-        return LimitReached("Too many streams at once.", code="user_stream_limit", retry_after=pick.retry_after)
-    if pick.outcome == PickOutcome.EXHAUSTED:
-        return LimitReached(
-            f"Every key serving '{model}' has reached its daily limit.",
-            code="daily_limit_reached",
-            retry_after=pick.retry_after,
-        )
-    # Capped: a disabled key cools "for years" until every index drops it, moments later.
-    return NotConfigured(
-        f"Every key serving '{model}' is cooling down; try again shortly.",
-        retry_after=min(max(1, pick.retry_after), 60),
-    )
-
-
-async def _release(balancer: Balancer, pick: Pick) -> None:
+async def release(balancer: Balancer, pick: Pick, request_id: str) -> None:
+    """Give back what a pick took on a key (a failed attempt, a key gone from the index)."""
     if pick.key_id:
-        await _quietly(balancer.release(pick.key_id, pick.day))
+        await _quietly(balancer.release(pick.key_id, pick.day, pool_id=pick.pool_id, request_id=request_id))

@@ -1,4 +1,6 @@
-"""The in-process key index: which keys serve which model, decrypted, ready for the hot path.
+"""The in-process key index: which keys serve which model, decrypted, ready for the hot path
+(`poolkey`: the keys and their load), and the balancer's pools of them, per audience where keys
+have one.
 
 Loaded from PostgreSQL at start, reloaded when a `keys` event arrives (any process changed a key)
 and every `REFRESH_SECONDS` as a safety net. The hot path only reads it: it never waits for
@@ -16,26 +18,20 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from aiohttp import web
-from yarl import URL
 
 from gateway.apiformat import ApiFormat
 from gateway.errors import POSTGRES_DOWN
-from gateway.net.h1 import header_lines
-from gateway.net.upstream import upstream_headers
-from gateway.relay.picks import Candidate, Pool
-from gateway.relay.rules import NO_RULES, KeyRules
-from gateway.store import modelnames
-from gateway.store.crypto import KeyRing, SealError
-from gateway.store.sharedkeys import open_row
+from gateway.relay.picks import Pool
+from gateway.relay.poolkey import PoolKey, admits, candidate, load, load_aliases
+from gateway.relay.rules import Ruled, folded
+from gateway.store.crypto import KeyRing
+from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
 
 REFRESH_SECONDS = 30.0  # a full reload at least this often: the safety net for lost events
 MAX_PARTIAL = 100  # more keys announced than this between two reloads: reload them all
 
-
-ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
-ANTHROPIC_ENDPOINTS = ("/messages", "/messages/count_tokens")
 # What a client asks for that a key of either format can serve (the relay translates the rest),
 # what only an `anthropic` key answers; every other endpoint is OpenAI's alone.
 EITHER_FORMAT = frozenset({"/chat/completions", "/messages"})
@@ -49,34 +45,6 @@ def family(endpoint: str) -> ApiFormat | None:
     return ApiFormat.ANTHROPIC if endpoint in ANTHROPIC_ONLY else ApiFormat.OPENAI
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class PoolKey:
-    id: str
-    owner_id: str
-    provider: str  # the name credited in X-Sharekey-Provider ("anonymous" for anonymous donors)
-    base_url: str
-    api_key: str = field(repr=False)
-    models: tuple[str, ...]
-    daily_limit: int
-    stream_usage: bool
-    is_private: bool
-    api_format: ApiFormat = ApiFormat.OPENAI  # how the upstream is called
-    upstream_names: dict[str, str] = field(default_factory=dict, repr=False)  # public -> upstream, where they differ
-    rules: KeyRules = field(default_factory=lambda: NO_RULES)  # the donor's caps and audience
-    # Built once per load, not per request: parsed URLs and the complete upstream header lines.
-    urls: dict[str, URL] = field(default_factory=dict, repr=False)
-    head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
-    candidate: Candidate = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
-        endpoints = ANTHROPIC_ENDPOINTS if self.api_format == ApiFormat.ANTHROPIC else ENDPOINTS
-        self.urls.update({e: URL(self.base_url + e) for e in endpoints})
-        for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
-            headers = upstream_headers(self.api_key, accept=accept, api_format=self.api_format)
-            self.head[stream] = header_lines({**headers, "Accept-Encoding": "identity"})
-
-
 @dataclass(slots=True)
 class Snapshot:
     by_id: dict[str, PoolKey]
@@ -86,9 +54,14 @@ class Snapshot:
     # (name asked for, key id) -> the name that key's upstream gets, where it differs
     rename: dict[tuple[str, str], str] = field(default_factory=dict)
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # (model, family) -> the balancer's pool (None: a model served, but by no key of the family),
-    # built on first use, once per snapshot
-    pools: dict[tuple[str, ApiFormat | None], Pool | None] = field(default_factory=dict)
+    # (model, family) -> the balancer's pool (None: a model served, but by no key of the family;
+    # RULED: some key has an audience, see `audiences`), built on first use, once per snapshot
+    pools: dict[tuple[str, ApiFormat | None], Pool | None | Ruled] = field(default_factory=dict)
+    # (model, family, trust level, folded username or "", features) -> the pool of the keys that
+    # admit such a caller (None: none does): a pool per audience, shared by every caller in it
+    audiences: dict[tuple[str, ApiFormat | None, int, str, frozenset[str]], Pool | None] = field(default_factory=dict)
+    visible: dict[tuple[int, str], list[str]] = field(default_factory=dict)  # /v1/models per audience
+    everyone: bool | None = None  # no key has an audience (None: not looked yet)
 
     @classmethod
     def build(cls, keys: list[PoolKey], aliases: Mapping[str, tuple[str, ...]] | None = None) -> Snapshot:
@@ -132,6 +105,7 @@ class Snapshot:
         snap = Snapshot(by_id, dict(self.pooled), dict(self.openai), dict(self.private), aliases=self.aliases)
         snap.rename = {k: v for k, v in self.rename.items() if k[1] not in changed}
         snap.pools = {k: v for k, v in self.pools.items() if k[0] not in touched}
+        snap.audiences = {k: v for k, v in self.audiences.items() if k[0] not in touched}
         for model in touched:
             for lists in (snap.pooled, snap.openai):
                 kept = [k for k in lists.get(model, ()) if k.id not in changed]
@@ -149,70 +123,6 @@ class Snapshot:
                 for model in key.models:
                     snap._add(model, key)
         return snap
-
-
-SELECT_SERVING_KEYS = """
-SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.daily_limit,
-       k.stream_usage, k.is_private, k.api_format, u.username, u.anonymous,
-       k.rpm_limit, k.tpm_limit, k.max_concurrent, k.model_daily_limits, k.min_trust_level,
-       k.allowed_users, k.allowed_features, k.upstream_kind, k.auth_cooldowns
-FROM shared_keys k JOIN users u ON u.id = k.user_id
-WHERE k.is_active AND k.status <> 'disabled'
-  AND (k.daily_budget_usd IS NULL OR k.spend_today_usd < k.daily_budget_usd
-       OR k.spend_day IS DISTINCT FROM (now() AT TIME ZONE $1)::date)
-"""
-
-
-async def load(
-    pool: asyncpg.Pool, keyring: KeyRing, key_ids: list[str] | None = None, *, timezone: str = "UTC"
-) -> list[PoolKey]:
-    """Every serving key, or (with `key_ids`) those of them that still serve. A key whose flushed
-    spend today (in `timezone`, the balancer's day) reached its `daily_budget_usd` does not serve
-    until tomorrow: the flusher announces it when it gets there, the periodic reload brings it back."""
-    async with pool.acquire() as conn:
-        if key_ids is None:
-            rows = await conn.fetch(SELECT_SERVING_KEYS, timezone)
-        else:
-            rows = await conn.fetch(SELECT_SERVING_KEYS + " AND k.id = ANY($2::text[]::uuid[])", timezone, key_ids)
-    keys = []
-    for r in rows:
-        key_id, owner_id = str(r["id"]), str(r["user_id"])
-        try:
-            api_key = open_row(keyring, r)
-        except SealError as e:
-            log.error("key_unsealable", key_id=key_id, reason=str(e))
-            continue
-        names = [modelnames.split(entry) for entry in r["available_models"]]
-        try:
-            key = PoolKey(
-                id=key_id,
-                owner_id=owner_id,
-                provider="anonymous" if r["anonymous"] else r["username"],
-                base_url=r["base_url"],
-                api_key=api_key,
-                models=tuple(public for public, _ in names),
-                daily_limit=r["daily_limit"],
-                stream_usage=r["stream_usage"],
-                is_private=r["is_private"],
-                api_format=ApiFormat(r["api_format"]),
-                upstream_names={public: upstream for public, upstream in names if public != upstream},
-                rules=KeyRules.of_row(r),
-            )
-        except ValueError as e:  # a key or URL that cannot be sent: left out, like one that does not open
-            log.error("key_unusable", key_id=key_id, reason=str(e))
-            continue
-        keys.append(key)
-    return keys
-
-
-SELECT_ALIASES = "SELECT public_name, targets FROM model_aliases"
-
-
-async def load_aliases(pool: asyncpg.Pool) -> dict[str, tuple[str, ...]]:
-    """The aliases admins set (`/api/models/aliases`); they win over the configured ones."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(SELECT_ALIASES)
-    return {r["public_name"]: tuple(r["targets"]) for r in rows}
 
 
 class KeyIndex:
@@ -242,20 +152,64 @@ class KeyIndex:
             return [k for k in self.snapshot.pooled.get(model, ()) if k.api_format == ApiFormat.ANTHROPIC]
         return (self.snapshot.pooled if kind is None else self.snapshot.openai).get(model, [])
 
-    def pool(self, model: str, endpoint: str = "/chat/completions") -> Pool | None:
+    def pool(
+        self,
+        model: str,
+        endpoint: str = "/chat/completions",
+        caller: Caller | None = None,
+        features: frozenset[str] = frozenset(),
+    ) -> Pool | None:
         """`pooled(model, endpoint)` as the balancer's pool: its candidate list, fingerprint and
-        Redis id prepared once per snapshot, so a request sends neither the list nor its size."""
+        Redis id prepared once per snapshot, so a request sends neither the list nor its size.
+        Where keys have an audience (`min_trust_level`, `allowed_users`) or the request uses paid
+        `features`, only the keys that admit `caller` and allow them: one pool per audience."""
         kind = family(endpoint)
         snap = self.snapshot
         try:
-            return snap.pools[(model, kind)]
+            entry = snap.pools[(model, kind)]
+        except KeyError:
+            entry = self._open_pool(model, endpoint, kind)
+        if not isinstance(entry, Ruled) and not features:
+            return entry
+        trust, user = (caller.trust_level, caller.username) if caller is not None else (-1, "")
+        lists = isinstance(entry, Ruled) and entry.lists
+        tag = (model, kind, trust, folded(user) if lists else "", features)
+        try:
+            return snap.audiences[tag]
         except KeyError:
             pass
-        keys = self.pooled(model, endpoint)
-        pool = Pool.of([k.candidate for k in keys], f"{kind or 'any'}\0{model}") if keys else None
-        if pool is not None or model in snap.pooled:  # a name no key serves is not kept
-            snap.pools[(model, kind)] = pool
+        keys = [k for k in self.pooled(model, endpoint) if admits(k, trust, user, features)]
+        pool = Pool.of([candidate(k, model, snap.aliases) for k in keys]) if keys else None
+        snap.audiences[tag] = pool
         return pool
+
+    def _open_pool(self, model: str, endpoint: str, kind: ApiFormat | None) -> Pool | None | Ruled:
+        snap = self.snapshot
+        keys = self.pooled(model, endpoint)
+        entry: Pool | None | Ruled
+        if any(not k.rules.open_to_all for k in keys):
+            entry = Ruled(lists=any(k.rules.allowed_users for k in keys))
+        elif keys:
+            entry = Pool.of([candidate(k, model, snap.aliases) for k in keys], f"{kind or 'any'}\0{model}")
+        else:
+            entry = None
+        if entry is not None or model in snap.pooled:  # a name no key serves is not kept
+            snap.pools[(model, kind)] = entry
+        return entry
+
+    def why_not(self, model: str, endpoint: str, caller: Caller, features: frozenset[str]) -> str | None:
+        """Why no key serving `model` may serve this caller: "features" (no donor allows them),
+        "trust_level", "not_on_list"; None when one may (or none serves the model at all)."""
+        keys = self.pooled(model, endpoint)
+        if not keys or any(admits(k, caller.trust_level, caller.username, features) for k in keys):
+            return None
+        if not any(features <= k.rules.allowed_features for k in keys):
+            return "features"
+        reasons = {k.rules.refuses(caller.trust_level, caller.username) for k in keys}
+        return "trust_level" if "trust_level" in reasons else "not_on_list"
+
+    def min_trust(self, model: str, endpoint: str) -> int:
+        return min((k.rules.min_trust_level for k in self.pooled(model, endpoint)), default=0)
 
     def private(self, owner_id: str, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         kind = family(endpoint)
@@ -276,9 +230,22 @@ class KeyIndex:
     def get(self, key_id: str) -> PoolKey | None:
         return self.snapshot.by_id.get(key_id)
 
-    def models(self) -> list[str]:
-        """Public names and aliases that some shared key serves."""
-        return sorted(self.snapshot.pooled)
+    def models(self, caller: Caller | None = None) -> list[str]:
+        """Public names and aliases that some shared key serves (to `caller`: that admits it)."""
+        snap = self.snapshot
+        if snap.everyone is None:
+            snap.everyone = all(k.rules.open_to_all for k in snap.by_id.values())
+        if caller is None or snap.everyone:
+            return sorted(snap.pooled)
+        tag = (caller.trust_level, folded(caller.username))
+        names = snap.visible.get(tag)
+        if names is None:
+            names = snap.visible[tag] = sorted(
+                m
+                for m, keys in snap.pooled.items()
+                if any(admits(k, caller.trust_level, caller.username) for k in keys)
+            )
+        return names
 
     def invalidate(self, key_id: str = "") -> None:
         """A `keys <id>` event reloads that key alone; anything else (a resync, aliases) all."""

@@ -27,7 +27,7 @@ from gateway.apiformat import ApiFormat
 from gateway.log import request_fields
 from gateway.net import h1
 from gateway.net.h1 import UPSTREAM_POOL
-from gateway.relay import handlers
+from gateway.relay import handlers, refusals
 from gateway.relay.anthropic_body import check
 from gateway.relay.attempt import _quietly, connect_failure, failed_status, note_failure
 from gateway.relay.balancer import BALANCER
@@ -62,7 +62,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     fields["model"] = model
     call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
     call.client, call.anthropic_lines = ApiFormat.ANTHROPIC, anthropic.header_lines(request)
-    pool = request.app[KEY_INDEX].pool(model, COUNT)
+    pool = request.app[KEY_INDEX].pool(model, COUNT, caller)
     try:
         counted = await _count(call, pool) if pool is not None else None
     finally:
@@ -94,12 +94,13 @@ async def _count(call: Call, pool: Pool) -> int | web.Response | None:
             reserve=False,
         )
         if pick.outcome in USER_OUTCOMES:
-            raise handlers.user_refusal(request, call.caller, pick, handlers.refusal_for(pick, call.model))
+            raise refusals.user_refusal(request, call.caller, pick, refusals.refusal_for(pick, call.model))
         if pick.outcome != PickOutcome.OK:
             return None
         key = index.get(pick.key_id or "")
         call.attempts += 1
         if key is None:  # removed from the index since the pick
+            await handlers.release(app[BALANCER], pick, request[appkeys.request_id])
             continue
         tried.add(key.id)
         request_fields(request)["key_id"] = key.id

@@ -17,6 +17,13 @@ from gateway.net import redisnames
 class Candidate:
     key_id: str
     daily_limit: int
+    # The donor's caps for this pool's model, as the script reads them after the daily limit:
+    # "|<rpm>|<concurrent>|<tpm>|<model daily>|<model>" (0: none); "" for a key without caps.
+    caps: str = ""
+
+    @property
+    def terms(self) -> str | int:
+        return f"{int(self.daily_limit)}{self.caps}" if self.caps else int(self.daily_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +35,13 @@ class Pool:
     pool_id: str
     fingerprint: str
     size: int
-    pairs: tuple[str | int, ...]  # key_id, daily_limit, ... sorted by key_id
+    pairs: tuple[str | int, ...]  # key_id, terms (daily limit and caps), ... sorted by key_id
 
     @classmethod
     def of(cls, candidates: Sequence[Candidate], name: str | None = None) -> Pool:
         """`name` (e.g. the model and endpoint family) gives the pool a stable id whatever its keys;
         without one, the id is the fingerprint (an ad-hoc list is a pool of its own)."""
-        ordered = sorted({c.key_id: int(c.daily_limit) for c in candidates}.items())
+        ordered = sorted({c.key_id: c.terms for c in candidates}.items())
         digest = hashlib.sha1("\n".join(f"{k}:{v}" for k, v in ordered).encode()).hexdigest()[:20]
         pool_id = "c" + digest if name is None else "m" + hashlib.sha1(name.encode()).hexdigest()[:20]
         return cls(pool_id, digest, len(ordered), tuple(v for pair in ordered for v in pair))
@@ -53,6 +60,7 @@ class PickOutcome(StrEnum):
     OK = "ok"  # a key was reserved
     EXHAUSTED = "exhausted"  # every candidate reached its daily limit
     COOLING = "cooling"  # every candidate not at its limit is cooling down
+    BUSY = "busy"  # every candidate not spent is at a per-minute or concurrency cap, or cooling
     USER_DAILY = "user_daily"  # the caller's own limits, before any key is looked at
     USER_RPM = "user_rpm"
     USER_STREAMS = "user_streams"
@@ -95,3 +103,5 @@ class Pick:
     retry_after: int  # seconds; 0 when outcome is "ok"
     day: str  # YYYY-MM-DD in the configured time zone, by Redis time
     trial: bool  # the single trial request of a key coming out of failure cooldown
+    pool_id: str = ""  # the pool it was picked from (its members' terms: see `release`, `finish`)
+    held: bool = False  # the key has a concurrency or token cap: the call ends with `finish`

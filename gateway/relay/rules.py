@@ -59,6 +59,21 @@ class KeyRules:
     def open_to_all(self) -> bool:
         return self.min_trust_level <= 0 and not self.allowed_users
 
+    def admits(self, trust_level: int, username: str, features: frozenset[str] = frozenset()) -> bool:
+        """May this key serve a caller, and the paid features its request uses?"""
+        audience = self.open_to_all or self.refuses(trust_level, username) is None
+        return audience and features <= self.allowed_features
+
+    def caps_for(self, model: str, models: tuple[str, ...], aliases: Mapping[str, tuple[str, ...]]) -> str:
+        """The caps as the balancer's pool of `model` files them after the daily limit (see
+        `picks.Candidate.caps`): with the daily limit of the model the key serves it under
+        (`model` itself, or the alias's target); "" for a key without caps."""
+        if not self.capped and not self.model_daily_limits:
+            return ""
+        served = model if model in models else next((t for t in aliases.get(model, ()) if t in models), model)
+        per_model = self.model_daily_limits.get(served, 0)
+        return f"|{self.rpm_limit or 0}|{self.max_concurrent or 0}|{self.tpm_limit or 0}|{per_model}|{served}"
+
     def refuses(self, trust_level: int, username: str) -> str | None:
         """Why this key may not serve a caller (None: it may). `trust_level` -1: no trust claim."""
         if self.min_trust_level > 0 and trust_level < self.min_trust_level:
@@ -69,3 +84,12 @@ class KeyRules:
 
 
 NO_RULES = KeyRules()
+
+
+class Ruled:
+    """A model some of whose keys have an audience: the key index keeps its pools per audience."""
+
+    __slots__ = ("lists",)
+
+    def __init__(self, lists: bool) -> None:
+        self.lists = lists  # some key names its users: the audience includes the username

@@ -46,7 +46,7 @@ async def pick(
 
 
 def rkey(prefix: str, name: str) -> str:
-    return f"{prefix}:v4:{{{prefix}}}:{name}"
+    return f"{prefix}:v5:{{{prefix}}}:{name}"
 
 
 async def redis_ms(client: aioredis.Redis) -> int:

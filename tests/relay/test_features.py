@@ -60,7 +60,8 @@ async def make(config: config_mod.Config, pool: asyncpg.Pool, aiohttp_client: An
         cfg = dataclasses.replace(cfg, prices=PRICES)
         donor, _ = await user_with_token(pool, "donor")
         _, token = await user_with_token(pool, "caller")
-        key = await add_key(pool, cfg, donor, base_url, api_format=api_format, models=["gpt-4o-mini"])
+        allowed = {"allowed_features": list(upstream["allowed_features"])} if upstream.get("allowed_features") else {}
+        key = await add_key(pool, cfg, donor, base_url, api_format=api_format, models=["gpt-4o-mini"], rules=allowed)
         if budget is not None:
             async with pool.acquire() as conn:
                 await conn.execute("UPDATE shared_keys SET daily_budget_usd = $1 WHERE id = $2", budget, key.id)

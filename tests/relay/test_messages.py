@@ -11,6 +11,7 @@ import anthropic
 import asyncpg
 import pytest
 
+from gateway import appkeys
 from gateway.relay.keyindex import KEY_INDEX
 from tests.support.fake_upstream import Failure, FakeUpstream
 from tests.support.gateways import DONOR_KEY, Gateway
@@ -28,7 +29,14 @@ def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
 async def add(gw: Gateway, up: FakeUpstream, api_format: str, name: str = "k1") -> str:
     key_id = await gw.add_key(up, api_key=DONOR_KEY, models=[MODEL, "gpt-4o-mini"], name=name)
     async with gw.pool.acquire() as conn:
-        await conn.execute("UPDATE shared_keys SET api_format = $2 WHERE id = $1::uuid", key_id, api_format)
+        # The donor allows what the operator allows (paid features go only to keys that allow them).
+        allowed = list(gw.app[appkeys.config].upstream.allowed_features)
+        await conn.execute(
+            "UPDATE shared_keys SET api_format = $2, allowed_features = $3 WHERE id = $1::uuid",
+            key_id,
+            api_format,
+            allowed,
+        )
     await gw.app[KEY_INDEX].reload()
     return key_id
 

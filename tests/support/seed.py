@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import asyncpg
 
 from gateway import config as config_mod
@@ -29,6 +32,7 @@ async def add_key(
     private: bool = False,
     stream_usage: bool = True,
     api_format: str = "openai",
+    rules: dict[str, Any] | None = None,  # the donor's rules (sql/0013 columns), e.g. {"rpm_limit": 5}
 ) -> sharedkeys.SharedKey:
     ring = KeyRing(config.security.key_encryption_secret)
     new = sharedkeys.NewKey(
@@ -43,4 +47,8 @@ async def add_key(
         api_format=api_format,
     )
     async with pool.acquire() as conn:
-        return await sharedkeys.insert_key(conn, ring, new, timezone=config.balancer.timezone)
+        key = await sharedkeys.insert_key(conn, ring, new, timezone=config.balancer.timezone)
+        for column, value in (rules or {}).items():
+            value = json.dumps(value) if column == "model_daily_limits" else value
+            await conn.execute(f"UPDATE shared_keys SET {column} = $1 WHERE id = $2", value, key.id)
+        return key

@@ -4,6 +4,7 @@ local OPERATIONS = {
   init = init,
   seed = seed,
   release = release,
+  finish = finish,
   cool = cool,
   fail = fail,
   trial_ok = trial_ok,

@@ -3,7 +3,7 @@ init: (re)build a pool from its candidate list, for <day>
   KEYS[1] counts:<day>   KEYS[2] cooldown   KEYS[3] pool:<pid>   KEYS[4] avail:<pid>
   KEYS[5] resting:<pid>  KEYS[6] revived
   ARGV[3] day start   ARGV[4] day end   ARGV[5] <day>   ARGV[6] fingerprint
-  ARGV[7], ARGV[8], ...  key_id, daily_limit pairs: the candidates
+  ARGV[7], ARGV[8], ...  key_id, terms pairs: the candidates (see KEY LAYOUT)
   A pool already built for this list and day is left as it is (many callers may ask at once),
   unless it missed more revivals than a pick applies (REVIVED_MAX): then pick refuses to use it,
   so it is rebuilt.
@@ -44,7 +44,7 @@ local function init()
     local e = redis.call('HMGET', cooldown, unpack(ids))
     local ready, cooling = {}, {}
     for i = 1, #ids do
-      local count, limit, ends = tonumber(c[i]) or 0, tonumber(ARGV[first + 2 * i - 1]), tonumber(e[i]) or 0
+      local count, limit, ends = tonumber(c[i]) or 0, terms(ARGV[first + 2 * i - 1]), tonumber(e[i]) or 0
       if count < limit then
         if ends > now then
           cooling[#cooling + 1] = ms(ends)

@@ -24,14 +24,21 @@ pick: reserve a call on the least-used available key, after the caller's limits
     excluded, under its limit, not cooling and not on probation; else the usual least-used pick.
     KEYS[11] is then set to the key picked, for ARGV[18] ms. Both are in the one hash slot; pass
     a name that is never set to leave one out.
-  Returns {outcome, key_id or "", used_today, retry_after_ms, trial (0|1), now}
-    outcome: ok | exhausted | cooling | user_daily | user_rpm | user_streams | response_not_found
-      | clock | init
+  Returns {outcome, key_id or "", used_today, retry_after_ms, trial (0|1), now[, held (0|1)]}
+    outcome: ok | exhausted | cooling | busy | user_daily | user_rpm | user_streams
+      | response_not_found | clock | init
+    held (ok only): 1 when the key has a concurrency or token cap, so the call must be ended
+      with `finish` (or its reservation given back with `release`).
     ok: the key with the fewest reservations among those under their limit and not cooling;
       its count was incremented (and then the user's counters, and the stream lease added), or
       with reserve = 0 only the user's minute; used_today is the key's count after it.
       A key on probation whose cooldown has ended is handed out as a trial (trial = 1): its
       cooldown and probation become now + trial lease, so no second request reaches it.
+    Caps (INVARIANTS 6): a key at its rpm, concurrency or token cap, or at its model's daily
+      limit, is not taken; taking one counts the call in its minute window, in flight (lease:
+      ARGV[13], as a stream's) and on its model today (see take_caps).
+    busy: none available, and the soonest key to come back is at a per-minute or concurrency cap
+      (retry: when it frees up; 1 s at most for a concurrency cap).
     cooling: none available, and at least one key under its limit is cooling (retry: its end).
     exhausted: every candidate is at its daily limit, cooling or not (retry: the day's end).
     response_not_found: KEYS[12] names a response made for another user (checked after the
@@ -49,8 +56,10 @@ pick: reserve a call on the least-used available key, after the caller's limits
     pool_state, refresh  the pool is today's and built from this list; revivals applied -> init
     affine_key      the response's, else the conversation's key, if it can serve now
     choose          the lowest-scored usable entry of avail, filing stale entries away
-    refusal         cooling or exhausted, from the head of resting
-    reserve         count the call, hand out a trial, set the conversation's key, count the user
+                    (model_spent, busy_until: the caps' truth)
+    refusal         busy, cooling or exhausted, from the head of resting
+    reserve         count the call (take_caps), hand out a trial, set the conversation's key,
+                    count the user
 ]]
 
 -- The pick's ARGV, named (see above).
@@ -127,12 +136,73 @@ local function response_owner(response, user)
   return id, false
 end
 
+-- The caps' truth for one key (INVARIANTS 6). Spent on this pool's model for today: the key's
+-- count for the model it serves here reached that model's daily limit.
+local function model_spent(pool, id, caps)
+  if not caps or caps.mday <= 0 then
+    return false
+  end
+  return (tonumber(redis.call('HGET', pool.mcounts, id .. '|' .. caps.model)) or 0) >= caps.mday
+end
+
+-- Tokens of the calls that ended in the last 60 s (tpm_limit): entries that left the window are
+-- taken off the sum, each once.
+local function tokens_in_window(id)
+  local toks, sum = key_part('ktok', id), key_part('ktoksum', id)
+  local gone = redis.call('ZRANGEBYSCORE', toks, '-inf', ms(now - MINUTE_MS))
+  if #gone > 0 then
+    local total = 0
+    for i = 1, #gone do
+      total = total + (tonumber(string.match(gone[i], ' (%d+)$')) or 0)
+    end
+    redis.call('ZREMRANGEBYSCORE', toks, '-inf', ms(now - MINUTE_MS))
+    redis.call('DECRBY', sum, total)
+  end
+  return tonumber(redis.call('GET', sum)) or 0, toks
+end
+
+-- When a key at one of its per-minute or concurrency caps frees up (epoch ms), or nil when it is
+-- under all of them. A call in flight frees its slot earlier than its lease when it ends (finish).
+local function busy_until(id, caps)
+  if not caps then
+    return nil
+  end
+  local free = nil
+  if caps.rpm > 0 then
+    local win = key_part('kwin', id)
+    redis.call('ZREMRANGEBYSCORE', win, '-inf', ms(now - MINUTE_MS))
+    local n = redis.call('ZCARD', win)
+    if n >= caps.rpm then
+      -- Under the cap again once the (n - rpm + 1)-th oldest start has left the window.
+      local leaving = redis.call('ZRANGE', win, n - caps.rpm, n - caps.rpm, 'WITHSCORES')
+      free = tonumber(leaving[2]) + MINUTE_MS
+    end
+  end
+  if caps.conc > 0 then
+    local fly = key_part('kfly', id)
+    redis.call('ZREMRANGEBYSCORE', fly, '-inf', ms(now))
+    if redis.call('ZCARD', fly) >= caps.conc then
+      local first = tonumber(redis.call('ZRANGE', fly, 0, 0, 'WITHSCORES')[2])
+      free = math.max(free or 0, first)
+    end
+  end
+  if caps.tpm > 0 then
+    local used, toks = tokens_in_window(id)
+    if used >= caps.tpm then
+      local oldest = redis.call('ZRANGE', toks, 0, 0, 'WITHSCORES')[2]
+      free = math.max(free or 0, (tonumber(oldest) or now) + MINUTE_MS)
+    end
+  end
+  return free
+end
+
 -- File a pool member where it belongs now: in avail at its count, in resting until its cooldown
--- ends, or nowhere when it is spent for today (INVARIANTS 2).
-local function place(pool, id, limit)
+-- ends, or nowhere when it is spent for today (INVARIANTS 2). Caps are checked when it is taken.
+local function place(pool, id, value)
+  local limit, caps = terms(value)
   local c = tonumber(redis.call('HGET', pool.counts, id)) or 0
   local ends = tonumber(redis.call('HGET', pool.cooldown, id)) or 0
-  if c >= limit then
+  if c >= limit or model_spent(pool, id, caps) then
     redis.call('ZREM', pool.avail, id)
   elseif ends > now then
     redis.call('ZREM', pool.avail, id)
@@ -154,23 +224,23 @@ local function refresh(pool, seen, top)
     return false
   end
   for i = 1, #back do
-    local limit = redis.call('HGET', pool.meta, back[i])
-    if limit then
+    local value = redis.call('HGET', pool.meta, back[i])
+    if value then
       redis.call('ZREM', pool.resting, back[i])
-      place(pool, back[i], tonumber(limit))
+      place(pool, back[i], value)
     end
   end
   redis.call('HSET', pool.meta, RV_FIELD, ms(top))
   return true
 end
 
--- Can this key serve now: a member of the pool, not excluded, under its limit, not cooling and
--- not on probation? Its count when it can, else nil.
+-- Can this key serve now: a member of the pool, not excluded, under its limits and caps, not
+-- cooling and not on probation? Its count and caps when it can, else nil.
 local function can_serve(pool, r, id)
   if not id or r.exclude[id] then
     return nil
   end
-  local limit = tonumber(redis.call('HGET', pool.meta, id))
+  local limit, caps = terms(redis.call('HGET', pool.meta, id))
   if not limit then
     return nil
   end
@@ -178,24 +248,24 @@ local function can_serve(pool, r, id)
   if c >= limit or (tonumber(redis.call('HGET', pool.cooldown, id)) or 0) > now then
     return nil
   end
-  if redis.call('HEXISTS', pool.probation, id) ~= 0 then
+  if redis.call('HEXISTS', pool.probation, id) ~= 0 or model_spent(pool, id, caps) or busy_until(id, caps) then
     return nil
   end
-  return c
+  return c, caps
 end
 
 -- Affinity: the key that produced the response this request continues, else the one that last
 -- served this conversation, when it can serve now. Returns the key and its count, or nil.
 local function affine_key(pool, r, made_by, conversation)
-  local c = can_serve(pool, r, made_by)
+  local c, caps = can_serve(pool, r, made_by)
   if c then
-    return made_by, c
+    return made_by, c, caps
   end
   if conversation then
     local id = redis.call('GET', conversation)
-    c = can_serve(pool, r, id)
+    c, caps = can_serve(pool, r, id)
     if c then
-      return id, c
+      return id, c, caps
     end
   end
   return nil
@@ -207,9 +277,9 @@ local function come_back(pool)
   local due = redis.call('ZRANGEBYSCORE', pool.resting, '-inf', ms(now), 'LIMIT', 0, DUE_MAX)
   for i = 1, #due do
     redis.call('ZREM', pool.resting, due[i])
-    local limit = redis.call('HGET', pool.meta, due[i])
-    if limit then
-      place(pool, due[i], tonumber(limit))
+    local value = redis.call('HGET', pool.meta, due[i])
+    if value then
+      place(pool, due[i], value)
     end
   end
   return #due
@@ -237,14 +307,16 @@ local function choose(pool, r)
         local id, score = batch[2 * i - 1], tonumber(batch[2 * i])
         if not r.exclude[id] then
           local c = tonumber(redis.call('HGET', pool.counts, id)) or 0
-          local limit = tonumber(redis.call('HGET', pool.meta, id)) or 0
+          local limit, caps = terms(redis.call('HGET', pool.meta, id))
           local ends = tonumber(redis.call('HGET', pool.cooldown, id)) or 0
-          if c >= limit then
+          local spent = c >= (limit or 0) or model_spent(pool, id, caps)
+          local busy = not spent and ends <= now and busy_until(id, caps)
+          if spent then
             redis.call('ZREM', pool.avail, id) -- spent for today (a release brings it back)
             changed = true
-          elseif ends > now then
-            redis.call('ZREM', pool.avail, id)
-            redis.call('ZADD', pool.resting, ms(ends), id)
+          elseif ends > now or busy then
+            redis.call('ZREM', pool.avail, id) -- cooling, or at a cap until `busy` (INVARIANTS 6)
+            redis.call('ZADD', pool.resting, ms(busy or ends), id)
             changed = true
           elseif c ~= score and repairs < REPAIRS then
             -- Another pool used this key since: put it where its count says, and look again.
@@ -253,7 +325,7 @@ local function choose(pool, r)
             changed = true
             break
           else
-            return id, c
+            return id, c, caps
           end
         end
       end
@@ -265,8 +337,20 @@ local function choose(pool, r)
   end
 end
 
--- Nothing can serve: cooling (retry when the soonest cooldown ends) or exhausted (retry at the
--- day's end). An entry whose cooldown was extended since it was filed is filed again first.
+-- A key filed in resting at one of its caps (not cooling): when to try again. A concurrency slot
+-- frees when a call ends, which no clock says: soon, at most when its lease runs out.
+local function busy_refusal(pool, id, filed)
+  local _, caps = terms(redis.call('HGET', pool.meta, id))
+  local wait = math.max(1, filed - now)
+  if caps and caps.conc > 0 then
+    wait = math.min(wait, 1000)
+  end
+  return {'busy', '', 0, wait, 0, now}
+end
+
+-- Nothing can serve: busy (every key not spent is at a per-minute or concurrency cap, retry when
+-- the soonest frees up), cooling (retry when the soonest cooldown ends) or exhausted (retry at
+-- the day's end). An entry whose cooldown was extended since it was filed is filed again first.
 local function refusal(pool, r)
   for _ = 1, REPAIRS do
     local soonest = redis.call('ZRANGE', pool.resting, 0, 0, 'WITHSCORES')
@@ -275,6 +359,9 @@ local function refusal(pool, r)
     end
     local filed = tonumber(soonest[2])
     local ends = tonumber(redis.call('HGET', pool.cooldown, soonest[1])) or 0
+    if ends <= now then
+      return busy_refusal(pool, soonest[1], filed) -- filed at a cap, not cooling
+    end
     if ends <= filed then
       return {'cooling', '', 0, math.max(1, filed - now), 0, now}
     end
@@ -287,15 +374,40 @@ local function refusal(pool, r)
   return {'exhausted', '', 0, r.day_end - now, 0, now}
 end
 
+-- Count a call against the key's caps: a start in its minute window, a lease in flight, a call
+-- on the model today (a reservation only). Returns 1 when the call must be finished (finish: a
+-- slot to free, tokens to count), else 0.
+local function take_caps(pool, r, key_id, caps)
+  if caps.rpm > 0 then
+    local win = key_part('kwin', key_id)
+    redis.call('ZADD', win, ms(now), r.request_id)
+    redis.call('PEXPIRE', win, 2 * MINUTE_MS)
+  end
+  if caps.conc > 0 then
+    local fly = key_part('kfly', key_id)
+    redis.call('ZADD', fly, ms(now + r.stream_lease_ms), r.request_id)
+    redis.call('PEXPIRE', fly, ms(r.stream_lease_ms + MINUTE_MS))
+  end
+  if caps.mday > 0 and r.reserve then
+    redis.call('HINCRBY', pool.mcounts, key_id .. '|' .. caps.model, 1)
+    redis.call('PEXPIRE', pool.mcounts, ms(r.day_end + DAY_MS - now))
+  end
+  return (caps.conc > 0 or caps.tpm > 0) and 1 or 0
+end
+
 -- Take the key: count the call on it (or, with reserve = 0, only read its count `c`, which pick
 -- has not changed since it was read), hand it out as a trial when it is on probation (unknown
 -- when `probation_checked`: can_serve already found it off probation, and pick does not write
 -- probation before here), set the conversation's key, count the user.
-local function reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustreams, conversation)
+local function reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm, ustreams, conversation)
   local used = c
   if r.reserve then
     used = redis.call('HINCRBY', pool.counts, key_id, 1)
     redis.call('PEXPIRE', pool.counts, ms(r.day_end + DAY_MS - now))
+  end
+  local held = 0
+  if caps then
+    held = take_caps(pool, r, key_id, caps)
   end
   local trial = 0
   if not probation_checked and redis.call('HEXISTS', pool.probation, key_id) == 1 then
@@ -325,15 +437,17 @@ local function reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustr
       redis.call('PEXPIRE', ustreams, ms(r.stream_lease_ms + MINUTE_MS))
     end
   end
-  return {'ok', key_id, used, 0, trial, now}
+  return {'ok', key_id, used, 0, trial, now, held}
 end
 
 local function pick()
   clock()
   local r = pick_request()
+  based(KEYS[2])
   local pool = {
     counts = KEYS[1], cooldown = KEYS[2], probation = KEYS[3],
     meta = KEYS[7], avail = KEYS[8], resting = KEYS[9], revived = KEYS[10],
+    mcounts = BASE .. 'mcounts:' .. r.day,
   }
   local udaily, urpm, ustreams, conversation, response = KEYS[4], KEYS[5], KEYS[6], KEYS[11], KEYS[12]
   if not named_right(r) then
@@ -353,13 +467,13 @@ local function pick()
   if not built or not refresh(pool, seen, top) then
     return {'init', '', 0, 0, 0, now}
   end
-  local key_id, c = affine_key(pool, r, made_by, conversation)
+  local key_id, c, caps = affine_key(pool, r, made_by, conversation)
   local probation_checked = key_id ~= nil
   if not key_id then
-    key_id, c = choose(pool, r)
+    key_id, c, caps = choose(pool, r)
     if not key_id then
       return refusal(pool, r)
     end
   end
-  return reserve(pool, r, key_id, c, probation_checked, udaily, urpm, ustreams, conversation)
+  return reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm, ustreams, conversation)
 end

@@ -1,5 +1,5 @@
 --[[
-sharekey's atomic key balancer (key schema v4), assembled into ONE script.
+sharekey's atomic key balancer (key schema v5), assembled into ONE script.
 
 ASSEMBLY
   gateway/relay/balancer.py joins the files of gateway/relay/lua/ in a fixed order (OPERATIONS
@@ -17,48 +17,62 @@ PURPOSE
   all of them use the same clock: Redis TIME plus ARGV[2].
 
   IMPORTANT: if you change behaviour, the key layout or a return shape, bump the schema version in
-  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v4" -> "v5"). During a rolling deploy, old and new
+  the key prefix (BALANCER_VERSION in gateway/net/redisnames.py: "v5" -> "v6"). During a rolling deploy, old and new
   processes then keep separate state instead of misreading each other's.
 
 KEY LAYOUT (p = the configured prefix, e.g. "sk"; one hash tag {p}, so one Redis Cluster slot).
 Every key the script touches, and the operations that touch it (names built in gateway/net/redisnames.py):
-  p:v4:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included),
+  p:v5:{p}:counts:<YYYY-MM-DD>     hash key_id -> reservations today (calls in flight included),
                                    "~seeded" once seeded from PostgreSQL (see seed);
                                    expires one day after the day ends
                                    (pick, init, seed, release, read)
-  p:v4:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
+  p:v5:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
                                    (pick, init, cool, fail, trial_ok, clear, read)
-  p:v4:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
+  p:v5:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
                                    >0: a trial is in flight, its lease ends then (epoch ms)
                                    (pick, fail, trial_ok, clear)
-  p:v4:{p}:fails                   hash key_id -> failures in the current window,
+  p:v5:{p}:fails                   hash key_id -> failures in the current window,
                                    key_id..":since" -> window start (epoch ms)    (fail, trial_ok, clear)
-  p:v4:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends (pick)
-  p:v4:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min (pick;
+  p:v5:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends (pick)
+  p:v5:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min (pick;
                                    relay/overlimit.py reads it)
-  p:v4:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)  (pick, end_stream)
+  p:v5:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)  (pick, end_stream)
   A POOL is one candidate list (the keys serving one model for one endpoint family), named by the
   caller: <pid>. Its three keys are a cache of counts, cooldown and the list, rebuilt by `init`:
-  p:v4:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
+  p:v5:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
                                    "~fp" -> the list's fingerprint, "~day" -> the day it was built
                                    for, "~rv" -> the last entry of `revived` applied   (pick, init)
-  p:v4:{p}:avail:<pid>             zset key_id -> count (the score): candidates under their limit
+  p:v5:{p}:avail:<pid>             zset key_id -> count (the score): candidates under their limit
                                    that were not cooling when last looked at             (pick, init)
-  p:v4:{p}:resting:<pid>           zset key_id -> cooldown end as filed: candidates under their limit
+  p:v5:{p}:resting:<pid>           zset key_id -> cooldown end as filed: candidates under their limit
                                    that were cooling when last looked at                 (pick, init)
-  p:v4:{p}:revived                 zset key_id -> sequence number: keys that may be usable again (a
+  p:v5:{p}:revived                 zset key_id -> sequence number: keys that may be usable again (a
                                    reservation given back, a cooldown cleared, a trial passed); the
                                    latest 65,536, expires after two idle days
-                                   (pick, init read it; release, trial_ok, clear write it)
-  p:v4:{p}:aff:<digest of user, conversation, model>   string key_id: the conversation's key (pick)
-  p:v4:{p}:resp:<digest of the response id>           string "<user_id> <key_id>": who the response
+                                   (pick, init read it; release, finish, trial_ok, clear write it)
+  A donor's caps on a key (see `terms`), kept per key; only keys with such a cap have them:
+  p:v5:{p}:kwin:<key_id>           zset request_id -> start (epoch ms): calls started in the last
+                                   60 s (rpm_limit); expires 2 min after the last  (pick)
+  p:v5:{p}:kfly:<key_id>           zset request_id -> lease end: calls in flight (max_concurrent); a
+                                   lease a dead process left runs out    (pick, release, finish)
+  p:v5:{p}:ktok:<key_id>           zset "<request_id> <tokens>" -> end (epoch ms): tokens of calls
+                                   that ended in the last 60 s (tpm_limit)         (pick, finish)
+  p:v5:{p}:ktoksum:<key_id>        string: the sum of ktok's tokens                 (pick, finish)
+  p:v5:{p}:mcounts:<YYYY-MM-DD>    hash "<key_id>|<model>" -> reservations today for one of the
+                                   key's models (model_daily_limits)      (pick, release)
+  These names are built inside the script from its cooldown key's name (BASE): same prefix, same
+  hash tag, so the same slot.
+  p:v5:{p}:aff:<digest of user, conversation, model>   string key_id: the conversation's key (pick)
+  p:v5:{p}:resp:<digest of the response id>           string "<user_id> <key_id>": who the response
                                    was made for and the key that made it (remember writes, pick reads)
+  A pool member's value is its TERMS: "<daily limit>" for a key without caps, else
+  "<daily>|<rpm>|<concurrent>|<tpm>|<model daily>|<model>" (0: no such cap; see terms()).
   Pool keys expire one day after the day they were built for ends.
   <YYYY-MM-DD> is the calendar day in the configured time zone. The caller names the day and minute
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
 
 COMMON ARGUMENTS (every operation)
-  ARGV[1]  operation: pick | init | seed | release | cool | fail | trial_ok | clear | read | end_stream | remember
+  ARGV[1]  operation: pick | init | seed | release | finish | cool | fail | trial_ok | clear | read | end_stream | remember
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
   All times below are epoch milliseconds on that clock ("now"). Operations that use no time do
   not read TIME.
@@ -84,6 +98,10 @@ has a test per number)
   5. A pool is (re)built by `init` when it is missing, was built for another day, its fingerprint
      differs from the caller's (the list changed), or it missed revivals: one extra round trip,
      O(n), once per pool per day or change.
+  6. A key at a per-minute or concurrency cap is filed in resting until it frees up (the oldest
+     start leaving its window, its earliest lease running out), like a cooling key; a finished
+     call or a released reservation logs it in `revived`, so it is found again at once. So the
+     caps cost what cooling costs: work per key when it reaches a cap, not per pick.
 ]]
 
 -- The shared prelude: constants, the clock, and the helpers of more than one operation.
@@ -101,6 +119,29 @@ local DUE_MAX = 64 -- cooled-down entries brought back per turn
 local REVIVED_MAX = 256 -- revivals a pick applies; more since the pool last looked: rebuild it
 local REVIVED_KEEP = 65536 -- revivals kept in the log
 local CHUNK = 1000 -- candidates per command in init (Lua's unpack has a stack limit)
+
+-- The prefix of every name, "<prefix>:v5:{<prefix>}:", from the cooldown hash's name: the names
+-- of the per-key structures of the caps are built from it (one hash tag, so one slot).
+local BASE
+
+local function based(cooldown)
+  BASE = string.sub(cooldown, 1, -9) -- without "cooldown"
+end
+
+local function key_part(kind, id)
+  return BASE .. kind .. ':' .. id
+end
+
+-- A pool member's terms (see KEY LAYOUT): its daily limit, and its caps (nil for a key without).
+local function terms(value)
+  local limit = tonumber(value)
+  if limit or not value then
+    return limit, nil
+  end
+  local d, rpm, conc, tpm, mday, model = string.match(value, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
+  local caps = {rpm = tonumber(rpm), conc = tonumber(conc), tpm = tonumber(tpm), mday = tonumber(mday), model = model}
+  return tonumber(d), caps
+end
 
 -- "now": Redis TIME plus the offset in ARGV[2], read once per call by clock(), which every
 -- operation that uses the time calls first (the helpers below read `now` after that).
