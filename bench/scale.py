@@ -14,9 +14,12 @@ size it measures, after a warm-up that builds the pool (the `init` call, once pe
   keys have the same limit), against the bound 10 + 1 % of the mean.
 
 Two more cells refuse: a pool of the largest size whose keys are all spent, and one whose keys
-are all cooling. Rounds are interleaved (every cell once per round); the medians are reported,
-and every ratio is against the 4-key cell of the same run. It also times what a key change
-costs the index: preparing the largest pool again (`Pool.of`), once per snapshot.
+are all cooling. Two carry donors' caps (issue #22): a pool of the largest size whose keys all
+have caps (per minute, tokens per minute) but are free, and one where all keys but one are at
+their per-minute cap. It also states the Redis memory a capped key's windows take. Rounds are
+interleaved (every cell once per round); the medians are reported, and every ratio is against
+the 4-key cell of the same run. It also times what a key change costs the index: preparing the
+largest pool again (`Pool.of`), once per snapshot.
 """
 
 from __future__ import annotations
@@ -90,8 +93,18 @@ async def run_cell(b: Balancer, client: aioredis.Redis, cell: Cell, picks: int, 
     cell.redis_cpu_ms.append((cpu1 - cpu0) * 1000 / n)
 
 
-def keys(tag: str, n: int, limit: int) -> list[Candidate]:
-    return [Candidate(f"{tag}-{i:05d}", limit) for i in range(n)]
+def keys(tag: str, n: int, limit: int, caps: str = "") -> list[Candidate]:
+    return [Candidate(f"{tag}-{i:05d}", limit, caps) for i in range(n)]
+
+
+async def window_memory(client: aioredis.Redis, n: int) -> int:
+    """Bytes Redis takes for one capped key's minute window holding `n` starts (request ids)."""
+    name = redisnames.key_window(PREFIX, "memory-probe")
+    now = int(time.time() * 1000)
+    await client.zadd(name, {uuid.uuid4().hex: now + i for i in range(n)})
+    used = int(await client.memory_usage(name) or 0)
+    await client.delete(name)
+    return used
 
 
 async def main_async(args: argparse.Namespace, url: str) -> None:
@@ -107,7 +120,21 @@ async def main_async(args: argparse.Namespace, url: str) -> None:
     await client.hset(redisnames.counts(PREFIX, day), mapping={k: 1 for k in spent.pool.pairs[::2]})  # type: ignore[misc]
     for k in cooling.pool.pairs[::2]:
         await b.cool_down(str(k), 3600)
-    cells += [spent, cooling]
+    # Caps (rpm, tpm) on every key, none reached; and every key but one at its rpm cap of 1 (their
+    # one start placed ten minutes ahead, so the window stays full for the whole run).
+    free_caps = Cell(
+        f"{largest} capped, free",
+        Pool.of(keys("capfree", largest, 10**9, "|1000000000|0|1000000000|0|m"), "any\0cf"),
+        "ok",
+    )
+    at_cap = keys("atcap", largest - 1, 10**9, "|1|0|0|0|m") + [Candidate("atcap-free", 10**9)]
+    busy = Cell(f"{largest} keys, {largest - 1} at rpm", Pool.of(at_cap, "any\0atcap"), "ok")
+    ahead = int(time.time() * 1000) + 600_000
+    async with client.pipeline(transaction=False) as pipe:
+        for c in at_cap[:-1]:
+            pipe.zadd(redisnames.key_window(PREFIX, c.key_id), {"earlier": ahead})
+        await pipe.execute()
+    cells += [spent, cooling, free_caps, busy]
     for cell in cells:  # the warm-up: builds each pool (init), files spent and cooling keys away
         await run_cell(b, client, cell, 2 * args.concurrency, args.concurrency)
         cell.gateway_ms.clear(), cell.redis_cmd_ms.clear(), cell.redis_cpu_ms.clear()
@@ -120,9 +147,11 @@ async def main_async(args: argparse.Namespace, url: str) -> None:
             used = list((await b.usage_today(ids)).values())
             mean = sum(used) / len(used)
             cell.spread = (max(used) - min(used), int(10 + 0.01 * mean), mean)
+    busy.spread = None  # every call goes to its one free key: no spread to keep
     t0 = time.perf_counter()
     Pool.of(keys("again", largest, 100), "any\0again")
     prepare_ms = (time.perf_counter() - t0) * 1000
+    memory = {n: await window_memory(client, n) for n in (1, 10, 60, 1000)}
     await line.close()
     await client.aclose()
 
@@ -141,6 +170,8 @@ async def main_async(args: argparse.Namespace, url: str) -> None:
             f"{med(c.redis_cmd_ms):>12.4f} {med(c.redis_cmd_ms) / med(base.redis_cmd_ms):>6.2f} "
             f"{med(c.redis_cpu_ms):>12.4f} {med(c.redis_cpu_ms) / med(base.redis_cpu_ms):>6.2f}  {spread}"
         )
+    shown = ", ".join(f"{n} starts: {b} B" for n, b in memory.items())
+    print(f"\nRedis memory of a capped key's minute window (kwin): {shown}")
     print(f"\npreparing a {largest}-key pool after a key change (Pool.of, once per snapshot): {prepare_ms:.1f} ms")
 
 

@@ -19,7 +19,7 @@ from gateway.apiformat import API_FORMATS
 from gateway.config import Config
 from gateway.errors import ApiError, invalid
 from gateway.net import ssrf
-from gateway.store import modelnames
+from gateway.store import keyrules, modelnames
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
@@ -165,6 +165,7 @@ KEY_FIELDS: dict[str, Validator] = {
     "is_private": _flag,
     "stream_usage": _flag,
     "api_format": _api_format,  # default openai
+    **keyrules.RULE_FIELDS,  # the donor's caps and audience (store/keyrules.py)
 }
 KEY_REQUIRED = ("name", "base_url", "api_key", "available_models")  # of a new key
 EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from gateway.store import keyrules
 from gateway.store.crypto import KeyRing, mask
 
 
@@ -93,6 +94,7 @@ class SharedKey:
     updated_at: datetime
     daily_budget_usd: Decimal | None = None  # USD a day; reached, the key rests until tomorrow
     spend_today_usd: Decimal = Decimal(0)  # the estimated cost of its flushed calls today
+    rules: dict[str, Any] = field(default_factory=lambda: dict(keyrules.DEFAULTS))  # the donor's caps, audience
 
     @property
     def host(self) -> str:
@@ -130,6 +132,7 @@ class SharedKey:
             updated_at=r["updated_at"],
             daily_budget_usd=r["daily_budget_usd"],
             spend_today_usd=r["spend_today"],
+            rules=keyrules.of_row(r),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +162,7 @@ class SharedKey:
             "last_error": self.last_error,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+            **self.rules,
         }
 
 

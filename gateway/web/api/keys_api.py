@@ -28,7 +28,7 @@ from gateway.relay import prices
 from gateway.relay.auth import api_limited, token_caller
 from gateway.relay.balancer import BALANCER
 from gateway.relay.prices import PRICES
-from gateway.store import keypages, sharedkeys
+from gateway.store import keypages, keyrules, sharedkeys
 from gateway.store.crypto import KEYRING, SealError
 from gateway.store.keyfields import (
     EDIT_FIELDS,
@@ -188,6 +188,8 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     if fields.get("daily_budget_usd") is not None:
         require_prices(app, fields["available_models"])
     base_url = checked_base_url(config, fields["base_url"])
+    allowed = config.upstream.allowed_features
+    rules = keyrules.merged(fields, keyrules.DEFAULTS, fields["available_models"], allowed)
     async with app[appkeys.pg].acquire() as conn:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
             raise invalid("name", f"you already have a key named {fields['name']!r}")
@@ -212,7 +214,11 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     )
     async with app[appkeys.pg].acquire() as conn:
         try:
-            key = await sharedkeys.insert_key(conn, app[KEYRING], new, timezone=config.balancer.timezone)
+            async with conn.transaction():
+                key = await sharedkeys.insert_key(conn, app[KEYRING], new, timezone=config.balancer.timezone)
+                if rules != keyrules.DEFAULTS:
+                    await keyrules.store(conn, key.id, rules)
+                    key = dataclasses.replace(key, rules=rules)
         except sharedkeys.KeyNameTaken as e:  # a concurrent add with the same name won the race
             raise invalid("name", str(e)) from None
     await announce(app, key.id)
@@ -246,6 +252,7 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     name = fields.get("name", current.name)
     models = fields.get("available_models", current.available_models)
     api_format = fields.get("api_format", current.api_format)
+    rules = keyrules.merged(fields, current.rules, models, config.upstream.allowed_features)
     budget = fields.get("daily_budget_usd", current.daily_budget_usd)
     if budget is not None and {"daily_budget_usd", "available_models"} & set(fields):
         require_prices(app, models)
@@ -283,9 +290,13 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     )
     async with app[appkeys.pg].acquire() as conn:
         try:
-            key = await sharedkeys.update_key(
-                conn, app[KEYRING], current.id, current.owner_id, edit, timezone=config.balancer.timezone
-            )
+            async with conn.transaction():
+                key = await sharedkeys.update_key(
+                    conn, app[KEYRING], current.id, current.owner_id, edit, timezone=config.balancer.timezone
+                )
+                if key is not None and rules != current.rules:
+                    await keyrules.store(conn, key.id, rules)
+                    key = dataclasses.replace(key, rules=rules)
         except sharedkeys.KeyNameTaken as e:
             raise invalid("name", str(e)) from None
     if key is None:  # deleted (or its URL changed) while we tested
