@@ -19,7 +19,7 @@ from gateway.apiformat import API_FORMATS
 from gateway.config import Config
 from gateway.errors import ApiError, invalid
 from gateway.net import ssrf
-from gateway.store import keyrules, modelnames
+from gateway.store import modelnames
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
@@ -111,12 +111,40 @@ def _description(field: str, value: Any) -> str | None:
     return None if value is None else (_text(field, value, low=0, high=500) or None)
 
 
-def _daily_limit(field: str, value: Any) -> int:
+def _whole(field: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):  # bool is an int in Python; not in JSON
         raise invalid(field, f"{field} must be a whole number")
-    if not 1 <= value <= 1_000_000:
-        raise invalid(field, f"{field} must be between 1 and 1000000")
+    if not low <= value <= high:
+        raise invalid(field, f"{field} must be between {low} and {high}")
     return value
+
+
+def _daily_limit(field: str, value: Any) -> int:
+    return _whole(field, value, 1, 1_000_000)
+
+
+# A donor's rules (store/keyrules.py stores and shows them; the balancer keeps the caps).
+
+
+def _cap(field: str, value: Any) -> int | None:
+    return None if value is None else _whole(field, value, 1, 10_000_000)
+
+
+def _trust_level(field: str, value: Any) -> int:
+    return _whole(field, value, 0, 4)
+
+
+def _per_model(field: str, value: Any) -> dict[str, int]:
+    """{model: calls a day}; whether the key serves each model is checked with its models."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 100:
+        raise invalid(field, f"{field} must be an object of at most 100 models and their daily calls")
+    return {str(m): _whole(field, n, 1, 1_000_000) for m, n in value.items()}
+
+
+def _names(field: str, value: Any) -> list[str]:
+    return [] if value is None else _list(field, value, low=0, high=500, item_max=64)
 
 
 def _budget(field: str, value: Any) -> Decimal | None:
@@ -165,7 +193,14 @@ KEY_FIELDS: dict[str, Validator] = {
     "is_private": _flag,
     "stream_usage": _flag,
     "api_format": _api_format,  # default openai
-    **keyrules.RULE_FIELDS,  # the donor's caps and audience (store/keyrules.py)
+    # the donor's caps and audience; null clears a cap (store/keyrules.py)
+    "rpm_limit": _cap,
+    "tpm_limit": _cap,
+    "max_concurrent": _cap,
+    "model_daily_limits": _per_model,
+    "min_trust_level": _trust_level,
+    "allowed_users": _names,
+    "allowed_features": _names,
 }
 KEY_REQUIRED = ("name", "base_url", "api_key", "available_models")  # of a new key
 EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}

@@ -1,5 +1,5 @@
 """A donor's rules for their key as `/api/shared-keys` takes, stores and shows them (DESIGN.md
-"Donors' rules for their keys"): each rule names its field (422); `null` clears a cap.
+"Donors' rules for their keys"); `keyfields` checks each field (422 naming it).
 `upstream_kind` (sql/0013) is not taken yet: what a relay key's 401 does is not built.
 
 The relay reads the same columns (`relay/rules.py`); the balancer enforces the caps.
@@ -8,7 +8,6 @@ The relay reads the same columns (`relay/rules.py`); the balancer enforces the c
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,58 +15,9 @@ from typing import Any
 import asyncpg
 
 from gateway.errors import invalid
+from gateway.store import modelnames
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _whole(field: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(field, f"{field} must be a whole number")
-    if not low <= value <= high:
-        raise invalid(field, f"{field} must be between {low} and {high}")
-    return value
-
-
-def _cap(field: str, value: Any) -> int | None:
-    return None if value is None else _whole(field, value, 1, 10_000_000)
-
-
-def _trust(field: str, value: Any) -> int:
-    return _whole(field, value, 0, 4)
-
-
-def _per_model(field: str, value: Any) -> dict[str, int]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or len(value) > 100:
-        raise invalid(field, f"{field} must be an object of at most 100 models and their daily calls")
-    return {str(m): _whole(field, n, 1, 1_000_000) for m, n in value.items()}
-
-
-def _names(field: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > 500:
-        raise invalid(field, f"{field} must be a list of at most 500 names")
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not 1 <= len(item.strip()) <= 64 or CONTROL.search(item):
-            raise invalid(field, f"every entry of {field} must be a name of 1 to 64 characters")
-        if item.strip() not in out:
-            out.append(item.strip())
-    return out
-
-
-RULE_FIELDS = {
-    "rpm_limit": _cap,
-    "tpm_limit": _cap,
-    "max_concurrent": _cap,
-    "model_daily_limits": _per_model,
-    "min_trust_level": _trust,
-    "allowed_users": _names,
-    "allowed_features": _names,
-}
-DEFAULTS: dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {  # every rule, and its value on a key that sets none
     "rpm_limit": None,
     "tpm_limit": None,
     "max_concurrent": None,
@@ -80,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
 
 def of_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """The rules of a stored key, as `GET /api/shared-keys` items carry them."""
-    rules = {name: row[name] for name in RULE_FIELDS}
+    rules = {name: row[name] for name in DEFAULTS}
     limits = rules["model_daily_limits"]
     rules["model_daily_limits"] = json.loads(limits) if isinstance(limits, str) else dict(limits or {})
     rules["allowed_users"], rules["allowed_features"] = list(rules["allowed_users"]), list(rules["allowed_features"])
@@ -92,8 +42,8 @@ def merged(
 ) -> dict:
     """The rules after an edit (or of a new key, `current` = DEFAULTS), checked against the key's
     models (public names) and the operator's `upstream.allowed_features`."""
-    rules = {name: fields.get(name, current[name]) for name in RULE_FIELDS}
-    public = {m.split("=", 1)[0] for m in models}
+    rules = {name: fields.get(name, current[name]) for name in DEFAULTS}
+    public = {modelnames.split(m)[0] for m in models}
     for model in rules["model_daily_limits"]:
         if model not in public:
             raise invalid(
