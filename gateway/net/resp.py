@@ -38,6 +38,11 @@ class Incomplete(Exception):
     pass
 
 
+def text(value: Any) -> str:
+    """A bulk string reply (bytes) or an integer as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def encode(args: list[bytes | str | int]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:

@@ -24,6 +24,7 @@ from gateway.net import events, redisnames
 from gateway.net.h1 import UPSTREAM_POOL
 from gateway.net.keytest import Probe, ProbeResult, probe
 from gateway.relay.balancer import BALANCER
+from gateway.relay.cooling import DISABLED_FOR, RELAY_COOLDOWNS
 from gateway.store import modelnames
 from gateway.store.crypto import KEYRING, SealError
 from gateway.store.sharedkeys import REVIVABLE, DisabledBy, KeyStatus
@@ -38,16 +39,16 @@ async def redis_now_ms(client: aioredis.Redis) -> int:
 
 HEALTH_CONCURRENCY = 8
 MAX_BACKOFF_SECONDS = 6 * 3600.0
-DISABLED_FOR = 10 * 365 * 86400.0  # like the proxy: a rejected key cools "for years"
 FAILED_CHECK = "failed its health check"
 
 # Paused keys (is_active = false) are never read; disabled ones only if the upstream rejected
 # them ($1: `sharedkeys.REVIVABLE`), whatever their reason says.
 SELECT_CHECKED = """
 SELECT id::text, user_id::text, base_url, api_key_encrypted, available_models, status, status_reason, disabled_by,
-       api_format
+       api_format, upstream_kind
 FROM shared_keys
 WHERE is_active AND (status <> 'disabled' OR disabled_by = ANY($1::text[]))
+  AND (spent_until IS NULL OR spent_until <= now())
 """
 
 # Compare-and-set on the state the check started from: an owner's pause or an operator's
@@ -56,6 +57,8 @@ SET_CHECKED = """
 UPDATE shared_keys
 SET status = $2, status_reason = $3, disabled_by = $7, last_error = coalesce($4, last_error),
     last_error_at = CASE WHEN $4::text IS NULL THEN last_error_at ELSE now() END,
+    spent_until = CASE WHEN $2 = 'active' THEN NULL ELSE spent_until END,
+    auth_cooldowns = CASE WHEN $2 = 'active' THEN 0 ELSE auth_cooldowns END,
     last_checked_at = now(), updated_at = CASE WHEN status = $2 THEN updated_at ELSE now() END
 WHERE id = $1 AND is_active AND status = $5 AND status_reason IS NOT DISTINCT FROM $6
   AND disabled_by IS NOT DISTINCT FROM $8
@@ -137,6 +140,8 @@ class HealthChecks:
         new_by: DisabledBy | None = None
         if found.result == ProbeResult.OK:
             new, new_reason, error = KeyStatus.ACTIVE, None, None
+        elif found.result == ProbeResult.REJECTED and row["upstream_kind"] == "relay" and was != KeyStatus.DISABLED:
+            new, new_reason, error, new_by = await self._relay_rejected(key_id, found)
         elif found.result == ProbeResult.REJECTED:
             new, new_reason, error = KeyStatus.DISABLED, found.detail, f"health check: {found.detail}"
             new_by = DisabledBy.HEALTH
@@ -160,7 +165,7 @@ class HealthChecks:
             interval = self._config.health.interval_seconds
             delay = min(MAX_BACKOFF_SECONDS, interval * 2**fails)
             await client.hset(self.backoff_key, key_id, f"{fails + 1}:{now_ms + round(delay * 1000)}")
-            if found.result == ProbeResult.REJECTED:
+            if found.result == ProbeResult.REJECTED and new == KeyStatus.DISABLED:
                 await balancer.cool_down(key_id, DISABLED_FOR)
             elif new == KeyStatus.COOLING:
                 await balancer.cool_down(key_id, found.retry_after or self._config.balancer.cooldown_seconds)
@@ -168,3 +173,13 @@ class HealthChecks:
                 log.warning("key_check_failed", key_id=key_id, result=found.result, status=new, detail=found.detail)
         if new != was:
             await events.publish(client, self._prefix, "keys", key_id)
+
+    async def _relay_rejected(self, key_id: str, found: Probe) -> tuple[KeyStatus, str, str, DisabledBy | None]:
+        """A relay key the probe was refused on cools like one a call was refused on
+        (`cooling.reject`): disabled only after refusals through its cooldowns in a row."""
+        cooldowns, disable = await self._app[BALANCER].reject(key_id, self._config.balancer.cooldown_seconds)
+        error = f"health check: {found.detail}"
+        if disable:
+            reason = f"{found.detail} through {cooldowns} cooldowns in a row"
+            return KeyStatus.DISABLED, reason, error, DisabledBy.HEALTH
+        return KeyStatus.COOLING, f"{found.detail}; cooling down ({cooldowns} of {RELAY_COOLDOWNS})", error, None

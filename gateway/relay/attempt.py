@@ -24,12 +24,13 @@ from gateway.log import scrub, send
 from gateway.net import h1, ssrf, tunnel
 from gateway.net.h1 import UPSTREAM_POOL
 from gateway.relay import plan, sse
-from gateway.relay.balancer import BALANCER
+from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import NOT_THE_KEYS_FAULT, Call, Failure, FailureKind, Recorder, key_secrets, provider_headers
+from gateway.relay.cooling import DISABLED_FOR, RELAY_COOLDOWNS
 from gateway.relay.formats.shared import TranslationError
 from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import KEY_INDEX, PoolKey
-from gateway.relay.keystate import KEY_STATES
+from gateway.relay.keystate import KEY_STATES, KeyStates
 from gateway.relay.picks import Pick
 from gateway.relay.stream import relay
 from gateway.relay.usage import UsageStatus
@@ -43,6 +44,11 @@ CALLER_ERRORS = frozenset({400, 404, 413, 422})
 # A 404 that says the key does not serve the model after all: another key may.
 NOT_SERVED = frozenset({"model_not_found", "not_found_error"})
 JSON_START = re.compile(rb"[ \t\r\n]*[{\[]")
+# A 429 or 402 whose code or words say the account's quota or balance is gone (not a per-minute
+# rate): retrying it today only costs callers latency.
+EXHAUSTED_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "insufficient_balance"})
+EXHAUSTED_WORDS = re.compile(r"quota|余额不足|额度|insufficient.balance|credit balance is too low", re.IGNORECASE)
+PER_MINUTE = re.compile(r"per.minute|per_minute|perminute|rate.limit|分钟", re.IGNORECASE)
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
@@ -144,11 +150,22 @@ async def failed_status(
         return web.json_response(body, status=status, headers=provider_headers(call, key))
     if status in (401, 403):
         return record.failed(Failure(FailureKind.KEY_REJECTED, status, detail=detail))
+    if status in (402, 429) and exhausted(code, detail, resp.headers.get("Retry-After")):
+        return record.failed(Failure(FailureKind.QUOTA_EXHAUSTED, status, detail=detail))
     if status == 429:
         return record.failed(Failure(FailureKind.RATE_LIMITED, status, retry_after=_retry_after(resp), detail=detail))
     if 300 <= status < 400:
         return record.failed(Failure(FailureKind.REDIRECT, status, detail="redirect refused"))
     return record.failed(Failure(FailureKind.UPSTREAM_ERROR, status, detail=detail))
+
+
+def exhausted(code: str | None, message: str, retry_after: str | None) -> bool:
+    """Whether a 429's or 402's error says the account is out of quota or balance for the day: its
+    code says so, or its words do while no Retry-After and no per-minute wording make it a rate
+    limit (Gemini's free tier says "quota" of its per-minute limits)."""
+    if code in EXHAUSTED_CODES:
+        return True
+    return bool(EXHAUSTED_WORDS.search(message)) and not retry_after and not PER_MINUTE.search(message)
 
 
 def _is_json(raw: bytes, content_type: str) -> bool:
@@ -216,9 +233,20 @@ async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> 
     log.info("attempt_failed", key_id=key.id, kind=failure.kind, http_status=failure.http_status, detail=failure.detail)
     if failure.kind in NOT_THE_KEYS_FAULT:
         return
-    if failure.kind == FailureKind.KEY_REJECTED:
-        await _quietly(balancer.cool_down(key.id, 10 * 365 * 86400))
+    if failure.kind == FailureKind.KEY_REJECTED and key.rules.relay:
+        await _relay_rejected(balancer, states, key, failure, cooldown)
+    elif failure.kind == FailureKind.KEY_REJECTED:
+        await _quietly(balancer.cool_down(key.id, DISABLED_FOR))
         states.disabled(key.id, f"the upstream rejected the key (HTTP {failure.http_status})", DisabledBy.UPSTREAM)
+    elif failure.kind == FailureKind.QUOTA_EXHAUSTED:
+        try:
+            seconds = await balancer.spend_today(key.id)
+        except REDIS_DOWN as e:
+            metrics.redis_error("balancer")
+            log.warning("balancer_call_failed", error=str(e))
+            seconds = balancer.seconds_left_today()
+        reason = f"the account is out of quota or balance (HTTP {failure.http_status}): {failure.detail}"
+        states.spent(key.id, reason[:300], seconds)
     elif failure.kind == FailureKind.RATE_LIMITED:
         seconds = failure.retry_after or cooldown
         await _quietly(balancer.cool_down(key.id, seconds))
@@ -232,6 +260,25 @@ async def note_failure(app: web.Application, key: PoolKey, failure: Failure) -> 
             states.cooling(key.id, "repeated upstream failures", f"{failure.kind}: {failure.detail}"[:300])
         else:
             states.failed(key.id, f"{failure.kind}: {failure.detail}"[:300])
+
+
+async def _relay_rejected(
+    balancer: Balancer, states: KeyStates, key: PoolKey, failure: Failure, cooldown: float
+) -> None:
+    """A relay key's 401/403 is usually the other pool's quota or a passing error: it cools,
+    doubling, and is disabled only when refused again after `RELAY_COOLDOWNS` cooldowns in a row."""
+    try:
+        cooldowns, disable = await balancer.reject(key.id, cooldown)
+    except REDIS_DOWN as e:
+        metrics.redis_error("balancer")
+        log.warning("balancer_call_failed", error=str(e))
+        return
+    refused = f"the relay refused the key (HTTP {failure.http_status})"
+    if disable:
+        await _quietly(balancer.cool_down(key.id, DISABLED_FOR))
+        states.disabled(key.id, f"{refused} through {cooldowns} cooldowns in a row", DisabledBy.UPSTREAM)
+    else:
+        states.relay_cooling(key.id, f"{refused}; cooling down ({cooldowns} of {RELAY_COOLDOWNS})", cooldowns)
 
 
 async def _quietly(awaitable: Any) -> None:

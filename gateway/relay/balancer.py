@@ -5,7 +5,8 @@ one script, one SHA) and every Redis key it touches (schema v5, `redisnames.BALA
 `counts:<day>`, `cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`,
 `ustreams:<user>`, per pool `pool:`, `avail:`, `resting:`, and `revived`, `aff:`, `resp:`; per
 capped key `kwin:`, `kfly:`, `ktok:`, `ktoksum:`, and `mcounts:<day>`; layout and invariants in the
-header of `lua/prelude.lua`).
+header of `lua/prelude.lua`). The operations on a key's health (cool, fail, reject, trial_ok,
+clear) are `cooling.KeyCooling`'s, mixed in.
 `pick()` is one script call: the caller's fair-use limits, then the least-used key under its daily
 limit and its donor's caps (per minute, in flight, tokens, per model: `Candidate.caps`) and not
 cooling, one call reserved on it (`reserve=False`: only chosen), atomically across any number of
@@ -35,6 +36,8 @@ from aiohttp import web
 
 from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
+from gateway.net.resp import text
+from gateway.relay.cooling import KeyCooling
 from gateway.relay.days import Day, day_bounds, wall_ms
 from gateway.relay.picks import Affinity, Candidate, Pick, PickOutcome, Pool, UserLimits, digest
 
@@ -50,6 +53,7 @@ OPERATIONS = (
     "finish",
     "cool",
     "fail",
+    "reject",
     "trial_ok",
     "clear",
     "read",
@@ -77,15 +81,11 @@ CLOCK = "clock"  # the script's answer when the client named the wrong day or mi
 SEED = "seed"  # init's answer when today's counts were never seeded from PostgreSQL
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _seconds(ms: int) -> int:
     return max(1, math.ceil(ms / 1000))
 
 
-class Balancer:
+class Balancer(KeyCooling):
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -211,7 +211,7 @@ class Balancer:
                     *exclude,
                 ],
             )
-            answer, key_id = _text(reply[0]), _text(reply[1])
+            answer, key_id = text(reply[0]), text(reply[1])
             used, retry_ms, trial, now = (int(v) for v in reply[2:6])
             if answer == INIT and init_tries < INIT_TRIES:
                 init_tries += 1
@@ -262,10 +262,10 @@ class Balancer:
             ],
             args=["init", self._offset_ms, day.start_ms, day.end_ms, day.name, pool.fingerprint, *pool.pairs],
         )
-        if _text(answer) == SEED:
+        if text(answer) == SEED:
             await self._seed_day(day)
             return await self._init(pool, day)
-        if _text(answer) == CLOCK:
+        if text(answer) == CLOCK:
             self._learn_clock(int(now))
         log.debug("balancer_pool_built", pool=pool.pool_id, keys=pool.size, day=day.name)
         return int(now)
@@ -326,38 +326,6 @@ class Balancer:
         await (self._line or self._redis).ping()
         await self._read(self._cooldown, ["~ready"])
 
-    async def cool_down(self, key_id: str, seconds: float) -> None:
-        """Keep the key out of picks for `seconds` (a 429's Retry-After, or years for a disabled
-        key). A later cooldown end already set is kept."""
-        await self._script(keys=[self._cooldown], args=["cool", self._offset_ms, key_id, max(1, round(seconds * 1000))])
-        log.info("key_cooled_down", key_id=key_id, seconds=seconds, cause="cool_down")
-
-    async def record_failure(self, key_id: str, cooldown_seconds: float) -> bool:
-        """Count a 5xx or timeout. At `failures_before_cooldown` failures within the window the key
-        cools down and must then pass one trial request; a key on probation that fails cools again
-        at once. True when this call cooled the key."""
-        cooled, failures = await self._script(
-            keys=self._key_state,
-            args=[
-                "fail",
-                self._offset_ms,
-                key_id,
-                max(1, round(cooldown_seconds * 1000)),
-                self._failures,
-                self._window_ms,
-            ],
-        )
-        if cooled:
-            log.info("key_cooled_down", key_id=key_id, seconds=cooldown_seconds, cause="failures", failures=failures)
-        return bool(cooled)
-
-    async def trial_passed(self, key_id: str) -> None:
-        await self._script(keys=self._key_state, args=["trial_ok", self._offset_ms, key_id])
-
-    async def clear(self, key_id: str) -> None:
-        """Forget cooldown, probation and failures: the owner resumed the key, or a health check passed."""
-        await self._script(keys=self._key_state, args=["clear", self._offset_ms, key_id])
-
     async def _read(self, key: str, fields: Sequence[str] = ()) -> tuple[int, list[Any]]:
         """A hash (or some of its fields) and Redis' now, read together."""
         now, values = await self._script(keys=[key], args=["read", self._offset_ms, *fields])
@@ -375,23 +343,10 @@ class Balancer:
             if day.start_ms <= now < day.end_ms:
                 if key_ids is None:  # "~seeded" is the hash's, not a key's
                     pairs = zip(values[::2], values[1::2], strict=True)
-                    return {_text(k): int(v) for k, v in pairs if not _text(k).startswith("~")}
+                    return {text(k): int(v) for k, v in pairs if not text(k).startswith("~")}
                 return {k: int(v or 0) for k, v in zip(key_ids, values, strict=True)}
             self._learn_clock(now)
         raise RuntimeError("balancer: Redis' clock kept leaving the day the keys were named for")
-
-    async def cooling(self, key_ids: Sequence[str] | None = None) -> dict[str, float]:
-        """key_id -> seconds of cooldown left, for keys still cooling (disabled ones included).
-        With `key_ids`, only those are read (HMGET): a page of keys costs its size, not the pool's."""
-        if key_ids is not None:
-            if not key_ids:
-                return {}
-            now, values = await self._read(self._cooldown, key_ids)
-            ends = {k: int(v) for k, v in zip(key_ids, values, strict=True) if v is not None}
-        else:
-            now, values = await self._read(self._cooldown)
-            ends = {_text(k): int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
-        return {k: (end - now) / 1000 for k, end in ends.items() if end > now}
 
 
 BALANCER: web.AppKey[Balancer] = web.AppKey("balancer", Balancer)

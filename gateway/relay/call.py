@@ -89,8 +89,9 @@ class FailureKind(StrEnum):
 
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
-    KEY_REJECTED = "key_rejected"  # 401/403: the key is disabled
+    KEY_REJECTED = "key_rejected"  # 401/403: the key is disabled (a relay key cools, see `cooling.reject`)
     RATE_LIMITED = "rate_limited"  # 429: the key cools for Retry-After
+    QUOTA_EXHAUSTED = "quota_exhausted"  # 429/402 saying the account is out of quota: spent until the day ends
     REDIRECT = "redirect"
     UPSTREAM_ERROR = "upstream_error"
     BAD_STREAM = "bad_stream"

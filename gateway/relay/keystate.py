@@ -31,6 +31,21 @@ SET status = $2, status_reason = $3, disabled_by = $6, last_error = coalesce($4,
 WHERE id = $1 AND (status <> 'disabled' OR $5 OR ($6::text IS NOT NULL AND disabled_by = ANY($7::text[])))
 """
 
+# Out of quota: cooling until the day ends (a disabled key stays disabled).
+SET_SPENT = """
+UPDATE shared_keys
+SET status = 'cooling', status_reason = $2, disabled_by = NULL, last_error = $2, last_error_at = now(),
+    spent_until = now() + make_interval(secs => $3), updated_at = now()
+WHERE id = $1 AND status <> 'disabled'
+"""
+
+SET_RELAY_COOLING = """
+UPDATE shared_keys
+SET status = 'cooling', status_reason = $2, last_error = $2, last_error_at = now(), auth_cooldowns = $3,
+    updated_at = now()
+WHERE id = $1 AND status <> 'disabled'
+"""
+
 
 class KeyStates:
     def __init__(self, pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
@@ -48,6 +63,16 @@ class KeyStates:
 
     def cooling(self, key_id: str, reason: str, error: str | None = None) -> None:
         self._spawn(self._set(key_id, KeyStatus.COOLING, reason, error or reason))
+
+    def spent(self, key_id: str, reason: str, seconds: float) -> None:
+        """Out of quota or balance: cooling, and out of the key index and the health checks for
+        `seconds` (until the balancer's day ends); every process is told."""
+        log.warning("key_spent", key_id=key_id, reason=reason)
+        self._spawn(self._write(key_id, SET_SPENT, reason, seconds, announce=True))
+
+    def relay_cooling(self, key_id: str, reason: str, cooldowns: int) -> None:
+        """A relay key refused (401/403) and cooling: `cooldowns` in a row so far."""
+        self._spawn(self._write(key_id, SET_RELAY_COOLING, reason, cooldowns))
 
     def failed(self, key_id: str, error: str) -> None:
         """A failure that did not change the key's state: only the last error is recorded."""
@@ -67,23 +92,18 @@ class KeyStates:
         force: bool = False,
         announce: bool = False,
     ) -> None:
+        await self._write(key_id, SET_STATE, status, reason, error, force, by, sorted(REVIVABLE), announce=announce)
+
+    async def _last_error(self, key_id: str, error: str) -> None:
+        await self._write(key_id, "UPDATE shared_keys SET last_error = $2, last_error_at = now() WHERE id = $1", error)
+
+    async def _write(self, key_id: str, sql: str, *args: Any, announce: bool = False) -> None:
         try:
             async with self._pool.acquire(timeout=5) as conn:
-                await conn.execute(SET_STATE, uuid.UUID(key_id), status, reason, error, force, by, sorted(REVIVABLE))
+                await conn.execute(sql, uuid.UUID(key_id), *args)
             if announce:
                 await events.publish(self._redis, self._prefix, "keys", key_id)
         except Exception as e:  # the owner's view lags; routing (Redis) is already right
-            log.warning("key_state_write_failed", key_id=key_id, status=status, error=str(e))
-
-    async def _last_error(self, key_id: str, error: str) -> None:
-        try:
-            async with self._pool.acquire(timeout=5) as conn:
-                await conn.execute(
-                    "UPDATE shared_keys SET last_error = $2, last_error_at = now() WHERE id = $1",
-                    uuid.UUID(key_id),
-                    error,
-                )
-        except Exception as e:
             log.warning("key_state_write_failed", key_id=key_id, error=str(e))
 
     async def wait(self) -> None:

@@ -73,7 +73,7 @@ SELECT k.id, k.user_id, k.base_url, k.api_key_encrypted, k.available_models, k.d
        k.rpm_limit, k.tpm_limit, k.max_concurrent, k.model_daily_limits, k.min_trust_level,
        k.allowed_users, k.allowed_features, k.upstream_kind, k.auth_cooldowns
 FROM shared_keys k JOIN users u ON u.id = k.user_id
-WHERE k.is_active AND k.status <> 'disabled'
+WHERE k.is_active AND k.status <> 'disabled' AND (k.spent_until IS NULL OR k.spent_until <= now())
   AND (k.daily_budget_usd IS NULL OR k.spend_today_usd < k.daily_budget_usd
        OR k.spend_day IS DISTINCT FROM (now() AT TIME ZONE $1)::date)
 """
@@ -84,7 +84,8 @@ async def load(
 ) -> list[PoolKey]:
     """Every serving key, or (with `key_ids`) those of them that still serve. A key whose flushed
     spend today (in `timezone`, the balancer's day) reached its `daily_budget_usd` does not serve
-    until tomorrow: the flusher announces it when it gets there, the periodic reload brings it back."""
+    until tomorrow: the flusher announces it when it gets there, the periodic reload brings it back.
+    So does a key whose account said it is out of quota (`spent_until`, see `keystate.spent`)."""
     async with pool.acquire() as conn:
         if key_ids is None:
             rows = await conn.fetch(SELECT_SERVING_KEYS, timezone)

@@ -147,6 +147,12 @@ def _names(field: str, value: Any) -> list[str]:
     return [] if value is None else _list(field, value, low=0, high=500, item_max=64)
 
 
+def _upstream_kind(field: str, value: Any) -> str:
+    if value not in ("provider", "relay"):
+        raise invalid(field, f"{field} must be provider or relay (the base URL is another pool or gateway)")
+    return value
+
+
 def _budget(field: str, value: Any) -> Decimal | None:
     """USD a day, or null for none: more than 0, at most 1,000,000, whole cents."""
     if value is None:
@@ -201,6 +207,7 @@ KEY_FIELDS: dict[str, Validator] = {
     "min_trust_level": _trust_level,
     "allowed_users": _names,
     "allowed_features": _names,
+    "upstream_kind": _upstream_kind,  # provider (default) | relay
 }
 KEY_REQUIRED = ("name", "base_url", "api_key", "available_models")  # of a new key
 EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}

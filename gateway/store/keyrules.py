@@ -1,6 +1,5 @@
 """A donor's rules for their key as `/api/shared-keys` takes, stores and shows them (DESIGN.md
 "Donors' rules for their keys"); `keyfields` checks each field (422 naming it).
-`upstream_kind` (sql/0013) is not taken yet: what a relay key's 401 does is not built.
 
 The relay reads the same columns (`relay/rules.py`); the balancer enforces the caps.
 """
@@ -25,6 +24,7 @@ DEFAULTS: dict[str, Any] = {  # every rule, and its value on a key that sets non
     "min_trust_level": 0,
     "allowed_users": [],
     "allowed_features": [],
+    "upstream_kind": "provider",
 }
 
 
@@ -58,7 +58,8 @@ def merged(
 SET_RULES = """
 UPDATE shared_keys
 SET rpm_limit = $2, tpm_limit = $3, max_concurrent = $4, model_daily_limits = $5::jsonb,
-    min_trust_level = $6, allowed_users = $7, allowed_features = $8
+    min_trust_level = $6, allowed_users = $7, allowed_features = $8, upstream_kind = $9,
+    auth_cooldowns = CASE WHEN upstream_kind = $9 THEN auth_cooldowns ELSE 0 END
 WHERE id = $1
 """
 
@@ -74,4 +75,5 @@ async def store(conn: asyncpg.Connection, key_id: str, rules: Mapping[str, Any])
         rules["min_trust_level"],
         rules["allowed_users"],
         rules["allowed_features"],
+        rules["upstream_kind"],
     )

@@ -300,6 +300,8 @@ SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, descripti
     status = CASE WHEN $15 THEN 'active' ELSE status END,
     status_reason = CASE WHEN $15 THEN NULL ELSE status_reason END,
     disabled_by = CASE WHEN $15 THEN NULL ELSE disabled_by END,
+    spent_until = CASE WHEN $15 THEN NULL ELSE spent_until END,
+    auth_cooldowns = CASE WHEN $15 THEN 0 ELSE auth_cooldowns END,
     updated_at = now()
 WHERE id = $1 AND user_id = $2 AND ($12::text IS NOT NULL OR base_url = $4)
 RETURNING id

@@ -160,6 +160,7 @@ def test_enums_are_todays_strings() -> None:
         "timeout",
         "key_rejected",
         "rate_limited",
+        "quota_exhausted",
         "redirect",
         "upstream_error",
         "bad_stream",

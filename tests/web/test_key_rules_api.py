@@ -19,6 +19,7 @@ RULES = {
     "min_trust_level": 2,
     "allowed_users": ["alice", "Bob"],
     "allowed_features": [],
+    "upstream_kind": "relay",
 }
 
 
@@ -37,13 +38,14 @@ async def test_rules_round_trip_and_reach_the_key_index(api: Api, fake_upstream:
     rules = index.get(listed["id"]).rules  # type: ignore[union-attr]
     assert (rules.rpm_limit, rules.max_concurrent, rules.min_trust_level) == (None, 2, 0)
     assert rules.model_daily_limits == {"gpt-4o-mini": 50} and rules.allowed_users == {"alice", "bob"}
+    assert rules.relay
 
 
 async def test_a_key_without_rules_lists_the_defaults(api: Api, fake_upstream: FakeUpstream) -> None:  # noqa: F811
     reply = await api.add(fake_upstream)
     body = reply.body
     assert (body["rpm_limit"], body["max_concurrent"], body["model_daily_limits"]) == (None, None, {})
-    assert (body["min_trust_level"], body["allowed_users"]) == (0, [])
+    assert (body["min_trust_level"], body["allowed_users"], body["upstream_kind"]) == (0, [], "provider")
 
 
 @pytest.mark.parametrize(
@@ -60,7 +62,8 @@ async def test_a_key_without_rules_lists_the_defaults(api: Api, fake_upstream: F
         ("allowed_users", "alice"),
         ("allowed_users", [""]),
         ("allowed_features", ["web_search"]),  # the operator allows none here
-        ("upstream_kind", "relay"),  # not taken yet: unknown field
+        ("upstream_kind", "proxy"),
+        ("upstream_kind", None),
     ],
 )
 async def test_bad_rules_are_refused_naming_the_field(

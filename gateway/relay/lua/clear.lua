@@ -8,7 +8,7 @@ local function clear()
   local key_id = ARGV[3]
   redis.call('HDEL', KEYS[1], key_id)
   redis.call('HDEL', KEYS[2], key_id)
-  redis.call('HDEL', KEYS[3], key_id, key_id .. ':since')
+  redis.call('HDEL', KEYS[3], key_id, key_id .. ':since', key_id .. ':auth')
   revive(KEYS[4], key_id)
   return 1
 end

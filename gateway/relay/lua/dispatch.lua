@@ -7,6 +7,7 @@ local OPERATIONS = {
   finish = finish,
   cool = cool,
   fail = fail,
+  reject = reject,
   trial_ok = trial_ok,
   clear = clear,
   read = read,

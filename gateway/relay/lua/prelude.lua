@@ -27,12 +27,14 @@ Every key the script touches, and the operations that touch it (names built in g
                                    expires one day after the day ends
                                    (pick, init, seed, release, read)
   p:v5:{p}:cooldown                hash key_id -> cooling until (epoch ms); stale entries are harmless
-                                   (pick, init, cool, fail, trial_ok, clear, read)
+                                   (pick, init, cool, fail, reject, trial_ok, clear, read)
   p:v5:{p}:probation               hash key_id -> 0: must pass one trial request before serving again;
                                    >0: a trial is in flight, its lease ends then (epoch ms)
-                                   (pick, fail, trial_ok, clear)
+                                   (pick, fail, reject, trial_ok, clear)
   p:v5:{p}:fails                   hash key_id -> failures in the current window,
-                                   key_id..":since" -> window start (epoch ms)    (fail, trial_ok, clear)
+                                   key_id..":since" -> window start (epoch ms)    (fail, trial_ok, clear);
+                                   key_id..":auth" -> a relay key's cooldowns for 401/403 in a row
+                                   (reject, trial_ok, clear)
   p:v5:{p}:udaily:<YYYY-MM-DD>     hash user_id -> requests today; expires one day after the day ends (pick)
   p:v5:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min (pick;
                                    relay/overlimit.py reads it)
@@ -72,7 +74,7 @@ Every key the script touches, and the operations that touch it (names built in g
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
 
 COMMON ARGUMENTS (every operation)
-  ARGV[1]  operation: pick | init | seed | release | finish | cool | fail | trial_ok | clear | read | end_stream | remember
+  ARGV[1]  operation: pick | init | seed | release | finish | cool | fail | reject | trial_ok | clear | read | end_stream | remember
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
   All times below are epoch milliseconds on that clock ("now"). Operations that use no time do
   not read TIME.

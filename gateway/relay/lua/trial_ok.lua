@@ -16,7 +16,7 @@ local function trial_ok()
   if redis.call('HGET', KEYS[1], key_id) == lease then
     redis.call('HDEL', KEYS[1], key_id)
   end
-  redis.call('HDEL', KEYS[3], key_id, key_id .. ':since')
+  redis.call('HDEL', KEYS[3], key_id, key_id .. ':since', key_id .. ':auth')
   revive(KEYS[4], key_id)
   return 1
 end
