@@ -2,8 +2,9 @@
 
 Behaviour is scripted per test: `fail_next(...)` queues failures that the next requests meet
 (an HTTP status, a hang, a redirect, a stream dropped after N chunks, a 200 stream carrying only
-an error). Every request is recorded (path, headers, JSON body) so tests can assert on what the
-gateway sent.
+an error); `delay` holds every request that long before answering. Every request is recorded
+(path, headers, JSON body, and when it arrived and ended on `time.monotonic()`) so tests can
+assert on what the gateway sent and on how many calls were in flight at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.support import fake_anthropic
+
+STARTED = web.RequestKey("started", float)
 
 
 @dataclass
@@ -40,6 +43,11 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     query: str = ""  # the query string as it arrived
+    started: float = 0.0  # time.monotonic() when the request arrived
+    ended: float | None = None  # its handler returned (a JSON answer is sent just after); None: in flight
+
+
+RECORDED = web.RequestKey("recorded", Recorded)
 
 
 @dataclass
@@ -58,10 +66,11 @@ class FakeUpstream:
     requests: list[Recorded] = field(default_factory=list)
     disconnects: int = 0  # streams the gateway hung up on before the end
     failures: deque[Failure] = field(default_factory=deque)
+    delay: float = 0.0  # seconds every request is held before it is answered (read when it arrives)
     server: TestServer | None = None
 
     def __post_init__(self) -> None:
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._timed])
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_post("/v1/completions", self._completions)
@@ -86,7 +95,18 @@ class FakeUpstream:
 
     # --- handlers -----------------------------------------------------------------------
 
+    @web.middleware
+    async def _timed(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        request[STARTED] = time.monotonic()
+        try:
+            return await handler(request)
+        finally:
+            recorded = request.get(RECORDED)
+            if recorded is not None:
+                recorded.ended = time.monotonic()
+
     async def _begin(self, request: web.Request) -> tuple[Any, Failure | None, web.StreamResponse | None]:
+        delay = self.delay
         body: Any = None
         if request.can_read_body:
             raw = await request.read()
@@ -94,7 +114,12 @@ class FakeUpstream:
                 body = json.loads(raw)
             except ValueError:
                 body = raw.decode(errors="replace")
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body, request.query_string))
+        recorded = Recorded(request.method, request.path, dict(request.headers), body, request.query_string)
+        recorded.started = request.get(STARTED, time.monotonic())
+        request[RECORDED] = recorded
+        self.requests.append(recorded)
+        if delay:
+            await asyncio.sleep(delay)
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else request.headers.get("x-api-key")
         anthropic = request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
