@@ -1,8 +1,9 @@
-"""The two wire formats sharekey speaks, to clients and to keys (`ApiFormat`), and the one place
+"""The three wire formats sharekey speaks, to clients and to keys (`ApiFormat`), and the one place
 that decides which one a client speaks: by the path it called (`spoken_on`).
 
 A key's format is how its upstream is called (`shared_keys.api_format`); a client's is the route
-family it called: Anthropic's Messages API under `/v1/messages`, OpenAI's everywhere else.
+family it called: Anthropic's Messages API under `/v1/messages`, Gemini's under `/v1beta`,
+OpenAI's everywhere else.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from enum import StrEnum
 class ApiFormat(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
 
 
 API_FORMATS = tuple(ApiFormat)
@@ -20,4 +22,6 @@ API_FORMATS = tuple(ApiFormat)
 
 def spoken_on(path: str) -> ApiFormat:
     """The format of the client that called `path`."""
-    return ApiFormat.ANTHROPIC if path.startswith("/v1/messages") else ApiFormat.OPENAI
+    if path.startswith("/v1/messages"):
+        return ApiFormat.ANTHROPIC
+    return ApiFormat.GEMINI if path.startswith("/v1beta") else ApiFormat.OPENAI

@@ -79,7 +79,12 @@ def upstream_headers(api_key: str, *, accept: str | None, api_format: ApiFormat 
     Anthropic route adds the caller's `anthropic-version` and `anthropic-beta`, checked)."""
     if not SENDABLE_KEY.fullmatch(api_key):
         raise ValueError("the key contains characters that cannot be sent in a header")
-    auth = {"x-api-key": api_key} if api_format == ApiFormat.ANTHROPIC else {"Authorization": f"Bearer {api_key}"}
+    if api_format == ApiFormat.ANTHROPIC:
+        auth = {"x-api-key": api_key}
+    elif api_format == ApiFormat.GEMINI:
+        auth = {"x-goog-api-key": api_key}
+    else:
+        auth = {"Authorization": f"Bearer {api_key}"}
     accepts = accept or "application/json"
     return {"Content-Type": "application/json", "Accept": accepts, **auth, "User-Agent": USER_AGENT}
 

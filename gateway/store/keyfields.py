@@ -182,7 +182,7 @@ def _model(field: str, value: Any) -> str:
 
 def _api_format(field: str, value: Any) -> str:
     if not isinstance(value, str) or value.strip() not in API_FORMATS:
-        raise invalid(field, f"{field} must be openai or anthropic")
+        raise invalid(field, f"{field} must be openai, anthropic or gemini")
     return value.strip()
 
 

@@ -82,7 +82,7 @@ async def test_a_key_is_openai_unless_it_says_otherwise(api: Api, fake_upstream:
     assert {k["api_format"] for k in await api.keys()} == {"openai"}
 
 
-@pytest.mark.parametrize("value", ["gemini", "OpenAI", "", None, 1, ["anthropic"]])
+@pytest.mark.parametrize("value", ["grpc", "OpenAI", "", None, 1, ["anthropic"]])
 async def test_an_unknown_format_is_refused_by_name(api: Api, fake_upstream: FakeUpstream, value: Any) -> None:
     reply = await api.add(fake_upstream, api_format=value)
     assert (reply.status, reply.body["error"]["code"], reply.body["error"]["field"]) == (
@@ -90,7 +90,7 @@ async def test_an_unknown_format_is_refused_by_name(api: Api, fake_upstream: Fak
         "invalid_field",
         "api_format",
     )
-    assert reply.body["error"]["message"] == "api_format must be openai or anthropic"
+    assert reply.body["error"]["message"] == "api_format must be openai, anthropic or gemini"
     assert fake_upstream.requests == [], "refused before any live test"
     assert await api.rows() == 0
 
@@ -271,13 +271,13 @@ async def test_cli_api_format(cli_env: dict[str, str], pool: asyncpg.Pool, fake_
     assert header.split()[:5] == ["OWNER", "NAME", "UPSTREAM", "FORMAT", "MODELS"]
     assert sorted(line.split()[1:4:2] for line in lines) == [["claude", "anthropic"], ["gpt", "openai"]]
 
-    for bad in ("gemini", "Anthropic", ""):
+    for bad in ("grpc", "Anthropic", ""):
         refused = await asyncio.to_thread(
             sharekey, *base, "--name", "x", "--base-url", "https://a.example", "--models", "m", "--no-test",
             "--api-format", bad, env=env,
         )  # fmt: skip
         assert refused.code == 1, refused
-        assert refused.err.strip().splitlines()[-1] == "sharekey: --api-format: must be openai or anthropic"
+        assert refused.err.strip().splitlines()[-1] == "sharekey: --api-format: must be openai, anthropic or gemini"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM shared_keys") == 2, "nothing stored when refused"
 
@@ -295,7 +295,7 @@ async def test_cli_api_format(cli_env: dict[str, str], pool: asyncpg.Pool, fake_
     wrong = await asyncio.to_thread(sharekey, *test, "--api-format", "grpc", env=env)
     assert (wrong.code, wrong.err.strip().splitlines()[-1]) == (
         1,
-        "sharekey: --api-format: must be openai or anthropic",
+        "sharekey: --api-format: must be openai, anthropic or gemini",
     )
     assert DONOR_KEY not in added.out + added.err + ok.out + ok.err + listed.out
 

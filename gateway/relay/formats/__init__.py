@@ -90,3 +90,8 @@ class Mode(StrEnum):
     ANTHROPIC = "anthropic"
     ANTHROPIC_ON_OPENAI = "anthropic_on_openai"
     OPENAI_ON_ANTHROPIC = "openai_on_anthropic"
+    GEMINI = "gemini"
+    GEMINI_ON_OPENAI = "gemini_on_openai"
+    OPENAI_ON_GEMINI = "openai_on_gemini"
+    GEMINI_ON_ANTHROPIC = "gemini_on_anthropic"  # through OpenAI's shape: both translations composed
+    ANTHROPIC_ON_GEMINI = "anthropic_on_gemini"

@@ -73,6 +73,31 @@ def anthropic_usage(usage: Any) -> Usage | None:
     )
 
 
+def gemini_usage(meta: Any) -> Usage | None:
+    """Gemini's `usageMetadata`, or None. `promptTokenCount` includes the cached part
+    (`cachedContentTokenCount`) and excludes tool-use prompts (`toolUsePromptTokenCount`, added);
+    thoughts (`thoughtsTokenCount`) are billed as output, beside `candidatesTokenCount`."""
+    if not isinstance(meta, dict):
+        return None
+    prompt = as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount"))
+    cached = min(as_int(meta.get("cachedContentTokenCount")), prompt)
+    output = as_int(meta.get("candidatesTokenCount")) + as_int(meta.get("thoughtsTokenCount"))
+    return Usage(prompt - cached, output, cached, 0)
+
+
+def gemini_usage_dict(usage: Usage | None) -> dict:
+    """Gemini `usageMetadata` for an answer; the cached count only when there is one."""
+    usage = usage or Usage()
+    out = {
+        "promptTokenCount": usage.prompt_tokens,
+        "candidatesTokenCount": usage.output_tokens,
+        "totalTokenCount": usage.total_tokens,
+    }
+    if usage.cache_read_tokens:
+        out["cachedContentTokenCount"] = usage.cache_read_tokens
+    return out
+
+
 def anthropic_usage_dict(usage: Usage | None) -> dict:
     """Anthropic `usage` for an answer; cache reads only when there are any."""
     if usage is None:
