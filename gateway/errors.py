@@ -16,7 +16,8 @@
     ApiError(status, code, message, field)           {"error": {...}} on /api and pages  (retry_after)
 
 On `/v1/messages…` (the Anthropic route) a GatewayError renders in Anthropic's shape instead,
-`{"type": "error", "error": {"type", "message"}}`, with the same status and Retry-After.
+`{"type": "error", "error": {"type", "message"}}`, with the same status and Retry-After; on
+`/v1beta/…` (Gemini's routes) in Google's, `{"error": {"code", "message", "status"}}`.
 
 Handlers raise; `error_middleware` renders by surface. Anything else is logged with its traceback
 and answered with a generic 500 that reveals nothing. Messages are always our own words: never an
@@ -173,6 +174,40 @@ def anthropic_error(err: GatewayError) -> web.Response:
     return web.json_response(anthropic_body(err.status, err.message), status=err.status, headers=err.headers())
 
 
+# Google's canonical error status names by HTTP status (Gemini's API, "Troubleshooting").
+GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    408: "DEADLINE_EXCEEDED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def gemini_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"code": status, "message": message, "status": GOOGLE_STATUSES.get(status, "UNKNOWN")}}
+
+
+def gemini_error(err: GatewayError) -> web.Response:
+    """The same error on Gemini's routes (`/v1beta/…`): Google's shape."""
+    return web.json_response(gemini_body(err.status, err.message), status=err.status, headers=err.headers())
+
+
+RENDER: dict[ApiFormat, Callable[[GatewayError], web.Response]] = {
+    ApiFormat.OPENAI: openai_error,
+    ApiFormat.ANTHROPIC: anthropic_error,
+    ApiFormat.GEMINI: gemini_error,
+}
+
+
 _HTTP_TO_GATEWAY: dict[int, type[GatewayError]] = {400: BadRequest, 401: InvalidToken, 413: PayloadTooLarge}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -180,8 +215,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    on_v1 = request.path.startswith("/v1/") or request.path == "/v1"
-    render = anthropic_error if spoken_on(request.path) == ApiFormat.ANTHROPIC else openai_error
+    on_v1 = request.path.startswith(("/v1/", "/v1beta/")) or request.path in ("/v1", "/v1beta")
+    render = RENDER[spoken_on(request.path)]
     try:
         return await handler(request)
     except GatewayError as e:

@@ -21,6 +21,7 @@ from gateway import config as config_mod
 from gateway.app import create_app
 from gateway.ops import embedded
 from gateway.store import db
+from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateways import Gateway, gateway_config
 from tests.support.rawserver import Handler, Server
@@ -145,6 +146,13 @@ async def fake_upstream(aiohttp_server) -> FakeUpstream:  # type: ignore[no-unty
 @pytest.fixture
 async def second_upstream(aiohttp_server) -> FakeUpstream:  # type: ignore[no-untyped-def]
     upstream = FakeUpstream(reply="Hello from the second upstream")
+    upstream.server = await aiohttp_server(upstream.app)
+    return upstream
+
+
+@pytest.fixture
+async def fake_gemini(aiohttp_server) -> FakeGemini:  # type: ignore[no-untyped-def]
+    upstream = FakeGemini()
     upstream.server = await aiohttp_server(upstream.app)
     return upstream
 

@@ -3,7 +3,9 @@
 Used when a key is registered or changed, by `POST /api/shared-keys/test`, `sharekey keys add`
 and the health checks. Two requests: `GET {base}/models` (what the upstream says it offers) and a
 one-token answer (whether the key really works): a chat completion for an `openai` key, a message
-(`POST {base}/messages`, `x-api-key` and `anthropic-version`) for an `anthropic` one. The result
+(`POST {base}/messages`, `x-api-key` and `anthropic-version`) for an `anthropic` one, a
+`generateContent` (`x-goog-api-key`) for a `gemini` one. Google answers a bad key with a 400 whose
+body says `API_KEY_INVALID`: that is a rejected key, like a 401. The result
 speaks in our words only: never the key, the base URL or anything the upstream sent, except the
 model names it lists.
 """
@@ -17,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -34,6 +37,9 @@ INVALID_KEY = "the upstream rejected the key"
 RATE_LIMITED = "the upstream is rate-limiting this key or its quota is used up; try again later"
 NOT_COMPATIBLE = "the upstream does not answer like an OpenAI-compatible API"
 NOT_ANTHROPIC = "the upstream does not answer like the Anthropic API"
+NOT_GEMINI = "the upstream does not answer like the Gemini API"
+GEMINI_PAGE = 1000  # Google lists 50 models a page unless asked; 1000 is its largest page
+KEY_INVALID = b"API_KEY_INVALID"  # Google's reason for a bad key, in a 400
 ANTHROPIC_PAGE = 1000  # Anthropic lists 20 models a page unless asked; 1000 is its largest page
 NO_MODEL = "the upstream lists no models; name the models this key serves"
 BAD_KEY_TEXT = "the key contains characters that are not allowed"
@@ -120,13 +126,40 @@ def _missing_message(missing: list[str]) -> str:
 
 
 def models_url(base: str, api_format: ApiFormat) -> str:
-    return f"{base}/models?limit={ANTHROPIC_PAGE}" if api_format == ApiFormat.ANTHROPIC else f"{base}/models"
+    if api_format == ApiFormat.ANTHROPIC:
+        return f"{base}/models?limit={ANTHROPIC_PAGE}"
+    return f"{base}/models?pageSize={GEMINI_PAGE}" if api_format == ApiFormat.GEMINI else f"{base}/models"
+
+
+NOT_IN_FORMAT = {ApiFormat.OPENAI: NOT_COMPATIBLE, ApiFormat.ANTHROPIC: NOT_ANTHROPIC, ApiFormat.GEMINI: NOT_GEMINI}
 
 
 def _not_compatible(api_format: ApiFormat, cause: str) -> _Failed:
-    return _Failed(
-        "not_openai_compatible", NOT_ANTHROPIC if api_format == ApiFormat.ANTHROPIC else NOT_COMPATIBLE, cause
-    )
+    return _Failed("not_openai_compatible", NOT_IN_FORMAT[api_format], cause)
+
+
+def _model_ids(body: Any, api_format: ApiFormat) -> list[str] | None:
+    """The ids of a model list: OpenAI's and Anthropic's `data[].id`, Google's `models[].name`
+    ("models/gemini-2.5-flash", the prefix dropped); None when it is not such a list."""
+    if api_format == ApiFormat.GEMINI:
+        models = body.get("models", []) if isinstance(body, dict) else None
+        if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) for m in models
+        ):
+            return None
+        return [m["name"].removeprefix("models/") for m in models]
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+        return None
+    return [m["id"] for m in data]
+
+
+async def _rejected_by_google(resp: h1.Response, api_format: ApiFormat) -> bool:
+    """A `gemini` key's 400 that says the key is not valid (its first 64 KiB read)."""
+    if api_format != ApiFormat.GEMINI or resp.status != 400:
+        return False
+    with upstream.map_errors():
+        return KEY_INVALID in await resp.read_prefix(64 * 1024)
 
 
 async def _list_models(pool: h1.Pool, base: str, api_key: str, api_format: ApiFormat) -> tuple[list[str] | None, bool]:
@@ -136,12 +169,12 @@ async def _list_models(pool: h1.Pool, base: str, api_key: str, api_format: ApiFo
     async with upstream.request(pool, "GET", url, api_key=api_key, api_format=api_format) as resp:
         if resp.status in (404, 405, 501):
             return None, False
-        _check_status(resp.status)
+        _check_status(401 if await _rejected_by_google(resp, api_format) else resp.status)
         body = await _read_json(resp, api_format=api_format)
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+    ids = _model_ids(body, api_format)
+    if ids is None:
         raise _not_compatible(api_format, "models_shape")
-    return [m["id"] for m in data], body.get("has_more") is not True
+    return ids, body.get("has_more") is not True and not body.get("nextPageToken")
 
 
 @asynccontextmanager
@@ -157,6 +190,15 @@ async def one_token_completion(
     through here, so a key that passes one passes the other. No deadline of its own: callers
     bound it (`asyncio.timeout`)."""
     messages = [{"role": "user", "content": "ping"}]
+    if api_format == ApiFormat.GEMINI:
+        payload = {
+            "contents": [{"role": "user", "parts": [{"text": "ping"}]}],
+            "generationConfig": {"maxOutputTokens": 1},
+        }
+        url = f"{base}/models/{quote(model, safe='-._~')}:generateContent"
+        async with upstream.request(pool, "POST", url, api_key=api_key, json=payload, api_format=api_format) as resp:
+            yield resp
+        return
     if api_format == ApiFormat.ANTHROPIC:
         payload = {"model": model, "max_tokens": 1, "messages": messages}
         async with upstream.request(
@@ -180,7 +222,7 @@ async def one_token_completion(
 async def _complete(pool: h1.Pool, base: str, api_key: str, model: str, api_format: ApiFormat) -> None:
     anthropic = api_format == ApiFormat.ANTHROPIC
     async with one_token_completion(pool, base, api_key, model, api_format) as resp:
-        status = resp.status
+        status = 401 if await _rejected_by_google(resp, api_format) else resp.status
         if status == 404:
             # OpenAI and Anthropic answer 404 for an unknown model (Anthropic: a `not_found_error`);
             # anything not shaped like their error is most likely no such endpoint at all.
@@ -190,7 +232,12 @@ async def _complete(pool: h1.Pool, base: str, api_key: str, model: str, api_form
             raise _not_compatible(api_format, "http_404")
         _check_status(status)
         body = await _read_json(resp, api_format=api_format)
-    if anthropic:
+    if api_format == ApiFormat.GEMINI:
+        if not isinstance(body, dict) or not isinstance(
+            body.get("candidates", body.get("promptFeedback")), list | dict
+        ):
+            raise _not_compatible(api_format, "generate_shape")
+    elif anthropic:
         if not isinstance(body, dict) or body.get("type") != "message":
             raise _not_compatible(api_format, "message_shape")
     elif not isinstance(body, dict) or not isinstance(body.get("choices"), list):
@@ -271,14 +318,21 @@ async def probe(
                 url = models_url(base, api_format)
                 async with upstream.request(pool, "GET", url, api_key=api_key, api_format=api_format) as resp:
                     found = _judge(resp.status, resp.headers.get("Retry-After", ""))
+                    if await _rejected_by_google(resp, api_format):
+                        found = GOOGLE_REJECTED
                 if found.http_status not in (404, 405, 501):
                     return found
             async with one_token_completion(pool, base, api_key, model, api_format) as resp:
+                if await _rejected_by_google(resp, api_format):
+                    return GOOGLE_REJECTED
                 return _judge(resp.status, resp.headers.get("Retry-After", ""))
     except upstream.UpstreamError as e:
         return Probe(ProbeResult.PROXY_UNAVAILABLE if e.kind == "proxy" else ProbeResult.FAILED, detail=e.message)
     except TimeoutError:
         return Probe(ProbeResult.FAILED, detail=upstream.UNREACHABLE)
+
+
+GOOGLE_REJECTED = Probe(ProbeResult.REJECTED, 400, detail=f"{INVALID_KEY} (HTTP 400, API_KEY_INVALID)")
 
 
 def _judge(status: int, retry_after: str) -> Probe:

@@ -97,13 +97,14 @@ def _split(url: str) -> _Parts:
     return _Parts(parts.scheme, host.lower(), port, parts.path)
 
 
-def normalize_base_url(url: str) -> str:
-    """The one spelling we store: `https://host[:port]/path`, no trailing slash; a bare origin gets /v1."""
+def normalize_base_url(url: str, bare: str = "/v1") -> str:
+    """The one spelling we store: `https://host[:port]/path`, no trailing slash; a bare origin
+    gets `bare` (/v1; a `gemini` key's: /v1beta)."""
     url = url.strip()
     if "?" in url or "#" in url:
         raise UnsafeUpstream("the base URL must not contain a query string or fragment")
     parts = _split(url)
-    path = parts.path.rstrip("/") or "/v1"
+    path = parts.path.rstrip("/") or bare
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
@@ -123,9 +124,9 @@ INTERNAL_NAME_REFUSED = f"the base URL points to a local or internal host name, 
 PRIVATE_ADDRESS_REFUSED = f"the base URL points to a private, local or reserved address, {PRIVATE_HINT}"
 
 
-def check_base_url(url: str, *, allow_http: bool, allow_private: bool) -> str:
+def check_base_url(url: str, *, allow_http: bool, allow_private: bool, bare: str = "/v1") -> str:
     """Validate a base URL at registration time; return its normalised form or raise UnsafeUpstream."""
-    normalized = normalize_base_url(url)
+    normalized = normalize_base_url(url, bare)
     parts = _split(normalized)
     if parts.scheme != "https" and not allow_http:
         raise UnsafeUpstream(HTTP_REFUSED)

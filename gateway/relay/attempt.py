@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import appkeys, metrics, tracing
 from gateway.apiformat import ApiFormat
-from gateway.errors import REDIS_DOWN, anthropic_body
+from gateway.errors import REDIS_DOWN, anthropic_body, gemini_body
 from gateway.log import scrub, send
 from gateway.net import h1, ssrf, tunnel
 from gateway.net.h1 import UPSTREAM_POOL
@@ -48,7 +48,10 @@ JSON_START = re.compile(rb"[ \t\r\n]*[{\[]")
 # rate): retrying it today only costs callers latency.
 EXHAUSTED_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "insufficient_balance"})
 EXHAUSTED_WORDS = re.compile(r"quota|余额不足|额度|insufficient.balance|credit balance is too low", re.IGNORECASE)
-PER_MINUTE = re.compile(r"per.minute|per_minute|perminute|rate.limit|分钟", re.IGNORECASE)
+PER_DAY = re.compile(r"per.?day|每日|每天", re.IGNORECASE)  # Google's quotaId ...PerDay...: gone for today
+PER_MINUTE = re.compile(r"per.?minute|rate.limit|retryDelay|分钟", re.IGNORECASE)
+RETRY_DELAY = re.compile(rb'"retryDelay"\s*:\s*"(\d{1,5})(?:\.\d+)?s"')  # Google's RetryInfo
+GOOGLE_KEY_INVALID = b"API_KEY_INVALID"  # Google's reason for a bad key, in a 400
 
 
 async def attempt(call: Call, key: PoolKey, pick: Pick | None) -> web.StreamResponse | Failure:
@@ -139,33 +142,42 @@ async def failed_status(
         raw = b""  # the status decides; the body would only have explained it
     message, code = error_fields(raw)
     detail = scrub(message if message is not None else raw.decode(errors="replace"), secrets=key_secrets(key))
+    if status == 400 and key.api_format == ApiFormat.GEMINI and GOOGLE_KEY_INVALID in raw:
+        return record.failed(Failure(FailureKind.KEY_REJECTED, status, detail=detail))
     if status in CALLER_ERRORS and code not in NOT_SERVED:
         record.finished(UsageStatus.CLIENT_ERROR, success=False, committed=False, http_status=status, error=detail)
         # The upstream's own words when it gave them in an error shape; never a page of its HTML.
         message = (detail if message is not None else "") or f"The upstream refused the request (HTTP {status})."
         if call.client == ApiFormat.ANTHROPIC:
             body = anthropic_body(status, message)
+        elif call.client == ApiFormat.GEMINI:
+            body = gemini_body(status, message)
         else:
             body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
         return web.json_response(body, status=status, headers=provider_headers(call, key))
     if status in (401, 403):
         return record.failed(Failure(FailureKind.KEY_REJECTED, status, detail=detail))
-    if status in (402, 429) and exhausted(code, detail, resp.headers.get("Retry-After")):
+    said = f"{detail}\n{raw.decode(errors='replace')}"  # the message, and the details Google keeps beside it
+    if status in (402, 429) and exhausted(code, said, resp.headers.get("Retry-After")):
         return record.failed(Failure(FailureKind.QUOTA_EXHAUSTED, status, detail=detail))
     if status == 429:
-        return record.failed(Failure(FailureKind.RATE_LIMITED, status, retry_after=_retry_after(resp), detail=detail))
+        wait = _retry_after(resp, raw)
+        return record.failed(Failure(FailureKind.RATE_LIMITED, status, retry_after=wait, detail=detail))
     if 300 <= status < 400:
         return record.failed(Failure(FailureKind.REDIRECT, status, detail="redirect refused"))
     return record.failed(Failure(FailureKind.UPSTREAM_ERROR, status, detail=detail))
 
 
-def exhausted(code: str | None, message: str, retry_after: str | None) -> bool:
-    """Whether a 429's or 402's error says the account is out of quota or balance for the day: its
-    code says so, or its words do while no Retry-After and no per-minute wording make it a rate
-    limit (Gemini's free tier says "quota" of its per-minute limits)."""
+def exhausted(code: str | None, text: str, retry_after: str | None) -> bool:
+    """Whether a 429's or 402's error (`text`: its body) says the account is out of quota or
+    balance for the day: its code says so, or a per-day quota does, or its words do while no
+    Retry-After and no per-minute wording make it a rate limit (Google says "quota" of its
+    per-minute limits too, with a `retryDelay`)."""
     if code in EXHAUSTED_CODES:
         return True
-    return bool(EXHAUSTED_WORDS.search(message)) and not retry_after and not PER_MINUTE.search(message)
+    if not EXHAUSTED_WORDS.search(text):
+        return False
+    return bool(PER_DAY.search(text)) or (not retry_after and not PER_MINUTE.search(text))
 
 
 def _is_json(raw: bytes, content_type: str) -> bool:
@@ -199,11 +211,13 @@ def error_fields(raw: bytes) -> tuple[str | None, str | None]:
     return (message if isinstance(message, str) else None, code if isinstance(code, str) else None)
 
 
-def _retry_after(resp: h1.Response) -> float | None:
+def _retry_after(resp: h1.Response, raw: bytes) -> float | None:
+    """Retry-After's seconds, or Google's `retryDelay` in the body ("38s")."""
     try:
         value = float(resp.headers.get("Retry-After", ""))
     except ValueError:
-        return None
+        found = RETRY_DELAY.search(raw)
+        value = float(found.group(1)) if found else 0
     return value if 0 < value <= 86400 else None
 
 

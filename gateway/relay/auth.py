@@ -27,15 +27,18 @@ from gateway.store.tokens import TOKEN_CACHE, Caller, TooManyLookups
 TOO_MANY_LOOKUPS = "Too many unknown tokens from this address; check the token and try again later."
 
 
-def bearer_token(request: web.Request, *, x_api_key: bool = False) -> str | None:
+def bearer_token(request: web.Request, *, x_api_key: bool = False, google: bool = False) -> str | None:
     """The token of `Authorization: Bearer <token>` (scheme in any case), or None; with
-    `x_api_key` (the Anthropic route), `x-api-key: <token>` is taken too."""
+    `x_api_key` (the Anthropic route), `x-api-key: <token>` is taken too; with `google` (Gemini's
+    routes), `x-goog-api-key: <token>` or `?key=<token>`, as Google's clients send it."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token:
         return token
     if x_api_key:
         return request.headers.get("x-api-key", "").strip() or None
+    if google:
+        return (request.headers.get("x-goog-api-key") or request.query.get("key") or "").strip() or None
     return None
 
 
@@ -46,10 +49,11 @@ async def token_caller(
     unavailable: Callable[[], Exception],
     limited: Callable[[int], Exception] | None = None,
     x_api_key: bool = False,
+    google: bool = False,
 ) -> Caller:
     """The owner of the request's gateway token; raises `refused()`, `unavailable()` or
     `limited(retry_after)` (by default a `LimitReached`, rendered in the route's shape)."""
-    token = bearer_token(request, x_api_key=x_api_key)
+    token = bearer_token(request, x_api_key=x_api_key, google=google)
     if token is None:
         raise refused()
     try:

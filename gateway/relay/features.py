@@ -9,7 +9,9 @@ donor's key").
 Features (`config.FEATURES`): Anthropic's server tools (`web_search_*`, `web_fetch_*`,
 `code_execution_*`), `mcp_servers`, `container`; OpenAI's built-in tools (`web_search*`,
 `file_search`, `code_interpreter`, `image_generation`, `mcp`, `computer_use*`) and chat's
-`web_search_options`; `background: true`; a `service_tier` other than the standard one. Tools the
+`web_search_options`; Gemini's `googleSearch`, `googleSearchRetrieval` (web_search), `urlContext`
+(web_fetch), `codeExecution` (code_execution) and its other built-in tools; `background: true`; a
+`service_tier` other than the standard one. Tools the
 caller runs itself (functions, custom tools, Anthropic's bash/text editor/computer/memory, OpenAI's
 local shell and apply_patch) cost tokens only and always pass; a tool type we do not know is
 refused, since we cannot tell what it costs.
@@ -45,6 +47,18 @@ OPENAI_TOOLS = {
 }
 ANTHROPIC_FREE = ("bash_", "text_editor_", "computer_", "memory_")
 ANTHROPIC_TOOLS = {"web_search_": "web_search", "web_fetch_": "web_fetch", "code_execution_": "code_execution"}
+# A Gemini Tool is an object with one member per kind; these run at Google, billed beyond tokens.
+GEMINI_FREE = frozenset({"functionDeclarations", "function_declarations"})
+GEMINI_TOOLS = {
+    "googleSearch": "web_search",
+    "google_search": "web_search",
+    "googleSearchRetrieval": "web_search",
+    "google_search_retrieval": "web_search",
+    "urlContext": "web_fetch",
+    "url_context": "web_fetch",
+    "codeExecution": "code_execution",
+    "code_execution": "code_execution",
+}
 STANDARD_TIERS = {ApiFormat.OPENAI: (None, "auto", "default"), ApiFormat.ANTHROPIC: (None, "auto", "standard_only")}
 # Anthropic's usage.server_tool_use counters, by feature.
 ANTHROPIC_COUNTERS = {
@@ -86,6 +100,8 @@ def _features(body: dict[str, Any], client: ApiFormat) -> list[tuple[str, Any, s
     """(field, value, feature or None for an unknown tool type) for everything billed beyond tokens."""
     found: list[tuple[str, Any, str | None]] = []
     tools = body.get("tools")
+    if client == ApiFormat.GEMINI:
+        return _gemini_tools(tools)
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind is None or not isinstance(kind, str):
@@ -105,6 +121,15 @@ def _features(body: dict[str, Any], client: ApiFormat) -> list[tuple[str, Any, s
     tier = body.get("service_tier")
     if tier not in STANDARD_TIERS[client]:
         found.append(("service_tier", tier, "service_tier"))
+    return found
+
+
+def _gemini_tools(tools: Any) -> list[tuple[str, Any, str | None]]:
+    found: list[tuple[str, Any, str | None]] = []
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        for kind in tool if isinstance(tool, dict) else ():
+            if kind not in GEMINI_FREE:
+                found.append((f"tools[{i}]", kind, GEMINI_TOOLS.get(kind)))
     return found
 
 

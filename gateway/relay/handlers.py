@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -40,7 +41,7 @@ from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import BALANCER, Balancer
 from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call, Failure, FailureKind
-from gateway.relay.formats import anthropic
+from gateway.relay.formats import anthropic, gemini
 from gateway.relay.keyindex import KEY_INDEX
 from gateway.relay.overlimit import before_body
 from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
@@ -57,7 +58,8 @@ PROXY_DOWN = "The gateway cannot reach the upstreams through its egress proxy ri
 DECISION_FIELDS = ("model", "stream", "n", *TOKEN_FIELDS, "stream_options", *sorted(features.FIELDS))
 DECISION_KEY = re.compile(rb'"(?:' + b"|".join(f.encode() for f in DECISION_FIELDS) + rb')"')
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
-ROUTES = {e: "/v1" + e for e in ENDPOINTS}  # metric labels
+ROUTES = {e: "/v1" + e for e in ENDPOINTS} | {"/generateContent": "/v1beta/models:generateContent"}  # metric labels
+Reader = Callable[[web.Request, Caller, str], Awaitable[Call]]
 _after_response: set[asyncio.Task[None]] = set()
 
 
@@ -86,9 +88,12 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    """Public names and aliases the caller may use: OpenAI's list shape, or Anthropic's when asked
-    with anthropic-version."""
-    names = request.app[KEY_INDEX].models(await authenticate(request))
+    """Public names and aliases the caller may use: OpenAI's list shape, Anthropic's when asked
+    with anthropic-version, Google's when asked as Google's clients ask (x-goog-api-key, ?key=)."""
+    google = "x-goog-api-key" in request.headers or "key" in request.query
+    names = request.app[KEY_INDEX].models(await authenticate(request, google=google))
+    if google:
+        return web.json_response(gemini.models_list(names))
     if "anthropic-version" in request.headers:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": EPOCH} for m in names]
         first, last = (names[0], names[-1]) if names else (None, None)
@@ -100,10 +105,17 @@ async def list_models(request: web.Request) -> web.Response:
 # --- the steps
 
 
-async def authenticate(request: web.Request) -> Caller:
+async def authenticate(request: web.Request, *, google: bool = False) -> Caller:
     # Anthropic's clients send the token as x-api-key (ANTHROPIC_API_KEY) or Bearer (…_AUTH_TOKEN).
-    x_api_key = spoken_on(request.path) == ApiFormat.ANTHROPIC or "anthropic-version" in request.headers
-    return await token_caller(request, refused=_bad_token, unavailable=_tokens_unavailable, x_api_key=x_api_key)
+    client = spoken_on(request.path)
+    x_api_key = client == ApiFormat.ANTHROPIC or "anthropic-version" in request.headers
+    return await token_caller(
+        request,
+        refused=_bad_token,
+        unavailable=_tokens_unavailable,
+        x_api_key=x_api_key,
+        google=google or client == ApiFormat.GEMINI,
+    )
 
 
 def _bad_token() -> GatewayError:
@@ -206,11 +218,12 @@ def user_limits(request: web.Request, caller: Caller) -> UserLimits:
     return UserLimits(daily=daily, per_minute=limits.user_requests_per_minute, streams=limits.user_concurrent_streams)
 
 
-async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
-    """Serve one /v1 request, and count it by route, model and status however it ends."""
+async def proxy(request: web.Request, endpoint: str, read: Reader | None = None) -> web.StreamResponse:
+    """Serve one /v1 request, and count it by route, model and status however it ends. `read`:
+    how the call is read from the request (`read_call`, OpenAI's and Anthropic's body)."""
     status = 500
     try:
-        response = await _proxy(request, endpoint)
+        response = await _proxy(request, endpoint, read or read_call)
         status = response.status
         return response
     except (GatewayError, web.HTTPException) as e:
@@ -225,9 +238,9 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         metrics.request_done(ROUTES[endpoint], model, status, fields.get("attempts", 0))
 
 
-async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def _proxy(request: web.Request, endpoint: str, read: Reader) -> web.StreamResponse:
     caller = await authenticate(request)
-    call = await read_call(request, caller, endpoint)
+    call = await read(request, caller, endpoint)
     app = request.app
     config = app[appkeys.config]
     index = app[KEY_INDEX]

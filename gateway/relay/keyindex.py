@@ -32,17 +32,17 @@ log = structlog.get_logger(__name__)
 REFRESH_SECONDS = 30.0  # a full reload at least this often: the safety net for lost events
 MAX_PARTIAL = 100  # more keys announced than this between two reloads: reload them all
 
-# What a client asks for that a key of either format can serve (the relay translates the rest),
-# what only an `anthropic` key answers; every other endpoint is OpenAI's alone.
-EITHER_FORMAT = frozenset({"/chat/completions", "/messages"})
-ANTHROPIC_ONLY = frozenset({"/messages/count_tokens"})
+# What a client asks for that a key of any format can serve (the relay translates the rest),
+# what only a key of one format answers; every other endpoint is OpenAI's alone.
+EITHER_FORMAT = frozenset({"/chat/completions", "/messages", "/generateContent"})
+ONE_FORMAT = {"/messages/count_tokens": ApiFormat.ANTHROPIC, "/countTokens": ApiFormat.GEMINI}
 
 
 def family(endpoint: str) -> ApiFormat | None:
-    """Which keys serve a client's endpoint: those of one format, or of either (None)."""
+    """Which keys serve a client's endpoint: those of one format, or of any (None)."""
     if endpoint in EITHER_FORMAT:
         return None
-    return ApiFormat.ANTHROPIC if endpoint in ANTHROPIC_ONLY else ApiFormat.OPENAI
+    return ONE_FORMAT.get(endpoint, ApiFormat.OPENAI)
 
 
 @dataclass(slots=True)
@@ -148,9 +148,9 @@ class KeyIndex:
     def pooled(self, model: str, endpoint: str = "/chat/completions") -> list[PoolKey]:
         """The shared keys that can serve `model` at the client's `endpoint`."""
         kind = family(endpoint)
-        if kind == ApiFormat.ANTHROPIC:
-            return [k for k in self.snapshot.pooled.get(model, ()) if k.api_format == ApiFormat.ANTHROPIC]
-        return (self.snapshot.pooled if kind is None else self.snapshot.openai).get(model, [])
+        if kind is None or kind == ApiFormat.OPENAI:
+            return (self.snapshot.pooled if kind is None else self.snapshot.openai).get(model, [])
+        return [k for k in self.snapshot.pooled.get(model, ()) if k.api_format == kind]
 
     def pool(
         self,

@@ -64,7 +64,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     call.client, call.anthropic_lines = ApiFormat.ANTHROPIC, anthropic.header_lines(request)
     pool = request.app[KEY_INDEX].pool(model, COUNT, caller)
     try:
-        counted = await _count(call, pool) if pool is not None else None
+        counted = await count(call, pool) if pool is not None else None
     finally:
         fields["attempts"] = call.attempts
         fields["upstream_ms"] = round(call.upstream_ms, 1)
@@ -73,9 +73,10 @@ async def count_tokens(request: web.Request) -> web.Response:
     return web.json_response({"input_tokens": estimate_input_tokens(body) if counted is None else counted})
 
 
-async def _count(call: Call, pool: Pool) -> int | web.Response | None:
+async def count(call: Call, pool: Pool) -> int | web.Response | None:
     """The count of the first key that answers, the upstream's refusal of the request itself, or
-    None when no key could serve or every attempt failed."""
+    None when no key could serve or every attempt failed. Anthropic's count_tokens, and Gemini's
+    countTokens (`call.client`), the same way."""
     request = call.request
     app = request.app
     balancer, index = app[BALANCER], app[KEY_INDEX]
@@ -121,13 +122,15 @@ async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Fai
     app = call.request.app
     record = Recorder(call, key, pick)
     name = record.upstream_model = app[KEY_INDEX].upstream_model(call.model, key)
-    body = call.raw if name == call.model else call.renamed(name)
-    url = anthropic.url(key.urls[COUNT], call.request)
+    if call.client == ApiFormat.GEMINI:  # Gemini's countTokens: the model in the URL, as it came
+        url, head, body, counted = key.model_url(name, "countTokens"), key.head[False], call.raw, "totalTokens"
+    else:
+        url, head = anthropic.url(key.urls[COUNT], call.request), key.head[False] + call.anthropic_lines
+        body, counted = call.raw if name == call.model else call.renamed(name), "input_tokens"
     deadline = asyncio.get_running_loop().time() + COUNT_TIMEOUT
     t0 = time.perf_counter()
     resp: h1.Response | None = None
     try:
-        head = key.head[False] + call.anthropic_lines
         resp = await app[UPSTREAM_POOL].request(url, head, body, deadline=deadline)
         if resp.status != 200:
             return await failed_status(call, key, resp, record, deadline)
@@ -147,7 +150,7 @@ async def _ask(call: Call, key: PoolKey, pick: Pick) -> int | web.Response | Fai
         if resp is not None:
             resp.release()
         call.upstream_ms += (time.perf_counter() - t0) * 1000
-    tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
+    tokens = answer.get(counted) if isinstance(answer, dict) else None
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
         return record.failed(Failure(FailureKind.UPSTREAM_ERROR, 200, detail="the answer is not a count"))
     record.finished(UsageStatus.OK, success=True, committed=False, http_status=200)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import asyncpg
 import structlog
@@ -47,14 +48,26 @@ class PoolKey:
     urls: dict[str, URL] = field(default_factory=dict, repr=False)
     head: dict[bool, bytes] = field(default_factory=dict, repr=False)  # stream? -> header lines
     candidate: Candidate = field(init=False, repr=False)
+    _model_urls: dict[tuple[str, str], URL] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidate", Candidate(self.id, self.daily_limit))
-        endpoints = ANTHROPIC_ENDPOINTS if self.api_format == ApiFormat.ANTHROPIC else ENDPOINTS
+        endpoints = {ApiFormat.ANTHROPIC: ANTHROPIC_ENDPOINTS, ApiFormat.GEMINI: ()}.get(self.api_format, ENDPOINTS)
         self.urls.update({e: URL(self.base_url + e) for e in endpoints})
         for stream, accept in ((False, "application/json"), (True, "text/event-stream")):
             headers = upstream_headers(self.api_key, accept=accept, api_format=self.api_format)
             self.head[stream] = header_lines({**headers, "Accept-Encoding": "identity"})
+
+    def model_url(self, model: str, method: str) -> URL:
+        """A `gemini` key's URL for one model and method (`generateContent`,
+        `streamGenerateContent`, `countTokens`): Google names the model in the path. Streams ask
+        for SSE (`?alt=sse`). Built once per model and method."""
+        url = self._model_urls.get((model, method))
+        if url is None:
+            query = "?alt=sse" if method == "streamGenerateContent" else ""
+            path = f"{self.base_url}/models/{quote(model, safe='-._~')}:{method}{query}"
+            url = self._model_urls[(model, method)] = URL(path, encoded=True)
+        return url
 
 
 def admits(key: PoolKey, trust_level: int, username: str, features: frozenset[str] = frozenset()) -> bool:

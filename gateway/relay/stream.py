@@ -60,7 +60,7 @@ async def relay(
     out = web.StreamResponse(
         status=200,
         headers={
-            "Content-Type": "text/event-stream",
+            "Content-Type": adapter.content_type,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
             **provider_headers(call, key),

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.apiformat import API_FORMATS
+from gateway.apiformat import API_FORMATS, ApiFormat
 from gateway.config import Config
 from gateway.errors import ApiError, invalid
 from gateway.net import ssrf
@@ -231,12 +231,18 @@ def validate(body: dict[str, Any], fields: dict[str, Validator], required: tuple
     return {name: check(name, body[name]) for name, check in fields.items() if name in body}
 
 
-def checked_base_url(config: Config, url: str, *, allow_private: bool | None = None) -> str:
-    """The normalised URL, or a 422 naming base_url; `allow_private` overrides the configuration."""
+def checked_base_url(
+    config: Config, url: str, *, allow_private: bool | None = None, api_format: str = ApiFormat.OPENAI
+) -> str:
+    """The normalised URL, or a 422 naming base_url; `allow_private` overrides the configuration.
+    A bare origin gets its format's path: /v1, or /v1beta for a `gemini` key."""
     security = config.security
     if allow_private is None:
         allow_private = security.allow_private_upstreams
+    bare = "/v1beta" if api_format == ApiFormat.GEMINI else "/v1"
     try:
-        return ssrf.check_base_url(url, allow_http=security.allow_http_upstreams, allow_private=allow_private)
+        return ssrf.check_base_url(
+            url, allow_http=security.allow_http_upstreams, allow_private=allow_private, bare=bare
+        )
     except ssrf.UnsafeUpstream as e:
         raise invalid("base_url", e.message) from None

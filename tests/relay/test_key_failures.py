@@ -21,7 +21,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
 
 
 def error(message: str, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "insufficient_quota", "code": code}}
+    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,8 @@ class Passthrough:
     """An `openai` key's stream to an OpenAI client: chunks are forwarded as they came; only the
     event that carries usage is parsed, and the usage-only chunk we asked for is dropped again."""
 
+    content_type = "text/event-stream"
+
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
         self.committed = False

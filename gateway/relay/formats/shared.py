@@ -259,6 +259,7 @@ class Adapter(Protocol):
     failed: str | None
     broken: bool
     chunks: int  # content events relayed (the usage estimate when the upstream reports none)
+    content_type: str  # what the client gets: text/event-stream, but for Gemini's JSON array
 
     def take(self, complete: bytes) -> bytes: ...
     def close(self, pending: bytes) -> bytes: ...
@@ -268,6 +269,8 @@ class Adapter(Protocol):
 
 class EventAdapter:
     """Adapters that look at every event: `event()` for each, until one fails or breaks."""
+
+    content_type = "text/event-stream"
 
     def __init__(self) -> None:
         self.committed = False

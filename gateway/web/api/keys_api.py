@@ -187,7 +187,7 @@ async def shared_keys_post(request: web.Request) -> web.Response:
     fields = validate(await read_object(request), KEY_FIELDS, KEY_REQUIRED)
     if fields.get("daily_budget_usd") is not None:
         require_prices(app, fields["available_models"])
-    base_url = checked_base_url(config, fields["base_url"])
+    base_url = checked_base_url(config, fields["base_url"], api_format=fields.get("api_format", "openai"))
     allowed = config.upstream.allowed_features
     rules = keyrules.merged(fields, keyrules.DEFAULTS, fields["available_models"], allowed)
     async with app[appkeys.pg].acquire() as conn:
@@ -245,7 +245,11 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     if current.owner_id != caller.user_id and set(fields) - {"is_active"}:
         raise ApiError(403, "forbidden", ADMIN_ONLY_PAUSE)
 
-    base_url = checked_base_url(config, fields["base_url"]) if "base_url" in fields else current.base_url
+    base_url = (
+        checked_base_url(config, fields["base_url"], api_format=fields.get("api_format", current.api_format))
+        if "base_url" in fields
+        else current.base_url
+    )
     api_key: str | None = fields.get("api_key")
     if base_url != current.base_url and api_key is None:
         raise invalid("api_key", REBIND)
@@ -360,7 +364,8 @@ async def shared_keys_test(request: web.Request) -> web.Response:
     caller = await owner(request)
     app, config = request.app, request.app[appkeys.config]
     fields = validate(await read_object(request), TEST_FIELDS, ("base_url", "api_key"))
-    base_url = checked_base_url(config, fields["base_url"], allow_private=True)  # the URL as written
+    api_format = fields.get("api_format", "openai")
+    base_url = checked_base_url(config, fields["base_url"], allow_private=True, api_format=api_format)  # as written
     await count_key_test(request, caller)
     started = time.monotonic()
     try:
@@ -370,7 +375,6 @@ async def shared_keys_test(request: web.Request) -> web.Response:
         log.info("key_tested", ok=False, reason="unreachable", cause="refused_address", latency_ms=latency_ms)
         return web.json_response({"ok": False, "latency_ms": latency_ms, "models": [], "error": upstream.UNREACHABLE})
     model = fields.get("model")
-    api_format = fields.get("api_format", "openai")
     result = await live_test(app, base_url, fields["api_key"], [model] if model else None, api_format)
     return web.json_response(
         {"ok": result.ok, "latency_ms": result.latency_ms, "models": result.models, "error": result.error}
