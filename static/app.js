@@ -51,6 +51,8 @@
     let slot = field ? form.querySelector(`[data-error-for="${CSS.escape(field)}"]`) : null;
     if (slot && result.status === 422) {
       const input = form.querySelector(`[name="${CSS.escape(field)}"]`);
+      const fold = slot.closest("details");
+      if (fold) fold.open = true; // a field of the rules fieldset, folded away
       if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
       slot.textContent = result.data.error.message;
     } else {

@@ -20,6 +20,34 @@
     return Number.isFinite(n) ? n : text; // not a number: the API names the field
   }
 
+  /** "gemini-2.5-pro=50, m=N" as {model: N}; anything else goes as typed, for the API to name the field. */
+  function perModel(text) {
+    const limits = {};
+    for (const entry of list(text)) {
+      const pair = entry.match(/^(.+?)\s*[=:：]\s*(\S+)$/);
+      if (!pair) return text;
+      limits[pair[1]] = limit(pair[2]);
+    }
+    return limits;
+  }
+
+  /** The rules fieldset, as /api/shared-keys takes it: a cap left empty is null (no such cap). */
+  function rules(form) {
+    const cap = (name) => { const n = limit(value(form, name)); return n === undefined ? null : n; };
+    return {
+      rpm_limit: cap("rpm_limit"),
+      tpm_limit: cap("tpm_limit"),
+      max_concurrent: cap("max_concurrent"),
+      model_daily_limits: perModel(value(form, "model_daily_limits")),
+      min_trust_level: Number(value(form, "min_trust_level")),
+      allowed_users: list(value(form, "allowed_users")),
+      allowed_features: list(value(form, "allowed_features")),
+    };
+  }
+
+  /** Equal as JSON, an object's keys in any order. */
+  const canon = (v) => JSON.stringify(v && typeof v === "object" && !Array.isArray(v) ? Object.entries(v).sort() : v);
+
   /** Every field of the add form, as /api/shared-keys takes them. */
   function newKey(form) {
     const body = {
@@ -36,7 +64,7 @@
     if (budget) body.daily_budget_usd = dollars(budget);
     const description = value(form, "description").trim();
     if (description) body.description = description;
-    return body;
+    return Object.assign(body, rules(form));
   }
 
   /** Only what changed in an edit form (a partial update); the key only when typed again. */
@@ -61,6 +89,9 @@
     if (description !== (original.description || "")) body.description = description || null;
     const tags = list(value(form, "tags"));
     if (tags.join("\n") !== original.tags.join("\n")) body.tags = tags;
+    for (const [name, now] of Object.entries(rules(form))) {
+      if (canon(now) !== canon(original.rules[name])) body[name] = now;
+    }
     return body;
   }
 

@@ -6,8 +6,8 @@ length of the command. Errors end with one line on stderr and a non-zero exit: 2
 configuration or usage, 1 for everything else. Only results go to stdout.
 
 This module parses the command line and runs `serve`, `migrate`, `users`, `tokens`, `login-link`,
-`reset-daily` and `rotate-secret`; the `keys` actions are in `cli_keys`, `report` in `report`, what commands
-share in `command`.
+`reset-daily` and `rotate-secret`; the `keys` actions are in `cli_keys` (their options in
+`keyoptions`), `report` in `report`, what commands share in `command`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gateway.config import Config, ConfigError, load
 from gateway.errors import REDIS_DOWN
 from gateway.net import redisclient
 from gateway.ops import cli_keys, report, server
-from gateway.ops.command import CliError, announce, command, connect, find_user, reason
+from gateway.ops.command import CliError, UsageError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
 from gateway.resources import MissingFiles
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.config)
         log.configure(log_level(config, args), config.logging.format)
         return args.func(config, args) or 0
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         print(f"sharekey: {e}", file=sys.stderr)
         return 2
     except (CliError, EmbeddedError, server.ServeError, MissingFiles) as e:

@@ -1,7 +1,7 @@
-"""`sharekey keys …`: add, list, test and disable donated keys.
+"""`sharekey keys …`: add, edit, list, test and disable donated keys.
 
-`keys add` checks its options by the API's own rules (`store.keyfields`), so the command line
-stores nothing that `POST /api/shared-keys` would refuse; a refusal names the option.
+`keys add` and `keys edit` take their options by the API's own rules (`keyoptions`), so the
+command line stores nothing that `/api/shared-keys` would refuse; a refusal names the option.
 """
 
 from __future__ import annotations
@@ -9,22 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from gateway.config import Config
-from gateway.errors import ApiError
 from gateway.net import ssrf
-from gateway.ops.command import CliError, announce, command, find_user
+from gateway.ops import keyoptions
+from gateway.ops.command import CliError, UsageError, announce, command, find_user
+from gateway.ops.keyoptions import given_api_format, given_api_key
 from gateway.relay import prices
-from gateway.store import keyfields, modelnames, sharedkeys
-from gateway.store.crypto import KeyRing
+from gateway.store import keyrules, modelnames, sharedkeys
+from gateway.store.crypto import KeyRing, SealError
 
 API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
 API_FORMAT_HELP = (
-    "how the upstream is called: openai (the default; Bearer, /chat/completions) or anthropic (x-api-key, /messages)"
+    "how the upstream is called: openai (the default; Bearer, /chat/completions), anthropic (x-api-key, /messages)"
+    " or gemini (x-goog-api-key, /models/{model}:generateContent)"
 )
+BUDGET_HELP = "USD a day at most (estimated from the models' prices); reached, the key rests"
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser) -> None:
@@ -39,16 +43,29 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--models", required=True, help="comma-separated model names")
     p.add_argument("--daily-limit", type=int, default=150)
-    p.add_argument(
-        "--daily-budget-usd", help="USD a day at most (estimated from the models' prices); reached, the key rests"
-    )
+    p.add_argument("--daily-budget-usd", help=BUDGET_HELP)
     p.add_argument("--description")
     p.add_argument("--tags", default="", help="comma-separated")
     p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
     p.add_argument("--no-stream-usage", action="store_true", help="the upstream rejects stream_options")
-    p.add_argument("--api-format", metavar="openai|anthropic", help=API_FORMAT_HELP)
+    p.add_argument("--api-format", metavar="openai|anthropic|gemini", help=API_FORMAT_HELP)
     p.add_argument("--no-test", action="store_true", help="store without the live test")
+    keyoptions.add_rule_options(p)
     p.set_defaults(func=command(run_keys_add))
+
+    p = keys_p.add_parser(
+        "edit", help="change a key's settings or rules; only the options given change", parents=[verbose]
+    )
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id (keys add prints it)")
+    p.add_argument("--name", help="a new name, unique per owner")
+    p.add_argument("--models", help="comma-separated model names (new ones are tested live unless --no-test)")
+    p.add_argument("--daily-limit", metavar="N")
+    p.add_argument("--daily-budget-usd", metavar="USD|none", help=BUDGET_HELP)
+    p.add_argument("--description", help="'' clears it")
+    p.add_argument("--tags", help="comma-separated ('' clears them)")
+    p.add_argument("--no-test", action="store_true", help="store new models without the live test")
+    keyoptions.add_rule_options(p)
+    p.set_defaults(func=command(run_keys_edit))
 
     p = keys_p.add_parser("list", help="list every key, masked", parents=[verbose])
     p.set_defaults(func=command(run_keys_list))
@@ -59,7 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--base-url", required=True)
     p.add_argument("--api-key", required=True, help=API_KEY_HELP)
     p.add_argument("--model", help="the model to try (default: the first the upstream lists)")
-    p.add_argument("--api-format", metavar="openai|anthropic", help=API_FORMAT_HELP)
+    p.add_argument("--api-format", metavar="openai|anthropic|gemini", help=API_FORMAT_HELP)
     p.set_defaults(func=run_keys_test)
 
     p = keys_p.add_parser("disable", help="take a key out of the pool until its owner resumes it", parents=[verbose])
@@ -71,123 +88,70 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.set_defaults(func=command(run_keys_disable))
 
 
-def _checked_base_url(config: Config, url: str) -> str:
+def _checked_base_url(config: Config, url: str, api_format: str) -> str:
     try:
         return ssrf.check_base_url(
             url,
             allow_http=config.security.allow_http_upstreams,
             allow_private=config.security.allow_private_upstreams,
+            bare="/v1beta" if api_format == "gemini" else "/v1",
         )
     except ssrf.UnsafeUpstream as e:
-        raise CliError(f"--base-url: {e.message}") from None
+        raise UsageError(f"--base-url: {e.message}") from None
 
 
-def given_api_key(args: argparse.Namespace) -> str:
-    """`--api-key KEY`, or `--api-key -`: the first line of standard input."""
-    key = sys.stdin.readline() if args.api_key == "-" else args.api_key
-    key = key.strip()
-    if not key:
-        raise CliError("--api-key: the key is empty" + (" (nothing on standard input)" if args.api_key == "-" else ""))
-    return key
+async def require_prices(config: Config, conn: asyncpg.Connection, models: Sequence[str]) -> None:
+    """A budget is kept in money: a model of the key without a price would never count toward it."""
+    known = prices.Prices(None, {m: prices.Price.configured(p) for m, p in config.prices.items()})
+    known.admin = await prices.admin_prices(conn)
+    name = prices.unpriced(known, list(models))
+    if name is not None:
+        raise UsageError(f"--daily-budget-usd: no price is known for the model {name!r}, so a budget cannot be kept")
 
 
-# The options of `keys add` by the field of `/api/shared-keys` they fill.
-KEY_OPTIONS = {
-    "name": "--name",
-    "base_url": "--base-url",
-    "api_key": "--api-key",
-    "available_models": "--models",
-    "daily_limit": "--daily-limit",
-    "daily_budget_usd": "--daily-budget-usd",
-    "description": "--description",
-    "tags": "--tags",
-    "is_private": "--private",
-    "stream_usage": "--no-stream-usage",
-    "api_format": "--api-format",
-}
+async def live_test(config: Config, base_url: str, api_key: str, models: Sequence[str], api_format: str) -> None:
+    """The live test of `keys add` (and of new models in `keys edit`): a failure ends the command."""
+    from gateway.net import h1, keytest  # only these commands need an HTTP client
 
-
-def key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """The options of `keys add`, checked by the API's own rules (`store.keyfields`): the CLI
-    stores nothing that `POST /api/shared-keys` would refuse. A refusal names the option."""
-    body: dict[str, Any] = {
-        "name": args.name,
-        "base_url": args.base_url,
-        "api_key": given_api_key(args),
-        "available_models": _comma_list(args.models),
-        "daily_limit": args.daily_limit,
-        "tags": _comma_list(args.tags),
-        "is_private": args.private,
-        "stream_usage": not args.no_stream_usage,
-    }
-    if args.description is not None:
-        body["description"] = args.description
-    if args.api_format is not None:
-        body["api_format"] = args.api_format
-    if args.daily_budget_usd is not None:
-        body["daily_budget_usd"] = args.daily_budget_usd
+    pool = h1.create_pool(config)
     try:
-        fields = keyfields.validate(body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
-        fields["base_url"] = keyfields.checked_base_url(config, fields["base_url"])
-    except ApiError as e:
-        raise CliError(_option_error(e)) from None
-    fields.setdefault("api_format", "openai")
-    return fields
+        result = await keytest.test_key(
+            pool,
+            base_url,
+            api_key,
+            modelnames.upstream_names(list(models)),
+            timeout=config.upstream.test_timeout,
+            api_format=api_format,
+        )
+    finally:
+        await pool.close()
+    if not result.ok:
+        raise CliError(f"the key failed its live test: {result.error}")
+    print(f"live test passed in {result.latency_ms} ms", file=sys.stderr)
 
 
-def given_api_format(args: argparse.Namespace) -> str:
-    """`--api-format`, checked by the API's rule; openai when not given."""
-    if args.api_format is None:
-        return "openai"
-    try:
-        checked = keyfields.validate({"api_format": args.api_format}, keyfields.TEST_FIELDS)
-    except ApiError as e:
-        raise CliError(_option_error(e)) from None
-    return str(checked["api_format"])
+def checked_rules(
+    config: Config, fields: Mapping[str, Any], current: Mapping[str, Any], models: Sequence[str]
+) -> dict[str, Any]:
+    """The key's rules after the options given, checked against its models as the API checks them."""
+    with keyoptions.options_named():
+        return keyrules.merged(fields, current, models, config.upstream.allowed_features)
 
 
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _option_error(e: ApiError) -> str:
-    """`--models: must have 1 to 100 entries` for the API's `available_models must have …`."""
-    field = e.field or ""
-    option = KEY_OPTIONS.get(field, field)
-    message = e.message.removeprefix(f"{field} ").replace(f"every entry of {field} ", "every entry ")
-    return f"{option}: {message}"
+def keyring_of(config: Config) -> KeyRing:
+    return KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
 
 
 async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
-    fields = key_fields(config, args)
+    fields = keyoptions.new_key_fields(config, args)
     base_url, api_key, models = fields["base_url"], fields["api_key"], fields["available_models"]
     api_format = fields["api_format"]
+    rules = checked_rules(config, fields, keyrules.DEFAULTS, models)
     user = await find_user(conn, args.user)
     if fields.get("daily_budget_usd") is not None:
-        known = prices.Prices(None, {m: prices.Price.configured(p) for m, p in config.prices.items()})
-        known.admin = await prices.admin_prices(conn)
-        name = prices.unpriced(known, models)
-        if name is not None:
-            raise CliError(f"--daily-budget-usd: no price is known for the model {name!r}, so a budget cannot be kept")
+        await require_prices(config, conn, models)
     if not args.no_test:
-        from gateway.net import h1, keytest  # only this command needs an HTTP client
-
-        pool = h1.create_pool(config)
-        try:
-            result = await keytest.test_key(
-                pool,
-                base_url,
-                api_key,
-                modelnames.upstream_names(models),
-                timeout=config.upstream.test_timeout,
-                api_format=api_format,
-            )
-        finally:
-            await pool.close()
-        if not result.ok:
-            raise CliError(f"the key failed its live test: {result.error}")
-        print(f"live test passed in {result.latency_ms} ms", file=sys.stderr)
-    keyring = KeyRing(config.security.key_encryption_secret, config.security.old_key_encryption_secrets)
+        await live_test(config, base_url, api_key, models, api_format)
     new = sharedkeys.NewKey(
         owner_id=user.id,
         name=fields["name"],
@@ -203,16 +167,73 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
         api_format=api_format,
     )
     try:
-        key = await sharedkeys.insert_key(conn, keyring, new, timezone=config.balancer.timezone)
+        async with conn.transaction():
+            key = await sharedkeys.insert_key(conn, keyring_of(config), new, timezone=config.balancer.timezone)
+            if rules != keyrules.DEFAULTS:
+                await keyrules.store(conn, key.id, rules)
     except sharedkeys.KeyNameTaken as e:
         raise CliError(str(e)) from None
     await announce(config, "keys", key.id)
     print(key.id)
 
 
+async def run_keys_edit(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    """Only the options given change; the rest of the key, its rules included, stays as it is."""
+    key = await sharedkeys.get_key(conn, args.key_id, timezone=config.balancer.timezone)
+    if key is None:
+        raise CliError(f"no key with id {args.key_id!r}")
+    fields = keyoptions.edit_fields(args, key.rules["model_daily_limits"])
+    models = fields.get("available_models", key.available_models)
+    rules = checked_rules(config, fields, key.rules, models)
+    budget = fields.get("daily_budget_usd", key.daily_budget_usd)
+    if budget is not None and {"daily_budget_usd", "available_models"} & set(fields):
+        await require_prices(config, conn, models)
+    keyring = keyring_of(config)
+    if set(models) - set(key.available_models) and not args.no_test:  # as PUT /api/shared-keys does
+        try:
+            stored = await sharedkeys.open_key(conn, keyring, key.id)
+        except SealError:
+            raise CliError("the stored key can no longer be read; add it again") from None
+        await live_test(config, key.base_url, stored or "", models, key.api_format)
+    edit = sharedkeys.KeyEdit(
+        name=fields.get("name", key.name),
+        base_url=key.base_url,
+        available_models=models,
+        daily_limit=fields.get("daily_limit", key.daily_limit),
+        daily_budget_usd=budget,
+        description=fields["description"] if "description" in fields else key.description,
+        tags=fields.get("tags", key.tags),
+        is_active=key.is_active,
+        is_private=key.is_private,
+        stream_usage=key.stream_usage,
+        api_format=key.api_format,
+    )
+    try:
+        async with conn.transaction():
+            updated = await sharedkeys.update_key(
+                conn, keyring, key.id, key.owner_id, edit, timezone=config.balancer.timezone
+            )
+            if updated is not None and rules != key.rules:
+                await keyrules.store(conn, key.id, rules)
+    except sharedkeys.KeyNameTaken:
+        raise CliError(f"--name: {key.owner} already has a key named {edit.name!r}") from None
+    if updated is None:
+        raise CliError("the key was deleted in the meantime")
+    await announce(config, "keys", key.id)
+    print(key.id)
+
+
+def rules_text(rules: Mapping[str, Any]) -> str:
+    """A key's rules in one cell of `keys list`, named as the options that set them; - for none."""
+    parts = [f"{name.replace('_', '-')}={rules[name]}" for name in keyoptions.CAPS if rules[name]]
+    parts += [f"{model}={n}/day" for model, n in sorted(rules["model_daily_limits"].items())]
+    parts += [f"{name.replace('_', '-')}={','.join(rules[name])}" for name in keyoptions.LISTS if rules[name]]
+    return " ".join(parts) or "-"
+
+
 async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
     keys = await sharedkeys.list_keys(conn, timezone=config.balancer.timezone)
-    header = ("OWNER", "NAME", "UPSTREAM", "FORMAT", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY")
+    header = ("OWNER", "NAME", "UPSTREAM", "FORMAT", "MODELS", "LIMIT", "TODAY", "TOTAL", "STATUS", "KEY", "RULES")
     rows = [
         (
             k.owner,
@@ -225,6 +246,7 @@ async def run_keys_list(config: Config, args: argparse.Namespace, conn: asyncpg.
             str(k.total_usage_count),
             k.status + (" (private)" if k.is_private else ""),
             k.api_key_masked,
+            rules_text(k.rules),
         )
         for k in keys
     ]
@@ -239,8 +261,8 @@ def run_keys_test(config: Config, args: argparse.Namespace) -> int:
 
     from gateway.net import h1, keytest  # only this command and `keys add` need an HTTP client
 
-    base_url = _checked_base_url(config, args.base_url)
     api_format = given_api_format(args)
+    base_url = _checked_base_url(config, args.base_url, api_format)
     api_key = given_api_key(args)
     models = [args.model.strip()] if args.model and args.model.strip() else None
 

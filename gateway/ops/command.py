@@ -2,7 +2,7 @@
 
 `command(fn)` runs `fn` with a migrated PostgreSQL connection, the stores opened (or the
 embedded servers started) around it. A `CliError` ends the command with one line on stderr and
-exit code 1 (see `cli.main`).
+exit code 1, a `UsageError` (an option's value refused) with exit code 2 (see `cli.main`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ logger = structlog.get_logger(__name__)
 
 class CliError(Exception):
     """A command failed for a reason the user can act on; printed as one line."""
+
+
+class UsageError(CliError):
+    """An option's value was refused (the message names the option): exit code 2, as argparse's
+    own usage errors."""
 
 
 Runner = Callable[[Config, argparse.Namespace, asyncpg.Connection], Awaitable[int | None]]

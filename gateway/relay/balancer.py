@@ -123,7 +123,8 @@ class Balancer(KeyCooling):
         self._inits: dict[tuple[str, str, str], asyncio.Future[int]] = {}  # pool builds in flight
         self._finishing: set[asyncio.Task[None]] = set()  # finish calls in the background
 
-    def _guess_now(self) -> int:
+    def guess_now(self) -> int:
+        """Redis' now (ms) as this process guesses it: its clock, the offset, the skew learned."""
         return wall_ms() + self._offset_ms + self._skew_ms
 
     def _day_at(self, now_ms: int) -> Day:
@@ -138,7 +139,7 @@ class Balancer(KeyCooling):
 
     def today(self) -> str:
         """The day by this process' clock: a guess for display; picks count on Redis' day."""
-        return self._day_at(self._guess_now()).name
+        return self._day_at(self.guess_now()).name
 
     async def pick(
         self,
@@ -166,7 +167,7 @@ class Balancer(KeyCooling):
         pool = candidates if isinstance(candidates, Pool) else Pool.of(candidates)
         if not pool.size:
             raise ValueError("pick() needs at least one candidate")
-        now = self._guess_now()
+        now = self.guess_now()
         clock_tries = init_tries = 0
         while clock_tries < CLOCK_TRIES:
             day = self._day_at(now)
@@ -336,7 +337,7 @@ class Balancer(KeyCooling):
         one of them is in the answer; without, only keys used today."""
         if key_ids is not None and not key_ids:
             return {}
-        now = self._guess_now()
+        now = self.guess_now()
         for _ in range(CLOCK_TRIES):
             day = self._day_at(now)
             now, values = await self._read(redisnames.counts(self._prefix, day.name), key_ids or ())

@@ -14,7 +14,7 @@ owns the script and the names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -34,16 +34,18 @@ def _ms(seconds: float) -> int:
 
 
 class KeyCooling:
+    """Mixed into `Balancer`, which provides the script, the names, the clock (`guess_now`,
+    `_day_at`) and `_read`."""
+
     _script: Any
     _offset_ms: int
     _cooldown: str
     _key_state: list[str]
     _failures: int
     _window_ms: int
-
-    def _guess_now(self) -> int: ...
-    def _day_at(self, now_ms: int) -> Day: ...
-    async def _read(self, key: str, fields: Sequence[str] = ()) -> tuple[int, list[Any]]: ...
+    guess_now: Callable[[], int]
+    _day_at: Callable[[int], Day]
+    _read: Callable[..., Awaitable[tuple[int, list[Any]]]]
 
     async def cool_down(self, key_id: str, seconds: float) -> None:
         """Keep the key out of picks for `seconds` (a 429's Retry-After, or years for a disabled
@@ -61,7 +63,7 @@ class KeyCooling:
 
     def seconds_left_today(self) -> float:
         """Until the balancer's day ends, by this process' clock (skew learned from Redis')."""
-        now = self._guess_now()
+        now = self.guess_now()
         return (self._day_at(now).end_ms - now) / 1000
 
     async def record_failure(self, key_id: str, cooldown_seconds: float) -> bool:

@@ -13,17 +13,22 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import structlog
 from aiohttp import web
 from markupsafe import Markup
 
 from gateway import appkeys
-from gateway.errors import POSTGRES_DOWN
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN
+from gateway.relay import capusage
+from gateway.relay.balancer import BALANCER
 from gateway.store import keypages
+from gateway.store.sharedkeys import SharedKey
 from gateway.web import frame, i18n
 from gateway.web.api import keys_api, tokens_api
 from gateway.web.board import charts
 from gateway.web.signin import sessions
 
+log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 LANG_COOKIE_SECONDS = 365 * 86400
@@ -52,8 +57,22 @@ async def keys_page(request: web.Request) -> web.Response:
     except POSTGRES_DOWN:
         return await frame.error_page(request, 503, "error.title", "error.unavailable", retry=False)
     keys = await keys_api.with_live_state(request.app, keys)
-    context = {"keys": keys, "next_page": next_page, "paged": after is not None}
+    context = {"keys": keys, "next_page": next_page, "paged": after is not None, "caps": await _caps(request.app, keys)}
     return frame.render(request, "keys.html", signed, {**context, "spend_charts": _spend_charts(request, spend)})
+
+
+async def _caps(app: web.Application, keys: list[SharedKey]) -> dict[str, capusage.CapUsage]:
+    """What each capped key of the page uses of its caps now, in one Redis round trip for the page;
+    without Redis, none (the page shows the caps alone)."""
+    capped = {k.id: list(k.rules["model_daily_limits"]) for k in keys if capusage.capped(k.rules)}
+    balancer, prefix = app[BALANCER], app[appkeys.config].redis.key_prefix
+    try:
+        return await capusage.in_use(
+            app[appkeys.redis], prefix, capped, now_ms=balancer.guess_now(), day=balancer.today()
+        )
+    except REDIS_DOWN as e:
+        log.warning("key_caps_unavailable", error=str(e))
+        return {}
 
 
 def _spend_charts(request: web.Request, spend: dict[str, list[Decimal]]) -> dict[str, Markup]:

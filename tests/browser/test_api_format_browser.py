@@ -42,7 +42,7 @@ async def test_donate_an_anthropic_key_in_the_browser(site: Site, page: Page, fa
 
     # Edit: another format is tested again, with the stored key.
     fake_upstream.requests.clear()
-    await item.locator("summary").click()
+    await item.locator("details.edit > summary").click()
     await expect(item.locator('select[name="api_format"]')).to_have_value("anthropic")
     await item.locator('select[name="api_format"]').select_option("openai")
     await item.get_by_role("button", name="Save").click()

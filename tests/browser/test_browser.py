@@ -19,7 +19,7 @@ from tests.support.fake_linuxdo import Site
 from tests.support.fake_upstream import FakeUpstream
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright, expect
+    from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 except ImportError:  # pragma: no cover - depends on the machine
     async_playwright = None
 
@@ -87,13 +87,18 @@ async def sign_in(page: Page, site: Site, path: str) -> None:
     assert site.provider.url("/user_avatar/") in (await avatar.get_attribute("src") or "")
 
 
+async def fill_key(form: Locator, name: str, base_url: str, models: str) -> None:
+    """The add form's required fields, the donor key `DONOR_KEY`."""
+    await form.get_by_label("Name").fill(name)
+    await form.get_by_label("Base URL").fill(base_url)
+    await form.get_by_label("API key").fill(DONOR_KEY)
+    await form.get_by_label("Models").fill(models)
+
+
 async def test_donate_a_key_in_the_browser(site: Site, page: Page, fake_upstream: FakeUpstream) -> None:
     await sign_in(page, site, "/keys")
     form = page.locator("#add-key")
-    await form.get_by_label("Name").fill("Fake upstream")
-    await form.get_by_label("Base URL").fill(fake_upstream.base_url)
-    await form.get_by_label("API key").fill(DONOR_KEY)
-    await form.get_by_label("Models").fill("gpt-4o-mini, text-embedding-3-small")
+    await fill_key(form, "Fake upstream", fake_upstream.base_url, "gpt-4o-mini, text-embedding-3-small")
     await form.get_by_label("Daily limit").fill("100")
     await form.get_by_label("Description").fill("A <fast> test key")
     await form.get_by_label("Tags").fill("fast, test")
@@ -113,17 +118,14 @@ async def test_donate_a_key_in_the_browser(site: Site, page: Page, fake_upstream
     await shot(page, "keys-en.png")
 
     # The API's 422 names the field; the page shows it next to that field.
-    await form.get_by_label("Name").fill("Fake upstream")
-    await form.get_by_label("Base URL").fill(fake_upstream.base_url)
-    await form.get_by_label("API key").fill(DONOR_KEY)
-    await form.get_by_label("Models").fill("gpt-4o-mini")
+    await fill_key(form, "Fake upstream", fake_upstream.base_url, "gpt-4o-mini")
     await form.get_by_role("button", name="Add key").click()
     await expect(form.locator('[data-error-for="name"]')).to_contain_text("already have a key")
     await expect(form.get_by_label("Name")).to_have_attribute("aria-invalid", "true")
     await form.get_by_label("Name").fill("")
 
     # Edit: the daily limit.
-    await item.locator("summary").click()
+    await item.locator("details.edit > summary").click()
     await item.locator('input[name="daily_limit"]').fill("120")
     await item.get_by_role("button", name="Save").click()
     await expect(item.locator(".usage")).to_contain_text("/ 120")

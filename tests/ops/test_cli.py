@@ -18,8 +18,9 @@ def env(cli_env: dict[str, str]) -> dict[str, str]:
     return cli_env
 
 
-def fails_cleanly(r: Result, *words: str) -> None:
-    assert r.code == 1, r
+def fails_cleanly(r: Result, *words: str, code: int = 1) -> None:
+    """One line on stderr, no traceback; exit code 1, or 2 for an option's value refused."""
+    assert r.code == code, r
     lines = r.err.strip().splitlines()
     assert "Traceback" not in r.err
     assert lines and lines[-1].startswith("sharekey: "), r.err
@@ -73,6 +74,7 @@ async def test_users_tokens_keys_round_trip(env: dict[str, str], config: config_
         "TOTAL",
         "STATUS",
         "KEY",
+        "RULES",
     ]
     assert row.split() == [
         "alice",
@@ -85,6 +87,7 @@ async def test_users_tokens_keys_round_trip(env: dict[str, str], config: config_
         "0",
         "active",
         "sk-…9z8y",
+        "-",
     ]
     assert secret_key not in r.out + r.err
 
@@ -111,16 +114,21 @@ async def test_bad_input_ends_with_one_line_and_writes_nothing(env: dict[str, st
         sharekey(*base, "--user", "nobody", "--base-url", "https://a.example", "--models", "m", env=env), "nobody"
     )
     fails_cleanly(
-        sharekey(*base, "--user", "bob", "--base-url", "https://a.example", "--models", " , ", env=env), "--models"
+        sharekey(*base, "--user", "bob", "--base-url", "https://a.example", "--models", " , ", env=env),
+        "--models",
+        code=2,
     )
     fails_cleanly(
-        sharekey(*base, "--user", "bob", "--base-url", "ftp://a.example", "--models", "m", env=env), "--base-url"
+        sharekey(*base, "--user", "bob", "--base-url", "ftp://a.example", "--models", "m", env=env),
+        "--base-url",
+        code=2,
     )
     fails_cleanly(
         sharekey(
             *base, "--user", "bob", "--base-url", "https://a.example", "--models", "m", "--daily-limit", "0", env=env
         ),
         "--daily-limit",
+        code=2,
     )
     conn = await asyncpg.connect(config.database.url)
     try:
@@ -158,7 +166,7 @@ async def test_keys_add_refuses_what_the_api_refuses(
         option: value,
     }
     r = sharekey("keys", "add", "--user", "dora", "--no-test", *(x for kv in args.items() for x in kv), env=env)
-    fails_cleanly(r)
+    fails_cleanly(r, code=2)
     assert r.err.strip().splitlines()[-1] == f"sharekey: {message}"
     assert r.out == ""
     conn = await asyncpg.connect(config.database.url)
@@ -174,7 +182,9 @@ async def test_the_key_can_come_from_standard_input(env: dict[str, str], config:
     added = sharekey(*args, "--name", "piped", "--api-key", "-", env=env, input="sk-from-stdin-0123456789wxyz\n")
     assert added.code == 0, added.err
     assert "sk-from-stdin" not in added.out + added.err
-    fails_cleanly(sharekey(*args, "--name", "empty", "--api-key", "-", env=env, input=""), "nothing on standard input")
+    fails_cleanly(
+        sharekey(*args, "--name", "empty", "--api-key", "-", env=env, input=""), "nothing on standard input", code=2
+    )
     conn = await asyncpg.connect(config.database.url)
     try:
         rows = await conn.fetch("SELECT name, api_key_hint FROM shared_keys")

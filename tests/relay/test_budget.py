@@ -76,9 +76,9 @@ def test_keys_add_takes_a_budget(cli_env: dict[str, str], config: config_mod.Con
         "sk-x-0000000001",
     ]
     bad = sharekey(*base, "--name", "b", "--models", "m", "--no-test", "--daily-budget-usd", "0", env=cli_env)
-    assert bad.code == 1 and "--daily-budget-usd" in bad.err.strip().splitlines()[-1], bad
+    assert bad.code == 2 and "--daily-budget-usd" in bad.err.strip().splitlines()[-1], bad
     unpriced = sharekey(*base, "--name", "a", "--models", "m", "--no-test", "--daily-budget-usd", "3.25", env=cli_env)
-    assert unpriced.code == 1 and "no price is known for the model 'm'" in unpriced.err, unpriced
+    assert unpriced.code == 2 and "no price is known for the model 'm'" in unpriced.err, unpriced
     ok = sharekey(
         *base, "--name", "a", "--models", "gpt-4o-mini", "--no-test", "--daily-budget-usd", "3.25", env=cli_env
     )

@@ -276,7 +276,7 @@ async def test_cli_api_format(cli_env: dict[str, str], pool: asyncpg.Pool, fake_
             sharekey, *base, "--name", "x", "--base-url", "https://a.example", "--models", "m", "--no-test",
             "--api-format", bad, env=env,
         )  # fmt: skip
-        assert refused.code == 1, refused
+        assert refused.code == 2, refused  # an option's value refused: a usage error
         assert refused.err.strip().splitlines()[-1] == "sharekey: --api-format: must be openai, anthropic or gemini"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM shared_keys") == 2, "nothing stored when refused"
@@ -294,7 +294,7 @@ async def test_cli_api_format(cli_env: dict[str, str], pool: asyncpg.Pool, fake_
     )
     wrong = await asyncio.to_thread(sharekey, *test, "--api-format", "grpc", env=env)
     assert (wrong.code, wrong.err.strip().splitlines()[-1]) == (
-        1,
+        2,
         "sharekey: --api-format: must be openai, anthropic or gemini",
     )
     assert DONOR_KEY not in added.out + added.err + ok.out + ok.err + listed.out
