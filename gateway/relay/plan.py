@@ -12,7 +12,14 @@ from types import ModuleType
 
 from gateway.apiformat import ApiFormat
 from gateway.relay.call import Call
-from gateway.relay.formats import Mode, anthropic, anthropic_on_openai, openai, openai_on_anthropic
+from gateway.relay.formats import (
+    Mode,
+    anthropic,
+    anthropic_on_openai,
+    gemini_on_openai,
+    openai,
+    openai_on_anthropic,
+)
 from gateway.relay.formats.shared import Adapter, Plan
 from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import PoolKey
@@ -35,12 +42,13 @@ def row(mode: Mode, client: ApiFormat, key: ApiFormat, module: ModuleType) -> Di
     return Direction(mode, client, key, module.plan, module.adapter, module.answer)
 
 
-OPENAI, ANTHROPIC = ApiFormat.OPENAI, ApiFormat.ANTHROPIC
+OPENAI, ANTHROPIC, GEMINI = ApiFormat.OPENAI, ApiFormat.ANTHROPIC, ApiFormat.GEMINI
 TABLE = (
     row(Mode.OPENAI, OPENAI, OPENAI, openai),
     row(Mode.ANTHROPIC, ANTHROPIC, ANTHROPIC, anthropic),
     row(Mode.ANTHROPIC_ON_OPENAI, ANTHROPIC, OPENAI, anthropic_on_openai),
     row(Mode.OPENAI_ON_ANTHROPIC, OPENAI, ANTHROPIC, openai_on_anthropic),
+    row(Mode.GEMINI_ON_OPENAI, GEMINI, OPENAI, gemini_on_openai),
 )
 BY_FORMATS = {(d.client, d.key): d for d in TABLE}
 BY_MODE = {d.mode: d for d in TABLE}
