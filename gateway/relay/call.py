@@ -52,10 +52,10 @@ class Call:
     upstream_ms: float = 0.0
     client: ApiFormat = ApiFormat.OPENAI  # decided once, by the route (`apiformat.spoken_on`)
     anthropic_lines: bytes = b""  # the caller's anthropic-version/-beta, for an anthropic key
+    gemini_sse: bool = False  # a Gemini client's stream: SSE (?alt=sse) or one JSON array
     untranslatable: str | None = None  # why the body could not go to a key of the other format
     response_id: str | None = None  # a Responses API answer's id, remembered with its key
     features: frozenset[str] = frozenset()  # paid features it uses: keys whose donors allow them
-    gemini_sse: bool = False  # a Gemini client's stream: SSE (?alt=sse) or one JSON array
     # The bodies built for keys, once per call (gateway/relay/formats): kept for every key of a kind.
     with_usage: bytes | None = None  # OPENAI: the body asking for a stream's usage chunk
     translated: bytes | None = None  # the body in the other format

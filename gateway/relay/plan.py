@@ -12,7 +12,15 @@ from types import ModuleType
 
 from gateway.apiformat import ApiFormat
 from gateway.relay.call import Call
-from gateway.relay.formats import Mode, anthropic, anthropic_on_openai, gemini, openai, openai_on_anthropic
+from gateway.relay.formats import (
+    Mode,
+    anthropic,
+    anthropic_on_openai,
+    gemini,
+    gemini_on_openai,
+    openai,
+    openai_on_anthropic,
+)
 from gateway.relay.formats.shared import Adapter, Plan
 from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import PoolKey
@@ -42,6 +50,7 @@ TABLE = (
     row(Mode.ANTHROPIC_ON_OPENAI, ANTHROPIC, OPENAI, anthropic_on_openai),
     row(Mode.OPENAI_ON_ANTHROPIC, OPENAI, ANTHROPIC, openai_on_anthropic),
     row(Mode.GEMINI, GEMINI, GEMINI, gemini),
+    row(Mode.GEMINI_ON_OPENAI, GEMINI, OPENAI, gemini_on_openai),
 )
 BY_FORMATS = {(d.client, d.key): d for d in TABLE}
 BY_MODE = {d.mode: d for d in TABLE}

@@ -6,14 +6,16 @@
                                                  anthropic-version/-beta and `?beta=true`
     anthropic   openai      ANTHROPIC_ON_OPENAI  anthropic_on_openai.py: to /chat/completions and back
     openai      anthropic   OPENAI_ON_ANTHROPIC  openai_on_anthropic.py: to /messages and back
+    gemini      openai      GEMINI_ON_OPENAI     gemini_on_openai.py: to /chat/completions and back
 
 Every direction module has the same three entries, one row of the table in gateway/relay/plan.py:
 `plan(call, key, model) -> Plan` (URL, header lines, body for one key), `adapter(plan, call) ->
 Adapter` (how a stream comes back), `answer(call, raw) -> (bytes, Usage | None)` (a non-streamed
 answer for the client). A translating direction also has `translate_request(body)` and
 `translate_answer(body, model=…)`, and its `_stream` module a `Translator` (`.feed()`, `.close()`,
-`.usage`) and the `Adapter` around it. Shared pieces: shared.py; token usage: usage.py. A new
-format is one `ApiFormat` member, one module per direction and one row per direction.
+`.usage`) and the `Adapter` around it. Shared pieces: shared.py (Gemini's: gemini_shared.py);
+token usage: usage.py. A new format is one `ApiFormat` member, one module per direction and one
+row per direction.
 
 Translation is pure and synchronous: no I/O, no aiohttp. Built for the hot path: new dicts are
 built only around what changes, large values (text, base64 data, JSON schemas) are shared, never
@@ -76,6 +78,39 @@ Anthropic answer -> OpenAI:
   thinking dropped; stop_reason back to finish_reason (refusal -> content_filter, pause_turn ->
   stop, model_context_window_exceeded -> length); usage prompt_tokens = input + cache read +
   cache creation, `prompt_tokens_details.cached_tokens` = cache read.
+
+Gemini request -> OpenAI (every field read in camelCase or snake_case, as Google accepts both):
+* `systemInstruction`'s text parts (joined with a blank line) become a leading system message.
+  Roles user (and the old `function`) -> user, model -> assistant; others raise.
+* A user turn's text parts are joined with a blank line into one string; with images or files
+  they stay a list of parts. `inlineData` image/* -> image_url data URL; audio/video raise; any
+  other type (PDF) -> an OpenAI `file` part. `fileData` -> image_url only for an http(s) image,
+  anything else raises. Its `functionResponse` parts become `tool` messages first: tool_call_id
+  = the call with the same id, else the first unanswered call of that name (none raises);
+  content = the response as JSON text.
+* A model turn's text parts are joined with nothing, and consecutive model turns are merged into
+  one assistant message (the SDKs keep a streamed answer as a turn per chunk). `functionCall` ->
+  tool_calls (its id, else `call_<n>` by its place in the request; arguments = args as JSON).
+  Thought parts, images from the model, executableCode and unknown kinds are dropped.
+* generationConfig: maxOutputTokens -> max_tokens, temperature, topP -> top_p, stopSequences ->
+  stop, presence/frequencyPenalty, seed; candidateCount other than 1 raises; responseMimeType
+  application/json -> response_format json_object, json_schema `response` with
+  responseJsonSchema or responseSchema. topK, thinkingConfig, responseModalities, logprobs,
+  safetySettings, cachedContent and labels are not forwarded.
+* functionDeclarations -> function tools (`parametersJsonSchema` as is, else `parameters` with
+  Gemini's upper-case types lowered); googleSearch, codeExecution and other Google tools are
+  left out. functionCallingConfig AUTO/VALIDATED -> "auto", ANY -> "required", NONE -> "none";
+  ANY with allowedFunctionNames offers only those functions (one: tool_choice names it; a name
+  not declared raises). A stream gets `stream_options: {include_usage: true}`.
+OpenAI answer -> Gemini:
+* One candidate (index 0, role model): the text as one part (a refusal as text), then a
+  functionCall part per tool call (no id: Gemini gives none by default; args not a JSON object
+  -> {"_raw": text}); no parts at all -> one empty text part, as Google sends it. finish_reason
+  stop/tool_calls/none -> STOP, length -> MAX_TOKENS, content_filter -> SAFETY, others -> OTHER.
+  usageMetadata from usage (cached tokens as cachedContentTokenCount), modelVersion, responseId.
+* Streams: text chunks as they arrive; tool calls are collected and sent whole in one chunk at
+  finish_reason; the last chunk (finishReason, usageMetadata) at close(). `?alt=sse`: SSE events
+  ending "\\r\\n\\r\\n"; else one JSON array, closed exactly once, an error as its last element.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from gateway.relay.formats.shared import (
     matched_stop,
     message_id,
     new_id,
+    openai_choice,
+    openai_tool_calls,
     stop_reason,
     text_of,
     translated,
@@ -263,24 +265,13 @@ def _tool_message(block: dict, carried: list, where: str) -> dict:
 
 def translate_answer(body: dict, *, model: str | None = None) -> dict:
     """An OpenAI chat completion as an Anthropic Message (`model`: used when the answer has none)."""
-    choices = body.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    choice, message, text = openai_choice(body)
     content: list[dict] = []
-    text = message.get("content")
-    text = text if isinstance(text, str) else text_of(text, "")
     if text:
         content.append({"type": "text", "text": text})
     elif isinstance(message.get("refusal"), str) and message["refusal"]:
         content.append({"type": "text", "text": message["refusal"]})
-    calls = message.get("tool_calls")
-    calls = list(calls) if isinstance(calls, list) else []
-    if isinstance(message.get("function_call"), dict):
-        calls.append({"function": message["function_call"]})
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            continue
+    for call, function in openai_tool_calls(message):
         call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else new_id("toolu_")
         content.append(
             {

@@ -5,10 +5,9 @@ are listed in gateway/relay/formats/__init__.py.
 
 from __future__ import annotations
 
-from gateway.relay import sse
 from gateway.relay.formats.shared import (
     STREAM_ERROR,
-    EventAdapter,
+    OpenAIChunks,
     anthropic_error_event,
     anthropic_event,
     matched_stop,
@@ -141,37 +140,19 @@ class Translator:
         return out + anthropic_event("message_stop", {"type": "message_stop"})
 
 
-class Adapter(EventAdapter):
+class Adapter(OpenAIChunks):
     """An `openai` key's stream to an Anthropic client, converted chunk by chunk."""
 
     def __init__(self, *, model: str) -> None:
         super().__init__()
         self._stream = Translator(model=model)
 
-    def event(self, event: bytes) -> bytes:
-        data = sse.data_of(event)
-        if data is None:
-            return b""
-        if data == b"[DONE]":
-            return self._finish()
-        chunk = sse.parse(data)
-        if not isinstance(chunk, dict):
-            return b""
-        if chunk.get("error") is not None and not chunk.get("choices"):
-            return self.upstream_error()
-        if not self.committed:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
-                    self.committed = True
+    def chunk(self, chunk: dict) -> bytes:
         out = self._stream.feed(chunk)
         self.usage = self._stream.usage or self.usage
         return out
 
-    def close(self, pending: bytes) -> bytes:
-        return self._finish()
-
-    def _finish(self) -> bytes:
+    def finish(self) -> bytes:
         out = self._stream.close()
         self.usage = self._stream.usage or self.usage
         return out

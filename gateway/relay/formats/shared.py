@@ -1,11 +1,12 @@
 """What every direction shares: the pieces of translation, and the shapes the relay sees.
 
-Owns: `TranslationError`; the stop-reason tables; ids (`message_id`, `new_id`); SSE framing
-(`anthropic_event`, `anthropic_error_event`, `openai_data`, `STREAM_ERROR`); small helpers that
-read loosely typed JSON without raising; the local `estimate_input_tokens`; and the two shapes a
-direction hands the relay: `Plan` (what to send one key) and `Adapter` (how its stream comes
-back), with `EventAdapter`, the base of every adapter that looks at each event. Token usage is
-gateway/relay/formats/usage.py.
+Owns: `TranslationError`; the stop-reason tables (Gemini's: gemini_shared.py); ids (`message_id`,
+`new_id`); SSE framing (`anthropic_event`, `anthropic_error_event`, `openai_data`,
+`STREAM_ERROR`); small helpers that read loosely typed JSON without raising; the local
+`estimate_input_tokens`; and the two shapes a direction hands the relay: `Plan` (what to send one
+key) and `Adapter` (how its stream comes back), with `EventAdapter`, the base of every adapter
+that looks at each event, and `OpenAIChunks` over it for those that read an `openai` key's chunks.
+Token usage is gateway/relay/formats/usage.py.
 """
 
 from __future__ import annotations
@@ -141,6 +142,26 @@ def _is_text(block: Any) -> bool:
         and isinstance(block.get("text"), str)
         and block["text"] != ""
     )
+
+
+def openai_choice(body: dict) -> tuple[dict, dict, str]:
+    """A chat completion's first choice, its message and the message's text ({} and "" for what
+    is missing), read without raising."""
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    text = message.get("content")
+    return choice, message, text if isinstance(text, str) else text_of(text, "")
+
+
+def openai_tool_calls(message: dict) -> list[tuple[dict, dict]]:
+    """(call, its function) for each tool call of a chat completion message, a legacy
+    `function_call` last; calls without a function object are left out."""
+    calls = message.get("tool_calls")
+    calls = list(calls) if isinstance(calls, list) else []
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"function": message["function_call"]})
+    return [(c, c["function"]) for c in calls if isinstance(c, dict) and isinstance(c.get("function"), dict)]
 
 
 def message_id(value: Any) -> str:
@@ -308,3 +329,37 @@ class EventAdapter:
             return b""
         self.broken = True
         return self.error(BROKE)
+
+
+class OpenAIChunks(EventAdapter):
+    """Adapters that read an `openai` key's stream of chat.completion.chunk objects: `[DONE]`
+    ends it (`finish`), an error object without choices is the upstream's failure, and the first
+    text or tool call is the commit point; every chunk goes to `chunk`."""
+
+    def event(self, event: bytes) -> bytes:
+        data = sse.data_of(event)
+        if data is None:
+            return b""
+        if data == b"[DONE]":
+            return self.finish()
+        chunk = sse.parse(data)
+        if not isinstance(chunk, dict):
+            return b""
+        if chunk.get("error") is not None and not chunk.get("choices"):
+            return self.upstream_error()
+        if not self.committed:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
+                    self.committed = True
+        return self.chunk(chunk)
+
+    def close(self, pending: bytes) -> bytes:
+        return self.finish()
+
+    def chunk(self, chunk: dict) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        """The end of the stream, at `[DONE]` or when the upstream stops (called at most twice)."""
+        raise NotImplementedError

@@ -9,7 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.relay.formats import anthropic, anthropic_on_openai_stream, openai, openai_on_anthropic_stream
+from gateway.relay.formats import (
+    anthropic,
+    anthropic_on_openai_stream,
+    gemini_on_openai_stream,
+    openai,
+    openai_on_anthropic_stream,
+)
 from gateway.relay.formats.shared import ENDED_EARLY, STREAM_ONLY_ERROR, Adapter
 
 
@@ -88,6 +94,22 @@ CASES = [
         (9, 3, 4, None),
         {"web_search": 1},
     ),
+    (
+        "gemini on openai (sse)",
+        lambda: gemini_on_openai_stream.Adapter(model="m", sse=True),
+        OPENAI_STREAM,
+        b'data: {"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]}',
+        (9, 3, 4, None),
+        None,
+    ),
+    (
+        "gemini on openai (array)",
+        lambda: gemini_on_openai_stream.Adapter(model="m", sse=False),
+        OPENAI_STREAM,
+        b'[{"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]}',
+        (9, 3, 4, None),
+        None,
+    ),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -127,6 +149,7 @@ def test_the_pass_through_forwards_bytes_as_they_came_and_drops_the_usage_chunk_
             ANTHROPIC_ERROR,
             STREAM_ONLY_ERROR,
         ),
+        (lambda: gemini_on_openai_stream.Adapter(model="m", sse=False), OPENAI_ERROR, STREAM_ONLY_ERROR),
     ],
     ids=[
         "openai ends early",
@@ -134,6 +157,7 @@ def test_the_pass_through_forwards_bytes_as_they_came_and_drops_the_usage_chunk_
         "anthropic error",
         "anthropic on openai error",
         "openai on anthropic error",
+        "gemini on openai error",
     ],
 )
 def test_an_error_before_the_commit_point_fails_the_attempt(make: Any, first: bytes, why: str) -> None:
@@ -153,8 +177,14 @@ def test_an_error_before_the_commit_point_fails_the_attempt(make: Any, first: by
             ANTHROPIC_ERROR,
             b'"type": "upstream_error"',
         ),
+        (
+            lambda: gemini_on_openai_stream.Adapter(model="m", sse=False),
+            OPENAI_STREAM,
+            OPENAI_ERROR,
+            b',\r\n{"error":{"code":500,',
+        ),
     ],
-    ids=["anthropic", "anthropic on openai", "openai on anthropic"],
+    ids=["anthropic", "anthropic on openai", "openai on anthropic", "gemini on openai"],
 )
 def test_an_error_after_the_commit_point_breaks_the_stream_in_the_client_format(
     make: Any, stream: list[bytes], error: bytes, says: bytes
