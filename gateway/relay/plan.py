@@ -12,7 +12,14 @@ from types import ModuleType
 
 from gateway.apiformat import ApiFormat
 from gateway.relay.call import Call
-from gateway.relay.formats import Mode, anthropic, anthropic_on_openai, openai, openai_on_anthropic
+from gateway.relay.formats import (
+    Mode,
+    anthropic,
+    anthropic_on_openai,
+    openai,
+    openai_on_anthropic,
+    openai_on_gemini,
+)
 from gateway.relay.formats.shared import Adapter, Plan
 from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import PoolKey
@@ -36,11 +43,13 @@ def row(mode: Mode, client: ApiFormat, key: ApiFormat, module: ModuleType) -> Di
 
 
 OPENAI, ANTHROPIC = ApiFormat.OPENAI, ApiFormat.ANTHROPIC
+GEMINI = ApiFormat.GEMINI
 TABLE = (
     row(Mode.OPENAI, OPENAI, OPENAI, openai),
     row(Mode.ANTHROPIC, ANTHROPIC, ANTHROPIC, anthropic),
     row(Mode.ANTHROPIC_ON_OPENAI, ANTHROPIC, OPENAI, anthropic_on_openai),
     row(Mode.OPENAI_ON_ANTHROPIC, OPENAI, ANTHROPIC, openai_on_anthropic),
+    row(Mode.OPENAI_ON_GEMINI, OPENAI, GEMINI, openai_on_gemini),
 )
 BY_FORMATS = {(d.client, d.key): d for d in TABLE}
 BY_MODE = {d.mode: d for d in TABLE}

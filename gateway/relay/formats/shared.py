@@ -65,6 +65,26 @@ def finish_reason(stop_reason: Any) -> str:
     return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
+# Gemini finishReason -> OpenAI finish_reason. Anything else (OTHER, LANGUAGE,
+# MALFORMED_FUNCTION_CALL, unknown, none) -> stop.
+GEMINI_FINISH_REASONS = {
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+
+
+def gemini_finish_reason(reason: Any, has_tool_calls: bool) -> str:
+    """OpenAI finish_reason for a Gemini finishReason: Gemini says STOP after function calls too,
+    which for an OpenAI client is `tool_calls`."""
+    finish = GEMINI_FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
+    return "tool_calls" if has_tool_calls and finish == "stop" else finish
+
+
 def stop_reason(finish_reason: Any, has_tool_calls: bool) -> str:
     """Anthropic stop_reason for an OpenAI finish. Upstreams that say `stop` (or nothing) after
     emitting tool calls still mean "run the tools": that is `tool_use`."""
@@ -96,6 +116,23 @@ def anthropic_error_event(message: str, type_: str = "api_error") -> bytes:
 
 def openai_data(data: dict) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def data_url(url: str, where: str) -> tuple[str, str]:
+    """(media type, base64 data) of a `data:` URL; only base64 ones can be carried."""
+    header, _, data = url[5:].partition(",")
+    if not header.endswith(";base64") or not data:
+        raise TranslationError(f"{where}: only base64 data URLs can be sent to this model", where)
+    return header[: -len(";base64")], data
+
+
+def file_data(file: Any, where: str) -> tuple[str, str]:
+    """(media type, base64 data) of an OpenAI `file` part's inline `file_data`; a file id cannot
+    be carried to another format."""
+    url = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise TranslationError(f"{where}: only inline file_data can be sent to this model", where)
+    return data_url(url, f"{where}.file_data")
 
 
 def new_id(prefix: str) -> str:
@@ -224,13 +261,16 @@ class Plan:
     strip_usage: bool = False  # OPENAI: we asked for include_usage and drop that chunk again
 
 
-def translated(call: Call, model: str, translate: Callable[[dict], dict]) -> bytes:
+def translated(call: Call, model: str, translate: Callable[[dict], dict], *, named: bool = True) -> bytes:
     """The call's body in the key's format under the key's name for the model: translated once
-    per call and kept for every key of that format it is tried on."""
-    if call.translated_obj is None:
+    per call and kept for every key of that format it is tried on (a call that moves on to a key
+    of a third format is translated again). `named=False`: the body carries no model (Gemini's
+    is in the URL), so one body serves every name."""
+    if call.translated_obj is None or call.translated_by is not translate:
         call.translated_obj = translate(call.body)
         call.translated = orjson.dumps(call.translated_obj)
-    if model == call.model and call.translated is not None:
+        call.translated_by = translate
+    if (not named or model == call.model) and call.translated is not None:
         return call.translated
     return orjson.dumps({**call.translated_obj, "model": model})
 
