@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -60,6 +61,7 @@ class Call:
     with_usage: bytes | None = None  # OPENAI: the body asking for a stream's usage chunk
     translated: bytes | None = None  # the body in the other format
     translated_obj: dict[str, Any] | None = None
+    translated_by: Callable[[dict], dict] | None = None  # which translation they are: one per key format
     _renamed: dict[str, bytes] | None = None
 
     def renamed(self, model: str) -> bytes:

@@ -20,6 +20,7 @@ from gateway.relay.formats import (
     gemini_on_openai,
     openai,
     openai_on_anthropic,
+    openai_on_gemini,
 )
 from gateway.relay.formats.shared import Adapter, Plan
 from gateway.relay.formats.usage import Usage
@@ -38,8 +39,8 @@ class Direction:
     answer: Callable[[Call, bytes], tuple[bytes, Usage | None]]  # a non-streamed answer, and its usage
 
 
-def row(mode: Mode, client: ApiFormat, key: ApiFormat, module: ModuleType) -> Direction:
-    """A direction module's three entries as a row of the table."""
+def row(mode: Mode, client: ApiFormat, key: ApiFormat, module: ModuleType | type) -> Direction:
+    """A direction module's three entries as a row of the table (or a class's: `composed`)."""
     return Direction(mode, client, key, module.plan, module.adapter, module.answer)
 
 
@@ -51,6 +52,7 @@ TABLE = (
     row(Mode.OPENAI_ON_ANTHROPIC, OPENAI, ANTHROPIC, openai_on_anthropic),
     row(Mode.GEMINI, GEMINI, GEMINI, gemini),
     row(Mode.GEMINI_ON_OPENAI, GEMINI, OPENAI, gemini_on_openai),
+    row(Mode.OPENAI_ON_GEMINI, OPENAI, GEMINI, openai_on_gemini),
 )
 BY_FORMATS = {(d.client, d.key): d for d in TABLE}
 BY_MODE = {d.mode: d for d in TABLE}

@@ -65,8 +65,10 @@ class PoolKey:
         url = self._model_urls.get((model, method))
         if url is None:
             query = "?alt=sse" if method == "streamGenerateContent" else ""
-            path = f"{self.base_url}/models/{quote(model, safe='-._~')}:{method}{query}"
-            url = self._model_urls[(model, method)] = URL(path, encoded=True)
+            name = quote(model.removeprefix("models/"), safe="")  # the prefix is Google's own spelling
+            url = self._model_urls[(model, method)] = URL(
+                f"{self.base_url}/models/{name}:{method}{query}", encoded=True
+            )
         return url
 
 

@@ -7,6 +7,7 @@
     anthropic   openai      ANTHROPIC_ON_OPENAI  anthropic_on_openai.py: to /chat/completions and back
     openai      anthropic   OPENAI_ON_ANTHROPIC  openai_on_anthropic.py: to /messages and back
     gemini      openai      GEMINI_ON_OPENAI     gemini_on_openai.py: to /chat/completions and back
+    openai      gemini      OPENAI_ON_GEMINI     openai_on_gemini.py: to /models/{m}:generateContent and back
 
 Every direction module has the same three entries, one row of the table in gateway/relay/plan.py:
 `plan(call, key, model) -> Plan` (URL, header lines, body for one key), `adapter(plan, call) ->
@@ -111,6 +112,40 @@ OpenAI answer -> Gemini:
 * Streams: text chunks as they arrive; tool calls are collected and sent whole in one chunk at
   finish_reason; the last chunk (finishReason, usageMetadata) at close(). `?alt=sse`: SSE events
   ending "\\r\\n\\r\\n"; else one JSON array, closed exactly once, an error as its last element.
+OpenAI request -> Gemini:
+* The model goes in the URL (`/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`),
+  never in the body. System and developer messages, wherever they are, are joined into
+  `systemInstruction`; user -> `user`, assistant -> `model`, consecutive same-role turns merged
+  (Gemini wants them to alternate); `tool` messages -> `functionResponse` parts of a user turn,
+  named after the call their tool_call_id answers (none -> TranslationError), `response` = the
+  content if it is a JSON object, else `{"content": text}`.
+* Images: data URLs -> `inlineData`, http(s) -> `fileData` (media type by the file extension,
+  else image/jpeg); `file` parts with inline data (PDF) -> `inlineData`; wav/mp3 `input_audio` ->
+  `inlineData`. File ids and other URLs raise TranslationError.
+* tool_calls -> `functionCall` parts (args: the arguments as an object, `{"_raw": text}` when they
+  are not one), each with Google's `thoughtSignature` placeholder: Gemini 3 refuses a replayed
+  call without a signature, which an OpenAI client cannot keep. Function tools ->
+  `functionDeclarations` with `parametersJsonSchema` (full JSON Schema; `parameters` refuses
+  `$schema`, `additionalProperties`, …); tool_choice auto/required/none/function -> AUTO/ANY/NONE/
+  ANY + `allowedFunctionNames` (a name not among the tools raises).
+* generationConfig: max_completion_tokens or max_tokens -> maxOutputTokens, temperature, top_p,
+  stop, presence/frequency penalty and seed as they are; response_format json_object ->
+  responseMimeType application/json, json_schema -> that + responseJsonSchema; reasoning_effort
+  -> thinkingBudget (none 0, minimal and low 1024, medium 8192, high 24576: the budgets of Google's
+  own OpenAI compatibility). `n` other than 1 raises; stream_options, logprobs, user,
+  parallel_tool_calls, metadata and every other OpenAI-only field are not forwarded.
+Gemini answer -> OpenAI:
+* The first candidate only. Text parts joined (thought parts dropped), functionCall parts ->
+  tool_calls (Gemini's id, else a fresh `call_` one; arguments = args as JSON text).
+  finishReason STOP -> stop (tool_calls after function calls), MAX_TOKENS -> length, SAFETY,
+  RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII, IMAGE_SAFETY -> content_filter, others -> stop;
+  a prompt blocked before any candidate (`promptFeedback.blockReason`) -> content_filter with
+  empty content. id = responseId, model = modelVersion; usage from usageMetadata (thoughts count
+  as completion tokens, cachedContentTokenCount as cached).
+* Streams: each chunk's parts become deltas as they come (a function call arrives whole: one
+  tool_calls delta with its full arguments); usageMetadata is cumulative, the last one counts.
+  An `error` object in the stream fails the attempt before the commit point, and after it ends
+  the stream with an OpenAI error event.
 """
 
 from __future__ import annotations

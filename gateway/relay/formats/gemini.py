@@ -13,17 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.relay import sse
 from gateway.relay.call import Call
 from gateway.relay.formats import Mode
+from gateway.relay.formats.gemini_shared import Framing
 from gateway.relay.formats.shared import EventAdapter, Plan, json_object
 from gateway.relay.formats.usage import Usage, gemini_usage
 from gateway.relay.keyindex import PoolKey
-
-SSE_END = b"\r\n\r\n"  # Google ends each event so
-
 
 MODEL_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 
@@ -90,36 +86,6 @@ def has_content(chunk: Any) -> bool:
         if isinstance(content, dict) and content.get("parts"):
             return True
     return False
-
-
-class Framing:
-    """How a Gemini client gets its stream: SSE events (`?alt=sse`), or the elements of one JSON
-    array, opened before the first and closed exactly once (after an error too)."""
-
-    def __init__(self, *, sse: bool) -> None:
-        self.sse = sse
-        self.content_type = "text/event-stream" if sse else "application/json"
-        self._opened = self._closed = False
-
-    def chunk(self, data: bytes) -> bytes:
-        """One GenerateContentResponse (its JSON text) as the client gets it."""
-        if self.sse:
-            return b"data: " + data + SSE_END
-        if not self._opened:
-            self._opened = True
-            return b"[" + data
-        return b",\r\n" + data
-
-    def close(self) -> bytes:
-        if self.sse or self._closed:
-            return b""
-        self._closed = True
-        return b"]" if self._opened else b"[]"
-
-    def error(self, message: str, code: int = 500, status: str = "INTERNAL") -> bytes:
-        """Google's error object as the stream's last element (the array closed after it)."""
-        data = orjson.dumps({"error": {"code": code, "message": message, "status": status}})
-        return self.chunk(data) + self.close()
 
 
 class Passthrough(EventAdapter):

@@ -17,7 +17,7 @@ import orjson
 
 from gateway.relay.call import Call
 from gateway.relay.formats import Mode, gemini_on_openai_stream
-from gateway.relay.formats.gemini_shared import gemini_candidate, gemini_finish_reason, gemini_function_call
+from gateway.relay.formats.gemini_shared import gemini_candidate, gemini_finish, gemini_function_call
 from gateway.relay.formats.shared import (
     Plan,
     TranslationError,
@@ -42,8 +42,12 @@ SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 
 def plan(call: Call, key: PoolKey, model: str) -> Plan:
     # A Gemini body names neither its model nor whether it streams (its URL does): both are added.
-    body = translated(call, model, lambda b: {"model": call.model, **translate_request(b, stream=call.stream)})
+    body = translated(call, model, _streamed if call.stream else translate_request)
     return Plan(Mode.GEMINI_ON_OPENAI, key.urls["/chat/completions"], key.head[call.stream], body)
+
+
+def _streamed(body: dict) -> dict:
+    return translate_request(body, stream=True)
 
 
 def adapter(route: Plan, call: Call) -> gemini_on_openai_stream.Adapter:
@@ -371,7 +375,7 @@ def translate_answer(body: dict, *, model: str | None = None) -> dict:
         parts.append(gemini_function_call(function.get("name"), function.get("arguments")))
     response_id = body.get("id")
     return {
-        "candidates": [gemini_candidate(parts, gemini_finish_reason(choice.get("finish_reason")))],
+        "candidates": [gemini_candidate(parts, gemini_finish(choice.get("finish_reason")))],
         "usageMetadata": gemini_usage_dict(openai_usage(body.get("usage"))),
         "modelVersion": body.get("model") or model or "",
         "responseId": response_id if isinstance(response_id, str) and response_id else new_id(""),

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from gateway.relay.formats.gemini_shared import (
+    Framing,
     gemini_candidate,
     gemini_error,
-    gemini_finish_reason,
+    gemini_finish,
     gemini_function_call,
 )
 from gateway.relay.formats.shared import (
@@ -24,9 +25,6 @@ from gateway.relay.formats.shared import (
     new_id,
 )
 from gateway.relay.formats.usage import Usage, gemini_usage_dict, openai_usage
-
-SSE_END = b"\r\n\r\n"
-ARRAY_SEP = b",\r\n"
 
 
 class Translator:
@@ -107,7 +105,7 @@ class Translator:
         if self.closed:
             return []
         self.closed = True
-        candidate = gemini_candidate(self._call_parts(), gemini_finish_reason(self.finish_reason))
+        candidate = gemini_candidate(self._call_parts(), gemini_finish(self.finish_reason))
         return [
             {
                 "candidates": [candidate],
@@ -119,16 +117,14 @@ class Translator:
 
 
 class Adapter(OpenAIChunks):
-    """An `openai` key's stream to a Gemini client, converted chunk by chunk. `sse`: the client
-    asked for `?alt=sse`; else the answer is one JSON array, opened with the first chunk and
-    closed exactly once (at the end, or after an error)."""
+    """An `openai` key's stream to a Gemini client, converted chunk by chunk, framed as the client
+    asked (`gemini_shared.Framing`: `?alt=sse`, or one JSON array)."""
 
     def __init__(self, *, model: str, sse: bool) -> None:
         super().__init__()
         self._stream = Translator(model=model)
-        self._sse = sse
-        self._opened = False  # the array's "[" was sent
-        self._ended = False  # the array's "]" was sent
+        self.framing = Framing(sse=sse)
+        self.content_type = self.framing.content_type
 
     def chunk(self, chunk: dict) -> bytes:
         out = self._frame(self._stream.feed(chunk))
@@ -136,29 +132,14 @@ class Adapter(OpenAIChunks):
         return out
 
     def finish(self) -> bytes:
-        out = self._frame(self._stream.close()) + self._end()
+        out = self._frame(self._stream.close()) + self.framing.close()
         self.usage = self._stream.usage or self.usage
         return out
 
     def _frame(self, chunks: list[dict]) -> bytes:
-        if self._ended:
-            return b""
-        if self._sse:
-            return b"".join(b"data: " + orjson.dumps(c) + SSE_END for c in chunks)
-        out = []
-        for c in chunks:
-            out.append(ARRAY_SEP if self._opened else b"[")
-            self._opened = True
-            out.append(orjson.dumps(c))
-        return b"".join(out)
-
-    def _end(self) -> bytes:
-        if self._sse or self._ended:
-            return b""
-        self._ended = True
-        return b"]" if self._opened else b"[]"
+        return b"".join(self.framing.chunk(orjson.dumps(c)) for c in chunks)
 
     def error(self, message: str) -> bytes:
         """Google's error object, as the stream's last SSE event or the array's last element."""
         self._stream.closed = True  # nothing follows an error
-        return self._frame([gemini_error(message)]) + self._end()
+        return self.framing.error(message)

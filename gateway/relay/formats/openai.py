@@ -4,10 +4,16 @@ The body goes out as the client sent it, under the key's own name for the model 
 (`Call.renamed`), with `stream_options.include_usage` spliced into a stream that did not ask for
 it on a key that reports usage that way (the usage-only chunk is dropped again on the way back).
 A stream's chunks are forwarded whole; only the event that carries usage is parsed.
+
+Also owns what the translations for OpenAI clients (openai_on_anthropic*.py, openai_on_gemini*.py)
+share: `completion`, the chat.completion a non-streamed answer becomes; `ChunkWriter`, the
+chat.completion.chunk framing their stream translators write in; and `ChunkAdapter`, the adapter
+around such a translator.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -15,13 +21,14 @@ import orjson
 from gateway.relay import features, sse
 from gateway.relay.call import Call
 from gateway.relay.formats import Mode
-from gateway.relay.formats.shared import ENDED_EARLY, STREAM_ONLY_ERROR, Plan
-from gateway.relay.formats.usage import Usage, openai_usage
+from gateway.relay.formats.shared import ENDED_EARLY, STREAM_ONLY_ERROR, EventAdapter, Plan, new_id, openai_data
+from gateway.relay.formats.usage import Usage, openai_usage, openai_usage_dict
 from gateway.relay.keyindex import PoolKey
 
 # Endpoints whose streams understand `stream_options.include_usage`.
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+DONE = b"data: [DONE]\n\n"
 
 
 def plan(call: Call, key: PoolKey, model: str) -> Plan:
@@ -64,6 +71,22 @@ def answer(call: Call, raw: bytes) -> tuple[bytes, Usage | None]:
     if usage is not None and call.endpoint == "/responses":
         usage.tool_calls = features.response_calls(parsed)
     return raw, usage
+
+
+def completion(answer_id: str, model: str, text: str, calls: list[dict], finish: str, usage: Usage | None) -> dict:
+    """A translated answer as an OpenAI chat.completion with one choice (content null when the
+    answer is only tool calls)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": answer_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": openai_usage_dict(usage),
+    }
 
 
 def usage_of(obj: Any) -> Usage | None:
@@ -127,3 +150,103 @@ class Passthrough:
 
     def recorded_usage(self) -> Usage | None:
         return self.usage
+
+
+class ChunkWriter:
+    """A translated stream as an OpenAI client reads it: every chunk under one id, model and
+    creation time; the `role: assistant` chunk once, first; one finish chunk; at the end the
+    usage-only chunk (`choices: []`, only if the client asked: `include_usage`) and `[DONE]`."""
+
+    def __init__(self, *, include_usage: bool, model: str | None) -> None:
+        self.include_usage = include_usage
+        self.id = new_id("chatcmpl-")
+        self.model = model or ""
+        self.created = int(time.time())
+        self.usage = Usage()
+        self.done = False
+        self._role_sent = False
+        self._finish_sent = False
+
+    def feed(self, obj: dict) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> bytes:
+        """The end of the stream: the role and finish chunks if they were not sent, the usage
+        chunk if asked for, `[DONE]`; nothing the second time."""
+        if self.done:
+            return b""
+        self.done = True
+        return self._role() + self._finish() + self._end()
+
+    def _finish(self) -> bytes:
+        raise NotImplementedError
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return openai_data(self._frame([choice]))
+
+    def _frame(self, choices: list) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def _role(self) -> bytes:
+        if self._role_sent:
+            return b""
+        self._role_sent = True
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def _finish_chunk(self, finish: str) -> bytes:
+        if self._finish_sent:
+            return b""
+        self._finish_sent = True
+        return self._chunk({}, finish)
+
+    def _end(self) -> bytes:
+        """The usage-only chunk where it was asked for, and `[DONE]`."""
+        if not self.include_usage:
+            return DONE
+        return openai_data({**self._frame([]), "usage": openai_usage_dict(self.usage)}) + DONE
+
+
+class ChunkAdapter(EventAdapter):
+    """A translated stream to an OpenAI client: each event's `data:` object goes through the
+    translator; one the upstream marks as an error (`is_error`) fails the attempt or breaks the
+    stream, and the first that carries content (`commits`) is the commit point."""
+
+    def __init__(self, stream: ChunkWriter) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def is_error(self, obj: dict) -> bool:
+        raise NotImplementedError
+
+    def commits(self, obj: dict) -> bool:
+        raise NotImplementedError
+
+    def event(self, event: bytes) -> bytes:
+        data = sse.data_of(event)
+        if data is None:
+            return b""
+        obj = sse.parse(data)
+        if not isinstance(obj, dict):
+            return b""
+        if self.is_error(obj):
+            return self.upstream_error()
+        if not self.committed and self.commits(obj):
+            self.committed = True
+        out = self._stream.feed(obj)
+        self.usage = self._stream.usage
+        return out
+
+    def close(self, pending: bytes) -> bytes:
+        out = self._stream.close()
+        self.usage = self._stream.usage
+        return out
+
+    def error(self, message: str) -> bytes:
+        return sse.error_event(message)

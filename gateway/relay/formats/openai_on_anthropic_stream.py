@@ -5,17 +5,15 @@ gateway/relay/formats/__init__.py.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from gateway.relay import features, sse
-from gateway.relay.formats.shared import STREAM_ERROR, EventAdapter, dumps, finish_reason, new_id, openai_data
-from gateway.relay.formats.usage import Usage, anthropic_usage, openai_usage_dict
+from gateway.relay import features
+from gateway.relay.formats.openai import ChunkAdapter, ChunkWriter
+from gateway.relay.formats.shared import STREAM_ERROR, dumps, finish_reason, new_id, openai_data
+from gateway.relay.formats.usage import anthropic_usage
 
-DONE = b"data: [DONE]\n\n"
 
-
-class Translator:
+class Translator(ChunkWriter):
     """Anthropic stream events (parsed `data:` objects, each with its `type`) in, OpenAI
     `data: {chunk}` bytes out.
 
@@ -29,34 +27,10 @@ class Translator:
     """
 
     def __init__(self, *, include_usage: bool = False, model: str | None = None) -> None:
-        self.include_usage = include_usage
-        self.id = new_id("chatcmpl-")
-        self.model = model or ""
-        self.created = int(time.time())
-        self.usage = Usage()
+        super().__init__(include_usage=include_usage, model=model)
         self.stop_reason: str | None = None
-        self.done = False
-        self._role_sent = False
-        self._finish_sent = False
         self._tool_count = 0
         self._blocks: dict[int, int] = {}  # Anthropic index of a tool_use block -> OpenAI tool index
-
-    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        chunk = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
-        return openai_data(chunk)
-
-    def _role(self) -> bytes:
-        if self._role_sent:
-            return b""
-        self._role_sent = True
-        return self._chunk({"role": "assistant", "content": ""})
 
     def _merge_usage(self, usage: Any) -> None:
         """Anthropic's counts are cumulative: a later event's value replaces an earlier one."""
@@ -136,56 +110,17 @@ class Translator:
         return b""  # thinking_delta, signature_delta, citations_delta, …
 
     def _finish(self) -> bytes:
-        if self._finish_sent:
-            return b""
-        self._finish_sent = True
-        return self._chunk({}, finish_reason(self.stop_reason))
-
-    def close(self) -> bytes:
-        if self.done:
-            return b""
-        self.done = True
-        out = self._role() + self._finish()
-        if self.include_usage:
-            chunk = {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": openai_usage_dict(self.usage),
-            }
-            out += openai_data(chunk)
-        return out + DONE
+        return self._finish_chunk(finish_reason(self.stop_reason))
 
 
-class Adapter(EventAdapter):
+class Adapter(ChunkAdapter):
     """An `anthropic` key's stream to an OpenAI client, converted event by event."""
 
     def __init__(self, *, model: str, include_usage: bool) -> None:
-        super().__init__()
-        self._stream = Translator(include_usage=include_usage, model=model)
+        super().__init__(Translator(include_usage=include_usage, model=model))
 
-    def event(self, event: bytes) -> bytes:
-        data = sse.data_of(event)
-        if data is None:
-            return b""
-        obj = sse.parse(data)
-        if not isinstance(obj, dict):
-            return b""
-        kind = obj.get("type")
-        if kind == "error":
-            return self.upstream_error()
-        if kind in ("content_block_start", "content_block_delta"):
-            self.committed = True
-        out = self._stream.feed(obj)
-        self.usage = self._stream.usage
-        return out
+    def is_error(self, obj: dict) -> bool:
+        return obj.get("type") == "error"
 
-    def close(self, pending: bytes) -> bytes:
-        out = self._stream.close()
-        self.usage = self._stream.usage
-        return out
-
-    def error(self, message: str) -> bytes:
-        return sse.error_event(message)
+    def commits(self, obj: dict) -> bool:
+        return obj.get("type") in ("content_block_start", "content_block_delta")

@@ -99,6 +99,23 @@ def openai_data(data: dict) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+def data_url(url: str, where: str) -> tuple[str, str]:
+    """(media type, base64 data) of a `data:` URL; only base64 ones can be carried."""
+    header, _, data = url[5:].partition(",")
+    if not header.endswith(";base64") or not data:
+        raise TranslationError(f"{where}: only base64 data URLs can be sent to this model", where)
+    return header[: -len(";base64")], data
+
+
+def file_data(file: Any, where: str) -> tuple[str, str]:
+    """(media type, base64 data) of an OpenAI `file` part's inline `file_data`; a file id cannot
+    be carried to another format."""
+    url = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise TranslationError(f"{where}: only inline file_data can be sent to this model", where)
+    return data_url(url, f"{where}.file_data")
+
+
 def new_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 
@@ -245,13 +262,19 @@ class Plan:
     strip_usage: bool = False  # OPENAI: we asked for include_usage and drop that chunk again
 
 
-def translated(call: Call, model: str, translate: Callable[[dict], dict]) -> bytes:
+def translated(call: Call, model: str, translate: Callable[[dict], dict], *, named: bool = True) -> bytes:
     """The call's body in the key's format under the key's name for the model: translated once
-    per call and kept for every key of that format it is tried on."""
-    if call.translated_obj is None:
-        call.translated_obj = translate(call.body)
+    per call and kept for every key of that format it is tried on (a call that moves on to a key
+    of a third format is translated again; `translate` is a module's function, the same every
+    time). A body that comes without a model (Gemini's names it in its URL) gets the call's.
+    `named=False`: the body carries no model (Gemini's is in the URL), so one body serves every
+    name."""
+    if call.translated_obj is None or call.translated_by is not translate:
+        obj = translate(call.body)
+        call.translated_obj = {"model": call.model, **obj} if named and "model" not in obj else obj
         call.translated = orjson.dumps(call.translated_obj)
-    if model == call.model and call.translated is not None:
+        call.translated_by = translate
+    if (not named or model == call.model) and call.translated is not None:
         return call.translated
     return orjson.dumps({**call.translated_obj, "model": model})
 
