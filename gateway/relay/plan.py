@@ -16,6 +16,7 @@ from gateway.relay.formats import (
     Mode,
     anthropic,
     anthropic_on_openai,
+    composed,
     gemini,
     gemini_on_openai,
     openai,
@@ -53,6 +54,8 @@ TABLE = (
     row(Mode.GEMINI, GEMINI, GEMINI, gemini),
     row(Mode.GEMINI_ON_OPENAI, GEMINI, OPENAI, gemini_on_openai),
     row(Mode.OPENAI_ON_GEMINI, OPENAI, GEMINI, openai_on_gemini),
+    row(Mode.GEMINI_ON_ANTHROPIC, GEMINI, ANTHROPIC, composed.GeminiOnAnthropic),
+    row(Mode.ANTHROPIC_ON_GEMINI, ANTHROPIC, GEMINI, composed.AnthropicOnGemini),
 )
 BY_FORMATS = {(d.client, d.key): d for d in TABLE}
 BY_MODE = {d.mode: d for d in TABLE}
