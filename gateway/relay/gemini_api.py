@@ -73,22 +73,9 @@ async def read_call(request: web.Request, caller: Caller, model: str, method: st
     if generation is not None and not isinstance(generation, dict):
         raise BadRequest("generationConfig must be an object.", code="invalid_value")
     generation = generation or {}
-    cap = config.limits.max_output_tokens
-    for name in ("maxOutputTokens", "max_output_tokens"):
-        value = generation.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"generationConfig.{name} must be a positive integer.", code="invalid_value")
-        if cap and value > cap:
-            raise BadRequest(f"generationConfig.{name} may be at most {cap} on this gateway.", code="invalid_value")
-    for name in ("candidateCount", "candidate_count"):
-        n = generation.get(name)
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= config.limits.max_n):
-            raise BadRequest(
-                f"generationConfig.{name} must be an integer from 1 to {config.limits.max_n} on this gateway.",
-                code="invalid_value",
-            )
+    choices = {name: generation.get(name) for name in ("candidateCount", "candidate_count")}
+    tokens = {name: generation.get(name) for name in ("maxOutputTokens", "max_output_tokens")}
+    handlers.check_caps(config.limits, choices, tokens, "generationConfig.{}")
     stream = method == "streamGenerateContent"
     fields = request_fields(request)
     fields["stream"] = stream
@@ -117,13 +104,7 @@ async def count_tokens(request: web.Request, model: str) -> web.Response:
         _check_contents(counted_body)
     call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
     call.client = ApiFormat.GEMINI
-    pool = request.app[KEY_INDEX].pool(model, COUNT, caller)
-    fields = request_fields(request)
-    try:
-        counted = await messages.count(call, pool) if pool is not None else None
-    finally:
-        fields["attempts"] = call.attempts
-        fields["upstream_ms"] = round(call.upstream_ms, 1)
+    counted = await messages.count(call, request.app[KEY_INDEX].pool(model, COUNT, caller))
     if isinstance(counted, web.Response):
         return counted
     return web.json_response({"totalTokens": estimate_tokens(counted_body) if counted is None else counted})

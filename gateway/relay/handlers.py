@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway import appkeys, metrics, tracing
 from gateway.apiformat import ApiFormat, spoken_on
 from gateway.config import Balancer as BalancerConfig
+from gateway.config import Limits as LimitsConfig
 from gateway.errors import (
     REDIS_DOWN,
     BadRequest,
@@ -161,20 +162,7 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
         stream = False
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", code="invalid_value")
-    n = body.get("n")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= config.limits.max_n):
-        raise BadRequest(
-            f"'n' must be an integer from 1 to {config.limits.max_n} on this gateway.", code="invalid_value"
-        )
-    cap = config.limits.max_output_tokens
-    for name in TOKEN_FIELDS:
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"'{name}' must be a positive integer.", code="invalid_value")
-        if cap and value > cap:
-            raise BadRequest(f"'{name}' may be at most {cap} on this gateway.", code="invalid_value")
+    check_caps(config.limits, {"n": body.get("n")}, {name: body.get(name) for name in TOKEN_FIELDS}, "'{}'")
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     fields = request_fields(request)
@@ -185,6 +173,25 @@ async def read_call(request: web.Request, caller: Caller, endpoint: str) -> Call
     if client == ApiFormat.ANTHROPIC:
         call.client, call.anthropic_lines = client, anthropic.header_lines(request)
     return call
+
+
+def check_caps(limits: LimitsConfig, choices: dict[str, Any], tokens: dict[str, Any], named: str) -> None:
+    """400 for a number of choices (`n`) or an output token cap outside the gateway's caps;
+    `named` spells a field's name as the client's format does ("'{}'", "generationConfig.{}")."""
+    for name, n in choices.items():
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= limits.max_n):
+            raise BadRequest(
+                f"{named.format(name)} must be an integer from 1 to {limits.max_n} on this gateway.",
+                code="invalid_value",
+            )
+    cap = limits.max_output_tokens
+    for name, value in tokens.items():
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"{named.format(name)} must be a positive integer.", code="invalid_value")
+        if cap and value > cap:
+            raise BadRequest(f"{named.format(name)} may be at most {cap} on this gateway.", code="invalid_value")
 
 
 def refuse_duplicates(raw: bytes) -> None:

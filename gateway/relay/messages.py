@@ -62,18 +62,23 @@ async def count_tokens(request: web.Request) -> web.Response:
     fields["model"] = model
     call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
     call.client, call.anthropic_lines = ApiFormat.ANTHROPIC, anthropic.header_lines(request)
-    pool = request.app[KEY_INDEX].pool(model, COUNT, caller)
-    try:
-        counted = await count(call, pool) if pool is not None else None
-    finally:
-        fields["attempts"] = call.attempts
-        fields["upstream_ms"] = round(call.upstream_ms, 1)
+    counted = await count(call, request.app[KEY_INDEX].pool(model, COUNT, caller))
     if isinstance(counted, web.Response):
         return counted
     return web.json_response({"input_tokens": estimate_input_tokens(body) if counted is None else counted})
 
 
-async def count(call: Call, pool: Pool) -> int | web.Response | None:
+async def count(call: Call, pool: Pool | None) -> int | web.Response | None:
+    """`_count`, its attempts and upstream time in the request's log line; None without a pool."""
+    fields = request_fields(call.request)
+    try:
+        return await _count(call, pool) if pool is not None else None
+    finally:
+        fields["attempts"] = call.attempts
+        fields["upstream_ms"] = round(call.upstream_ms, 1)
+
+
+async def _count(call: Call, pool: Pool) -> int | web.Response | None:
     """The count of the first key that answers, the upstream's refusal of the request itself, or
     None when no key could serve or every attempt failed. Anthropic's count_tokens, and Gemini's
     countTokens (`call.client`), the same way."""

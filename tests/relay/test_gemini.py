@@ -110,6 +110,12 @@ async def test_errors_are_in_googles_shape(gw: Gateway, fake_gemini: FakeGemini)
     assert (bad.status, (await bad.json())["error"]["status"]) == (400, "INVALID_ARGUMENT")
     unknown = await gw.post("/v1beta/models/gemini-2.5-flash:embedContent", ASK)
     assert (unknown.status, (await unknown.json())["error"]["status"]) == (400, "INVALID_ARGUMENT")
+    capped = await gw.post(f"{FLASH}:generateContent", {**ASK, "generationConfig": {"maxOutputTokens": 5000}})
+    assert (await capped.json())["error"][
+        "message"
+    ] == "generationConfig.maxOutputTokens may be at most 4096 on this gateway."
+    many = await gw.post(f"{FLASH}:generateContent", {**ASK, "generation_config": {"candidate_count": 99}})
+    assert (await many.json())["error"]["message"].startswith("generationConfig.candidate_count must be an integer")
     paid = await gw.post(f"{FLASH}:generateContent", {**ASK, "tools": [{"googleSearch": {}}]})
     body = await paid.json()
     assert paid.status == 400 and "web_search" in body["error"]["message"]
