@@ -204,7 +204,7 @@ class Recorder:
                 shared_key_id=self.key.id,
                 user_id=call.caller.user_id,
                 donor_id=self.key.owner_id,
-                api_endpoint="/v1" + call.endpoint,
+                api_endpoint=route_of(call.endpoint),
                 model=call.model,
                 status=status,
                 success=success,
@@ -220,8 +220,17 @@ class Recorder:
                 cache_creation_tokens=cache_creation,
                 upstream_model=self.upstream_model,
                 server_tool_calls=usage.tool_calls if usage is not None else None,
+                token_id=call.caller.token_id,
             )
         )
+
+
+GEMINI_METHODS = frozenset({"/generateContent", "/countTokens"})
+
+
+def route_of(endpoint: str) -> str:
+    """The route a usage row names: `/v1/chat/completions`, or Gemini's `/v1beta/models:generateContent`."""
+    return "/v1beta/models:" + endpoint[1:] if endpoint in GEMINI_METHODS else "/v1" + endpoint
 
 
 def _today(call: Call) -> date:

@@ -14,7 +14,11 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any
 
 import asyncpg
 import structlog
@@ -84,18 +88,48 @@ async def create(conn: asyncpg.Connection, user_id: str, label: str = "") -> tup
 
 
 @dataclass(frozen=True, slots=True)
+class Scope:
+    """What a token may do beyond its user's limits (sql/0017); empty or None: no such limit."""
+
+    models: frozenset[str] = frozenset()  # public names and aliases; empty: every model
+    expires_at: float | None = None  # epoch seconds
+    daily_requests: int | None = None
+    requests_per_minute: int | None = None
+    daily_budget_usd: Decimal | None = None
+    allowed_ips: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any]) -> Scope:
+        expires = row["expires_at"]
+        scope = cls(
+            models=frozenset(row["models"] or ()),
+            expires_at=expires.timestamp() if expires is not None else None,
+            daily_requests=row["daily_requests"],
+            requests_per_minute=row["requests_per_minute"],
+            daily_budget_usd=row["daily_budget_usd"],
+            allowed_ips=tuple(row["allowed_ips"] or ()),
+        )
+        return UNSCOPED if scope == UNSCOPED else scope
+
+
+UNSCOPED = Scope()
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
-    """Who a valid gateway token belongs to."""
+    """Who a valid gateway token belongs to, and what the token may do (`scope`)."""
 
     token_id: str
     user_id: str
     username: str
     trust_level: int
     is_admin: bool
+    scope: Scope = UNSCOPED
 
 
 LOOKUP_TOKEN = """
-SELECT t.id AS token_id, u.id AS user_id, u.username, u.trust_level, u.is_admin
+SELECT t.id AS token_id, u.id AS user_id, u.username, u.trust_level, u.is_admin,
+       t.models, t.expires_at, t.daily_requests, t.requests_per_minute, t.daily_budget_usd, t.allowed_ips
 FROM api_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.token_hash = $1 AND t.revoked_at IS NULL
 """
@@ -174,7 +208,14 @@ class TokenCache:
             row = await conn.fetchrow(LOOKUP_TOKEN, digest)
         if row is None:
             return None
-        return Caller(str(row["token_id"]), str(row["user_id"]), row["username"], row["trust_level"], row["is_admin"])
+        return Caller(
+            str(row["token_id"]),
+            str(row["user_id"]),
+            row["username"],
+            row["trust_level"],
+            row["is_admin"],
+            Scope.of_row(row),
+        )
 
     async def _refresh(self, digest: bytes, now: float, stale: Caller) -> Caller | None:
         try:
