@@ -4,7 +4,7 @@ Speaks what Google speaks: `GET /v1beta/models` (`models[].name` = "models/<id>"
 `POST /v1beta/models/{model}:generateContent` (JSON), `:streamGenerateContent` (SSE with
 `?alt=sse`, events ended by CRLF CRLF; without it one JSON array), `:countTokens`; the key as
 `x-goog-api-key` (a wrong one: Google's 400 `API_KEY_INVALID`); function calls when the last
-turn offers tools and is not a function response; `usageMetadata` with thoughts and cached
+turn offers tools and is not a function response (unless `call_tools` is off); `usageMetadata` with thoughts and cached
 counts; Google's error bodies. `fail_next` queues failures; every request is recorded.
 """
 
@@ -49,6 +49,7 @@ class FakeGemini:
     thoughts: int = 5  # thoughtsTokenCount reported
     cached: int = 0  # cachedContentTokenCount reported
     grounded: bool = False  # answers carry groundingMetadata.webSearchQueries
+    call_tools: bool = True  # a turn offering tools gets a call to the first (False: text, no call)
     requests: list[Recorded] = field(default_factory=list)
     failures: deque[GeminiFailure] = field(default_factory=deque)
     server: TestServer | None = None
@@ -118,7 +119,7 @@ class FakeGemini:
         last = contents[-1] if contents else {}
         tools = [d for t in body.get("tools") or [] for d in t.get("functionDeclarations", [])]
         responded = any("functionResponse" in p for p in last.get("parts", []))
-        if tools and not responded:
+        if self.call_tools and tools and not responded:
             parts: list[dict[str, Any]] = [{"functionCall": {"name": tools[0]["name"], "args": {"city": "Paris"}}}]
         elif responded:
             result = next(p["functionResponse"] for p in last["parts"] if "functionResponse" in p)
