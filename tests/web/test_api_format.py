@@ -320,6 +320,7 @@ async def test_the_keys_page_has_a_format_select_and_shows_each_keys_format(
     add_form = html.split('id="add-key"')[1].split("</form>")[0]
     assert '<option value="openai" selected>OpenAI-compatible</option>' in add_form
     assert '<option value="anthropic">Anthropic</option>' in add_form
+    assert '<option value="gemini">Gemini</option>' in add_form
     claude_item = html.split(f'data-key-id="{claude.id}"')[1].split("</article>")[0]
     gpt_item = html.split(f'data-key-id="{gpt.id}"')[1].split("</article>")[0]
     assert '<dd data-api-format="anthropic">Anthropic</dd>' in claude_item
