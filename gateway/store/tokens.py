@@ -156,7 +156,8 @@ class TokenCache:
     Known tokens and misses live in two LRUs: however many unknown tokens arrive, they only push
     out other misses, never a known token (which is then still known during an outage). A token in
     neither costs a query, so those look-ups are rate-limited per client address (`LookupLimit`):
-    past it `lookup` raises `TooManyLookups` without asking PostgreSQL.
+    past it `lookup` raises `TooManyLookups` without asking PostgreSQL. Requests for a token
+    whose look-up is in flight wait for it: a burst on a cold cache costs one query, one slot.
     """
 
     def __init__(
@@ -174,6 +175,7 @@ class TokenCache:
         self._known: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()  # least recently used first
         self._misses: OrderedDict[bytes, float] = OrderedDict()  # digest -> expiry, oldest first
         self._limit = LookupLimit(lookups_per_minute)
+        self._pending: dict[bytes, asyncio.Future[Caller | None]] = {}  # look-ups in flight
         self._used: set[str] = set()
 
     async def lookup(self, token: str, client: str | None = None) -> Caller | None:
@@ -193,14 +195,27 @@ class TokenCache:
                 return None
             if not well_formed(token):  # checked on a miss only: a cached token was well formed
                 return None
-            wait = self._limit.take(client, now)
-            if wait > 0:
-                raise TooManyLookups(wait)
-            caller = self._store(digest, now, await self._query(digest))
-            if caller is not None:
-                self._limit.give_back(client)  # a real token: the look-up was not a forger's
+            pending = self._pending.get(digest)
+            if pending is not None:  # the same token is being looked up: one query serves them all
+                caller = await asyncio.shield(pending)
+            else:
+                caller = await self._first_lookup(digest, client, now)
         if caller is not None:
             self._used.add(caller.token_id)
+        return caller
+
+    async def _first_lookup(self, digest: bytes, client: str | None, now: float) -> Caller | None:
+        """The one look-up of a token not cached, which requests for it meanwhile wait on."""
+        wait = self._limit.take(client, now)
+        if wait > 0:
+            raise TooManyLookups(wait)
+        pending = self._pending[digest] = asyncio.ensure_future(self._query(digest))
+        try:
+            caller = self._store(digest, now, await asyncio.shield(pending))
+        finally:
+            del self._pending[digest]
+        if caller is not None:
+            self._limit.give_back(client)  # a real token: the look-up was not a forger's
         return caller
 
     async def _query(self, digest: bytes) -> Caller | None:

@@ -61,3 +61,25 @@ async def test_a_known_token_outlives_its_cache_entry_while_postgresql_is_down(
     with capture_logs() as logs:
         assert await cache.lookup(token) == caller  # asked again after a while, still away
     assert [e["event"] for e in logs] == ["token_served_from_stale_cache"]
+
+
+async def test_a_burst_on_a_cold_cache_is_one_look_up(pool: asyncpg.Pool) -> None:
+    """200 requests at once with a token not cached yet: one query, one slot of the address's
+    look-up limit (which allows 1 here), and every one of them gets the caller."""
+    user, token = await user_with_token(pool, "burst")
+    cache = TokenCache(pool, lookups_per_minute=1)
+    queries = 0
+    real = cache._query
+
+    async def counted(digest: bytes) -> tokens.Caller | None:
+        nonlocal queries
+        queries += 1
+        await asyncio.sleep(0.05)  # a slow database: the others arrive meanwhile
+        return await real(digest)
+
+    cache._query = counted  # type: ignore[method-assign]
+    callers = await asyncio.gather(*[cache.lookup(token, "10.0.0.1") for _ in range(200)])
+    assert {c.user_id for c in callers if c is not None} == {user.id} and None not in callers
+    assert queries == 1
+    _, other_token = await user_with_token(pool, "burst2")
+    assert (await cache.lookup(other_token, "10.0.0.1")) is not None, "the real token gave its slot back"
