@@ -315,8 +315,8 @@ async def test_the_keys_page_has_a_format_select_and_shows_each_keys_format(
     gpt = await add_key(site.pool, site.config, me, fake_upstream.base_url, name="gpt")
 
     html = await (await site.client.get("/keys")).text()
-    # The add form and both edit forms have the select; the add form starts at openai.
-    assert html.count('name="api_format"') == 3
+    # The add form, both edit forms and the import form have the select; the add form starts at openai.
+    assert html.count('name="api_format"') == 4
     assert '<select id="new-api_format" name="api_format">' in html
     add_form = html.split('id="add-key"')[1].split("</form>")[0]
     assert '<option value="openai" selected>OpenAI-compatible</option>' in add_form
