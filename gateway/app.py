@@ -40,7 +40,7 @@ from gateway.store.crypto import KEYRING, KeyRing
 from gateway.store.tokens import TOKEN_CACHE, TokenCache, touch_forever
 from gateway.tasks import background
 from gateway.web import frame, health, pages
-from gateway.web.api import aliases_api, keys_api, prices_api, tokens_api
+from gateway.web.api import aliases_api, keys_api, keys_import, prices_api, tokens_api
 from gateway.web.board import thanks
 from gateway.web.board.cache import BOARD, Board
 from gateway.web.board.thanks import VISITORS, Visitors
@@ -86,6 +86,7 @@ def create_app(config: Config) -> web.Application:
             *messages.routes,
             *gemini_api.routes,
             *keys_api.routes,
+            *keys_import.routes,
             *aliases_api.routes,
             *prices_api.routes,
             *tokens_api.routes,

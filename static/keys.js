@@ -1,4 +1,4 @@
-/* /keys: add (after an optional live test), edit, pause/resume and delete through /api/shared-keys. */
+/* /keys: add (after an optional live test), import many, edit, pause/resume and delete through /api/shared-keys. */
 "use strict";
 (() => {
   const { api, msg, failure, clearErrors, showError, setResult, refresh, busy } = window.sharekey;
@@ -137,6 +137,44 @@
       await refresh("key-list");
       const item = document.querySelector(`[data-key-id="${CSS.escape(result.data.id)}"] [data-test-result]`);
       setResult(item, text, "ok");
+    });
+  });
+
+  // Many keys at once: POST /api/shared-keys/import, then each key's mask, outcome and reason.
+  const importForm = document.getElementById("import-many");
+  importForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const output = importForm.querySelector("[data-result]");
+    const results = importForm.querySelector("[data-import-results]");
+    clearErrors(importForm);
+    results.replaceChildren();
+    results.hidden = true;
+    const keys = value(importForm, "keys").split("\n").map((s) => s.trim()).filter((s) => s && !s.startsWith("#"));
+    const body = {
+      base_url: value(importForm, "base_url").trim(),
+      api_format: value(importForm, "api_format"),
+      available_models: list(value(importForm, "available_models")),
+      keys,
+    };
+    const daily = limit(value(importForm, "daily_limit"));
+    if (daily !== undefined) body.daily_limit = daily;
+    setResult(output, msg("testing"));
+    busy(event.submitter, async () => {
+      const result = await api("POST", "/api/shared-keys/import", body);
+      if (!result.ok) { setResult(output, ""); showError(importForm, result); return; }
+      for (const r of result.data.results) {
+        const item = document.createElement("li");
+        item.dataset.status = r.status;
+        item.className = `import-${r.status}`;
+        item.textContent = msg(`import_${r.status}`, { hint: r.hint, error: r.error || "" });
+        results.append(item);
+      }
+      results.hidden = false;
+      setResult(output, msg("imported", result.data), result.data.added ? "ok" : "bad");
+      if (result.data.added) {
+        importForm.elements.keys.value = ""; // the keys are stored: nothing to keep on the page
+        await refresh("key-list");
+      }
     });
   });
 

@@ -23,7 +23,7 @@ from gateway import log
 from gateway.config import Config, ConfigError, load
 from gateway.errors import REDIS_DOWN
 from gateway.net import redisclient
-from gateway.ops import cli_keys, report, server
+from gateway.ops import cli_import, cli_keys, report, server
 from gateway.ops.command import CliError, UsageError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=command(run_login_link))
 
-    cli_keys.add_parsers(sub, verbose)
+    cli_import.add_parser(cli_keys.add_parsers(sub, verbose), verbose)
     report.add_parser(sub, verbose)
 
     p = sub.add_parser(
@@ -270,6 +270,8 @@ async def run_rotate_secret(config: Config, args: argparse.Namespace, conn: asyn
     done = await rotation.rotate(conn, keyring, batch=args.batch_size, pause=args.pause)
     await announce(config, "keys")
     print(f"re-encrypted {done.resealed} key(s); {done.current} of {done.total} are under key id {done.kid}")
+    if done.fingerprinted:
+        print(f"fingerprinted {done.fingerprinted} key(s) stored before fingerprints")
     if done.unopenable:
         raise CliError(
             f"{len(done.unopenable)} key(s) open under no secret in the ring and were left as they are: "

@@ -20,7 +20,7 @@ from gateway.ops import keyoptions
 from gateway.ops.command import CliError, UsageError, announce, command, find_user
 from gateway.ops.keyoptions import given_api_format, given_api_key
 from gateway.relay import prices
-from gateway.store import keyrules, modelnames, sharedkeys
+from gateway.store import keyimport, keyrules, modelnames, sharedkeys
 from gateway.store.crypto import KeyRing, SealError
 
 API_KEY_HELP = "the key; - reads it from standard input (keeps it out of ps and shell history)"
@@ -31,8 +31,11 @@ API_FORMAT_HELP = (
 BUDGET_HELP = "USD a day at most (estimated from the models' prices); reached, the key rests"
 
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser) -> None:
-    """The `keys` command and its actions, under the top-level parser's subcommands."""
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The `keys` command and its actions, under the top-level parser's subcommands; returns the
+    actions' subparsers, where `cli_import` adds `keys import`."""
     keys_p = sub.add_parser("keys", help="manage donated keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -41,16 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--name", required=True, help="a name for the key, unique per owner")
     p.add_argument("--base-url", required=True)
     p.add_argument("--api-key", required=True, help=API_KEY_HELP)
-    p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--daily-limit", type=int, default=150)
-    p.add_argument("--daily-budget-usd", help=BUDGET_HELP)
-    p.add_argument("--description")
-    p.add_argument("--tags", default="", help="comma-separated")
-    p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
-    p.add_argument("--no-stream-usage", action="store_true", help="the upstream rejects stream_options")
-    p.add_argument("--api-format", metavar="openai|anthropic|gemini", help=API_FORMAT_HELP)
-    p.add_argument("--no-test", action="store_true", help="store without the live test")
-    keyoptions.add_rule_options(p)
+    add_new_key_options(p)
     p.set_defaults(func=command(run_keys_add))
 
     p = keys_p.add_parser(
@@ -86,6 +80,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], verbos
     p.add_argument("--user", help="the owner's name (with --name)")
     p.add_argument("--reason", default="disabled by an administrator", help="shown to the key's owner")
     p.set_defaults(func=command(run_keys_disable))
+    return keys_p
+
+
+def add_new_key_options(p: argparse.ArgumentParser) -> None:
+    """What a new key is given besides its name and key: `keys add` and `keys import` alike."""
+    p.add_argument("--models", required=True, help="comma-separated model names")
+    p.add_argument("--daily-limit", type=int, default=150)
+    p.add_argument("--daily-budget-usd", help=BUDGET_HELP)
+    p.add_argument("--description")
+    p.add_argument("--tags", default="", help="comma-separated")
+    p.add_argument("--private", action="store_true", help="the owner's own fallback key, never shared")
+    p.add_argument("--no-stream-usage", action="store_true", help="the upstream rejects stream_options")
+    p.add_argument("--api-format", metavar="openai|anthropic|gemini", help=API_FORMAT_HELP)
+    p.add_argument("--no-test", action="store_true", help="store without the live test")
+    keyoptions.add_rule_options(p)
 
 
 def _checked_base_url(config: Config, url: str, api_format: str) -> str:
@@ -150,29 +159,18 @@ async def run_keys_add(config: Config, args: argparse.Namespace, conn: asyncpg.C
     user = await find_user(conn, args.user)
     if fields.get("daily_budget_usd") is not None:
         await require_prices(config, conn, models)
+    keyring = keyring_of(config)
+    if await keyimport.already_shared(conn, keyring, [api_key]):  # before a live test: it would cost one
+        raise CliError(f"--api-key: {sharedkeys.DUPLICATE}")
     if not args.no_test:
         await live_test(config, base_url, api_key, models, api_format)
-    new = sharedkeys.NewKey(
-        owner_id=user.id,
-        name=fields["name"],
-        base_url=base_url,
-        api_key=api_key,
-        available_models=models,
-        daily_limit=fields["daily_limit"],
-        daily_budget_usd=fields.get("daily_budget_usd"),
-        description=fields.get("description"),
-        tags=fields["tags"],
-        is_private=fields["is_private"],
-        stream_usage=fields["stream_usage"],
-        api_format=api_format,
-    )
+    new = keyimport.new_key(user.id, fields["name"], api_key, fields)
     try:
-        async with conn.transaction():
-            key = await sharedkeys.insert_key(conn, keyring_of(config), new, timezone=config.balancer.timezone)
-            if rules != keyrules.DEFAULTS:
-                await keyrules.store(conn, key.id, rules)
+        key = await keyimport.add_key(conn, keyring, new, rules, timezone=config.balancer.timezone)
     except sharedkeys.KeyNameTaken as e:
         raise CliError(str(e)) from None
+    except sharedkeys.DuplicateKey as e:
+        raise CliError(f"--api-key: {e}") from None
     await announce(config, "keys", key.id)
     print(key.id)
 

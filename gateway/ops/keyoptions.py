@@ -40,6 +40,8 @@ KEY_OPTIONS = {
     "min_trust_level": "--min-trust-level",
     "allowed_users": "--allowed-users",
     "allowed_features": "--allowed-features",
+    "name_prefix": "--name-prefix",
+    "keys": "standard input",
 }
 CAPS = ("rpm_limit", "tpm_limit", "max_concurrent", "min_trust_level")  # one whole number each
 LISTS = ("allowed_users", "allowed_features")
@@ -124,12 +126,10 @@ def rules_given(args: argparse.Namespace, limits: Mapping[str, int]) -> dict[str
     return body
 
 
-def new_key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """The options of `keys add`, checked and cleaned as `POST /api/shared-keys` checks its body."""
+def _new_key_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a new key that `keys add` and `keys import` share, as a JSON body."""
     body: dict[str, Any] = {
-        "name": args.name,
         "base_url": args.base_url,
-        "api_key": given_api_key(args),
         "available_models": comma_list(args.models),
         "daily_limit": args.daily_limit,
         "tags": comma_list(args.tags),
@@ -140,11 +140,30 @@ def new_key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     for field in ("description", "api_format", "daily_budget_usd"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
+    return body
+
+
+def _checked(config: Config, body: dict[str, Any], fields: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
     with options_named():
-        fields = keyfields.validate(body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
-        fields.setdefault("api_format", "openai")
-        fields["base_url"] = keyfields.checked_base_url(config, fields["base_url"], api_format=fields["api_format"])
-    return fields
+        checked = keyfields.validate(body, fields, required)
+        checked.setdefault("api_format", "openai")
+        checked["base_url"] = keyfields.checked_base_url(config, checked["base_url"], api_format=checked["api_format"])
+    return checked
+
+
+def new_key_fields(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `keys add`, checked and cleaned as `POST /api/shared-keys` checks its body."""
+    body = {"name": args.name, "api_key": given_api_key(args), **_new_key_body(args)}
+    return _checked(config, body, keyfields.KEY_FIELDS, keyfields.KEY_REQUIRED)
+
+
+def import_fields(config: Config, args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
+    """The options of `keys import` and the keys read, checked as `POST /api/shared-keys/import`
+    checks its body (the keys as a list only: each is checked on its own)."""
+    body = {**_new_key_body(args), "keys": keys}
+    if args.name_prefix is not None:
+        body["name_prefix"] = args.name_prefix
+    return _checked(config, body, keyfields.IMPORT_FIELDS, keyfields.IMPORT_REQUIRED)
 
 
 def edit_fields(args: argparse.Namespace, limits: Mapping[str, int]) -> dict[str, Any]:

@@ -6,6 +6,11 @@ change a key meanwhile). Rows already under the current key id are never selecte
 interrupted run loses nothing and a second run finishes the job. Gateways keep serving: every
 ciphertext, old or new, opens under a ring that holds both secrets.
 
+Each row's keyed fingerprint (`KeyRing.fingerprint`, derived from the secret like the sealing key)
+is written again with its new ciphertext, so the duplicate check keeps working under the new
+secret; a row stored before fingerprints existed (sql/0016) gets one here, re-sealed or not. A
+fingerprint another row already holds (the same key stored twice before then) stays unset.
+
 That is the one condition: every running gateway must already hold the new secret (as its
 current one, the old ones kept in `old_key_encryption_secrets`), or it could not open what this
 writes. Each gateway process therefore announces its ring's key ids in Redis (`jobs.announce_ring`),
@@ -62,12 +67,12 @@ async def gateways_without(client: aioredis.Redis, prefix: str, kid: str) -> lis
 
 SELECT_STALE = """
 SELECT id, user_id, base_url, api_key_encrypted FROM shared_keys
-WHERE id > $1 AND split_part(api_key_encrypted, ':', 1) <> $2
+WHERE id > $1 AND (split_part(api_key_encrypted, ':', 1) <> $2 OR key_fingerprint IS NULL)
 ORDER BY id LIMIT $3
 """
 
 RESEAL = """
-UPDATE shared_keys SET api_key_encrypted = $2, key_version = $3
+UPDATE shared_keys SET api_key_encrypted = $2, key_version = $3, key_fingerprint = $5
 WHERE id = $1 AND api_key_encrypted = $4
 """
 
@@ -80,6 +85,7 @@ SELECT count(*) FILTER (WHERE split_part(api_key_encrypted, ':', 1) = $1), count
 class Rotation:
     kid: str
     resealed: int = 0
+    fingerprinted: int = 0  # rows already under `kid` that got their first fingerprint
     unopenable: list[str] = field(default_factory=list)  # row ids whose ciphertext no secret opens
     current: int = 0  # rows under `kid` at the end
     total: int = 0
@@ -100,14 +106,35 @@ async def rotate(conn: asyncpg.Connection, ring: KeyRing, *, batch: int = BATCH,
                 log.error("key_unsealable", key_id=key_id, reason=str(e))
                 done.unopenable.append(key_id)
                 continue
-            sealed = ring.seal(plain, key_id=key_id, owner_id=owner_id, base_url=r["base_url"])
-            updates.append((r["id"], sealed, ring.current_kid, r["api_key_encrypted"]))
+            current = not ring.needs_rotation(r["api_key_encrypted"])
+            sealed = (
+                r["api_key_encrypted"]
+                if current
+                else ring.seal(plain, key_id=key_id, owner_id=owner_id, base_url=r["base_url"])
+            )
+            updates.append(
+                (current, (r["id"], sealed, ring.current_kid, r["api_key_encrypted"], ring.fingerprint(plain)))
+            )
         async with conn.transaction():
-            for update in updates:
-                if await conn.execute(RESEAL, *update) == "UPDATE 1":
-                    done.resealed += 1
+            for current, update in updates:
+                if await _reseal(conn, update, current=current):
+                    if current:
+                        done.fingerprinted += 1
+                    else:
+                        done.resealed += 1
         log.info("keys_resealed", batch=len(updates), resealed=done.resealed)
         if pause:
             await asyncio.sleep(pause)
     done.current, done.total = await conn.fetchrow(COUNT_CURRENT, ring.current_kid)
     return done
+
+
+async def _reseal(conn: asyncpg.Connection, update: tuple[object, ...], *, current: bool) -> bool:
+    """One row, in a savepoint: a fingerprint another row holds leaves this one's unset (and a
+    row already under the current secret as it was)."""
+    try:
+        async with conn.transaction():
+            return bool(await conn.execute(RESEAL, *update) == "UPDATE 1")
+    except asyncpg.UniqueViolationError:
+        log.warning("key_fingerprint_duplicate", key_id=str(update[0]))
+        return not current and await conn.execute(RESEAL, *update[:4], None) == "UPDATE 1"

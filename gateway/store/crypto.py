@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass, field
 
@@ -29,6 +30,9 @@ from gateway.net.ssrf import origin
 NONCE_BYTES = 12
 HKDF_SALT = b"sharekey/key-ring/v1"
 HKDF_INFO_AES = b"sharekey aes-256-gcm donor keys"
+# The fingerprint's MAC key: the same secret, its own salt and label, so it is not the sealing key.
+HKDF_SALT_FINGERPRINT = b"sharekey/key-fingerprint/v1"
+HKDF_INFO_FINGERPRINT = b"sharekey hmac-sha256 donor key fingerprints"
 
 
 class SealError(Exception):
@@ -39,12 +43,21 @@ class SealError(Exception):
 class _Key:
     kid: str
     aead: AESGCM = field(repr=False)
+    mac_key: bytes = field(repr=False)
+
+
+def _hkdf(secret: str, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(secret.encode())
 
 
 def _derive(secret: str) -> _Key:
-    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=HKDF_INFO_AES).derive(secret.encode())
+    raw = _hkdf(secret, HKDF_SALT, HKDF_INFO_AES)
     kid = hashlib.sha256(b"sharekey key id\x00" + raw).hexdigest()[:12]
-    return _Key(kid, AESGCM(raw))
+    return _Key(kid, AESGCM(raw), _hkdf(secret, HKDF_SALT_FINGERPRINT, HKDF_INFO_FINGERPRINT))
+
+
+def _mac(key: _Key, api_key: str) -> str:
+    return hmac.new(key.mac_key, api_key.strip().encode(), hashlib.sha256).hexdigest()
 
 
 def associated_data(key_id: str, owner_id: str, base_url: str) -> bytes:
@@ -92,6 +105,17 @@ class KeyRing:
             return key.aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad).decode()
         except InvalidTag:
             raise SealError("sealed value does not open for this row") from None
+
+    def fingerprint(self, api_key: str) -> str:
+        """The key's keyed fingerprint under the current secret (hex HMAC-SHA256 of the stripped
+        key): what `shared_keys.key_fingerprint` stores, so the same key is never stored twice.
+        `rotate-secret` computes it again with the ciphertext, so it follows the current secret."""
+        return _mac(self._current, api_key)
+
+    def fingerprints(self, api_key: str) -> list[str]:
+        """The key's fingerprint under every secret of the ring, the current first: a row sealed
+        under an older secret (before `rotate-secret` reached it) still carries that one's."""
+        return [_mac(key, api_key) for key in self._keys.values()]
 
     def needs_rotation(self, sealed: str) -> bool:
         return sealed.partition(":")[0] != self._current.kid

@@ -210,6 +210,32 @@ KEY_FIELDS: dict[str, Validator] = {
     "upstream_kind": _upstream_kind,  # provider (default) | relay
 }
 KEY_REQUIRED = ("name", "base_url", "api_key", "available_models")  # of a new key
+IMPORT_MAX = 500  # keys in one bulk import
+
+
+def _name_prefix(field: str, value: Any) -> str:
+    return _text(field, value, low=1, high=48)  # room for "-<n>" within a name's 64
+
+
+def _keys(field: str, value: Any) -> list[Any]:
+    """Only the list here: each entry is checked on its own (`key_entry`), and a bad one fails alone."""
+    if not isinstance(value, list) or not 1 <= len(value) <= IMPORT_MAX:
+        raise invalid(field, f"{field} must be a list of 1 to {IMPORT_MAX} keys")
+    return value
+
+
+def key_entry(value: Any) -> str:
+    """One key of a bulk import, by the api_key rule (the message names the rule, never the value)."""
+    return _api_key("key", value)
+
+
+# A bulk import: the fields of a new key that all its keys share, a name prefix, and the keys.
+IMPORT_FIELDS: dict[str, Validator] = {
+    **{name: check for name, check in KEY_FIELDS.items() if name not in ("name", "api_key")},
+    "name_prefix": _name_prefix,  # default "imported": names imported-1, imported-2, …
+    "keys": _keys,
+}
+IMPORT_REQUIRED = ("base_url", "available_models", "keys")
 EDIT_FIELDS: dict[str, Validator] = {**KEY_FIELDS, "is_active": _flag}
 TEST_FIELDS: dict[str, Validator] = {
     "base_url": _base_url,

@@ -24,6 +24,20 @@ class KeyNameTaken(Exception):
     pass
 
 
+class DuplicateKey(Exception):
+    """The key (by its fingerprint) is already stored, by this donor or another: whose is not said."""
+
+
+def _unique_violation(e: asyncpg.UniqueViolationError, name: str) -> Exception:
+    if e.constraint_name == FINGERPRINT_INDEX:
+        return DuplicateKey(DUPLICATE)
+    return KeyNameTaken(f"you already have a key named {name!r}")
+
+
+FINGERPRINT_INDEX = "shared_keys_key_fingerprint"  # sql/0016
+DUPLICATE = "this key is already shared on this gateway"
+
+
 class KeyStatus(StrEnum):
     """A key's state as its owner sees it. The column holds active | cooling | disabled; `paused`
     is `is_active = false` on a key that is not disabled."""
@@ -173,13 +187,14 @@ def _iso(value: datetime | None) -> str | None:
 INSERT_KEY = """
 INSERT INTO shared_keys (id, user_id, name, base_url, api_key_encrypted, key_version, api_key_hint,
                          available_models, daily_limit, description, tags, is_private, stream_usage,
-                         api_format, daily_budget_usd)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                         api_format, daily_budget_usd, key_fingerprint)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 """
 
 
 async def insert_key(conn: asyncpg.Connection, keyring: KeyRing, key: NewKey, *, timezone: str) -> SharedKey:
-    """Seal and store a key; its row id is chosen first because the ciphertext is bound to it."""
+    """Seal and store a key with its fingerprint; its row id is chosen first because the ciphertext
+    is bound to it. Raises `KeyNameTaken`, or `DuplicateKey` when the key is stored already."""
     key_id = uuid.uuid4()
     sealed = keyring.seal(key.api_key, key_id=str(key_id), owner_id=key.owner_id, base_url=key.base_url)
     try:
@@ -200,9 +215,10 @@ async def insert_key(conn: asyncpg.Connection, keyring: KeyRing, key: NewKey, *,
             key.stream_usage,
             key.api_format,
             key.daily_budget_usd,
+            keyring.fingerprint(key.api_key),
         )
-    except asyncpg.UniqueViolationError:
-        raise KeyNameTaken(f"you already have a key named {key.name!r}") from None
+    except asyncpg.UniqueViolationError as e:
+        raise _unique_violation(e, key.name) from None
     found = await list_keys(conn, timezone=timezone, key_id=str(key_id))
     return found[0]
 
@@ -297,6 +313,7 @@ SET name = $3, base_url = $4, available_models = $5, daily_limit = $6, descripti
     api_key_encrypted = coalesce($12, api_key_encrypted),
     key_version = coalesce($13, key_version),
     api_key_hint = coalesce($14, api_key_hint),
+    key_fingerprint = coalesce($18, key_fingerprint),
     status = CASE WHEN $15 THEN 'active' ELSE status END,
     status_reason = CASE WHEN $15 THEN NULL ELSE status_reason END,
     disabled_by = CASE WHEN $15 THEN NULL ELSE disabled_by END,
@@ -313,11 +330,12 @@ async def update_key(
 ) -> SharedKey | None:
     """Write an edit; a new key is sealed again for this row, its owner and its (new) base URL.
 
-    None when the row is gone, is not the owner's, or the base URL changed without a new key."""
-    sealed = kid = hint = None
+    None when the row is gone, is not the owner's, or the base URL changed without a new key.
+    Raises `KeyNameTaken`, or `DuplicateKey` when the new key is another row's."""
+    sealed = kid = hint = fingerprint = None
     if edit.api_key is not None:
         sealed = keyring.seal(edit.api_key, key_id=key_id, owner_id=owner_id, base_url=edit.base_url)
-        kid, hint = keyring.current_kid, mask(edit.api_key)
+        kid, hint, fingerprint = keyring.current_kid, mask(edit.api_key), keyring.fingerprint(edit.api_key)
     try:
         updated = await conn.fetchval(
             UPDATE_KEY,
@@ -338,9 +356,10 @@ async def update_key(
             edit.reactivate,
             edit.api_format,
             edit.daily_budget_usd,
+            fingerprint,
         )
-    except asyncpg.UniqueViolationError:
-        raise KeyNameTaken(f"you already have a key named {edit.name!r}") from None
+    except asyncpg.UniqueViolationError as e:
+        raise _unique_violation(e, edit.name) from None
     if updated is None:
         return None
     return await get_key(conn, key_id, timezone=timezone)

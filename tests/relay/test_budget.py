@@ -177,7 +177,7 @@ async def test_a_budget_on_a_key_with_an_unpriced_model_is_422_naming_the_model(
     assert added.status == 201, added
     put = await api.call("PUT", "/api/shared-keys", {"id": added.body["id"], "daily_budget_usd": 2})
     assert put.status == 422 and put.body["error"]["field"] == "daily_budget_usd"
-    priced = await api.add(fake_upstream, name="priced", daily_budget_usd=2)  # gpt-4o-mini has a price
+    priced = await api.add(fake_upstream, name="priced", api_key="sk-priced-key-000000001", daily_budget_usd=2)
     assert priced.status == 201, priced
     grow = await api.call("PUT", "/api/shared-keys", {"id": priced.body["id"], "available_models": models})
     assert grow.status == 422 and "'house-model-x'" in grow.body["error"]["message"]

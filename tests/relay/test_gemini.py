@@ -24,7 +24,9 @@ FLASH = "/v1beta/models/gemini-2.5-flash"
 
 async def gemini_key(gw: Gateway, upstream: FakeGemini, **kw: Any) -> str:
     kw.setdefault("models", ["gemini-2.5-flash", "gemini-2.5-pro"])
-    return await gw.add_key(upstream, api_format="gemini", api_key=KEY, **kw)
+    key = f"{KEY}-{kw['name']}" if "name" in kw else KEY  # the same key is never stored twice
+    upstream.keys.add(key)
+    return await gw.add_key(upstream, api_format="gemini", api_key=key, **kw)
 
 
 def sdk(gw: Gateway, **kw: Any) -> genai.Client:

@@ -27,7 +27,8 @@ def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
 
 
 async def add(gw: Gateway, up: FakeUpstream, api_format: str, name: str = "k1") -> str:
-    key_id = await gw.add_key(up, api_key=DONOR_KEY, models=[MODEL, "gpt-4o-mini"], name=name)
+    key = DONOR_KEY if name == "k1" else f"{DONOR_KEY}-{name}"  # the same key is never stored twice
+    key_id = await gw.add_key(up, api_key=key, models=[MODEL, "gpt-4o-mini"], name=name)
     async with gw.pool.acquire() as conn:
         # The donor allows what the operator allows (paid features go only to keys that allow them).
         allowed = list(gw.app[appkeys.config].upstream.allowed_features)

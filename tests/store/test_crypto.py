@@ -89,3 +89,20 @@ def test_short_secret_refused_and_repr_is_safe() -> None:
 )
 def test_mask(key: str, masked: str) -> None:
     assert mask(key) == masked
+
+
+def test_a_fingerprint_is_keyed_stable_and_not_the_sealing_key() -> None:
+    import hashlib
+
+    ring = KeyRing(A)
+    key = "AIzaSy-some-google-key-0123456789"
+    fp = ring.fingerprint(key)
+    assert fp == ring.fingerprint(f"  {key}\n") == KeyRing(A).fingerprint(key), "stripped, deterministic"
+    assert len(fp) == 64 and int(fp, 16) >= 0
+    assert fp != hashlib.sha256(key.encode()).hexdigest(), "never a plain hash"
+    assert key not in fp and ring.fingerprint("AIzaSy-another-key") != fp
+    other = KeyRing("another-secret-" + "y" * 32)
+    assert other.fingerprint(key) != fp, "keyed by the secret"
+    both = KeyRing("another-secret-" + "y" * 32, [A])
+    assert both.fingerprints(key) == [other.fingerprint(key), fp], "every secret of the ring, the current first"
+    assert fp not in repr(ring) and fp not in ring.seal(key, key_id="k", owner_id="o", base_url="https://a.example")

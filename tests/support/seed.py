@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import asyncpg
@@ -26,7 +27,7 @@ async def add_key(
     base_url: str,
     *,
     name: str = "k1",
-    api_key: str = "sk-test-donor-key-0001",
+    api_key: str | None = None,  # None: a key of its own (the same key is never stored twice)
     models: list[str] | None = None,
     daily_limit: int = 150,
     private: bool = False,
@@ -39,7 +40,7 @@ async def add_key(
         owner_id=owner.id,
         name=name,
         base_url=base_url,
-        api_key=api_key,
+        api_key=api_key or f"sk-test-donor-key-{uuid.uuid4().hex[:12]}",
         available_models=models or ["gpt-4o-mini", "text-embedding-3-small"],
         daily_limit=daily_limit,
         is_private=private,

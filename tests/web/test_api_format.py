@@ -27,7 +27,7 @@ from tests.support.fake_linuxdo import Site
 from tests.support.fake_upstream import Failure, FakeUpstream, Recorded
 from tests.support.seed import add_key
 from tests.web import test_keys_api
-from tests.web.test_keys_api import DONOR_KEY, Api, api_config
+from tests.web.test_keys_api import DONOR_KEY, OTHER_KEY, Api, api_config
 
 people, make_api, api = test_keys_api.people, test_keys_api.make_api, test_keys_api.api  # fixtures
 provider, site = fake_linuxdo.provider, fake_linuxdo.site  # fixtures
@@ -77,7 +77,7 @@ async def test_a_key_is_openai_unless_it_says_otherwise(api: Api, fake_upstream:
     assert (reply.status, reply.body["api_format"]) == (201, "openai")
     assert [r.path for r in fake_upstream.requests] == ["/v1/models", "/v1/chat/completions"]
     assert headers_of(fake_upstream.requests[1])["authorization"] == f"Bearer {DONOR_KEY}"
-    explicit = await api.add(fake_upstream, name="second", api_format="openai")
+    explicit = await api.add(fake_upstream, name="second", api_format="openai", api_key=OTHER_KEY)
     assert (explicit.status, explicit.body["api_format"]) == (201, "openai")
     assert {k["api_format"] for k in await api.keys()} == {"openai"}
 
@@ -257,8 +257,9 @@ async def test_cli_api_format(cli_env: dict[str, str], pool: asyncpg.Pool, fake_
     assert added.code == 0, added.err
     assert [r.path for r in fake_upstream.requests] == ["/v1/models", "/v1/messages"]
     assert all(spoke_anthropic(r) for r in fake_upstream.requests)
+    other = [*base[:-1], OTHER_KEY]  # the same key is never stored twice
     plain = await asyncio.to_thread(
-        sharekey, *base, "--name", "gpt", "--base-url", "https://a.example", "--models", "m", "--no-test", env=env
+        sharekey, *other, "--name", "gpt", "--base-url", "https://a.example", "--models", "m", "--no-test", env=env
     )
     assert plain.code == 0, plain.err
     async with pool.acquire() as conn:
@@ -314,13 +315,13 @@ async def test_the_keys_page_has_a_format_select_and_shows_each_keys_format(
     gpt = await add_key(site.pool, site.config, me, fake_upstream.base_url, name="gpt")
 
     html = await (await site.client.get("/keys")).text()
-    # The add form and both edit forms have the select; the add form starts at openai.
-    assert html.count('name="api_format"') == 3
+    # The add form, both edit forms and the import form have the select; the add form starts at openai.
+    assert html.count('name="api_format"') == 4
     assert '<select id="new-api_format" name="api_format">' in html
     add_form = html.split('id="add-key"')[1].split("</form>")[0]
     assert '<option value="openai" selected>OpenAI-compatible</option>' in add_form
     assert '<option value="anthropic">Anthropic</option>' in add_form
-    assert '<option value="gemini">Gemini</option>' in add_form
+    assert '<option value="gemini">Gemini (Google AI Studio)</option>' in add_form
     claude_item = html.split(f'data-key-id="{claude.id}"')[1].split("</article>")[0]
     gpt_item = html.split(f'data-key-id="{gpt.id}"')[1].split("</article>")[0]
     assert '<dd data-api-format="anthropic">Anthropic</dd>' in claude_item

@@ -366,7 +366,7 @@ async def test_admins_list_every_key_and_may_only_pause_others(
     api: Api, fake_upstream: FakeUpstream, second_upstream: FakeUpstream
 ) -> None:
     alice_key = (await api.add(fake_upstream)).body["id"]
-    bob_key = (await api.add(second_upstream, token=api.people.bob_token)).body["id"]
+    bob_key = (await api.add(second_upstream, token=api.people.bob_token, api_key=OTHER_KEY)).body["id"]
     admin = api.people.admin_token
     assert {k["id"] for k in await api.keys(token=admin, all="1")} == {alice_key, bob_key}
     assert await api.keys(token=admin) == [], "without ?all=1 an admin sees their own keys"
@@ -412,12 +412,15 @@ async def test_a_new_base_url_needs_the_key_again(
 
 async def test_names_are_unique_per_owner(api: Api, fake_upstream: FakeUpstream) -> None:
     first = (await api.add(fake_upstream, name="one")).body["id"]
-    await api.add(fake_upstream, name="two")
-    reply = await api.add(fake_upstream, name="one")
+    await api.add(fake_upstream, name="two", api_key=OTHER_KEY)
+    reply = await api.add(fake_upstream, name="one", api_key="sk-third-SECRET-api-key-5c8e2a")
     assert (reply.status, reply.body["error"]["field"]) == (422, "name")
     reply = await api.call("PUT", "/api/shared-keys", {"id": first, "name": "two"})
     assert (reply.status, reply.body["error"]["field"]) == (422, "name")
-    assert (await api.add(fake_upstream, name="one", token=api.people.bob_token)).status == 201
+    reply = await api.add(
+        fake_upstream, name="one", token=api.people.bob_token, api_key="sk-third-SECRET-api-key-5c8e2a"
+    )
+    assert reply.status == 201
 
 
 async def test_cooling_and_a_disabled_key_resumed_after_a_passing_test(api: Api, fake_upstream: FakeUpstream) -> None:
@@ -617,7 +620,7 @@ async def test_adding_and_retesting_keys_share_the_test_limit(
         await api.call("POST", "/api/shared-keys/test", {"base_url": fake_upstream.base_url, "api_key": DONOR_KEY})
     ).status == 200
     calls = len(fake_upstream.requests)
-    limited = await api.add(fake_upstream, name="two")
+    limited = await api.add(fake_upstream, name="two", api_key=OTHER_KEY)
     assert limited.status == 429 and limited.body["error"]["code"] == "rate_limited"
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert await api.rows() == 1, "nothing stored"
@@ -626,7 +629,8 @@ async def test_adding_and_retesting_keys_share_the_test_limit(
     assert len(fake_upstream.requests) == calls, "no refused test reached the upstream"
     renamed = await api.call("PUT", "/api/shared-keys", {"id": first.body["id"], "name": "renamed"})
     assert renamed.status == 200 and renamed.body["name"] == "renamed", "an edit without a test is not limited"
-    assert (await api.add(fake_upstream, name="bobs", token=api.people.bob_token)).status == 201, "per user"
+    bobs = await api.add(fake_upstream, name="bobs", token=api.people.bob_token, api_key="sk-bobs-own-key-0000000009")
+    assert bobs.status == 201, "per user"
 
 
 async def test_a_refused_address_reads_like_a_closed_port(make_api: MakeApi, config: config_mod.Config) -> None:

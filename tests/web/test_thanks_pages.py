@@ -83,7 +83,7 @@ async def seed_board(site: Site, upstream: FakeUpstream) -> dict[str, Any]:
                 user,
                 upstream.base_url,
                 name=f"{username}-{i}",
-                api_key=DONOR_KEY,
+                api_key=f"{DONOR_KEY}-{username}-{i}",  # the same key is never stored twice
                 models=models,
                 daily_limit=limit,
             )  # fmt: skip

@@ -1,7 +1,8 @@
 """The donor's side of the gateway: `/api/shared-keys*`, where owners add, test, edit, pause and
 delete their keys.
 
-    owner(request) -> read and validate the body -> SSRF check -> live test -> seal, store
+    owner(request) -> read and validate the body -> SSRF check -> stored already (by its keyed
+    fingerprint, any donor)? 409 `duplicate_key` -> live test -> seal, store
     -> publish `keys` (every process reloads its index within a second) -> the item, key masked
 
 Owns the owner check (another user's key answers 404, exactly like a missing one), the live state
@@ -28,7 +29,7 @@ from gateway.relay import prices
 from gateway.relay.auth import api_limited, token_caller
 from gateway.relay.balancer import BALANCER
 from gateway.relay.prices import PRICES
-from gateway.store import keypages, keyrules, sharedkeys
+from gateway.store import keyimport, keypages, keyrules, sharedkeys
 from gateway.store.crypto import KEYRING, SealError
 from gateway.store.keyfields import (
     EDIT_FIELDS,
@@ -180,47 +181,50 @@ async def shared_keys_get(request: web.Request) -> web.Response:
     return web.json_response({"keys": [k.to_json() for k in keys], "next": after})
 
 
+def checked_new(app: web.Application, fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked fields of a new key (or of every key of an import), its base URL normalised
+    by the address policy, and its rules: one place for `POST` and `POST …/import`."""
+    config, models = app[appkeys.config], fields["available_models"]
+    if fields.get("daily_budget_usd") is not None:
+        require_prices(app, models)
+    fields = {**fields, "api_format": fields.get("api_format", "openai")}
+    fields["base_url"] = checked_base_url(config, fields["base_url"], api_format=fields["api_format"])
+    return fields, keyrules.merged(fields, keyrules.DEFAULTS, models, config.upstream.allowed_features)
+
+
+def duplicate_key() -> ApiError:
+    return ApiError(409, "duplicate_key", sharedkeys.DUPLICATE, "api_key")  # neither the key nor whose it is
+
+
+async def refuse_shared(app: web.Application, api_key: str, except_id: str | None = None) -> None:
+    """409 before a live test when the key is stored already, by anyone."""
+    async with app[appkeys.pg].acquire() as conn:
+        if await keyimport.already_shared(conn, app[KEYRING], [api_key], except_id=except_id):
+            raise duplicate_key()
+
+
 @routes.post("/api/shared-keys")
 async def shared_keys_post(request: web.Request) -> web.Response:
     caller = await owner(request)
     app, config = request.app, request.app[appkeys.config]
-    fields = validate(await read_object(request), KEY_FIELDS, KEY_REQUIRED)
-    if fields.get("daily_budget_usd") is not None:
-        require_prices(app, fields["available_models"])
-    base_url = checked_base_url(config, fields["base_url"], api_format=fields.get("api_format", "openai"))
-    allowed = config.upstream.allowed_features
-    rules = keyrules.merged(fields, keyrules.DEFAULTS, fields["available_models"], allowed)
+    fields, rules = checked_new(app, validate(await read_object(request), KEY_FIELDS, KEY_REQUIRED))
     async with app[appkeys.pg].acquire() as conn:
         if await sharedkeys.name_taken(conn, caller.user_id, fields["name"]):
             raise invalid("name", f"you already have a key named {fields['name']!r}")
+    await refuse_shared(app, fields["api_key"])
     await count_key_test(request, caller)  # a live test like /test's, under the same limit
-    api_format = fields.get("api_format", "openai")
-    result = await live_test(app, base_url, fields["api_key"], fields["available_models"], api_format)
+    api_format = fields["api_format"]
+    result = await live_test(app, fields["base_url"], fields["api_key"], fields["available_models"], api_format)
     if not result.ok:
         raise failed_test(result)  # nothing stored
-    new = sharedkeys.NewKey(
-        owner_id=caller.user_id,
-        name=fields["name"],
-        base_url=base_url,
-        api_key=fields["api_key"],
-        available_models=fields["available_models"],
-        daily_limit=fields.get("daily_limit", 150),
-        daily_budget_usd=fields.get("daily_budget_usd"),
-        description=fields.get("description"),
-        tags=fields.get("tags", []),
-        is_private=fields.get("is_private", False),
-        stream_usage=fields.get("stream_usage", True),
-        api_format=api_format,
-    )
+    new = keyimport.new_key(caller.user_id, fields["name"], fields["api_key"], fields)
     async with app[appkeys.pg].acquire() as conn:
         try:
-            async with conn.transaction():
-                key = await sharedkeys.insert_key(conn, app[KEYRING], new, timezone=config.balancer.timezone)
-                if rules != keyrules.DEFAULTS:
-                    await keyrules.store(conn, key.id, rules)
-                    key = dataclasses.replace(key, rules=rules)
+            key = await keyimport.add_key(conn, app[KEYRING], new, rules, timezone=config.balancer.timezone)
         except sharedkeys.KeyNameTaken as e:  # a concurrent add with the same name won the race
             raise invalid("name", str(e)) from None
+        except sharedkeys.DuplicateKey:  # or with the same key
+            raise duplicate_key() from None
     await announce(app, key.id)
     log.info(
         "key_added", key_id=key.id, models=len(key.available_models), private=key.is_private, api_format=api_format
@@ -271,6 +275,8 @@ async def shared_keys_put(request: web.Request) -> web.Response:
     adds_models = bool(set(models) - set(current.available_models))
     # Another format is another way of calling the upstream: the stored key is tested in it.
     tested = api_key is not None or resuming or adds_models or api_format != current.api_format
+    if api_key is not None:
+        await refuse_shared(app, api_key, except_id=current.id)  # its own key entered again is no duplicate
     if tested:
         await count_key_test(request, caller)
         key_text = api_key if api_key is not None else await stored_key(app, current.id)
@@ -303,6 +309,8 @@ async def shared_keys_put(request: web.Request) -> web.Response:
                     key = dataclasses.replace(key, rules=rules)
         except sharedkeys.KeyNameTaken as e:
             raise invalid("name", str(e)) from None
+        except sharedkeys.DuplicateKey:
+            raise duplicate_key() from None
     if key is None:  # deleted (or its URL changed) while we tested
         raise ApiError(404, "not_found", NOT_FOUND)
     if tested:

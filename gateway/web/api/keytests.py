@@ -27,13 +27,20 @@ TEST_FAILURE_FIELD = {
 }
 
 
+async def probe(
+    app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
+) -> KeyTestResult:
+    """The live test as it came out, a failed egress proxy included (a bulk import reports it per key)."""
+    pool, timeout = app[UPSTREAM_POOL], app[appkeys.config].upstream.test_timeout
+    names = modelnames.upstream_names(models)
+    return await keytest.test_key(pool, base_url, api_key, names, timeout=timeout, api_format=api_format)
+
+
 async def live_test(
     app: web.Application, base_url: str, api_key: str, models: list[str] | None, api_format: str
 ) -> KeyTestResult:
     """A test the egress proxy failed judged nothing: 503 `proxy_unavailable`, the key unjudged."""
-    pool, timeout = app[UPSTREAM_POOL], app[appkeys.config].upstream.test_timeout
-    names = modelnames.upstream_names(models)
-    result = await keytest.test_key(pool, base_url, api_key, names, timeout=timeout, api_format=api_format)
+    result = await probe(app, base_url, api_key, models, api_format)
     if result.reason == "proxy_unavailable":
         raise ApiError(503, "proxy_unavailable", f"the key was not tested: {result.error}", retry_after=5)
     return result
