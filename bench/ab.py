@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import load
+from . import run as bench_run
 from .run import (
     CONCURRENCY,
-    MODES,
     ROOT,
     Gateway,
     SetupError,
@@ -47,6 +47,9 @@ from .run import (
     start_upstream,
     stop_process,
 )
+
+# The modes every build speaks (the Gemini ones need gemini-format keys, which older builds lack).
+MODES = bench_run.MODES[:4]
 
 
 @dataclass

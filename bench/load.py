@@ -1,18 +1,21 @@
 """A small load generator: N concurrent workers on one aiohttp session, loopback only.
 
-    python -m bench.load URL [--api openai|anthropic] [--token T] [--stream] [--concurrency 16]
+    python -m bench.load URL [--api openai|anthropic|gemini] [--token T] [--stream] [--concurrency 16]
                              [--seconds 5] [--requests N]
 
 Each worker sends the same POST again and again until the time or the request budget is spent,
 recording per request its latency (request sent to body fully read), its time to first byte
 (non-streaming: the response headers; streaming: the first body chunk) and, for a stream, its
 time to first token (the first chunk holding a content delta). A request counts as an error
-unless it answered 200 with a complete body (for a stream: ending in `data: [DONE]`, or in
-Anthropic's format `event: message_stop`).
+unless it answered 200 with a complete body (for a stream: ending in `data: [DONE]`, in
+Anthropic's format `event: message_stop`, in Gemini's a last event with `finishReason`).
 
-Two request formats (`Api`), asking for the same thing: OpenAI's `POST /v1/chat/completions`
-(`OPENAI`) and Anthropic's `POST /v1/messages` (`ANTHROPIC`, the token as `x-api-key`), each
-with the same one-message prompt, `max_tokens` and `stream`.
+Three request formats (`Api`), asking for the same thing: OpenAI's `POST /v1/chat/completions`
+(`OPENAI`), Anthropic's `POST /v1/messages` (`ANTHROPIC`, the token as `x-api-key`) and Gemini's
+`POST /v1beta/models/{model}:generateContent` (`GEMINI`; `:streamGenerateContent?alt=sse` for a
+stream, the token as `x-goog-api-key`), each with the same one-message prompt, output limit and
+stream. Gemini names the model and the stream in the URL (`Api.target`): the URL given on the
+command line is used as it is.
 
 Bounded: every run stops after `seconds` (and at most `max_requests`), every request after
 `request_timeout`, and the whole run after `seconds + request_timeout` whatever happens.
@@ -35,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 MAX_ERROR_SAMPLES = 5
+TAIL = 512  # bytes of a stream kept to check its end (a Gemini stream's last event, whole)
 DONE = b"data: [DONE]"
 PROMPT = "hi"
 MAX_TOKENS = 64  # above what the fake upstream answers (16 tokens): never the reason it stops
@@ -91,6 +95,20 @@ def messages_body(stream: bool, model: str = "bench-model") -> bytes:
     return json.dumps({**body, "stream": stream}).encode()
 
 
+def gemini_body(stream: bool, model: str = "bench-model") -> bytes:
+    """Gemini's request: the model and the stream are in the URL (`gemini_path`), not here."""
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+        "generationConfig": {"maxOutputTokens": MAX_TOKENS},
+    }
+    return json.dumps(body).encode()
+
+
+def gemini_path(stream: bool, model: str) -> str:
+    method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    return f"/v1beta/models/{model}:{method}"
+
+
 def request_headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
@@ -99,18 +117,48 @@ def anthropic_headers(token: str) -> dict[str, str]:
     return {"x-api-key": token, "anthropic-version": ANTHROPIC_VERSION, "Content-Type": "application/json"}
 
 
+def gemini_headers(token: str) -> dict[str, str]:
+    return {"x-goog-api-key": token, "Content-Type": "application/json"}
+
+
+def _non_empty(data: bytes, mark: bytes) -> bool:
+    """Whether `mark` (a JSON key and its opening quote) is followed by a non-empty string."""
+    at, size = data.find(mark), len(mark)
+    while at >= 0:
+        if data[at + size : at + size + 1] not in (b'"', b""):
+            return True
+        at = data.find(mark, at + size)
+    return False
+
+
 def _openai_token(data: bytes) -> bool:
     """A chunk with non-empty `delta.content` (a first chunk `"content":""` is not a token yet)."""
-    at = data.find(b'"content":"')
-    while at >= 0:
-        if data[at + 11 : at + 12] not in (b'"', b""):
-            return True
-        at = data.find(b'"content":"', at + 11)
-    return False
+    return _non_empty(data, b'"content":"')
 
 
 def _anthropic_token(data: bytes) -> bool:
     return b"content_block_delta" in data
+
+
+def _gemini_token(data: bytes) -> bool:
+    """A chunk with a non-empty text part (a last chunk's `"text":""` is not a token)."""
+    return _non_empty(data, b'"text":"')
+
+
+def _ends_with(mark: bytes) -> Callable[[bytes], bool]:
+    return lambda tail: mark in tail
+
+
+def _gemini_done(tail: bytes) -> bool:
+    """A Gemini stream is complete when its last event (SSE, ended by CRLF CRLF) or the last
+    element of its JSON array (without `alt=sse`, closed by `]`) has `finishReason`."""
+    if tail.endswith(b"\r\n\r\n"):
+        start, end = tail.rfind(b"\r\n\r\n", 0, len(tail) - 4), len(tail) - 4
+    elif tail.endswith(b"]"):
+        start, end = tail.rfind(b",\r\n"), len(tail) - 1
+    else:
+        return False
+    return b'"finishReason"' in tail[start + 3 if start >= 0 else 0 : end]
 
 
 @dataclass(frozen=True)
@@ -118,20 +166,31 @@ class Api:
     """One request format: where it goes, what it sends, and what a complete answer looks like."""
 
     name: str
-    path: str
+    path: str  # the route, as shown
     body: Callable[[bool, str], bytes]
     headers: Callable[[str], dict[str, str]]
-    stream_end: bytes  # in the last bytes of a complete stream
+    stream_done: Callable[[bytes], bool]  # the last TAIL bytes are those of a complete stream
     answer_mark: bytes  # in a complete non-stream answer
     has_token: Callable[[bytes], bool]  # a stream chunk that carries content
+    path_of: Callable[[bool, str], str] | None = None  # when the URL names the model or the stream
+
+    def target(self, stream: bool, model: str) -> str:
+        """The path a request goes to (`path`, unless this format puts the model in the URL)."""
+        return self.path_of(stream, model) if self.path_of else self.path
 
 
-OPENAI = Api("openai", "/v1/chat/completions", chat_body, request_headers, DONE, b'"choices"', _openai_token)
-ANTHROPIC = Api(
-    "anthropic", "/v1/messages", messages_body, anthropic_headers, b"event: message_stop", b'"type":"message"',
-    _anthropic_token,
+OPENAI = Api(
+    "openai", "/v1/chat/completions", chat_body, request_headers, _ends_with(DONE), b'"choices"', _openai_token
 )  # fmt: skip
-APIS = {a.name: a for a in (OPENAI, ANTHROPIC)}
+ANTHROPIC = Api(
+    "anthropic", "/v1/messages", messages_body, anthropic_headers, _ends_with(b"event: message_stop"),
+    b'"type":"message"', _anthropic_token,
+)  # fmt: skip
+GEMINI = Api(
+    "gemini", "/v1beta/models/{model}:generateContent", gemini_body, gemini_headers, _gemini_done, b'"candidates"',
+    _gemini_token, gemini_path,
+)  # fmt: skip
+APIS = {a.name: a for a in (OPENAI, ANTHROPIC, GEMINI)}
 
 
 def check_loopback(url: str) -> None:
@@ -177,7 +236,7 @@ async def run_load(
     perf = time.perf_counter
     deadline = perf() + seconds
     latencies, ttfbs, ttfts = result.latencies, result.ttfbs, result.ttfts
-    stream_end, answer_mark, has_token = api.stream_end, api.answer_mark, api.has_token
+    stream_done, answer_mark, has_token = api.stream_done, api.answer_mark, api.has_token
 
     async def one() -> None:
         t0 = perf()
@@ -202,9 +261,9 @@ async def run_load(
                             first = False
                         if t_token is None and has_token(tail + chunk):
                             t_token = perf()
-                        tail = (tail + chunk)[-128:]
-                    ok = stream_end in tail and t_token is not None
-                    detail = f"stream without content or {stream_end.decode()} at its end: ..." + tail.decode(
+                        tail = (tail + chunk)[-TAIL:]
+                    ok = stream_done(tail) and t_token is not None
+                    detail = f"{api.name} stream without content or without its end: ..." + tail[-200:].decode(
                         errors="replace"
                     )
                 else:
@@ -280,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
     parser.add_argument("url", help="e.g. http://127.0.0.1:8080/v1/chat/completions (loopback only)")
     parser.add_argument(
-        "--api", choices=sorted(APIS), default="openai", help="the request format (anthropic: /v1/messages)"
+        "--api",
+        choices=sorted(APIS),
+        default="openai",
+        help="the request format (anthropic: /v1/messages; gemini: give the :generateContent or "
+        ":streamGenerateContent?alt=sse URL)",
     )
     parser.add_argument("--token", default="sk-bench")
     parser.add_argument("--model", default="bench-model")

@@ -8,11 +8,20 @@ stream) to `POST /v1/messages`, which the gateway translates for the same `opena
 on the same fake upstream, and back. Their "direct" side is the upstream hit directly with the
 OpenAI request (measured once, shared with `non-stream`/`stream` when those run too), and they
 are compared with the direct route (gateway CPU per request, time to first token) in one table.
+`gemini` and `gemini-stream` do the same with Gemini's request (`POST /v1beta/models/bench-model
+:generateContent`, `:streamGenerateContent?alt=sse`), translated for the same `openai` keys.
+`on-gemini` and `on-gemini-stream` send the OpenAI request for `bench-gemini`, a model served by
+three `gemini`-format keys on the same fake upstream (its Gemini route): the gateway translates
+it to `:generateContent` and back. All four are compared with the plain `/v1/chat/completions`
+cell of the same run and concurrency, and share its direct side (the upstream's OpenAI route hit
+with the OpenAI request): the figure that counts, gateway CPU per request, is the gateway's own
+either way, and the fake upstream's Gemini route costs what its OpenAI route does.
 
 1. Starts the fake upstream (`bench.upstream`) in its own process on a free loopback port.
 2. Uses the real PostgreSQL and Redis (`DATABASE_URL` / `REDIS_URL`, else embedded servers in a
    temporary directory), in a fresh `bench_<random>` schema and a `bench<random>` Redis key prefix.
-3. Seeds through the real CLI: a user, a token, three keys on the fake upstream.
+3. Seeds through the real CLI: a user, a token, three keys on the fake upstream (and three
+   `gemini`-format keys for `bench-gemini` when an `on-gemini` mode runs).
 4. Starts the real gateway (`python -m gateway serve --workers 1`) and waits for `/readyz`.
 5. For each mode and concurrency (1, 16, 64): a warm-up, then the same load against the
    upstream directly and through the gateway; the gateway's (and the upstream's) CPU time from
@@ -58,11 +67,15 @@ from . import load, upstream
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
-MODES = ("non-stream", "stream", "messages", "messages-stream")
-# A translated mode (/v1/messages on an openai key) -> the direct-route mode it is compared with.
-TRANSLATED = {"messages": "non-stream", "messages-stream": "stream"}
+MODES = (
+    "non-stream", "stream", "messages", "messages-stream", "gemini", "gemini-stream", "on-gemini", "on-gemini-stream",
+)  # fmt: skip
+STREAM_MODES = frozenset({"stream", "messages-stream", "gemini-stream", "on-gemini-stream"})
+# A translated mode -> the direct-route mode it is compared with.
+TRANSLATED = {m: "stream" if m in STREAM_MODES else "non-stream" for m in MODES[2:]}
 CONCURRENCY = (1, 16, 64)
 MODEL = "bench-model"
+GEMINI_MODEL = "bench-gemini"  # served by the gemini-format keys (the on-gemini modes)
 KEYS = 3
 CHUNKS = 16  # content chunks per upstream stream; also the completion tokens it reports
 USAGE_SETTLE_TIMEOUT = 5.0  # seconds to wait for a cell's usage rows (the gateway flushes every 0.25 s)
@@ -82,15 +95,38 @@ TARGET_RPS_RATIO_C64 = 0.7
 TARGET_TTFB_MS = 1.0
 TARGET_TRANSLATED_CPU_RATIO = 1.5  # /v1/messages translated vs /v1/chat/completions, gateway CPU per request
 TARGET_TRANSLATED_TTFT_MS = 1.0  # a translated stream's added time to first token over the direct route's
+TARGET_GEMINI_CPU_RATIO = 1.3  # Gemini translated (either way) vs /v1/chat/completions, gateway CPU per request
+TARGET_GEMINI_TTFT_MS = 0.3
+# A translated family -> what it is, and its targets (CPU ratio, added TTFT at concurrency 1).
+FAMILIES = {
+    "messages": ("/v1/messages on openai keys", TARGET_TRANSLATED_CPU_RATIO, TARGET_TRANSLATED_TTFT_MS),
+    "gemini": ("Gemini :generateContent on openai keys", TARGET_GEMINI_CPU_RATIO, TARGET_GEMINI_TTFT_MS),
+    "on-gemini": ("/v1/chat/completions on gemini keys", TARGET_GEMINI_CPU_RATIO, TARGET_GEMINI_TTFT_MS),
+}
+# The route a format's calls are logged under (key_usage_logs.api_endpoint), when not its path.
+USAGE_ROUTES = {"gemini": "/v1/generateContent"}
 
 
 def is_stream(mode: str) -> bool:
-    return mode in ("stream", "messages-stream")
+    return mode in STREAM_MODES
+
+
+def family(mode: str) -> str:
+    return mode.removesuffix("-stream")
 
 
 def api_of(mode: str) -> load.Api:
     """The format the load generator speaks to the gateway in this mode."""
-    return load.ANTHROPIC if mode in TRANSLATED else load.OPENAI
+    return {"messages": load.ANTHROPIC, "gemini": load.GEMINI}.get(family(mode), load.OPENAI)
+
+
+def model_of(mode: str) -> str:
+    """The model asked for: on-gemini modes ask for the one the gemini-format keys serve."""
+    return GEMINI_MODEL if family(mode) == "on-gemini" else MODEL
+
+
+def usage_route(api: load.Api) -> str:
+    return USAGE_ROUTES.get(api.name, api.path)
 
 
 class SetupError(Exception):
@@ -316,7 +352,9 @@ class Gateway:
             raise SetupError(f"`sharekey {' '.join(args[:2])}` failed (exit {done.returncode}):\n    {tail}")
         return done.stdout.strip()
 
-    def seed(self, upstream_port: int) -> None:
+    def seed(self, upstream_port: int, gemini: bool = False) -> None:
+        """The user, its token and KEYS openai-format keys for MODEL; with `gemini`, KEYS more in
+        Gemini's format for GEMINI_MODEL, on the fake upstream's Gemini route."""
         self.cli("users", "add", "bench")
         token = self.cli("tokens", "create", "bench")
         self.token = token.splitlines()[-1].strip() if token else ""
@@ -327,6 +365,13 @@ class Gateway:
                 "keys", "add", "--user", "bench", "--name", f"k{i}",
                 "--base-url", f"http://{HOST}:{upstream_port}/v1",
                 "--api-key", f"sk-bench-{i:016d}", "--models", MODEL,
+                "--daily-limit", "1000000", "--no-test",
+            )  # fmt: skip
+        for i in range(1, KEYS + 1) if gemini else ():
+            self.cli(
+                "keys", "add", "--user", "bench", "--name", f"g{i}", "--api-format", "gemini",
+                "--base-url", f"http://{HOST}:{upstream_port}/v1beta",
+                "--api-key", f"AIza-bench-{i:016d}", "--models", GEMINI_MODEL,
                 "--daily-limit", "1000000", "--no-test",
             )  # fmt: skip
 
@@ -375,8 +420,8 @@ class Gateway:
             return "    (no log)"
         return "\n".join("    " + line[:300] for line in text[-lines:]) or "    (empty log)"
 
-    def url(self, api: load.Api) -> str:
-        return f"http://{HOST}:{self.port}{api.path}"
+    def url(self, api: load.Api, stream: bool = False, model: str = MODEL) -> str:
+        return f"http://{HOST}:{self.port}{api.target(stream, model)}"
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -484,6 +529,7 @@ def measure(
     upstream_pid: int,
     gateway_pid: int | None = None,
     redis_url: str | None = None,
+    model: str = MODEL,
 ) -> tuple[Side, int]:
     """A warm-up and a measured run; the side and how many requests were sent in all."""
     side = Side()
@@ -507,7 +553,7 @@ def measure(
 
     warm, result = asyncio.run(
         load.bench(
-            url, api.body(stream, MODEL), headers, stream=stream, concurrency=concurrency,
+            url, api.body(stream, model), headers, stream=stream, concurrency=concurrency,
             seconds=seconds, warmup=warmup, request_timeout=REQUEST_TIMEOUT, before=before, after=after, api=api,
         )
     )  # fmt: skip
@@ -532,13 +578,13 @@ def measure(
     return side, warm.requests + result.requests
 
 
-def smoke(url: str, headers: dict[str, str], stream: bool, api: load.Api) -> str:
+def smoke(url: str, headers: dict[str, str], stream: bool, api: load.Api, model: str = MODEL) -> str:
     """One request; '' if it worked, else what went wrong."""
 
     async def go() -> load.Result:
         async with load.open_session(REQUEST_TIMEOUT) as session:
             return await load.run_load(
-                session, url, api.body(stream, MODEL), headers, stream=stream, concurrency=1,
+                session, url, api.body(stream, model), headers, stream=stream, concurrency=1,
                 seconds=REQUEST_TIMEOUT, max_requests=1, request_timeout=REQUEST_TIMEOUT, api=api,
             )  # fmt: skip
 
@@ -588,12 +634,12 @@ def cell_numbers(cell: Cell) -> dict[str, float | None]:
 
 def print_table(cells: list[Cell]) -> None:
     header = (
-        f"{'mode':<15} {'conc':>4} | {'rps direct':>10} {'gateway':>8} {'gw/dir':>6} | "
+        f"{'mode':<16} {'conc':>4} | {'rps direct':>10} {'gateway':>8} {'gw/dir':>6} | "
         f"{'p50 dir':>7} {'gw':>7} {'added':>6} | {'p99 dir':>7} {'gw':>7} | "
         f"{'ttfb dir':>8} {'gw':>7} {'added':>6} | {'gw cpu':>6} {'up cpu':>6} {'redis':>6} | {'usage':>5} | errors"
     )
     units = (
-        f"{'':<15} {'':>4} | {'req/s':>10} {'req/s':>8} {'':>6} | "
+        f"{'':<16} {'':>4} | {'req/s':>10} {'req/s':>8} {'':>6} | "
         f"{'ms':>7} {'ms':>7} {'ms':>6} | {'ms':>7} {'ms':>7} | "
         f"{'ms':>8} {'ms':>7} {'ms':>6} | {'ms/req':>6} {'ms/req':>6} {'us/req':>6} | {'rows':>5} | dir/gw"
     )
@@ -610,7 +656,7 @@ def print_table(cells: list[Cell]) -> None:
             errors += f"  (gateway not measured: {cell.gateway.skipped[:60]})"
         usage = cell.usage.shown() if cell.usage else "-"
         print(
-            f"{cell.mode:<15} {cell.concurrency:>4} | {fmt(n['rps_direct'], '.0f'):>10} "
+            f"{cell.mode:<16} {cell.concurrency:>4} | {fmt(n['rps_direct'], '.0f'):>10} "
             f"{fmt(n['rps_gateway'], '.0f'):>8} {fmt(n['ratio']):>6} | "
             f"{fmt(n['p50_direct']):>7} {fmt(n['p50_gateway']):>7} {fmt(n['added_p50'], '+.2f'):>6} | "
             f"{fmt(n['p99_direct']):>7} {fmt(n['p99_gateway']):>7} | "
@@ -619,8 +665,9 @@ def print_table(cells: list[Cell]) -> None:
             f"{fmt(n['redis_us'], '.0f'):>6} | {usage:>5} | {errors}"
         )
     if any(c.direct_shared for c in cells):
-        print("(messages rows: the direct side is the upstream hit with the equivalent OpenAI request, shared with the")
-        print(" direct-route row of the same concurrency; usage rows ok = one row per request sent, status ok, tokens)")
+        print("(translated rows: the direct side is the upstream hit with the equivalent OpenAI request, shared")
+        print(" with the direct-route row of the same concurrency; usage rows ok = one row per request sent, status")
+        print(" ok, the upstream's tokens)")
 
 
 def targets(cells: list[Cell]) -> list[dict[str, Any]]:
@@ -663,19 +710,22 @@ def targets(cells: list[Cell]) -> list[dict[str, Any]]:
     for mode, base in TRANSLATED.items():
         if not any(m == mode for m, _ in compared):
             continue
+        what, ratio, _ = FAMILIES[family(mode)]
         add(
-            f"/v1/messages translated <= {TARGET_TRANSLATED_CPU_RATIO}x the gateway CPU per request of "
+            f"{what} translated <= {ratio}x the gateway CPU per request of "
             f"/v1/chat/completions ({mode} vs {base}, every concurrency measured)",
             {f"c{c}": t["cpu_ratio"] for (m, c), t in compared.items() if m == mode},
-            lambda v: v <= TARGET_TRANSLATED_CPU_RATIO,
+            lambda v, ratio=ratio: v <= ratio,
             unit="x",
         )
-    if ("messages-stream", 1) in compared:
+    for mode in TRANSLATED:
+        if not is_stream(mode) or (mode, 1) not in compared:
+            continue
+        what, _, ttft = FAMILIES[family(mode)]
         add(
-            f"translated stream TTFT p50 within {TARGET_TRANSLATED_TTFT_MS} ms of the untranslated stream "
-            "at concurrency 1",
-            {"c1": compared[("messages-stream", 1)]["added_ttft"]},
-            lambda v: v <= TARGET_TRANSLATED_TTFT_MS,
+            f"{what}, stream translated: TTFT p50 within {ttft} ms of the untranslated stream at concurrency 1",
+            {"c1": compared[(mode, 1)]["added_ttft"]},
+            lambda v, ttft=ttft: v <= ttft,
         )
     return out
 
@@ -716,15 +766,16 @@ def print_translated(cells: list[Cell]) -> None:
     if not rows:
         return
     print()
-    print("/v1/messages translated (Anthropic request -> /chat/completions on the same openai keys -> back) vs")
-    print("/v1/chat/completions passed through, same upstream, keys and run (p50s; TTFT = first content delta):")
+    print("Translated (messages: Anthropic request -> /chat/completions on openai keys -> back; gemini: Gemini")
+    print("request -> /chat/completions on openai keys; on-gemini: OpenAI request -> :generateContent on gemini")
+    print("keys) vs /v1/chat/completions passed through, same upstream and run (p50s; TTFT = first content delta):")
     print(
-        f"  {'mode':<15} {'conc':>4} | {'gw cpu chat':>11} {'messages':>8} {'ratio':>6} | {'req/s ratio':>11} | "
-        f"{'p50 added':>9} | {'ttft chat':>9} {'messages':>8} {'added':>6}"
+        f"  {'mode':<16} {'conc':>4} | {'gw cpu chat':>11} {'transl.':>8} {'ratio':>6} | {'req/s ratio':>11} | "
+        f"{'p50 added':>9} | {'ttft chat':>9} {'transl.':>8} {'added':>6}"
     )
     for t in rows:
         print(
-            f"  {t['mode']:<15} {t['concurrency']:>4} | {fmt(t['cpu_ms_base'], '.3f'):>11} "
+            f"  {t['mode']:<16} {t['concurrency']:>4} | {fmt(t['cpu_ms_base'], '.3f'):>11} "
             f"{fmt(t['cpu_ms_translated'], '.3f'):>8} {fmt(t['cpu_ratio'], '.2f') + 'x':>6} | "
             f"{fmt(t['rps_ratio'], '.2f') + 'x':>11} | {fmt(t['added_p50'], '+.3f'):>9} | "
             f"{fmt(t['ttft_base'], '.3f'):>9} {fmt(t['ttft_translated'], '.3f'):>8} {fmt(t['added_ttft'], '+.3f'):>6}"
@@ -842,7 +893,7 @@ def run(args: argparse.Namespace) -> int:
         undo.append(("stop gateway", gw.stop))
         gateway_down = ""
         try:
-            gw.seed(upstream_port)
+            gw.seed(upstream_port, gemini=any(model_of(c.mode) == GEMINI_MODEL for c in cells))
             gw.start()
             assert gw.proc is not None
             say(f"bench: gateway on {HOST}:{gw.port} (pid {gw.proc.pid}), schema {schema}, Redis prefix {prefix}")
@@ -855,8 +906,8 @@ def run(args: argparse.Namespace) -> int:
         settled: dict[str, tuple[int, int]] | str = {}
         if not gateway_down:
             for mode in dict.fromkeys(c.mode for c in cells):
-                api = api_of(mode)
-                failure = smoke(gw.url(api), api.headers(gw.token), is_stream(mode), api)
+                api, stream, model = api_of(mode), is_stream(mode), model_of(mode)
+                failure = smoke(gw.url(api, stream, model), api.headers(gw.token), stream, api, model)
                 gw.requests_sent += 1
                 if failure:
                     smoke_failures[mode] = failure
@@ -891,21 +942,23 @@ def run(args: argparse.Namespace) -> int:
                 problems.append(f"the gateway exited during the run:\n{gw.log_tail()}")
                 gateway_down = "the gateway process has exited"
                 continue
+            model = model_of(cell.mode)
             cell.gateway, sent = measure(
-                gw.url(api), api.headers(gw.token), api=api, stream=stream, concurrency=cell.concurrency,
-                seconds=seconds, warmup=warmup, upstream_pid=upstream.pid, gateway_pid=gw.proc.pid,
-                redis_url=stores.redis_url,
+                gw.url(api, stream, model), api.headers(gw.token), api=api, stream=stream,
+                concurrency=cell.concurrency, seconds=seconds, warmup=warmup, upstream_pid=upstream.pid,
+                gateway_pid=gw.proc.pid, redis_url=stores.redis_url, model=model,
             )  # fmt: skip
             gw.requests_sent += sent
             _progress(label, "gateway", cell.gateway)
             # Its usage rows, before the next cell runs: one per request sent, on its route.
             after = _settle_usage(stores, schema, gw.requests_sent)
-            cell.usage = _usage_check(api.path, sent, settled, after)
+            cell.usage = _usage_check(usage_route(api), sent, settled, after)
             settled = after
             if not cell.usage.ok:
                 why = f" ({cell.usage.error})" if cell.usage.error else ""
                 problems.append(
-                    f"{label}: {sent} requests sent to {api.path}, {cell.usage.rows} usage rows, {cell.usage.good} "
+                    f"{label}: {sent} requests sent to {api.target(stream, model)}, {cell.usage.rows} usage rows, "
+                    f"{cell.usage.good} "
                     f"of them ok with the upstream's token counts{why}"
                 )
 
@@ -1005,7 +1058,7 @@ def _progress(label: str, side_name: str, side: Side) -> None:
         cpu += f" ({stores} ms/req)"
     loud = f"  <-- {r.errors} ERRORS: {r.error_samples[:1]}" if r.errors else ""
     say(
-        f"bench: {label:<15} {side_name:<7} {r.requests:>7} req {r.rps:>7.0f}/s "
+        f"bench: {label:<16} {side_name:<7} {r.requests:>7} req {r.rps:>7.0f}/s "
         f"p50 {fmt(r.latency_ms(50))} ms p99 {fmt(r.latency_ms(99))} ms{cpu}{loud}"
     )
 
@@ -1013,7 +1066,7 @@ def _progress(label: str, side_name: str, side: Side) -> None:
 def _print_cpu_breakdown(cells: list[Cell]) -> None:
     """Where the machine's CPU went, per request, in each run (PostgreSQL and Redis: server-wide)."""
     print("\nCPU ms per request by process (direct -> through the gateway), and how busy the machine was:")
-    print(f"  {'mode':<15} {'conc':>4} | {'client':>13} {'upstream':>13} {'gateway':>7} {'redis':>13} "
+    print(f"  {'mode':<16} {'conc':>4} | {'client':>13} {'upstream':>13} {'gateway':>7} {'redis':>13} "
           f"{'postgres':>13} | {'busy %':>9}")  # fmt: skip
     for c in cells:
         d, g = c.direct, c.gateway
@@ -1022,7 +1075,7 @@ def _print_cpu_breakdown(cells: list[Cell]) -> None:
             return f"{fmt(get(d), spec):>5} -> {fmt(get(g), spec):<5}"
 
         print(
-            f"  {c.mode:<15} {c.concurrency:>4} | "
+            f"  {c.mode:<16} {c.concurrency:>4} | "
             f"{pair(lambda s: s.per_request_ms(s.client_cpu_s))} "
             f"{pair(lambda s: s.per_request_ms(s.upstream_cpu_s))} "
             f"{fmt(g.per_request_ms(g.gateway_cpu_s), '.3f'):>7} "
@@ -1041,7 +1094,7 @@ def _print_redis_breakdown(cells: list[Cell]) -> None:
         n = side.result.requests
         top = sorted(((calls, usec, cmd) for cmd, (calls, usec) in side.redis.items() if calls), reverse=True)[:4]
         parts = ", ".join(f"{cmd} {calls / n:.2f} ({usec / n:.0f}us)" for calls, usec, cmd in top)
-        rows.append(f"  {c.mode:<15} c{c.concurrency:<3} {parts}")
+        rows.append(f"  {c.mode:<16} c{c.concurrency:<3} {parts}")
     if rows:
         print("\nRedis commands per gateway request (calls incl. those inside Lua, Redis-side time), server-wide:")
         print("\n".join(rows))
@@ -1097,7 +1150,9 @@ def main(argv: list[str] | None = None) -> int:
         "--mode",
         action="append",
         choices=MODES,
-        help="only this mode (repeatable); messages, messages-stream: /v1/messages translated for the openai keys",
+        help="only this mode (repeatable); messages(-stream): /v1/messages translated for the openai keys; "
+        "gemini(-stream): Gemini's generateContent translated for them; on-gemini(-stream): /v1/chat/completions "
+        "translated for gemini keys",
     )
     parser.add_argument(
         "--upstream-delay-ms", type=float, default=0.0, help="the fake upstream waits this long before each answer"

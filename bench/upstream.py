@@ -1,4 +1,5 @@
-"""A fast fake OpenAI-compatible upstream for benchmarks: as little work per request as possible.
+"""A fast fake OpenAI-compatible (and Gemini v1beta) upstream for benchmarks: as little work per
+request as possible.
 
     python -m bench.upstream [--host 127.0.0.1] [--port 0] [--chunks 16] [--delay-ms 0]
 
@@ -10,8 +11,14 @@ it. Every answer is built once at start-up, so its cost per request is aiohttp's
   chunk when `stream_options.include_usage` is set, then `data: [DONE]`. Each chunk is its own
   write, as a real upstream sends them.
 * `GET /v1/models`: the one model, OpenAI list shape.
+* `POST /v1beta/models/{model}:generateContent`: the same answer as a Gemini
+  GenerateContentResponse (`usageMetadata` with the same token counts), for any model name;
+  `:streamGenerateContent?alt=sse`: the same `--chunks` text pieces as SSE events ended by CRLF
+  CRLF, as Google writes them, each carrying the cumulative `usageMetadata`, the last one
+  `finishReason: STOP` (without `alt=sse`: one JSON array, written piece by piece). Prebuilt
+  per model name too, so a Gemini call costs what an OpenAI one does.
 
-Any bearer key is accepted. It listens on loopback only.
+Any bearer key (or `x-goog-api-key`) is accepted. It listens on loopback only.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from aiohttp import web
 
 MODEL = "bench-model"
 PROMPT_TOKENS = 8
+GEMINI_MODELS_CACHED = 16  # model names whose Gemini answers are kept prebuilt
+CRLF2 = b"\r\n\r\n"  # Google ends each SSE event so
 
 
 def _sse(obj: object) -> bytes:
@@ -73,6 +82,46 @@ class Answers:
         self.models = json.dumps(
             {"object": "list", "data": [{"id": MODEL, "object": "model", "created": created, "owned_by": "bench"}]}
         ).encode()
+        self.texts = text
+        self._gemini: dict[str, GeminiAnswers] = {}
+
+    def gemini(self, model: str) -> GeminiAnswers:
+        """The Gemini answers for one model name (its `modelVersion`), built on first use."""
+        answers = self._gemini.get(model)
+        if answers is None:
+            answers = GeminiAnswers(self.texts, model)
+            if len(self._gemini) < GEMINI_MODELS_CACHED:
+                self._gemini[model] = answers
+        return answers
+
+
+class GeminiAnswers:
+    """The same answer as `Answers`, in Gemini's shapes: the same text in the same pieces, the
+    same token counts (`usageMetadata`, cumulative on every stream chunk as Google sends it)."""
+
+    def __init__(self, texts: list[str], model: str) -> None:
+        ident = "bench-gemini-response-0000"
+
+        def usage(candidates: int) -> dict[str, int]:
+            return {
+                "promptTokenCount": PROMPT_TOKENS,
+                "candidatesTokenCount": candidates,
+                "totalTokenCount": PROMPT_TOKENS + candidates,
+            }
+
+        def response(text: str, tokens: int, finish: bool) -> bytes:
+            candidate: dict[str, object] = {"content": {"role": "model", "parts": [{"text": text}]}}
+            if finish:
+                candidate["finishReason"] = "STOP"
+            candidate["index"] = 0
+            body = {"candidates": [candidate], "usageMetadata": usage(tokens), "modelVersion": model}
+            return json.dumps({**body, "responseId": ident}, separators=(",", ":")).encode()
+
+        n = len(texts)
+        self.completion = response("".join(texts).strip(), n, True)
+        pieces = [response(t, i + 1, i == n - 1) for i, t in enumerate(texts)]
+        self.events = [b"data: " + p + CRLF2 for p in pieces]
+        self.array = [(b"[" if i == 0 else b",\r\n") + p for i, p in enumerate(pieces)] + [b"]"]
 
 
 def create_app(chunks: int = 16, delay: float = 0.0) -> web.Application:
@@ -107,9 +156,33 @@ def create_app(chunks: int = 16, delay: float = 0.0) -> web.Application:
     async def models(request: web.Request) -> web.Response:
         return web.Response(body=answers.models, content_type="application/json")
 
+    async def gemini(request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["target"].rpartition(":")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not model or method not in ("generateContent", "streamGenerateContent"):
+            error = {"code": 400, "message": "invalid request", "status": "INVALID_ARGUMENT"}
+            return web.json_response({"error": error}, status=400)
+        if delay:
+            await asyncio.sleep(delay)
+        shaped = answers.gemini(model)
+        if method == "generateContent":
+            return web.Response(body=shaped.completion, content_type="application/json")
+        sse = request.query.get("alt") == "sse"
+        content_type = "text/event-stream" if sse else "application/json"
+        resp = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for chunk in shaped.events if sse else shaped.array:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1beta/models/{target}", gemini)
     return app
 
 

@@ -67,6 +67,13 @@ def events(complete: bytes) -> Iterator[bytes]:
             yield complete[start : end + 2]
             start = end + 2
         return
+    if complete.count(b"\n") == complete.count(b"\r\n"):
+        # Every line ends in CRLF, as Google's streams do: every boundary is \r\n\r\n.
+        start = 0
+        while (end := complete.find(b"\r\n\r\n", start)) >= 0:
+            yield complete[start : end + 4]
+            start = end + 4
+        return
     start = 0
     for m in EVENT_END.finditer(complete):
         yield complete[start : m.end()]

@@ -89,3 +89,22 @@ def test_events_split_alike_with_and_without_carriage_returns() -> None:
     blob = b"data: 1\n\ndata: 2\n\n: c\n\n"
     assert list(sse.events(blob)) == [b"data: 1\n\n", b"data: 2\n\n", b": c\n\n"]
     assert [e.replace(b"\r", b"") for e in sse.events(blob.replace(b"\n", b"\r\n"))] == list(sse.events(blob))
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"data: 1\r\n\r\ndata: 2\r\n\r\n",  # Google's: every line ends in CRLF (the fast path)
+        b"data: 1\r\n\r\ndata: 2\r\n\r\ndata: 3",
+        b"data: 1\r\nid: 2\r\n\r\n\r\n\r\n",
+        b"data: 1\r\n\r\ndata: 2\n\n",  # mixed: the general path
+        b"data: 1\n\r\ndata: 2\r\n\n",
+        b"data: 1\r\r\n\r\n",
+    ],
+)
+def test_crlf_events_split_as_the_general_boundary_does(blob: bytes) -> None:
+    start, general = 0, []
+    for m in sse.EVENT_END.finditer(blob):
+        general.append(blob[start : m.end()])
+        start = m.end()
+    assert list(sse.events(blob)) == general

@@ -216,11 +216,22 @@ class ChunkWriter:
 class ChunkAdapter(EventAdapter):
     """A translated stream to an OpenAI client: each event's `data:` object goes through the
     translator; one the upstream marks as an error (`is_error`) fails the attempt or breaks the
-    stream, and the first that carries content (`commits`) is the commit point."""
+    stream, and the first that carries content (`commits`) is the commit point. Its `usage` is
+    the translator's once an event has gone through it (read when asked for, not per event)."""
 
     def __init__(self, stream: ChunkWriter) -> None:
-        super().__init__()
         self._stream = stream
+        self._fed = False
+        super().__init__()
+
+    @property
+    def usage(self) -> Usage | None:  # type: ignore[override]
+        return self._stream.usage if self._fed else None
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        if value is not None:
+            raise AttributeError("a ChunkAdapter's usage is its translator's")
 
     def is_error(self, obj: dict) -> bool:
         raise NotImplementedError
@@ -240,12 +251,12 @@ class ChunkAdapter(EventAdapter):
         if not self.committed and self.commits(obj):
             self.committed = True
         out = self._stream.feed(obj)
-        self.usage = self._stream.usage
+        self._fed = True
         return out
 
     def close(self, pending: bytes) -> bytes:
         out = self._stream.close()
-        self.usage = self._stream.usage
+        self._fed = True
         return out
 
     def error(self, message: str) -> bytes:

@@ -11,7 +11,7 @@ from gateway.relay import sse
 from gateway.relay.formats.gemini_shared import openai_finish
 from gateway.relay.formats.openai import ChunkAdapter, ChunkWriter
 from gateway.relay.formats.shared import STREAM_ERROR, dumps, new_id
-from gateway.relay.formats.usage import gemini_usage
+from gateway.relay.formats.usage import Usage, gemini_usage
 
 
 def candidate(answer: dict) -> dict:
@@ -24,7 +24,11 @@ def candidate(answer: dict) -> dict:
 def parts(answer: dict) -> list[dict]:
     """The parts of the first candidate that carry something for an OpenAI client: text (not
     thoughts) and function calls; other parts (thoughts, code execution, …) are left out."""
-    content = candidate(answer).get("content")
+    return _parts(candidate(answer))
+
+
+def _parts(first: dict) -> list[dict]:
+    content = first.get("content")
     found = content.get("parts") if isinstance(content, dict) else None
     out = []
     for part in found if isinstance(found, list) else ():
@@ -44,10 +48,11 @@ def tool_call(part: dict) -> dict:
     return {"id": call_id, "type": "function", "function": function}
 
 
-def finish(answer: dict, has_tool_calls: bool) -> str | None:
+def finish(answer: dict, has_tool_calls: bool, first: dict | None = None) -> str | None:
     """The finish_reason an answer (or chunk) ends with; None while it goes on. A prompt Gemini
-    blocked has no candidates, only `promptFeedback.blockReason`: content_filter."""
-    first = candidate(answer)
+    blocked has no candidates, only `promptFeedback.blockReason`: content_filter. `first`: its
+    first candidate, when the caller has it already."""
+    first = candidate(answer) if first is None else first
     if first.get("finishReason"):
         return openai_finish(first["finishReason"], has_tool_calls)
     feedback = answer.get("promptFeedback")
@@ -64,13 +69,26 @@ class Translator(ChunkWriter):
     sends a call whole) one `tool_calls` entry with its full arguments; the chunk with
     `finishReason` gives the finish_reason chunk; `close()` the usage-only chunk (only if
     `include_usage`) and `data: [DONE]`. `usageMetadata` is cumulative: the last one counts. An
-    `error` object becomes one `data: {"error": …}` and no `[DONE]`.
+    `error` object becomes one `data: {"error": …}` and no `[DONE]`. Google repeats it on every
+    chunk, so only the last one is kept (`_meta`) and read when `usage` is asked for.
     """
 
     def __init__(self, *, include_usage: bool = False, model: str | None = None) -> None:
+        self._meta: dict | None = None  # the last usageMetadata, not read into `usage` yet
         super().__init__(include_usage=include_usage, model=model)
         self.finish_reason: str | None = None
         self._tool_count = 0
+
+    @property
+    def usage(self) -> Usage:
+        if self._meta is not None:
+            self._usage = gemini_usage(self._meta) or self._usage
+            self._meta = None
+        return self._usage
+
+    @usage.setter
+    def usage(self, value: Usage) -> None:
+        self._usage, self._meta = value, None
 
     def feed(self, chunk: dict) -> bytes:
         if self.done or not isinstance(chunk, dict):
@@ -82,16 +100,19 @@ class Translator(ChunkWriter):
             if isinstance(chunk.get("responseId"), str) and chunk["responseId"]:
                 self.id = chunk["responseId"]
             self.model = chunk.get("modelVersion") or self.model
-        self.usage = gemini_usage(chunk.get("usageMetadata")) or self.usage
+        meta = chunk.get("usageMetadata")
+        if isinstance(meta, dict):
+            self._meta = meta
+        first = candidate(chunk)
         out = [self._role()]
-        for part in parts(chunk):
+        for part in _parts(first):
             if isinstance(part.get("functionCall"), dict):
                 call = {"index": self._tool_count, **tool_call(part)}
                 self._tool_count += 1
                 out.append(self._chunk({"tool_calls": [call]}))
             else:
                 out.append(self._chunk({"content": part["text"]}))
-        reason = finish(chunk, self._tool_count > 0)
+        reason = finish(chunk, self._tool_count > 0, first)
         if reason is not None:
             self.finish_reason = reason
             out.append(self._finish())
