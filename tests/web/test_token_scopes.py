@@ -124,3 +124,24 @@ async def test_a_bad_field_is_refused_by_name_and_nothing_is_created(site: Site,
     assert resp.status == 422, await resp.text()
     assert (await resp.json())["error"]["field"] == field
     assert await token_rows(site) == 0
+
+
+async def test_the_page_has_the_limits_form_and_lists_scopes_and_todays_use(site: Site) -> None:
+    headers = await signed_in(site)
+    body = await (await site.client.post("/api/tokens", json=FULL, headers=headers)).json()
+    await site.client.post("/api/tokens", json={"label": "open"}, headers=headers)
+    today = date.fromisoformat(site.app[BALANCER].today())
+    async with site.pool.acquire() as conn:
+        user_id = str(await conn.fetchval("SELECT user_id FROM api_tokens LIMIT 1"))
+    await flush(site.pool, [call(body["id"], user_id, today, 1_000_000, 1_000_000) for _ in range(2)])  # $3 each
+
+    en = await (await site.client.get("/tokens")).text()
+    assert "<summary>Limits</summary>" in en and 'name="allowed_ips"' in en and 'name="expires_at"' in en
+    assert "models: gpt-4o-mini, fast" in en and "200 calls a day" in en and "10 calls a minute" in en
+    assert "$2.50 a day" in en and "IPs: 203.0.113.0/24, 2001:db8::1/128, 127.0.0.1/32" in en
+    assert "2 calls, $6.00" in en and "0 calls, $0.00" in en and ">none<" in en
+
+    zh = await (await site.client.get("/tokens", headers={"Accept-Language": "zh-CN"})).text()
+    assert "<summary>限制</summary>" in zh and "允许的 IP" in zh and "每日预算（美元）" in zh
+    assert "模型：gpt-4o-mini, fast" in zh and "每日 200 次" in zh and "每分钟 10 次" in zh
+    assert "每日 $2.50" in zh and "2 次，$6.00" in zh and "不限" in zh
