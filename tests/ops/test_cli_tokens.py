@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway import config as config_mod
 from gateway.store import tokens
-from tests.support.clirun import sharekey
+from tests.ops import test_cli_key_rules
+from tests.support.clirun import rows, sharekey
+
+env = test_cli_key_rules.env  # fixture: the user erin
 
 SCOPE = (
     "SELECT label, models, expires_at, daily_requests, requests_per_minute, daily_budget_usd,"
@@ -20,18 +22,8 @@ SCOPE = (
 )
 
 
-@pytest.fixture
-def env(cli_env: dict[str, str]) -> dict[str, str]:
-    assert sharekey("users", "add", "erin", env=cli_env).code == 0
-    return cli_env
-
-
 async def stored(config: config_mod.Config) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(config.database.url)
-    try:
-        return [dict(r) for r in await conn.fetch(SCOPE)]
-    finally:
-        await conn.close()
+    return await rows(config, SCOPE)
 
 
 async def test_every_flag_is_stored_and_only_the_token_is_printed(

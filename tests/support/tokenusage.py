@@ -17,18 +17,28 @@ PRICE = Price(1.0, 2.0, source="config")  # USD per million: 1 in, 2 out
 
 
 def call(
-    token_id: str, user_id: str, day: date, prompt: int, completion: int, *, committed: bool = True
+    token_id: str | None,
+    user_id: str | None,
+    day: date,
+    prompt: int,
+    completion: int,
+    *,
+    committed: bool = True,
+    key_id: str | None = None,
+    model: str = MODEL,
+    request_id: str | None = None,
 ) -> UsageRecord:
+    """One call's usage row as the relay records it (a key's donor: the caller, in these tests)."""
     return UsageRecord(
-        request_id=f"req-{uuid.uuid4()}",
+        request_id=request_id or f"req-{uuid.uuid4()}",
         attempt=1,
         day=day,
         created_at=datetime.now(UTC),
-        shared_key_id=None,
+        shared_key_id=key_id,
         user_id=user_id,
-        donor_id=None,
+        donor_id=user_id if key_id else None,
         api_endpoint="/v1/chat/completions",
-        model=MODEL,
+        model=model,
         status=usage.UsageStatus.OK if committed else usage.UsageStatus.UPSTREAM_ERROR,
         success=committed,
         committed=committed,
