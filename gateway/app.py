@@ -27,7 +27,7 @@ from gateway.net import events, h1, redisclient
 from gateway.net.events import BUS
 from gateway.net.h1 import UPSTREAM_POOL
 from gateway.ops import jobs
-from gateway.relay import balancer, cors, gemini_api, handlers, messages
+from gateway.relay import balancer, balances, cors, gemini_api, handlers, messages
 from gateway.relay.balancer import BALANCER
 from gateway.relay.keyindex import KEY_INDEX, KeyIndex
 from gateway.relay.keystate import KEY_STATES, KeyStates
@@ -85,6 +85,7 @@ def create_app(config: Config) -> web.Application:
             *handlers.routes,
             *messages.routes,
             *gemini_api.routes,
+            *balances.routes,
             *keys_api.routes,
             *keys_import.routes,
             *aliases_api.routes,

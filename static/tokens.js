@@ -6,11 +6,27 @@
   const box = document.getElementById("new-token");
   const valueEl = document.getElementById("new-token-value");
 
+  // The form as POST /api/tokens takes it: an empty limit is left out (no such limit); numbers
+  // and lists are sent as they are typed, for the API's rules to refuse by name.
+  const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
+  const body = (f) => {
+    const out = { label: f.label.value };
+    if (f.models.value.trim()) out.models = list(f.models.value);
+    if (f.allowed_ips.value.trim()) out.allowed_ips = list(f.allowed_ips.value);
+    if (f.expires_at.value) out.expires_at = new Date(f.expires_at.value).toISOString();
+    for (const name of ["daily_requests", "requests_per_minute"]) {
+      const text = f[name].value.trim();
+      if (text) out[name] = /^\d+$/.test(text) ? Number(text) : text;
+    }
+    if (f.daily_budget_usd.value.trim()) out.daily_budget_usd = f.daily_budget_usd.value.trim();
+    return out;
+  };
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     clearErrors(form);
     busy(event.submitter, async () => {
-      const result = await api("POST", "/api/tokens", { label: form.elements.label.value });
+      const result = await api("POST", "/api/tokens", body(form.elements));
       if (!result.ok) { showError(form, result); return; }
       valueEl.textContent = result.data.token;
       box.hidden = false;

@@ -23,7 +23,7 @@ from gateway import log
 from gateway.config import Config, ConfigError, load
 from gateway.errors import REDIS_DOWN
 from gateway.net import redisclient
-from gateway.ops import cli_import, cli_keys, report, server
+from gateway.ops import cli_import, cli_keys, report, server, tokenoptions
 from gateway.ops.command import CliError, UsageError, announce, command, connect, find_user, reason
 from gateway.ops.embedded import EmbeddedError
 from gateway.ops.stores import open_stores
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create", help="create a gateway token for a user; prints only the token", parents=[verbose]
     )
     p.add_argument("name", help="the user's name")
-    p.add_argument("--label", default="")
+    tokenoptions.add_options(p)
     p.set_defaults(func=command(run_tokens_create))
 
     p = sub.add_parser(
@@ -216,8 +216,9 @@ async def run_users_add(config: Config, args: argparse.Namespace, conn: asyncpg.
 
 
 async def run_tokens_create(config: Config, args: argparse.Namespace, conn: asyncpg.Connection) -> None:
+    fields = tokenoptions.token_fields(args)  # a refused option: exit 2, before the user is looked up
     user = await find_user(conn, args.name)
-    token, _ = await tokens.create(conn, user.id, args.label)
+    token, _ = await tokens.create(conn, user.id, fields["label"], fields)
     print(token)
 
 

@@ -68,14 +68,15 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def options_named() -> Iterator[None]:
+def options_named(options: Mapping[str, str] = KEY_OPTIONS) -> Iterator[None]:
     """An `/api/shared-keys` refusal (a 422 naming its field) as a usage error naming the option:
-    `--models: must have 1 to 100 entries` for the API's `available_models must have …`."""
+    `--models: must have 1 to 100 entries` for the API's `available_models must have …`.
+    `options`: the fields' options (`tokenoptions` passes those of `tokens create`)."""
     try:
         yield
     except ApiError as e:
         field = e.field or ""
-        option = KEY_OPTIONS.get(field, field)
+        option = options.get(field, field)
         message = e.message.removeprefix(f"{field} ").replace(f"every entry of {field} ", "every entry ")
         raise UsageError(f"{option}: {message}") from None
 

@@ -3,6 +3,7 @@ LobeChat's client mode, Open WebUI direct connections).
 
     OPTIONS /v1, /v1/*   -> 204, no authentication (the preflight middleware)
     every /v1 answer     -> Access-Control-Allow-Origin + Expose-Headers (on_response_prepare)
+    the same on the balance paths outside /v1 (`BALANCE_PATHS`: /dashboard/billing/*, /api/usage/token)
 
 `server.cors_origins`: ["*"] (the default) answers `*` to every origin; a list of origins echoes
 the request's `Origin` when it is listed (with `Vary: Origin`); [] turns CORS off entirely.
@@ -35,8 +36,13 @@ _TOKEN_LIST = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z, ]*")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# The balance endpoints outside /v1 (relay/balances.py): browser tools poll them with the token too.
+BALANCE_PATHS = frozenset({"/dashboard/billing/subscription", "/dashboard/billing/usage", "/api/usage/token"})
+
+
 def is_v1(path: str) -> bool:
-    return path.startswith("/v1/") or path == "/v1"
+    """Whether the path answers CORS: /v1 and the balance endpoints, all token-authenticated."""
+    return path.startswith("/v1/") or path == "/v1" or path in BALANCE_PATHS
 
 
 def allow_headers(requested: str) -> str:

@@ -71,16 +71,33 @@ def hint(token: str) -> str:
 
 
 INSERT_TOKEN = """
-INSERT INTO api_tokens (user_id, label, token_hash, token_hint)
-VALUES ($1, $2, $3, $4)
+INSERT INTO api_tokens (user_id, label, token_hash, token_hint,
+                        models, expires_at, daily_requests, requests_per_minute, daily_budget_usd, allowed_ips)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::cidr[])
 RETURNING id
 """
 
 
-async def create(conn: asyncpg.Connection, user_id: str, label: str = "") -> tuple[str, str]:
-    """Create a token for the user; returns (token, token row id). The token is not kept."""
+async def create(
+    conn: asyncpg.Connection, user_id: str, label: str = "", scope: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
+    """Create a token for the user; returns (token, token row id). The token is not kept.
+    `scope`: the sql/0017 columns as `tokenfields.validate` returns them (none given: no limits)."""
+    s = scope or {}
     token = generate()
-    token_id = await conn.fetchval(INSERT_TOKEN, uuid.UUID(user_id), label, token_hash(token), hint(token))
+    token_id = await conn.fetchval(
+        INSERT_TOKEN,
+        uuid.UUID(user_id),
+        label,
+        token_hash(token),
+        hint(token),
+        list(s.get("models") or ()),
+        s.get("expires_at"),
+        s.get("daily_requests"),
+        s.get("requests_per_minute"),
+        s.get("daily_budget_usd"),
+        list(s.get("allowed_ips") or ()),
+    )
     return token, str(token_id)
 
 

@@ -97,7 +97,7 @@ async def tokens_page(request: web.Request) -> web.Response:
     config = request.app[appkeys.config]
     try:
         async with request.app[appkeys.pg].acquire() as conn:
-            listed = await tokens_api.list_tokens(conn, signed.user.id)
+            listed = await tokens_api.list_tokens(conn, signed.user.id, request.app[BALANCER].today())
     except POSTGRES_DOWN:
         return await frame.error_page(request, 503, "error.title", "error.unavailable", retry=False)
     base_url = config.server.public_url.rstrip("/") + "/v1"

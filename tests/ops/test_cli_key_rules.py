@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway import config as config_mod
-from tests.support.clirun import Result, sharekey
+from tests.support.clirun import Result, rows, sharekey
 
 ADD = [
     "keys",
@@ -41,14 +40,10 @@ def env(cli_env: dict[str, str]) -> dict[str, str]:
 
 
 async def stored(config: config_mod.Config) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(config.database.url)
-    try:
-        rows = [dict(r) for r in await conn.fetch(RULES)]
-    finally:
-        await conn.close()
-    for row in rows:
+    found = await rows(config, RULES)
+    for row in found:
         row["model_daily_limits"] = json.loads(row["model_daily_limits"])
-    return rows
+    return found
 
 
 def added(env: dict[str, str], *flags: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -15,33 +15,21 @@ import redis.asyncio as aioredis
 from gateway import config as config_mod
 from gateway.relay import usage
 from gateway.relay.prices import Price, Prices
-from gateway.relay.usage import UsageLog, UsageRecord
+from gateway.relay.usage import UsageLog
 from gateway.store import users
 from gateway.web.board import charts
 from tests.support.fake_linuxdo import Site, provider, site  # noqa: F401 (fixtures)
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.seed import add_key, user_with_token
+from tests.support.tokenusage import call
 
 MODEL = "spend-test-model"
 PRICE = Price(1.0, 4.0, source="config")  # USD per million tokens
 
 
 def record(n: int, key_id: str, donor: str, day: date, prompt: int, completion: int, *, committed: bool = True):  # type: ignore[no-untyped-def]
-    return UsageRecord(
-        request_id=f"spend-{n}",
-        attempt=1,
-        day=day,
-        created_at=datetime.now(UTC),
-        shared_key_id=key_id,
-        user_id=donor,
-        donor_id=donor,
-        api_endpoint="/v1/chat/completions",
-        model=MODEL,
-        status=usage.UsageStatus.OK if committed else usage.UsageStatus.UPSTREAM_ERROR,
-        success=committed,
-        committed=committed,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
+    return call(
+        None, donor, day, prompt, completion, committed=committed, key_id=key_id, model=MODEL, request_id=f"spend-{n}"
     )
 
 

@@ -6,6 +6,11 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from gateway.config import Config
 
 STORE_VARS = ("DATABASE_URL", "REDIS_URL", "KEY_ENCRYPTION_SECRET", "KEY_ENCRYPTION_OLD_SECRETS", "SHAREKEY_CONFIG")
 
@@ -33,3 +38,12 @@ def sharekey(*args: str, env: dict[str, str], timeout: float = 120, input: str |
         input=input if input is not None else "",
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+async def rows(config: Config, query: str) -> list[dict[str, Any]]:
+    """What a command left in PostgreSQL, read on a connection of its own."""
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        return [dict(r) for r in await conn.fetch(query)]
+    finally:
+        await conn.close()

@@ -1,7 +1,11 @@
 """`/api/tokens`: a signed-in user lists, creates and revokes their own gateway tokens.
 
-    GET    /api/tokens          {"tokens": [{id, label, hint, created_at, last_used_at}]}  (not revoked)
-    POST   /api/tokens {label}  201 {…, "token"}: the token itself, this once
+    GET    /api/tokens          {"tokens": [{id, label, hint, created_at, last_used_at, models, expires_at,
+                                  daily_requests, requests_per_minute, daily_budget_usd, allowed_ips,
+                                  calls_today, spent_today_usd}]}  (not revoked; today: the balancer's day)
+    POST   /api/tokens {label, models, expires_at, daily_requests, requests_per_minute,
+                        daily_budget_usd, allowed_ips}   (store/tokenfields.py; each optional)
+                                201 {…, "token"}: the token itself, this once
     DELETE /api/tokens?id=…     204; revoked_at set, `token <sha256 hex>` published so every
                                 process drops it from its cache within a second
 
@@ -13,10 +17,10 @@ token cannot mint more tokens, so revoking a leaked one is final. Operators have
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -27,7 +31,8 @@ from gateway import appkeys
 from gateway.errors import REDIS_DOWN, ApiError, invalid
 from gateway.log import request_fields
 from gateway.net import events
-from gateway.store import tokens
+from gateway.relay.balancer import BALANCER
+from gateway.store import tokenfields, tokens
 from gateway.store.tokens import TOKEN_CACHE, Caller
 from gateway.web.signin import sessions
 
@@ -35,10 +40,8 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 MAX_TOKENS = 50
-LABEL_MAX = 64
 NOT_SIGNED_IN = "Sign in to manage gateway tokens (or use `sharekey tokens create`)."
 NOT_FOUND = "No such token."
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +51,32 @@ class TokenInfo:
     hint: str
     created_at: datetime
     last_used_at: datetime | None
+    models: list[str]
+    expires_at: datetime | None
+    daily_requests: int | None
+    requests_per_minute: int | None
+    daily_budget_usd: Decimal | None
+    allowed_ips: list[str]
+    calls_today: int
+    spent_today_usd: Decimal
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> TokenInfo:
-        return cls(str(r["id"]), r["label"], r["token_hint"], r["created_at"], r["last_used_at"])
+        return cls(
+            str(r["id"]),
+            r["label"],
+            r["token_hint"],
+            r["created_at"],
+            r["last_used_at"],
+            list(r["models"]),
+            r["expires_at"],
+            r["daily_requests"],
+            r["requests_per_minute"],
+            r["daily_budget_usd"],
+            [str(n) for n in r["allowed_ips"]],
+            r["calls_today"],
+            r["spent_today_usd"],
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,33 +85,53 @@ class TokenInfo:
             "hint": self.hint,
             "created_at": self.created_at.isoformat(),
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "models": self.models,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "daily_requests": self.daily_requests,
+            "requests_per_minute": self.requests_per_minute,
+            "daily_budget_usd": str(self.daily_budget_usd) if self.daily_budget_usd is not None else None,
+            "allowed_ips": self.allowed_ips,
+            "calls_today": self.calls_today,
+            "spent_today_usd": str(self.spent_today_usd.quantize(CENT)),
         }
 
 
-TOKEN_COLUMNS = "id, label, token_hint, created_at, last_used_at"
-LIST_TOKENS = f"""
-SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, id
+CENT = Decimal("0.000001")  # what a call's estimated cost is kept to; the page rounds to cents
+# Today's use: one row of the rollup per token (sql/0017), whatever the log holds.
+LIST_TOKENS = """
+SELECT t.id, t.label, t.token_hint, t.created_at, t.last_used_at, t.models, t.expires_at, t.daily_requests,
+       t.requests_per_minute, t.daily_budget_usd, t.allowed_ips,
+       coalesce(d.calls, 0) AS calls_today, coalesce(d.value_usd, 0) AS spent_today_usd
+FROM api_tokens t LEFT JOIN token_usage_daily d ON d.token_id = t.id AND d.day = $2
+WHERE t.user_id = $1 AND t.revoked_at IS NULL AND ($3::uuid IS NULL OR t.id = $3)
+ORDER BY t.created_at DESC, t.id
 """
 
 
-async def list_tokens(conn: asyncpg.Connection, user_id: str) -> list[TokenInfo]:
-    return [TokenInfo.from_record(r) for r in await conn.fetch(LIST_TOKENS, uuid.UUID(user_id))]
+async def list_tokens(
+    conn: asyncpg.Connection, user_id: str, today: str, token_id: str | None = None
+) -> list[TokenInfo]:
+    """The user's live tokens (or the one `token_id`) with their use on `today`, the balancer's day."""
+    ident = uuid.UUID(token_id) if token_id else None
+    rows = await conn.fetch(LIST_TOKENS, uuid.UUID(user_id), date.fromisoformat(today), ident)
+    return [TokenInfo.from_record(r) for r in rows]
 
 
 COUNT_TOKENS = "SELECT count(*) FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL"
-GET_TOKEN = f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
 
 
-async def create_token(conn: asyncpg.Connection, user_id: str, label: str) -> tuple[str, TokenInfo]:
-    """(the token, its listing); refused past MAX_TOKENS live tokens."""
+async def create_token(
+    conn: asyncpg.Connection, user_id: str, fields: dict[str, Any], today: str
+) -> tuple[str, TokenInfo]:
+    """(the token, its listing); refused past MAX_TOKENS live tokens. `fields`: `tokenfields.validate`'s."""
     async with conn.transaction():
         # One user's concurrent creations queue here, so the cap holds.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"tokens:{user_id}")
         if await conn.fetchval(COUNT_TOKENS, uuid.UUID(user_id)) >= MAX_TOKENS:
             raise invalid("label", f"you have {MAX_TOKENS} tokens already; revoke one first")
-        token, token_id = await tokens.create(conn, user_id, label)
-        row = await conn.fetchrow(GET_TOKEN, uuid.UUID(token_id))
-    return token, TokenInfo.from_record(row)
+        token, token_id = await tokens.create(conn, user_id, fields["label"], fields)
+        (info,) = await list_tokens(conn, user_id, today, token_id)
+    return token, info
 
 
 REVOKE_TOKEN = """
@@ -126,38 +171,20 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _label(body: dict[str, Any]) -> str:
-    for name in body:
-        if name != "label":
-            shown = name if len(name) <= 64 else name[:64] + "…"
-            raise invalid(shown, f"unknown field {shown!r}")
-    label = body.get("label", "")
-    if label is None:
-        return ""
-    if not isinstance(label, str):
-        raise invalid("label", "label must be a string")
-    label = label.strip()
-    if len(label) > LABEL_MAX:
-        raise invalid("label", f"label must be at most {LABEL_MAX} characters")
-    if CONTROL.search(label):
-        raise invalid("label", "label must not contain control characters")
-    return label
-
-
 @routes.get("/api/tokens")
 async def tokens_get(request: web.Request) -> web.Response:
     caller = await signed_in(request)
     async with request.app[appkeys.pg].acquire() as conn:
-        listed = await list_tokens(conn, caller.user_id)
+        listed = await list_tokens(conn, caller.user_id, request.app[BALANCER].today())
     return web.json_response({"tokens": [t.to_json() for t in listed]})
 
 
 @routes.post("/api/tokens")
 async def tokens_post(request: web.Request) -> web.Response:
     caller = await signed_in(request)
-    label = _label(await read_object(request))
+    fields = tokenfields.validate(await read_object(request))  # every refusal before anything is written
     async with request.app[appkeys.pg].acquire() as conn:
-        token, info = await create_token(conn, caller.user_id, label)
+        token, info = await create_token(conn, caller.user_id, fields, request.app[BALANCER].today())
     log.info("token_created", token_id=info.id)
     return web.json_response({**info.to_json(), "token": token}, status=201, headers={"Cache-Control": "no-store"})
 
