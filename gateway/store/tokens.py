@@ -175,6 +175,7 @@ class TokenCache:
         self._misses: OrderedDict[bytes, float] = OrderedDict()  # digest -> expiry, oldest first
         self._limit = LookupLimit(lookups_per_minute)
         self._used: set[str] = set()
+        self._pending: dict[bytes, asyncio.Future[Caller | None]] = {}  # first look-ups in flight
 
     async def lookup(self, token: str, client: str | None = None) -> Caller | None:
         """The token's owner, or None; `client` is the caller's address, for the look-up limit.
@@ -193,15 +194,23 @@ class TokenCache:
                 return None
             if not well_formed(token):  # checked on a miss only: a cached token was well formed
                 return None
+            pending = self._pending.get(digest)
+            if pending is not None:  # the same token is being looked up already: one query for all
+                return await asyncio.shield(pending)
             wait = self._limit.take(client, now)
             if wait > 0:
                 raise TooManyLookups(wait)
-            caller = self._store(digest, now, await self._query(digest))
+            pending = self._pending[digest] = asyncio.ensure_future(self._first_lookup(digest, now))
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
+            caller = await asyncio.shield(pending)
             if caller is not None:
                 self._limit.give_back(client)  # a real token: the look-up was not a forger's
         if caller is not None:
             self._used.add(caller.token_id)
         return caller
+
+    async def _first_lookup(self, digest: bytes, now: float) -> Caller | None:
+        return self._store(digest, now, await self._query(digest))
 
     async def _query(self, digest: bytes) -> Caller | None:
         async with self._pool.acquire() as conn:
