@@ -16,7 +16,9 @@ size it measures, after a warm-up that builds the pool (the `init` call, once pe
 Two more cells refuse: a pool of the largest size whose keys are all spent, and one whose keys
 are all cooling. Two carry donors' caps (issue #22): a pool of the largest size whose keys all
 have caps (per minute, tokens per minute) but are free, and one where all keys but one are at
-their per-minute cap. It also states the Redis memory a capped key's windows take. Rounds are
+their per-minute cap. One is the largest pool picked for a caller whose gateway token has every
+cap the pick counts (issue #25: requests per day, per minute, a daily budget), against the same
+size without. It also states the Redis memory a capped key's windows take. Rounds are
 interleaved (every cell once per round); the medians are reported, and every ratio is against
 the 4-key cell of the same run. It also times what a key change costs the index: preparing the
 largest pool again (`Pool.of`), once per snapshot.
@@ -44,10 +46,12 @@ from gateway.net import redisnames
 from gateway.net.redisline import ScriptLine
 from gateway.relay import balancer as balancer_mod
 from gateway.relay.balancer import Balancer
-from gateway.relay.picks import Candidate, Pool, UserLimits
+from gateway.relay.picks import Candidate, Pool, TokenLimits, UserLimits
 
 PREFIX = "bench"
 NO_LIMITS = UserLimits(0, 0, 0)
+# A gateway token with every cap the pick counts (issue #25), none of them reached.
+EVERY_TOKEN_CAP = TokenLimits("bench-token", daily=10**9, per_minute=10**9, budget_micro_usd=10**15)
 
 
 def free_port() -> int:
@@ -65,6 +69,7 @@ class Cell:
     redis_cmd_ms: list[float] = field(default_factory=list)
     redis_cpu_ms: list[float] = field(default_factory=list)
     spread: tuple[int, int, float] | None = None  # max - min, bound, mean
+    token: TokenLimits | None = None  # the caller's token's caps, if any
 
 
 async def redis_costs(client: aioredis.Redis) -> tuple[float, float]:
@@ -78,7 +83,9 @@ async def redis_costs(client: aioredis.Redis) -> tuple[float, float]:
 async def run_cell(b: Balancer, client: aioredis.Redis, cell: Cell, picks: int, concurrency: int) -> None:
     async def worker(n: int) -> None:
         for _ in range(n):
-            p = await b.pick(cell.pool, user_id="u", limits=NO_LIMITS, request_id=uuid.uuid4().hex, stream=False)
+            p = await b.pick(
+                cell.pool, user_id="u", limits=NO_LIMITS, request_id=uuid.uuid4().hex, stream=False, token=cell.token
+            )
             if p.outcome != cell.expect:
                 raise SystemExit(f"{cell.name}: expected {cell.expect}, got {p.outcome}")
 
@@ -134,7 +141,10 @@ async def main_async(args: argparse.Namespace, url: str) -> None:
         for c in at_cap[:-1]:
             pipe.zadd(redisnames.key_window(PREFIX, c.key_id), {"earlier": ahead})
         await pipe.execute()
-    cells += [spent, cooling, free_caps, busy]
+    # The largest pool again, for a caller whose token has every cap (daily, per minute, budget).
+    tokened = Cell(f"{largest} keys, token caps", Pool.of(keys(f"tk{largest}", largest, 10**9), "any\0tk"), "ok")
+    tokened.token = EVERY_TOKEN_CAP
+    cells += [spent, cooling, free_caps, busy, tokened]
     for cell in cells:  # the warm-up: builds each pool (init), files spent and cooling keys away
         await run_cell(b, client, cell, 2 * args.concurrency, args.concurrency)
         cell.gateway_ms.clear(), cell.redis_cmd_ms.clear(), cell.redis_cpu_ms.clear()
@@ -170,6 +180,10 @@ async def main_async(args: argparse.Namespace, url: str) -> None:
             f"{med(c.redis_cmd_ms):>12.4f} {med(c.redis_cmd_ms) / med(base.redis_cmd_ms):>6.2f} "
             f"{med(c.redis_cpu_ms):>12.4f} {med(c.redis_cpu_ms) / med(base.redis_cpu_ms):>6.2f}  {spread}"
         )
+    plain = next(c for c in cells if c.name == f"{largest} keys")
+    ratios = [med(getattr(tokened, m)) / med(getattr(plain, m)) for m in ("gateway_ms", "redis_cmd_ms", "redis_cpu_ms")]
+    print(f"\na token with every cap vs none ({largest} keys): gw {ratios[0]:.2f}, redis cmd {ratios[1]:.2f}, ", end="")
+    print(f"redis cpu {ratios[2]:.2f}")
     shown = ", ".join(f"{n} starts: {b} B" for n, b in memory.items())
     print(f"\nRedis memory of a capped key's minute window (kwin): {shown}")
     print(f"\npreparing a {largest}-key pool after a key change (Pool.of, once per snapshot): {prepare_ms:.1f} ms")

@@ -111,3 +111,56 @@ def test_lists_of_integers(tmp_path: Path) -> None:
             load(path, env={})
     with pytest.raises(ConfigError, match="user_daily_requests_by_trust_level"):
         load(env={"SHAREKEY_LIMITS_USER_DAILY_REQUESTS_BY_TRUST_LEVEL": "1,x"})
+
+
+def test_trust_level_tables(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[limits]\nuser_daily_requests = 50\n[limits.trust_levels."1"]\ndaily_requests = 5\nmodels = ["gpt-4o-mini"]\n'
+        '[limits.trust_levels."3"]\nrequests_per_minute = 0\nconcurrent_streams = 8\n'
+    )
+    c = load(path, env={})
+    assert c.limits.user_daily_requests == 50
+    assert c.limits.trust_levels == {
+        1: config_mod.TrustLevel(daily_requests=5, models=("gpt-4o-mini",)),
+        3: config_mod.TrustLevel(requests_per_minute=0, concurrent_streams=8),
+    }
+    env = {"SHAREKEY_LIMITS_TRUST_LEVELS": '{"2": {"daily_requests": 7}}'}
+    assert load(env=env).limits.trust_levels == {2: config_mod.TrustLevel(daily_requests=7)}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[limits.trust_levels."x"]\ndaily_requests = 1\n', 'limits.trust_levels."x": a trust level is a number'),
+        ('[limits.trust_levels."1"]\ndaily = 1\n', 'limits.trust_levels."1": takes only daily_requests'),
+        ('[limits.trust_levels."1"]\ndaily_requests = -1\n', 'limits.trust_levels."1".daily_requests: -1 is not'),
+        ('[limits.trust_levels."1"]\nmodels = "m"\n', 'limits.trust_levels."1".models: is not a list'),
+        ('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n', "server.trusted_proxies: '10.0.0.0/33' is not"),
+    ],
+)
+def test_bad_trust_levels_and_proxies_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(table)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace('"', '"')):
+        load(path, env={})
+
+
+def test_trusted_proxies_from_the_environment() -> None:
+    c = load(env={"SHAREKEY_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
+    assert c.server.trusted_proxies == ("10.0.0.0/8", "::1")
+
+
+def test_the_old_trust_level_key_is_read_with_one_deprecation_line() -> None:
+    from structlog.testing import capture_logs
+
+    from gateway.ops.server import warn_deprecated
+
+    c = load(env={"SHAREKEY_LIMITS_USER_DAILY_REQUESTS_BY_TRUST_LEVEL": "10,20"})
+    assert c.limits.user_daily_requests_by_trust_level == (10, 20)
+    with capture_logs() as logs:
+        warn_deprecated(c)
+        warn_deprecated(load(env={}))
+    assert [(e["event"], e["key"]) for e in logs] == [
+        ("config_key_deprecated", "limits.user_daily_requests_by_trust_level")
+    ]

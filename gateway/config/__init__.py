@@ -26,6 +26,7 @@ from gateway.config.sections import (
     Server,
     Storage,
     Tracing,
+    TrustLevel,
     Upstream,
     Usage,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Server",
     "Storage",
     "Tracing",
+    "TrustLevel",
     "Upstream",
     "Usage",
     "load",

@@ -31,6 +31,9 @@ class Server:
     cors_origins: tuple[str, ...] = ("*",)  # /v1 only: "*", or the origins to echo; empty: no CORS
     header_timeout: float = 10.0  # a request's head must arrive within this (an idle connection closes)
     body_timeout: float = 60.0  # and its body within this once the head is in (408, connection closed)
+    # CIDRs of the reverse proxies in front: from such a peer, X-Forwarded-For names the client
+    # (its right-most address that is not a trusted proxy). Empty: the peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +91,28 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustLevel:
+    """One `[limits.trust_levels."N"]` table: what a caller of trust level N may use. A field left
+    out (None) is the default of `[limits]`; `models` empty: every model."""
+
+    daily_requests: int | None = None
+    requests_per_minute: int | None = None
+    concurrent_streams: int | None = None
+    models: tuple[str, ...] = ()
+
+
+TRUST_LEVEL_FIELDS = ("daily_requests", "requests_per_minute", "concurrent_streams", "models")
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     user_daily_requests: int = 1000
-    # Per Linux.do trust level 0, 1, 2, …; a level beyond the list uses its last entry. Empty:
-    # user_daily_requests for everyone.
+    # Deprecated by trust_levels (still read; a level's daily_requests there wins): per Linux.do
+    # trust level 0, 1, 2, …; a level beyond the list uses its last entry.
     user_daily_requests_by_trust_level: tuple[int, ...] = ()
+    # [limits.trust_levels."N"]: a trust level's own limits and models (TrustLevel); JSON in the
+    # environment (SHAREKEY_LIMITS_TRUST_LEVELS). A level not listed: the defaults.
+    trust_levels: dict[int, TrustLevel] = field(default_factory=dict)
     user_requests_per_minute: int = 60
     user_concurrent_streams: int = 4
     max_body_bytes: int = 32 * 1024 * 1024  # requests with images run past 4 MiB

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import ipaddress
 import json
 import typing
 import urllib.parse
@@ -16,7 +17,7 @@ from typing import Any
 
 from redis.asyncio.connection import parse_url
 
-from gateway.config.sections import FEATURES, Config
+from gateway.config.sections import FEATURES, TRUST_LEVEL_FIELDS, Config, TrustLevel
 
 
 class ConfigError(Exception):
@@ -54,6 +55,8 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
             if isinstance(value, str):
                 return value
             raise ValueError
+        if kind == dict[int, TrustLevel]:
+            return trust_levels_table(name, value, from_env=from_env)
         if typing.get_origin(kind) is dict:  # [models] aliases: {"public" = ["target", …]}
             if from_env and isinstance(value, str):
                 value = json.loads(value)
@@ -78,6 +81,37 @@ def typed(name: str, kind: Any, value: Any, *, from_env: bool, secret: bool) -> 
         expected = 'a table of lists of names ({"public" = ["target", …]}; JSON in the environment)'
     shown = "" if secret else f" {value!r}"
     raise ConfigError(f"configuration key {name}: {where}{shown} is not {expected}")
+
+
+def trust_levels_table(name: str, value: Any, *, from_env: bool) -> dict[int, TrustLevel]:
+    """[limits.trust_levels."N"] daily_requests, requests_per_minute, concurrent_streams (0 =
+    unlimited), models (names and aliases): {N: TrustLevel}."""
+    if from_env and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration key {name}: is not a table of trust levels (JSON in the environment)")
+    out: dict[int, TrustLevel] = {}
+    for level, table in value.items():
+        where = f'{name}."{level}"'
+        if not (isinstance(level, str) and level.isdigit() and len(level) <= 2):
+            raise ConfigError(f"configuration key {where}: a trust level is a number from 0 to 99")
+        if not isinstance(table, dict) or set(table) - set(TRUST_LEVEL_FIELDS):
+            raise ConfigError(f"configuration key {where}: takes only {', '.join(TRUST_LEVEL_FIELDS)}")
+        kw: dict[str, Any] = {}
+        for field, v in table.items():
+            if field == "models":
+                if not isinstance(v, list) or not all(isinstance(m, str) and m.strip() for m in v):
+                    raise ConfigError(f"configuration key {where}.models: is not a list of model names")
+                kw[field] = tuple(m.strip() for m in v)
+            elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"configuration key {where}.{field}: {v!r} is not an integer, 0 (unlimited) or more")
+            else:
+                kw[field] = v
+        out[int(level)] = TrustLevel(**kw)
+    return out
 
 
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
@@ -145,6 +179,11 @@ def validate(config: Config, choices: dict[tuple[str, str], tuple[str, ...]]) ->
         raise bad("balancer.timezone", f"{config.balancer.timezone!r} is not a known time zone") from None
     if any(n < 0 for n in config.limits.user_daily_requests_by_trust_level):
         raise bad("limits.user_daily_requests_by_trust_level", "limits must be 0 (unlimited) or more")
+    for cidr in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise bad("server.trusted_proxies", f"{cidr!r} is not an address or CIDR") from None
     if config.limits.unknown_token_lookups_per_minute < 0:
         raise bad("limits.unknown_token_lookups_per_minute", "must be 0 (unlimited) or more")
     if config.health.interval_seconds < 0:

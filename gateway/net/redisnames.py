@@ -13,6 +13,8 @@ old and new processes of a rolling deploy then do not misread each other's.
     udaily:<YYYY-MM-DD>                    hash     relay/lua/*.lua       BALANCER_VERSION
     urpm:<YYYY-MM-DDTHH:MM>                hash     relay/lua/*.lua       BALANCER_VERSION
     ustreams:<user_id>                     zset     relay/lua/*.lua       BALANCER_VERSION
+    tdaily:<YYYY-MM-DD>, tspend:<YYYY-MM-DD>  hash  relay/lua/*.lua       BALANCER_VERSION
+    trpm:<YYYY-MM-DDTHH:MM>                hash     relay/lua/*.lua       BALANCER_VERSION
     pool:<pid>                             hash     relay/lua/*.lua       BALANCER_VERSION
     avail:<pid>, resting:<pid>             zset     relay/lua/*.lua       BALANCER_VERSION
     revived                                zset     relay/lua/*.lua       BALANCER_VERSION
@@ -76,6 +78,21 @@ def user_rpm(prefix: str, minute: str) -> str:
 
 def user_streams(prefix: str, user_id: str) -> str:
     return name(prefix, "ustreams", user_id, version=BALANCER_VERSION)
+
+
+def token_daily(prefix: str, day: str) -> str:
+    """Requests today per gateway token (a token's daily_requests)."""
+    return name(prefix, "tdaily", day, version=BALANCER_VERSION)
+
+
+def token_rpm(prefix: str, minute: str) -> str:
+    """Requests in one minute (UTC) per gateway token (a token's requests_per_minute)."""
+    return name(prefix, "trpm", minute, version=BALANCER_VERSION)
+
+
+def token_spend(prefix: str, day: str) -> str:
+    """Estimated spend today per gateway token with a daily_budget_usd, in micro-USD."""
+    return name(prefix, "tspend", day, version=BALANCER_VERSION)
 
 
 def pool_meta(prefix: str, pool_id: str) -> str:

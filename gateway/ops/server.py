@@ -42,12 +42,23 @@ class ServeError(Exception):
 
 def run(config: Config) -> None:
     workers = config.server.workers or os.cpu_count() or 1
+    warn_deprecated(config)
     ensure_port_free(config.server.host, config.server.port)
     if workers == 1:
         _run(serve_worker(config, reuse_port=False))
         return
     with metrics.multiprocess_dir():
         _supervise(config, workers)
+
+
+def warn_deprecated(config: Config) -> None:
+    """One line per deprecated key still set, once per `serve` (not per worker)."""
+    if config.limits.user_daily_requests_by_trust_level:
+        log.warning(
+            "config_key_deprecated",
+            key="limits.user_daily_requests_by_trust_level",
+            use='[limits.trust_levels."N"] daily_requests',
+        )
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

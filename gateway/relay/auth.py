@@ -7,24 +7,28 @@ shape (`InvalidToken` 401, `NotConfigured` 503) and `/api` with its `ApiError`s.
 malformed, unknown or revoked token is `refused`; a token the cache cannot check because
 PostgreSQL is down is `unavailable` (a token it already knew keeps working: see TokenCache); an
 address that has had too many unknown tokens looked up is `limited` (429 with Retry-After, no
-query). The address is the connection's peer (`request.remote`): there are no trusted proxies to
-take a forwarded address from.
+query); a token past its `expires_at` gets 401 token_expired, compared at each request,
+not when the cache looked it up, so a token that expires while cached stops at once. The address
+is the client's (`clientaddr`: the peer, or X-Forwarded-For from a `server.trusted_proxies` peer).
 The browser session of `/api` is `web.signin.sessions`' business, not this module's.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 from aiohttp import web
 
 from gateway import metrics
-from gateway.errors import POSTGRES_DOWN, ApiError, LimitReached
+from gateway.clientaddr import client_address
+from gateway.errors import POSTGRES_DOWN, ApiError, InvalidToken, LimitReached
 from gateway.log import request_fields
 from gateway.store.tokens import TOKEN_CACHE, Caller, TooManyLookups
 
 TOO_MANY_LOOKUPS = "Too many unknown tokens from this address; check the token and try again later."
+EXPIRED = "This gateway token has expired; create a new one."
 
 
 def bearer_token(request: web.Request, *, x_api_key: bool = False, google: bool = False) -> str | None:
@@ -52,12 +56,14 @@ async def token_caller(
     google: bool = False,
 ) -> Caller:
     """The owner of the request's gateway token; raises `refused()`, `unavailable()` or
-    `limited(retry_after)` (by default a `LimitReached`, rendered in the route's shape)."""
+    `limited(retry_after)` (by default a `LimitReached`, rendered in the route's shape), and for
+    an expired token an `InvalidToken` token_expired (the middleware renders it on `/api` too)."""
     token = bearer_token(request, x_api_key=x_api_key, google=google)
     if token is None:
         raise refused()
     try:
-        caller = await request.app[TOKEN_CACHE].lookup(token, request.remote)
+        address = client_address(request)
+        caller = await request.app[TOKEN_CACHE].lookup(token, str(address) if address is not None else None)
     except TooManyLookups as e:
         retry_after = max(1, math.ceil(e.retry_after))
         raise (limited or _limited)(retry_after) from None
@@ -67,6 +73,9 @@ async def token_caller(
     if caller is None:
         raise refused()
     request_fields(request)["user_id"] = caller.user_id
+    expires = caller.scope.expires_at
+    if expires is not None and time.time() >= expires:
+        raise InvalidToken(EXPIRED, code="token_expired")
     return caller
 
 

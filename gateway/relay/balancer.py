@@ -3,10 +3,11 @@
 Owns the balancer script (`lua/`: a prelude, one file per operation and a dispatch, joined into
 one script, one SHA) and every Redis key it touches (schema v5, `redisnames.BALANCER_VERSION`:
 `counts:<day>`, `cooldown`, `probation`, `fails`, `udaily:<day>`, `urpm:<minute>`,
-`ustreams:<user>`, per pool `pool:`, `avail:`, `resting:`, and `revived`, `aff:`, `resp:`; per
-capped key `kwin:`, `kfly:`, `ktok:`, `ktoksum:`, and `mcounts:<day>`; layout and invariants in the
-header of `lua/prelude.lua`). The operations on a key's health (cool, fail, reject, trial_ok,
-clear) are `cooling.KeyCooling`'s, mixed in.
+`ustreams:<user>`, per token `tdaily:<day>`, `trpm:<minute>`, `tspend:<day>`, per pool `pool:`,
+`avail:`, `resting:`, and `revived`, `aff:`, `resp:`; per capped key `kwin:`, `kfly:`, `ktok:`,
+`ktoksum:`, and `mcounts:<day>`; layout and invariants in the header of `lua/prelude.lua`). The
+operations on a key's health (cool, fail, reject, trial_ok, clear) are `cooling.KeyCooling`'s,
+mixed in.
 `pick()` is one script call: the caller's fair-use limits, then the least-used key under its daily
 limit and its donor's caps (per minute, in flight, tokens, per model: `Candidate.caps`) and not
 cooling, one call reserved on it (`reserve=False`: only chosen), atomically across any number of
@@ -39,7 +40,7 @@ from gateway.net.redisline import ScriptLine
 from gateway.net.resp import text
 from gateway.relay.cooling import KeyCooling
 from gateway.relay.days import Day, day_bounds, wall_ms
-from gateway.relay.picks import Affinity, Candidate, Pick, PickOutcome, Pool, UserLimits, digest
+from gateway.relay.picks import Affinity, Candidate, Pick, PickOutcome, Pool, TokenLimits, UserLimits, digest
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +60,7 @@ OPERATIONS = (
     "read",
     "end_stream",
     "remember",
+    "spend",
 )
 LUA_FILES = ("prelude", *OPERATIONS, "dispatch")
 
@@ -79,6 +81,9 @@ INIT_TRIES = 2  # a pool rebuilt just before our pick by a process with another 
 
 CLOCK = "clock"  # the script's answer when the client named the wrong day or minute
 SEED = "seed"  # init's answer when today's counts were never seeded from PostgreSQL
+
+
+NO_TOKEN = TokenLimits(token_id="")  # no token cap: the script reads none of the token's counters
 
 
 def _seconds(ms: int) -> int:
@@ -153,6 +158,7 @@ class Balancer(KeyCooling):
         exclude: Collection[str] = (),
         affinity: Affinity | None = None,
         reserve: bool = True,
+        token: TokenLimits | None = None,
     ) -> Pick:
         """Reserve one call on the least-used available key, after the caller's limits.
 
@@ -163,12 +169,14 @@ class Balancer(KeyCooling):
         `affinity`: the conversation and response this request continues (see `Affinity`),
         decided in the same call. `reserve=False` (count_tokens) only chooses the key: neither its
         count today nor the user's day or streams change; the user's minute counts, and limits.
+        `token`: the caller's token's caps, enforced and counted in the same call, like the user's.
         """
         pool = candidates if isinstance(candidates, Pool) else Pool.of(candidates)
         if not pool.size:
             raise ValueError("pick() needs at least one candidate")
         now = self.guess_now()
         clock_tries = init_tries = 0
+        capped = token if token is not None and token.any else NO_TOKEN
         while clock_tries < CLOCK_TRIES:
             day = self._day_at(now)
             minute_ms = now - now % 60_000
@@ -187,6 +195,9 @@ class Balancer(KeyCooling):
                     redisnames.pool_avail(self._prefix, pool.pool_id),
                     redisnames.pool_resting(self._prefix, pool.pool_id),
                     self._revived,
+                    redisnames.token_daily(self._prefix, day.name),
+                    redisnames.token_rpm(self._prefix, minute),
+                    redisnames.token_spend(self._prefix, day.name),
                     *(affinity.keys(self._prefix, user_id) if affinity is not None else ()),
                 ],
                 args=[
@@ -209,6 +220,10 @@ class Balancer(KeyCooling):
                     random.getrandbits(30),  # the tie-break among equally used keys
                     affinity.conversation_ms if affinity is not None and affinity.conversation else 0,
                     int(reserve),
+                    capped.token_id,
+                    capped.daily,
+                    capped.per_minute,
+                    capped.budget_micro_usd,
                     *exclude,
                 ],
             )
@@ -299,15 +314,19 @@ class Balancer(KeyCooling):
     def finish_later(self, pick: Pick, request_id: str, tokens: int) -> None:
         """`finish`, in the background: the client is not kept waiting for it. Lost (Redis
         down), the slot comes free when its lease runs out."""
-        task = asyncio.create_task(self._finish_quietly(pick, request_id, tokens))
+        self._background(self.finish(pick, request_id, tokens), "balancer_finish_failed", key_id=pick.key_id)
+
+    def _background(self, call: Awaitable[None], failed: str, **fields: Any) -> None:
+        task = asyncio.create_task(self._quietly(call, failed, fields))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish_quietly(self, pick: Pick, request_id: str, tokens: int) -> None:
+    @staticmethod
+    async def _quietly(call: Awaitable[None], failed: str, fields: dict[str, Any]) -> None:
         try:
-            await self.finish(pick, request_id, tokens)
+            await call
         except Exception as e:  # a background task: log, never raise into the loop
-            log.warning("balancer_finish_failed", key_id=pick.key_id, error=str(e))
+            log.warning(failed, **fields, error=str(e))
 
     async def finish(self, pick: Pick, request_id: str, tokens: int) -> None:
         """A call on a key with a concurrency or token cap (`pick.held`) ended: free its slot in
@@ -315,6 +334,17 @@ class Balancer(KeyCooling):
         await self._script(
             keys=[self._cooldown, self._revived, redisnames.pool_meta(self._prefix, pick.pool_id)],
             args=["finish", self._offset_ms, pick.key_id or "", request_id, max(0, tokens)],
+        )
+
+    def spend_later(self, day: str, token_id: str, micro_usd: int) -> None:
+        """Add a committed call's estimated cost to its token's spend on `day` (the pick's), in
+        the background like `finish_later`: only for a token with a daily budget."""
+        if micro_usd > 0:
+            self._background(self._spend(day, token_id, micro_usd), "balancer_spend_failed", token_id=token_id)
+
+    async def _spend(self, day: str, token_id: str, micro_usd: int) -> None:
+        await self._script(
+            keys=[redisnames.token_spend(self._prefix, day)], args=["spend", self._offset_ms, token_id, micro_usd]
         )
 
     async def end_stream(self, user_id: str, request_id: str) -> None:

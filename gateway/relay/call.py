@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.apiformat import ApiFormat
+from gateway.relay import scopes
 from gateway.relay.balancer import BALANCER
 from gateway.relay.formats.usage import Usage
 from gateway.relay.keyindex import PoolKey
@@ -195,34 +196,34 @@ class Recorder:
             tokens = (prompt or 0) + (completion or 0)
             call.request.app[BALANCER].finish_later(self.pick, call.request[appkeys.request_id], tokens)
         day = date.fromisoformat(self.pick.day) if self.pick else _today(call)
-        call.request.app[USAGE].add(
-            UsageRecord(
-                request_id=call.request[appkeys.request_id],
-                attempt=call.attempts,
-                day=day,
-                created_at=datetime.now(UTC),
-                shared_key_id=self.key.id,
-                user_id=call.caller.user_id,
-                donor_id=self.key.owner_id,
-                api_endpoint=route_of(call.endpoint),
-                model=call.model,
-                status=status,
-                success=success,
-                committed=committed,
-                http_status=http_status,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                usage_estimated=estimated,
-                latency_ms=round(elapsed * 1000),
-                ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
-                error_message=error,
-                cache_read_tokens=cache_read,
-                cache_creation_tokens=cache_creation,
-                upstream_model=self.upstream_model,
-                server_tool_calls=usage.tool_calls if usage is not None else None,
-                token_id=call.caller.token_id,
-            )
+        record = UsageRecord(
+            request_id=call.request[appkeys.request_id],
+            attempt=call.attempts,
+            day=day,
+            created_at=datetime.now(UTC),
+            shared_key_id=self.key.id,
+            user_id=call.caller.user_id,
+            donor_id=self.key.owner_id,
+            api_endpoint=route_of(call.endpoint),
+            model=call.model,
+            status=status,
+            success=success,
+            committed=committed,
+            http_status=http_status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            usage_estimated=estimated,
+            latency_ms=round(elapsed * 1000),
+            ttft_ms=round(self.ttft_ms) if self.ttft_ms is not None else None,
+            error_message=error,
+            cache_read_tokens=cache_read,
+            cache_creation_tokens=cache_creation,
+            upstream_model=self.upstream_model,
+            server_tool_calls=usage.tool_calls if usage is not None else None,
+            token_id=call.caller.token_id,
         )
+        call.request.app[USAGE].add(record)
+        scopes.note_spend(call.request.app, call.caller, record)
 
 
 GEMINI_METHODS = frozenset({"/generateContent", "/countTokens"})

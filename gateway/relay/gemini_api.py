@@ -21,7 +21,7 @@ from gateway import appkeys
 from gateway.apiformat import ApiFormat
 from gateway.errors import BadRequest, NoKeyForModel
 from gateway.log import request_fields
-from gateway.relay import features, handlers, messages
+from gateway.relay import features, handlers, messages, scopes
 from gateway.relay.call import Call
 from gateway.relay.formats import gemini
 from gateway.relay.formats.shared import IMAGE_TOKENS, PER_MESSAGE_TOKENS, dumps
@@ -38,14 +38,20 @@ METHODS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
 @routes.get("/v1beta/models")
 async def list_models(request: web.Request) -> web.Response:
     """The models the caller may use, in Gemini's list shape (one page: no `nextPageToken`)."""
-    return web.json_response(gemini.models_list(request.app[KEY_INDEX].models(await handlers.authenticate(request))))
+    return web.json_response(gemini.models_list(await _models(request)))
+
+
+async def _models(request: web.Request) -> list[str]:
+    """What the caller's keys serve that its token and trust level allow."""
+    caller = await handlers.authenticate(request)
+    return scopes.allowed_models(request, caller, request.app[KEY_INDEX].models(caller))
 
 
 @routes.get("/v1beta/models/{model}")
 @routes.get("/v1/models/{model}")
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"].removeprefix("models/")
-    if name not in request.app[KEY_INDEX].models(await handlers.authenticate(request)):
+    if name not in await _models(request):
         raise NoKeyForModel(f"models/{name} is not found on this gateway.")
     return web.json_response(gemini.model_entry(name))
 
@@ -98,6 +104,7 @@ async def count_tokens(request: web.Request, model: str) -> web.Response:
     """Asked of the least-used `gemini` key serving the model that could serve now, failed over;
     estimated locally when none can. A body of `{"generateContentRequest": {...}}` is counted too."""
     caller = await handlers.authenticate(request)
+    scopes.admit_model(request, caller, model)
     raw, body = await handlers.read_json(request, caller)
     counted_body = body.get("generateContentRequest") if isinstance(body.get("generateContentRequest"), dict) else body
     if counted_body.get("contents") is not None:

@@ -37,7 +37,7 @@ from gateway.errors import (
 )
 from gateway.inbound import read_body
 from gateway.log import request_fields
-from gateway.relay import anthropic_body, features
+from gateway.relay import anthropic_body, features, scopes
 from gateway.relay.attempt import _quietly, attempt, note_failure
 from gateway.relay.auth import token_caller
 from gateway.relay.balancer import BALANCER, Balancer
@@ -45,8 +45,9 @@ from gateway.relay.call import ESCAPED_LETTER, PROXY_FAILED, TOKEN_FIELDS, Call,
 from gateway.relay.formats import anthropic, gemini
 from gateway.relay.keyindex import KEY_INDEX
 from gateway.relay.overlimit import before_body
-from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool, UserLimits
+from gateway.relay.picks import USER_OUTCOMES, Affinity, Pick, PickOutcome, Pool
 from gateway.relay.refusals import refusal_for, refuse_audience, user_refusal
+from gateway.relay.scopes import user_limits
 from gateway.store.tokens import Caller
 
 log = structlog.get_logger(__name__)
@@ -92,7 +93,8 @@ async def list_models(request: web.Request) -> web.Response:
     """Public names and aliases the caller may use: OpenAI's list shape, Anthropic's when asked
     with anthropic-version, Google's when asked as Google's clients ask (x-goog-api-key, ?key=)."""
     google = "x-goog-api-key" in request.headers or "key" in request.query
-    names = request.app[KEY_INDEX].models(await authenticate(request, google=google))
+    caller = await authenticate(request, google=google)
+    names = scopes.allowed_models(request, caller, request.app[KEY_INDEX].models(caller))
     if google:
         return web.json_response(gemini.models_list(names))
     if "anthropic-version" in request.headers:
@@ -107,16 +109,19 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def authenticate(request: web.Request, *, google: bool = False) -> Caller:
+    """The caller of a /v1 (or /v1beta) route, its token unexpired and used from an allowed address."""
     # Anthropic's clients send the token as x-api-key (ANTHROPIC_API_KEY) or Bearer (…_AUTH_TOKEN).
     client = spoken_on(request.path)
     x_api_key = client == ApiFormat.ANTHROPIC or "anthropic-version" in request.headers
-    return await token_caller(
+    caller = await token_caller(
         request,
         refused=_bad_token,
         unavailable=_tokens_unavailable,
         x_api_key=x_api_key,
         google=google or client == ApiFormat.GEMINI,
     )
+    scopes.admit_address(request, caller)
+    return caller
 
 
 def _bad_token() -> GatewayError:
@@ -216,15 +221,6 @@ def _pairs_at_top(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return pairs  # every object stays a list of pairs: the outermost one is what we look at
 
 
-def user_limits(request: web.Request, caller: Caller) -> UserLimits:
-    limits = request.app[appkeys.config].limits
-    daily = limits.user_daily_requests
-    by_level = limits.user_daily_requests_by_trust_level
-    if by_level and caller.trust_level >= 0:  # -1: signed in elsewhere, no trust claim
-        daily = by_level[min(max(caller.trust_level, 0), len(by_level) - 1)]
-    return UserLimits(daily=daily, per_minute=limits.user_requests_per_minute, streams=limits.user_concurrent_streams)
-
-
 async def proxy(request: web.Request, endpoint: str, read: Reader | None = None) -> web.StreamResponse:
     """Serve one /v1 request, and count it by route, model and status however it ends. `read`:
     how the call is read from the request (`read_call`, OpenAI's and Anthropic's body)."""
@@ -248,6 +244,7 @@ async def proxy(request: web.Request, endpoint: str, read: Reader | None = None)
 async def _proxy(request: web.Request, endpoint: str, read: Reader) -> web.StreamResponse:
     caller = await authenticate(request)
     call = await read(request, caller, endpoint)
+    scopes.admit_model(request, caller, call.model)
     app = request.app
     config = app[appkeys.config]
     index = app[KEY_INDEX]
@@ -277,6 +274,7 @@ async def _proxy(request: web.Request, endpoint: str, read: Reader) -> web.Strea
                 stream=call.stream,
                 count_user=call.attempts == 0,
                 affinity=affinity,
+                token=scopes.token_limits(caller),
             )
             if pick.outcome != PickOutcome.OK:
                 refusal = refusal_for(pick, call.model, affinity.response if affinity else None)

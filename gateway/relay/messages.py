@@ -27,7 +27,7 @@ from gateway.apiformat import ApiFormat
 from gateway.log import request_fields
 from gateway.net import h1
 from gateway.net.h1 import UPSTREAM_POOL
-from gateway.relay import handlers, refusals
+from gateway.relay import handlers, refusals, scopes
 from gateway.relay.anthropic_body import check
 from gateway.relay.attempt import _quietly, connect_failure, failed_status, note_failure
 from gateway.relay.balancer import BALANCER
@@ -58,6 +58,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     raw, body = await handlers.read_json(request, caller)
     check(body, counting=True)
     model = body["model"]
+    scopes.admit_model(request, caller, model)
     fields = request_fields(request)
     fields["model"] = model
     call = Call(request, caller, COUNT, model, False, raw, body, False, time.perf_counter())
@@ -85,7 +86,7 @@ async def _count(call: Call, pool: Pool) -> int | web.Response | None:
     request = call.request
     app = request.app
     balancer, index = app[BALANCER], app[KEY_INDEX]
-    limits = handlers.user_limits(request, call.caller)
+    limits = scopes.user_limits(request, call.caller)
     tried: set[str] = set()
     while call.attempts < app[appkeys.config].balancer.max_attempts and len(tried) < pool.size:
         pick = await handlers.pick_key(
@@ -98,6 +99,7 @@ async def _count(call: Call, pool: Pool) -> int | web.Response | None:
             stream=False,
             count_user=call.attempts == 0,
             reserve=False,
+            token=scopes.token_limits(call.caller),
         )
         if pick.outcome in USER_OUTCOMES:
             raise refusals.user_refusal(request, call.caller, pick, refusals.refusal_for(pick, call.model))

@@ -54,6 +54,22 @@ class UserLimits:
     streams: int  # concurrent streams, 0 = unlimited
 
 
+@dataclass(frozen=True, slots=True)
+class TokenLimits:
+    """The caps of the caller's gateway token (`store.tokens.Scope`), counted per token in the
+    pick like the user's: requests today, requests this minute, and its estimated spend today
+    (micro-USD, added after each committed call: see `Balancer.spend_later`). 0 = no such cap."""
+
+    token_id: str
+    daily: int = 0
+    per_minute: int = 0
+    budget_micro_usd: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.daily or self.per_minute or self.budget_micro_usd)
+
+
 class PickOutcome(StrEnum):
     """What `pick()` decided; the script answers with these words (and "clock", handled inside)."""
 
@@ -65,11 +81,23 @@ class PickOutcome(StrEnum):
     USER_RPM = "user_rpm"
     USER_STREAMS = "user_streams"
     RESPONSE_NOT_FOUND = "response_not_found"  # previous_response_id names another user's response
+    TOKEN_DAILY = "token_daily"  # the caller's token's caps (`TokenLimits`), after the user's
+    TOKEN_RPM = "token_rpm"
+    TOKEN_BUDGET = "token_budget"  # its estimated spend today reached its daily budget
 
 
-# About the caller (its limits, another user's response): no key nor private fallback changes it.
+# About the caller (its limits, its token's, another user's response): no key nor private
+# fallback changes it.
 USER_OUTCOMES = frozenset(
-    {PickOutcome.USER_DAILY, PickOutcome.USER_RPM, PickOutcome.USER_STREAMS, PickOutcome.RESPONSE_NOT_FOUND}
+    {
+        PickOutcome.USER_DAILY,
+        PickOutcome.USER_RPM,
+        PickOutcome.USER_STREAMS,
+        PickOutcome.RESPONSE_NOT_FOUND,
+        PickOutcome.TOKEN_DAILY,
+        PickOutcome.TOKEN_RPM,
+        PickOutcome.TOKEN_BUDGET,
+    }
 )
 
 

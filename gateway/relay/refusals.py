@@ -14,6 +14,13 @@ from gateway.relay.overlimit import OVER_LIMIT
 from gateway.relay.picks import Pick, PickOutcome
 from gateway.store.tokens import Caller
 
+# The token's own caps (store.tokens.Scope): what the caller is told, and the code naming the cap.
+TOKEN_LIMITS = {
+    PickOutcome.TOKEN_DAILY: ("used its requests for today", "token_daily_limit"),
+    PickOutcome.TOKEN_RPM: ("made too many requests this minute", "token_rate_limit"),
+    PickOutcome.TOKEN_BUDGET: ("reached its daily budget", "token_budget_reached"),
+}
+
 
 def user_refusal(request: web.Request, caller: Caller, pick: Pick, refusal: GatewayError) -> GatewayError:
     """A refusal for the caller's own limits; one for the per-minute limit is remembered until the
@@ -55,6 +62,9 @@ def refusal_for(pick: Pick, model: str, response_id: str | None = None) -> Gatew
         return LimitReached("Too many requests this minute.", code="user_rate_limit", retry_after=pick.retry_after)
     if pick.outcome == PickOutcome.USER_STREAMS:
         return LimitReached("Too many streams at once.", code="user_stream_limit", retry_after=pick.retry_after)
+    if pick.outcome in TOKEN_LIMITS:
+        what, code = TOKEN_LIMITS[pick.outcome]
+        return LimitReached(f"This token has {what}.", code=code, retry_after=pick.retry_after)
     if pick.outcome == PickOutcome.EXHAUSTED:
         return LimitReached(
             f"Every key serving '{model}' has reached its daily limit.",

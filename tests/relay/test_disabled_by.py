@@ -172,7 +172,15 @@ def test_enums_are_todays_strings() -> None:
     ]
     assert [str(s) for s in KeyStatus] == ["active", "paused", "cooling", "disabled"]
     assert [str(r) for r in ProbeResult] == ["ok", "rejected", "rate_limited", "failed", "proxy_unavailable"]
-    assert USER_OUTCOMES == {"user_daily", "user_rpm", "user_streams", "response_not_found"}
+    assert USER_OUTCOMES == {
+        "user_daily",
+        "user_rpm",
+        "user_streams",
+        "response_not_found",
+        "token_daily",
+        "token_rpm",
+        "token_budget",
+    }
     assert f"{FailureKind.KEY_REJECTED}: x" == "key_rejected: x"
     assert sharedkeys.REVIVABLE == {DisabledBy.UPSTREAM, DisabledBy.HEALTH}
 

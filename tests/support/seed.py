@@ -53,3 +53,25 @@ async def add_key(
             value = json.dumps(value) if column == "model_daily_limits" else value
             await conn.execute(f"UPDATE shared_keys SET {column} = $1 WHERE id = $2", value, key.id)
         return key
+
+
+SCOPE_COLUMNS = frozenset(
+    {"models", "expires_at", "daily_requests", "requests_per_minute", "daily_budget_usd", "allowed_ips"}
+)
+
+
+async def scope_token(pool: asyncpg.Pool, token: str, **columns: object) -> None:
+    """Set a token's scope columns (sql/0017) directly, as the tokens API will: e.g.
+    `models=["gpt-4o-mini"]`, `allowed_ips=["127.0.0.1/32"]`, `expires_at=datetime`. Callers
+    already cached keep their scope until the cache's ttl (or a `token` event)."""
+    assert columns and set(columns) <= SCOPE_COLUMNS, columns
+    names = sorted(columns)
+    casts = {"allowed_ips": "::cidr[]", "models": "::text[]"}
+    sets = ", ".join(f"{n} = ${i + 2}{casts.get(n, '')}" for i, n in enumerate(names))
+    async with pool.acquire() as conn:
+        done = await conn.execute(
+            f"UPDATE api_tokens SET {sets} WHERE token_hash = $1",
+            tokens.token_hash(token),
+            *(columns[n] for n in names),
+        )
+    assert done == "UPDATE 1", done

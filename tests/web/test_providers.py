@@ -253,3 +253,27 @@ async def test_linuxdo_never_claims_another_providers_account_or_the_first_admin
         assert ld_olga.id != olga.id and ld_olga.username == "olga~linuxdo"
         still = await users.get_by_username(conn, "admin")
         assert still is not None and still.id == admin.id and still.is_admin
+
+
+def test_a_trust_levels_table_wins_over_the_old_list(config: config_mod.Config) -> None:
+    levels = {1: config_mod.TrustLevel(daily_requests=5, requests_per_minute=2), 3: config_mod.TrustLevel()}
+    cfg = config.replace(
+        "limits", user_daily_requests=500, user_daily_requests_by_trust_level=(10, 20), trust_levels=levels
+    )
+
+    @dataclass
+    class Req:
+        app: dict[Any, Any]
+
+    def limits(level: int) -> tuple[int, int]:
+        caller = Caller(token_id="", user_id="u", username="u", trust_level=level, is_admin=False)
+        got = handlers.user_limits(Req({appkeys.config: cfg}), caller)  # type: ignore[arg-type]
+        return got.daily, got.per_minute
+
+    per_minute = cfg.limits.user_requests_per_minute
+    assert (limits(-1), limits(0), limits(1), limits(3)) == (
+        (500, per_minute),
+        (10, per_minute),
+        (5, 2),
+        (20, per_minute),
+    )

@@ -13,6 +13,7 @@ local OPERATIONS = {
   read = read,
   end_stream = end_stream,
   remember = remember,
+  spend = spend,
 }
 
 local operation = OPERATIONS[ARGV[1]]

@@ -16,17 +16,22 @@ pick: reserve a call on the least-used available key, after the caller's limits
   ARGV[19] reserve: 1 = reserve a call on the key picked; 0 = only choose it (count_tokens): the
            key's count and the user's day and streams are left as they are, only the user's
            minute counts (and is enforced)
-  ARGV[20], ...  key ids not to pick (the ones a retry already tried)
-  KEYS[11] aff:<conversation digest> (optional): string -> key_id.
-  KEYS[12] resp:<response id digest> (optional): string -> "<user_id> <key_id>" (see remember).
+  ARGV[20] token_id: the caller's gateway token ("": none of its caps apply)
+  ARGV[21] token daily limit      ARGV[22] token per-minute limit
+  ARGV[23] token daily budget in micro-USD (0 = none of these caps; counted like the user's)
+  ARGV[24], ...  key ids not to pick (the ones a retry already tried)
+  KEYS[11] tdaily:<day>   KEYS[12] trpm:<minute>   KEYS[13] tspend:<day> (the token's counters;
+    read and written only when ARGV[20] is set and the cap is)
+  KEYS[14] aff:<conversation digest> (optional): string -> key_id.
+  KEYS[15] resp:<response id digest> (optional): string -> "<user_id> <key_id>" (see remember).
     One made for another user than ARGV[11]: the answer is response_not_found. Else the key named
-    there is taken first (KEYS[12] before KEYS[11]) when it is a member of this pool, not
+    there is taken first (KEYS[15] before KEYS[14]) when it is a member of this pool, not
     excluded, under its limit, not cooling and not on probation; else the usual least-used pick.
-    KEYS[11] is then set to the key picked, for ARGV[18] ms. Both are in the one hash slot; pass
+    KEYS[14] is then set to the key picked, for ARGV[18] ms. Both are in the one hash slot; pass
     a name that is never set to leave one out.
   Returns {outcome, key_id or "", used_today, retry_after_ms, trial (0|1), now[, held (0|1)]}
     outcome: ok | exhausted | cooling | busy | user_daily | user_rpm | user_streams
-      | response_not_found | clock | init
+      | token_daily | token_rpm | token_budget | response_not_found | clock | init
     held (ok only): 1 when the key has a concurrency or token cap, so the call must be ended
       with `finish` (or its reservation given back with `release`).
     ok: the key with the fewest reservations among those under their limit and not cooling;
@@ -41,7 +46,11 @@ pick: reserve a call on the least-used available key, after the caller's limits
       (retry: when it frees up; 1 s at most for a concurrency cap).
     cooling: none available, and at least one key under its limit is cooling (retry: its end).
     exhausted: every candidate is at its daily limit, cooling or not (retry: the day's end).
-    response_not_found: KEYS[12] names a response made for another user (checked after the
+    token_daily, token_rpm: the token's requests today / this minute reached its cap (retry: the
+      day's or minute's end); token_budget: its spend today (tspend, added by `spend` after each
+      committed call) reached its budget (retry: the day's end). Checked after the user's limits,
+      with the same rules (the day only when reserving, nothing on a retry's pick).
+    response_not_found: KEYS[15] names a response made for another user (checked after the
       user's limits): nothing was counted or reserved.
     "clock": now is outside the given day or minute: nothing was read or written; the caller
     names the keys again from the returned now and calls again.
@@ -52,6 +61,7 @@ pick: reserve a call on the least-used available key, after the caller's limits
     pick_request    ARGV as one table, read once
     named_right     the caller's day and minute keys against TIME                    -> clock
     user_refusal    the caller's daily, per-minute and concurrent-stream limits      -> user_*
+    token_refusal   the caller's token's daily, per-minute and budget caps           -> token_*
     response_owner  whose response the request continues, and its key               -> response_not_found
     pool_state, refresh  the pool is today's and built from this list; revivals applied -> init
     affine_key      the response's, else the conversation's key, if it can serve now
@@ -81,11 +91,16 @@ local function pick_request()
     seed = tonumber(ARGV[17]),
     affinity_ms = tonumber(ARGV[18]),
     reserve = ARGV[19] == '1',
+    token = ARGV[20],
+    token_daily = tonumber(ARGV[21]),
+    token_rpm = tonumber(ARGV[22]),
+    token_budget = tonumber(ARGV[23]),
     exclude = {},
     excluded = 0,
   }
   r.track_stream = r.count_user and r.reserve and ARGV[9] == '1' and r.streams_limit > 0
-  for i = 20, #ARGV do
+  r.count_token = r.count_user and r.token ~= ''
+  for i = 24, #ARGV do
     r.exclude[ARGV[i]] = true
     r.excluded = r.excluded + 1
   end
@@ -100,16 +115,28 @@ local function named_right(r)
   return not r.count_user or (now >= r.minute_end - MINUTE_MS and now < r.minute_end)
 end
 
+-- The first of `counters` ({outcome, hash, field, limit (0: none), retry_after_ms}) whose count
+-- has reached its limit, as a refusal; nil when none has. A counter without a limit costs nothing.
+local function first_full(counters)
+  for _, c in ipairs(counters) do
+    if c[4] > 0 and (tonumber(redis.call('HGET', c[2], c[3])) or 0) >= c[4] then
+      return {c[1], '', 0, c[5], 0, now}
+    end
+  end
+  return nil
+end
+
 -- The caller's fair-use limits, before any key is looked at: a refusal, or nil.
 local function user_refusal(r, udaily, urpm, ustreams)
   if not r.count_user then
     return nil
   end
-  if r.reserve and r.daily > 0 and (tonumber(redis.call('HGET', udaily, r.user)) or 0) >= r.daily then
-    return {'user_daily', '', 0, r.day_end - now, 0, now}
-  end
-  if r.per_minute > 0 and (tonumber(redis.call('HGET', urpm, r.user)) or 0) >= r.per_minute then
-    return {'user_rpm', '', 0, r.minute_end - now, 0, now}
+  local full = first_full({
+    {'user_daily', udaily, r.user, r.reserve and r.daily or 0, r.day_end - now},
+    {'user_rpm', urpm, r.user, r.per_minute, r.minute_end - now},
+  })
+  if full then
+    return full
   end
   if r.track_stream then
     -- A stream whose lease ran out (its process died) no longer holds a slot. Below the limit
@@ -120,6 +147,34 @@ local function user_refusal(r, udaily, urpm, ustreams)
     end
   end
   return nil
+end
+
+-- The caller's token's caps, after the user's limits and with their rules: a refusal, or nil.
+-- A token without caps costs nothing here (no command).
+local function token_refusal(r, tokens)
+  if not r.count_token then
+    return nil
+  end
+  return first_full({
+    {'token_daily', tokens.daily, r.token, r.reserve and r.token_daily or 0, r.day_end - now},
+    {'token_rpm', tokens.rpm, r.token, r.token_rpm, r.minute_end - now},
+    {'token_budget', tokens.spend, r.token, r.reserve and r.token_budget or 0, r.day_end - now},
+  })
+end
+
+-- Count the call against the token's caps that it has (see token_refusal).
+local function count_token(r, tdaily, trpm)
+  if not r.count_token then
+    return
+  end
+  if r.reserve and r.token_daily > 0 then
+    redis.call('HINCRBY', tdaily, r.token, 1)
+    redis.call('PEXPIRE', tdaily, ms(r.day_end + DAY_MS - now))
+  end
+  if r.token_rpm > 0 then
+    redis.call('HINCRBY', trpm, r.token, 1)
+    redis.call('PEXPIRE', trpm, ms(r.minute_end + MINUTE_MS - now))
+  end
 end
 
 -- A response belongs to the user it was made for: another user's id is not found, here or
@@ -398,8 +453,8 @@ end
 -- Take the key: count the call on it (or, with reserve = 0, only read its count `c`, which pick
 -- has not changed since it was read), hand it out as a trial when it is on probation (unknown
 -- when `probation_checked`: can_serve already found it off probation, and pick does not write
--- probation before here), set the conversation's key, count the user.
-local function reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm, ustreams, conversation)
+-- probation before here), set the conversation's key, count the user and the token.
+local function reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm, ustreams, conversation, tokens)
   local used = c
   if r.reserve then
     used = redis.call('HINCRBY', pool.counts, key_id, 1)
@@ -437,6 +492,7 @@ local function reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm
       redis.call('PEXPIRE', ustreams, ms(r.stream_lease_ms + MINUTE_MS))
     end
   end
+  count_token(r, tokens.daily, tokens.rpm)
   return {'ok', key_id, used, 0, trial, now, held}
 end
 
@@ -449,11 +505,12 @@ local function pick()
     meta = KEYS[7], avail = KEYS[8], resting = KEYS[9], revived = KEYS[10],
     mcounts = BASE .. 'mcounts:' .. r.day,
   }
-  local udaily, urpm, ustreams, conversation, response = KEYS[4], KEYS[5], KEYS[6], KEYS[11], KEYS[12]
+  local udaily, urpm, ustreams, conversation, response = KEYS[4], KEYS[5], KEYS[6], KEYS[14], KEYS[15]
+  local tokens = {daily = KEYS[11], rpm = KEYS[12], spend = KEYS[13]}
   if not named_right(r) then
     return {'clock', '', 0, 0, 0, now}
   end
-  local refused = user_refusal(r, udaily, urpm, ustreams)
+  local refused = user_refusal(r, udaily, urpm, ustreams) or token_refusal(r, tokens)
   if refused then
     return refused
   end
@@ -475,5 +532,5 @@ local function pick()
       return refusal(pool, r)
     end
   end
-  return reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm, ustreams, conversation)
+  return reserve(pool, r, key_id, c, caps, probation_checked, udaily, urpm, ustreams, conversation, tokens)
 end

@@ -39,6 +39,14 @@ Every key the script touches, and the operations that touch it (names built in g
   p:v5:{p}:urpm:<YYYY-MM-DDTHH:MM> hash user_id -> requests in that minute (UTC); expires after ~2 min (pick;
                                    relay/overlimit.py reads it)
   p:v5:{p}:ustreams:<user_id>      zset request_id -> stream lease end (epoch ms)  (pick, end_stream)
+  A gateway token's caps (store/tokens.py Scope), kept per token; only tokens with the cap count:
+  p:v5:{p}:tdaily:<YYYY-MM-DD>     hash token_id -> requests today (daily_requests); expires one day
+                                   after the day ends (pick)
+  p:v5:{p}:trpm:<YYYY-MM-DDTHH:MM> hash token_id -> requests in that minute (UTC, requests_per_minute);
+                                   expires after ~2 min (pick)
+  p:v5:{p}:tspend:<YYYY-MM-DD>     hash token_id -> estimated spend today in micro-USD (daily_budget_usd),
+                                   added after each committed call from its usage and the process'
+                                   prices; expires one day after the day ends (spend writes, pick reads)
   A POOL is one candidate list (the keys serving one model for one endpoint family), named by the
   caller: <pid>. Its three keys are a cache of counts, cooldown and the list, rebuilt by `init`:
   p:v5:{p}:pool:<pid>              hash key_id -> daily limit, for every candidate (the membership);
@@ -74,7 +82,8 @@ Every key the script touches, and the operations that touch it (names built in g
   keys from its own clock and passes their bounds; the script checks them against TIME (see pick).
 
 COMMON ARGUMENTS (every operation)
-  ARGV[1]  operation: pick | init | seed | release | finish | cool | fail | reject | trial_ok | clear | read | end_stream | remember
+  ARGV[1]  operation: pick | init | seed | release | finish | cool | fail | reject | trial_ok | clear | read | end_stream
+           | remember | spend
   ARGV[2]  clock offset in ms, added to Redis TIME (0 in production; tests move the clock with it)
   All times below are epoch milliseconds on that clock ("now"). Operations that use no time do
   not read TIME.
