@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 
 from gateway.relay.balancer import BALANCER
+from gateway.relay.keyindex import KEY_INDEX
+from gateway.store import users
 from tests.support import fake_linuxdo
 from tests.support.fake_linuxdo import Site
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.seed import add_key
 from tests.support.tokenusage import call, flush
 
 provider, site = fake_linuxdo.provider, fake_linuxdo.site  # fixtures
@@ -145,3 +149,30 @@ async def test_the_page_has_the_limits_form_and_lists_scopes_and_todays_use(site
     assert "<summary>限制</summary>" in zh and "允许的 IP" in zh and "每日预算（美元）" in zh
     assert "模型：gpt-4o-mini, fast" in zh and "每日 200 次" in zh and "每分钟 10 次" in zh
     assert "每日 $2.50" in zh and "2 次，$6.00" in zh and "不限" in zh
+
+
+async def test_a_token_made_on_the_api_is_held_to_its_scope_on_v1(site: Site, fake_upstream: FakeUpstream) -> None:
+    """The two halves together: the scope a member sets through /api/tokens is what the relay
+    enforces on /v1 (models listed and refused, the daily cap counted in the pick)."""
+    headers = await signed_in(site)
+    async with site.pool.acquire() as conn:
+        donor = await users.get_by_username(conn, "alice")
+    assert donor is not None
+    await add_key(site.pool, site.config, donor, fake_upstream.base_url, models=["gpt-4o-mini", "gpt-4o"])
+    await site.app[KEY_INDEX].reload()
+    scope = {"label": "bot", "models": ["gpt-4o-mini"], "daily_requests": 2}
+    created = await site.client.post("/api/tokens", json=scope, headers=headers)
+    assert created.status == 201, await created.text()
+    bearer = {"Authorization": f"Bearer {(await created.json())['token']}"}
+    listed = await site.client.get("/v1/models", headers=bearer)
+    assert [m["id"] for m in (await listed.json())["data"]] == ["gpt-4o-mini"]
+    other = await site.client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": []}, headers=bearer)
+    assert (other.status, (await other.json())["error"]["code"]) == (403, "model_not_permitted")
+    statuses = []
+    for _ in range(3):
+        resp = await site.client.post(
+            "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=bearer
+        )
+        statuses.append((resp.status, (await resp.json()).get("error", {}).get("code")))
+    assert statuses == [(200, None), (200, None), (429, "token_daily_limit")]
+    assert len(fake_upstream.calls("/v1/chat/completions")) == 2
