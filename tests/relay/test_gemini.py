@@ -29,9 +29,21 @@ async def gemini_key(gw: Gateway, upstream: FakeGemini, **kw: Any) -> str:
     return await gw.add_key(upstream, api_format="gemini", api_key=key, **kw)
 
 
+class _Closed:
+    """A GenAI client closed with the gateway's other SDK clients (its aiohttp session too)."""
+
+    def __init__(self, client: genai.Client) -> None:
+        self.client = client
+
+    async def close(self) -> None:
+        await self.client.aio.aclose()
+
+
 def sdk(gw: Gateway, **kw: Any) -> genai.Client:
     base = str(gw.client.make_url("")).rstrip("/")
-    return genai.Client(api_key=kw.pop("api_key", gw.token), http_options=types.HttpOptions(base_url=base, **kw))
+    client = genai.Client(api_key=kw.pop("api_key", gw.token), http_options=types.HttpOptions(base_url=base, **kw))
+    gw.clients.append(_Closed(client))  # type: ignore[arg-type]
+    return client
 
 
 async def test_the_genai_sdk_generates_through_a_gemini_key(gw: Gateway, fake_gemini: FakeGemini) -> None:
